@@ -1,0 +1,1 @@
+"""PureEBM engine: energy nets, Langevin purifier, registry, formats, training."""

@@ -1,0 +1,182 @@
+"""The model registry folder (DESIGN.md section 3).
+
+    <root>/<name>/<version>/manifest.json
+    <root>/<name>/<version>/model.safetensors
+
+Weights are safetensors only, so a registry file cannot run code. Loading checks
+the weights' sha256 against the manifest and refuses unknown architectures.
+A reference is "name" (its highest version) or "name:version".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pureebm.langevin import LangevinParams
+from pureebm.nets import ARCHITECTURES, build_energy_net
+
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = "cifar10-conv"
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class RegistryError(Exception):
+    """A registry entry is missing, malformed or fails its integrity check."""
+
+
+class LangevinDefaults(BaseModel):
+    steps: int = Field(150, ge=0)
+    eps: float = Field(1.25e-2, gt=0)
+    tau: float = Field(1e-4, gt=0)
+
+    def params(self) -> LangevinParams:
+        return LangevinParams(steps=self.steps, eps=self.eps, tau=self.tau)
+
+
+class TrainingRecord(BaseModel):
+    data: str  # what the EBM was trained on
+    command: str
+    iterations: int = Field(ge=0)
+    wall_time_s: float = Field(ge=0)
+    hardware: str
+
+
+class Manifest(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    architecture: str
+    arch_kwargs: dict[str, Any] = {}
+    image_size: int = Field(ge=1)
+    channels: int = Field(ge=1, le=4)
+    data_range: tuple[float, float] = (-1.0, 1.0)
+    langevin: LangevinDefaults = LangevinDefaults()
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    training: TrainingRecord
+    created_at: datetime
+    description: str = ""
+
+
+@dataclass
+class LoadedModel:
+    manifest: Manifest
+    net: nn.Module
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """"name" -> (name, None); "name:3" -> (name, 3)."""
+    name, _, version = ref.partition(":")
+    if not re.match(NAME_PATTERN, name) or (version and not version.isdigit()):
+        raise RegistryError(f"bad model reference {ref!r}: expected NAME or NAME:VERSION")
+    return name, int(version) if version else None
+
+
+class Registry:
+    def __init__(self, root: str | Path = DEFAULT_ROOT) -> None:
+        self.root = Path(root)
+
+    def versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def manifest(self, ref: str) -> Manifest:
+        """Read and validate the manifest of ``ref`` (highest version if none given)."""
+        name, version = parse_ref(ref)
+        if version is None:
+            versions = self.versions(name)
+            if not versions:
+                raise RegistryError(f"no model named {name!r} in {self.root}")
+            version = versions[-1]
+        path = self.root / name / str(version) / MANIFEST
+        if not path.is_file():
+            raise RegistryError(f"no model {name}:{version} ({path} is missing)")
+        try:
+            manifest = Manifest.model_validate_json(path.read_bytes())
+        except ValidationError as e:
+            raise RegistryError(f"invalid manifest {path}: {e}") from e
+        if (manifest.name, manifest.version) != (name, version):
+            raise RegistryError(f"{path} describes {manifest.name}:{manifest.version}")
+        return manifest
+
+    def list(self) -> list[Manifest]:
+        """Every entry's manifest, sorted by name then version."""
+        if not self.root.is_dir():
+            return []
+        names = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        return [self.manifest(f"{n}:{v}") for n in names for v in self.versions(n)]
+
+    def load(self, ref: str, device: str | torch.device = "cpu") -> LoadedModel:
+        """Load an entry's net after checking its architecture and weights' sha256."""
+        manifest = self.manifest(ref)
+        if manifest.architecture not in ARCHITECTURES:
+            raise RegistryError(
+                f"{manifest.name}:{manifest.version}: unknown architecture "
+                f"{manifest.architecture!r}"
+            )
+        weights = self.root / manifest.name / str(manifest.version) / WEIGHTS
+        if not weights.is_file():
+            raise RegistryError(f"weights file {weights} is missing")
+        if sha256_of(weights) != manifest.sha256:
+            raise RegistryError(f"weights file {weights} does not match its manifest's sha256")
+        try:
+            state = load_file(weights, device=str(device))
+        except (SafetensorError, OSError) as e:
+            raise RegistryError(f"weights file {weights} is unreadable: {e}") from e
+        net = build_energy_net(manifest.architecture, **manifest.arch_kwargs)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise RegistryError(f"weights file {weights} does not fit the architecture: {e}") from e
+        return LoadedModel(manifest, net.to(device).eval().requires_grad_(False))
+
+    def add(self, net: nn.Module, **fields: Any) -> Manifest:
+        """Write ``net`` as the next version of ``fields['name']``; returns its manifest.
+
+        The entry is assembled in a temporary folder and renamed into place, so a
+        half-written entry is never visible.
+        """
+        name = fields["name"]
+        version = (self.versions(name) or [0])[-1] + 1
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root / name, prefix=".staging-"))
+        try:
+            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            save_file(state, staging / WEIGHTS)
+            manifest = Manifest(
+                **fields,
+                version=version,
+                sha256=sha256_of(staging / WEIGHTS),
+                created_at=datetime.now(UTC),
+            )
+            (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
+            os.rename(staging, self.root / name / str(version))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return manifest

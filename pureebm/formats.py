@@ -1,12 +1,504 @@
-"""Image formats and containers (placeholder: completed below)."""
+"""Images and the containers they arrive in.
+
+A *container* is what a caller sends: a single image, a folder tree, a zip, a tar
+(optionally gzip/bz2/xz-compressed) or an npz. Opening one lists its members in
+order and refuses anything unsafe or oversized (DESIGN.md section 7). Writing one
+back reproduces the container, the member paths and their order, swaps each
+image for its purified pixels, and copies every other member byte for byte.
+
+Image modes: the model sees 8-bit RGB. Grayscale, bilevel, palette, CMYK and
+16-bit images are converted to it and back (grayscale via ITU-R 601 luma,
+16-bit by x257, palette images return as RGB); an alpha channel is kept aside
+and re-attached unchanged.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+import os
+import shutil
+import stat
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+TAR_COMPRESSIONS = {"gz", "bz2", "xz"}
+
+
+class FormatError(ValueError):
+    """Input that cannot be used as it is; ``status`` is the HTTP status it maps to."""
+
+    status = 422
+
+
+class UnsupportedInput(FormatError):
+    """Not an image, corrupt, or a container of an unknown kind."""
+
+    status = 415
+
+
+class InputTooLarge(FormatError):
+    """Over a size, pixel-count, member-count or compression-ratio limit."""
+
+    status = 413
+
+
+class UnsafeInput(FormatError):
+    """An archive member with an absolute path, '..', a link or a device."""
+
+    status = 422
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 40_000_000  # per image; larger is treated as a decompression bomb
+    max_members: int = 200_000
+    max_member_bytes: int = 512 << 20
+    max_total_bytes: int = 8 << 30  # uncompressed, all members together
+    max_ratio: float = 250.0  # uncompressed / compressed, for compressed containers
+
+
+# -- single images ------------------------------------------------------------
+
+
+@dataclass
+class Picture:
+    """A decoded image: what the model sees, plus what is needed to restore it."""
+
+    rgb: np.ndarray  # H x W x 3, uint8
+    alpha: np.ndarray | None  # H x W, uint8, re-attached unchanged
+    mode: str  # the original Pillow mode (or "L"/"RGB"/"RGBA" for npz rows)
+    format: str  # PNG, JPEG, ... ("NPZ" for npz rows)
+
+
+def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
+    """Decode image bytes; raises UnsupportedInput or InputTooLarge with the reason."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError) as e:
+        raise UnsupportedInput("not a readable image") from e
+    if image.format not in set(IMAGE_FORMATS.values()):
+        raise UnsupportedInput(f"unsupported image format {image.format}")
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise InputTooLarge(f"{width}x{height} pixels is over the {limits.max_pixels} limit")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnsupportedInput(f"corrupt or truncated {image.format} image: {e}") from e
+    return picture_from_pil(image, image.format)
+
+
+def picture_from_pil(image: Image.Image, image_format: str) -> Picture:
+    mode, alpha = image.mode, None
+    if mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
+        return Picture(np.repeat(gray[..., None], 3, axis=2), None, mode, image_format)
+    if mode == "F":
+        raise UnsupportedInput("floating-point images are not supported")
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+    if image.mode in ("RGBA", "LA", "La", "RGBa"):
+        alpha = np.asarray(image.getchannel("A")).copy()
+    rgb = np.asarray(image.convert("RGB")).copy()
+    return Picture(rgb, alpha, mode, image_format)
+
+
+def restore_mode(picture: Picture, rgb: np.ndarray) -> Image.Image:
+    """Purified RGB pixels back in the picture's original mode, alpha re-attached."""
+    image = Image.fromarray(rgb)
+    mode = picture.mode
+    if mode in SIXTEEN_BIT_MODES:
+        gray = np.asarray(image.convert("L"), dtype=np.uint16) * 257
+        return Image.fromarray(gray)  # uint16 -> mode I;16
+    if mode in ("L", "LA", "1", "La"):
+        image = image.convert("L")
+    elif mode == "CMYK" and picture.format in ("JPEG", "TIFF"):
+        return image.convert("CMYK")
+    if picture.alpha is not None:
+        image.putalpha(Image.fromarray(picture.alpha))
+    return image
+
+
+def encode_image(picture: Picture, rgb: np.ndarray, image_format: str | None = None) -> bytes:
+    """Encode purified pixels like the original (same format unless one is given)."""
+    image = restore_mode(picture, rgb)
+    image_format = image_format or picture.format
+    options: dict[str, object] = {}
+    if image_format == "JPEG":
+        options = {"quality": 95, "subsampling": 0}
+        if image.mode in ("RGBA", "LA"):
+            image = image.convert(image.mode[:-1])
+    elif image_format == "WEBP":
+        options = {"lossless": True}
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def image_format_of(name: str) -> str | None:
+    return IMAGE_FORMATS.get(PurePosixPath(name).suffix.lower())
+
+
+# -- containers ---------------------------------------------------------------
+
+Kind = Literal["image", "folder", "zip", "tar", "npz"]
+Lookup = Callable[[str], np.ndarray]  # member name -> purified RGB pixels
+
+
+@dataclass
+class Member:
+    name: str  # '/'-separated path inside the container
+    kind: Literal["image", "file", "dir"]
+    size: int
+
+
+def check_member_name(name: str) -> str:
+    """Refuse absolute paths, '..', drive letters and empty names; return it normalised."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if (
+        not name
+        or path.is_absolute()
+        or ".." in path.parts
+        or (path.parts and ":" in path.parts[0])
+        or "\x00" in name
+    ):
+        raise UnsafeInput(f"unsafe member path {name!r}")
+    return name
+
+
+class Container:
+    """Base for every container kind: members in order, images decoded on demand."""
+
+    kind: Kind
+    members: list[Member]
+
+    def image_names(self) -> list[str]:
+        return [m.name for m in self.members if m.kind == "image"]
+
+    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+        """Decode the named images (all when None), in container order."""
+        raise NotImplementedError
+
+    def write(self, dst: Path, purified: Lookup) -> None:
+        """Write the same container to ``dst`` with every image replaced."""
+        raise NotImplementedError
+
+    def check_totals(self, limits: Limits, compressed_bytes: int | None = None) -> None:
+        if len(self.members) > limits.max_members:
+            raise InputTooLarge(f"{len(self.members)} members is over the {limits.max_members} limit")
+        for member in self.members:
+            if member.size > limits.max_member_bytes:
+                raise InputTooLarge(f"member {member.name!r} is over {limits.max_member_bytes} bytes")
+        total = sum(m.size for m in self.members)
+        if total > limits.max_total_bytes:
+            raise InputTooLarge(f"{total} bytes uncompressed is over {limits.max_total_bytes}")
+        if compressed_bytes and total > limits.max_ratio * max(compressed_bytes, 1 << 16):
+            raise InputTooLarge(f"compression ratio over {limits.max_ratio}: a zip bomb?")
+        if not self.image_names():
+            raise UnsupportedInput("the container holds no images")
+
+
+class SingleImage(Container):
+    kind = "image"
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path, self.limits = path, limits
+        self.members = [Member(path.name, "image", path.stat().st_size)]
+
+    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+        if names is None or self.path.name in names:
+            yield self.path.name, decode_image(self.path.read_bytes(), self.limits)
+
+    def write(self, dst: Path, purified: Lookup) -> None:
+        """Written in the format of ``dst``'s extension, else the original's."""
+        [(name, picture)] = list(self.iter_images())
+        dst.write_bytes(encode_image(picture, purified(name), image_format_of(dst.name)))
+
+
+class Folder(Container):
+    kind = "folder"
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path, self.limits = path, limits
+        self.members = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for entry in sorted(dirs) + sorted(files):
+                full = Path(root, entry)
+                name = full.relative_to(path).as_posix()
+                if full.is_symlink() or not (full.is_dir() or full.is_file()):
+                    raise UnsafeInput(f"{name!r} is a link or a special file")
+                if full.is_dir():
+                    self.members.append(Member(name, "dir", 0))
+                else:
+                    kind = "image" if image_format_of(name) else "file"
+                    self.members.append(Member(name, kind, full.stat().st_size))
+            if len(self.members) > limits.max_members:
+                break
+        self.check_totals(limits)
+
+    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+        for name in self.image_names():
+            if names is None or name in names:
+                yield name, decode_image((self.path / name).read_bytes(), self.limits)
+
+    def write(self, dst: Path, purified: Lookup) -> None:
+        dst.mkdir(parents=True, exist_ok=True)
+        pictures = self.iter_images()
+        for member in self.members:
+            target = dst / member.name
+            if member.kind == "dir":
+                target.mkdir(exist_ok=True)
+            elif member.kind == "file":
+                shutil.copyfile(self.path / member.name, target)
+            else:
+                name, picture = next(pictures)
+                target.write_bytes(encode_image(picture, purified(name)))
+
+
+class ZipContainer(Container):
+    kind = "zip"
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path, self.limits = path, limits
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+        if len(infos) > limits.max_members:
+            raise InputTooLarge(f"{len(infos)} members is over the {limits.max_members} limit")
+        self.members = []
+        seen: set[str] = set()
+        for info in infos:
+            check_member_name(info.filename)
+            if stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise UnsafeInput(f"{info.filename!r} is a link or a special file")
+            if info.filename in seen:
+                raise UnsafeInput(f"{info.filename!r} appears twice")
+            seen.add(info.filename)
+            kind = "dir" if info.is_dir() else "image" if image_format_of(info.filename) else "file"
+            self.members.append(Member(info.filename, kind, info.file_size))
+        self.check_totals(limits, compressed_bytes=path.stat().st_size)
+
+    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+        with zipfile.ZipFile(self.path) as archive:
+            for name in self.image_names():
+                if names is None or name in names:
+                    yield name, decode_image(read_zip_member(archive, name), self.limits)
+
+    def write(self, dst: Path, purified: Lookup) -> None:
+        with zipfile.ZipFile(self.path) as src, zipfile.ZipFile(dst, "w") as out:
+            for info, member in zip(src.infolist(), self.members, strict=True):
+                data = b"" if member.kind == "dir" else read_zip_member(src, info.filename)
+                if member.kind == "image":
+                    picture = decode_image(data, self.limits)
+                    data = encode_image(picture, purified(member.name))
+                out.writestr(info, data, compress_type=info.compress_type)
+
+
+def read_zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+        raise UnsupportedInput(f"corrupt zip member {name!r}: {e}") from e
+
+
+class TarContainer(Container):
+    kind = "tar"
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path, self.limits = path, limits
+        self.compression = tar_compression(path)
+        self.members = []
+        total = 0
+        with tarfile.open(path, "r:*") as archive:
+            for info in archive:
+                check_member_name(info.name)
+                if not (info.isreg() or info.isdir()):
+                    raise UnsafeInput(f"{info.name!r} is a link, device or special file")
+                total += info.size
+                if len(self.members) >= limits.max_members or total > limits.max_total_bytes:
+                    raise InputTooLarge("the archive is over its member-count or size limit")
+                kind = "dir" if info.isdir() else "image" if image_format_of(info.name) else "file"
+                self.members.append(Member(info.name, kind, info.size))
+        compressed = path.stat().st_size if self.compression else None
+        self.check_totals(limits, compressed_bytes=compressed)
+
+    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+        with tarfile.open(self.path, "r:*") as archive:
+            for info in archive:
+                if image_format_of(info.name) and info.isreg() and (names is None or info.name in names):
+                    yield info.name, decode_image(read_tar_member(archive, info), self.limits)
+
+    def write(self, dst: Path, purified: Lookup) -> None:
+        mode = f"w:{self.compression}" if self.compression else "w"
+        with tarfile.open(self.path, "r:*") as src, tarfile.open(dst, mode) as out:
+            for info in src:
+                if info.isdir():
+                    out.addfile(info)
+                    continue
+                data = read_tar_member(src, info)
+                if image_format_of(info.name):
+                    data = encode_image(decode_image(data, self.limits), purified(info.name))
+                    info = copy_tarinfo(info, len(data))
+                out.addfile(info, io.BytesIO(data))
+
+
+def tar_compression(path: Path) -> str | None:
+    head = path.open("rb").read(6)
+    if head.startswith(b"\x1f\x8b"):
+        return "gz"
+    if head.startswith(b"BZh"):
+        return "bz2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    return None
+
+
+def read_tar_member(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    try:
+        f = archive.extractfile(info)
+        assert f is not None
+        data = f.read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UnsupportedInput(f"corrupt tar member {info.name!r}: {e}") from e
+    if len(data) != info.size:
+        raise UnsupportedInput(f"truncated tar member {info.name!r}")
+    return data
+
+
+def copy_tarinfo(info: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
+    copy = tarfile.TarInfo(info.name)
+    copy.size, copy.mode, copy.mtime = size, info.mode, info.mtime
+    copy.uid, copy.gid, copy.uname, copy.gname = info.uid, info.gid, info.uname, info.gname
+    return copy
+
+
+class NpzContainer(Container):
+    """npz with ``images`` (uint8, N x H x W or N x H x W x C, C in 1, 3, 4).
+
+    Image members are named ``images/<index>``; every other key is carried
+    through unchanged.
+    """
+
+    kind = "npz"
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path, self.limits = path, limits
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            self.compressed = any(i.compress_type != zipfile.ZIP_STORED for i in infos)
+            total = sum(i.file_size for i in infos)
+        if total > limits.max_total_bytes or total > limits.max_ratio * max(path.stat().st_size, 1 << 16):
+            raise InputTooLarge(f"npz of {total} bytes uncompressed is over the size or ratio limit")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                self.arrays = {key: npz[key] for key in npz.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            raise UnsupportedInput(f"unreadable npz (object arrays are refused): {e}") from e
+        images = self.arrays.get("images")
+        if images is None:
+            raise UnsupportedInput("the npz has no 'images' array")
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
+            images.ndim == 4 and images.shape[3] not in (1, 3, 4)
+        ):
+            raise UnsupportedInput(
+                f"'images' must be uint8 NHW or NHWC with C in 1, 3, 4; got {images.dtype} {images.shape}"
+            )
+        if images.shape[1] * images.shape[2] > limits.max_pixels:
+            raise InputTooLarge("npz images are over the pixel limit")
+        self.members = [Member(f"images/{i}", "image", images[i].nbytes) for i in range(len(images))]
+        if len(self.members) > limits.max_members:
+            raise InputTooLarge(f"{len(self.members)} images is over the {limits.max_members} limit")
+        if not self.members:
+            raise UnsupportedInput("the npz holds no images")
+
+    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+        for index, member in enumerate(self.members):
+            if names is None or member.name in names:
+                yield member.name, self.picture(index)
+
+    def picture(self, index: int) -> Picture:
+        row = self.arrays["images"][index]
+        channels = 1 if row.ndim == 2 else row.shape[2]
+        gray = row if row.ndim == 2 else row[..., 0]
+        if channels == 1:
+            return Picture(np.repeat(gray[..., None], 3, axis=2), None, "L", "NPZ")
+        return Picture(np.ascontiguousarray(row[..., :3]), row[..., 3].copy() if channels == 4 else None,
+                       "RGBA" if channels == 4 else "RGB", "NPZ")
+
+    def write(self, dst: Path, purified: Lookup) -> None:
+        images = self.arrays["images"].copy()
+        for index, member in enumerate(self.members):
+            restored = np.asarray(restore_mode(self.picture(index), purified(member.name)))
+            images[index] = restored.reshape(images[index].shape)
+        arrays = {**self.arrays, "images": images}
+        save = np.savez_compressed if self.compressed else np.savez
+        with dst.open("wb") as f:
+            save(f, **arrays)
+
+
+def detect_kind(path: Path) -> Kind:
+    """The container kind, from the content (not the name) except for npz vs zip."""
+    if path.is_dir():
+        return "folder"
+    with path.open("rb") as f:
+        head = f.read(512)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as e:
+            raise UnsupportedInput(f"corrupt zip archive: {e}") from e
+        if "images.npy" in names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        return "zip"
+    if tar_compression(path) or (len(head) >= 262 and head[257:262] == b"ustar"):
+        return "tar"
+    if image_format_of(path.name) or head[:4] in (b"\x89PNG", b"RIFF") or head[:2] in (b"\xff\xd8", b"BM", b"II", b"MM"):
+        return "image"
+    raise UnsupportedInput("not an image or a supported archive (zip, tar, tar.gz, npz)")
+
+
+CONTAINERS: dict[Kind, type[Container]] = {
+    "image": SingleImage,
+    "folder": Folder,
+    "zip": ZipContainer,
+    "tar": TarContainer,
+    "npz": NpzContainer,
+}
+
+
+def open_container(path: str | Path, limits: Limits = Limits()) -> Container:
+    """Open and check a container; raises a FormatError subclass naming the fault."""
+    path = Path(path)
+    kind = detect_kind(path)
+    try:
+        return CONTAINERS[kind](path, limits)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+        raise UnsupportedInput(f"corrupt {kind} container: {e}") from e
 
 
 def load_image_array(path: str | Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as npz:
-        return np.asarray(npz["images"], dtype=np.uint8)
+    """Every image of a container as one uint8 N x H x W x 3 array (all one size)."""
+    pictures = [picture.rgb for _, picture in open_container(path).iter_images()]
+    shapes = {p.shape for p in pictures}
+    if len(shapes) != 1:
+        raise UnsupportedInput(f"training images must share one size; found {sorted(shapes)}")
+    return np.stack(pictures)

@@ -1,0 +1,3 @@
+from pureebm.cli import main
+
+main()

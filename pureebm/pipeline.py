@@ -1,0 +1,114 @@
+"""Purify decoded pictures and whole containers with a registry model.
+
+Size policy: images are purified at their own resolution (both energy nets are
+fully convolutional up to a spatial mean). An image smaller than the model's
+image size on a side is edge-padded up to it and cropped back afterwards.
+
+Work is done ``batch_size`` images at a time, in container order. Each chunk's
+noise is seeded with ``seed + index of its first image``, so a purification is
+reproducible on the same device for the same seed and batch size, however the
+images are split across shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pureebm.formats import Container, Picture
+from pureebm.langevin import LangevinParams, purify
+from pureebm.registry import LoadedModel
+
+
+@dataclass
+class PurifiedImage:
+    name: str
+    rgb: np.ndarray  # H x W x 3 uint8
+    energy_before: float
+    energy_after: float
+
+
+def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """H x W x 3 RGB -> H x W x channels for the model (1 channel: ITU-R 601 luma)."""
+    if channels == 3:
+        return rgb
+    luma = np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    return luma.clip(0, 255).astype(np.uint8)[..., None]
+
+
+def purify_same_size(
+    model: LoadedModel, pixels: list[np.ndarray], params: LangevinParams, seed: int | None,
+    device: str | torch.device | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Purify images of one shape (H x W x C). Returns RGB outputs and energies."""
+    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
+    height, width = x.shape[2:]
+    need = model.manifest.image_size
+    pad_h, pad_w = max(need - height, 0), max(need - width, 0)
+    if pad_h or pad_w:
+        x = torch.nn.functional.pad(x.float(), (0, pad_w, 0, pad_h), mode="replicate").to(torch.uint8)
+    result = purify(model.net, x, params, batch_size=len(x), device=device, seed=seed)
+    out = result.images[:, :, :height, :width].permute(0, 2, 3, 1).numpy()
+    if out.shape[3] == 1:
+        out = np.repeat(out, 3, axis=3)
+    return out, result.energy_before.numpy(), result.energy_after.numpy()
+
+
+def purify_pictures(
+    model: LoadedModel,
+    pictures: Iterable[tuple[str, Picture]],
+    params: LangevinParams,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    start_index: int = 0,
+) -> Iterator[PurifiedImage]:
+    """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
+
+    ``start_index`` is the position of the first picture in its container; it
+    keeps the per-chunk seeds the same when a container is split into shards.
+    """
+    stream = iter(pictures)
+    index = start_index
+    while chunk := list(islice(stream, batch_size)):
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, picture) in enumerate(chunk):
+            by_shape.setdefault(picture.rgb.shape, []).append(i)
+        results: dict[int, PurifiedImage] = {}
+        for positions in by_shape.values():
+            pixels = [model_input(chunk[i][1].rgb, model.manifest.channels) for i in positions]
+            group_seed = None if seed is None else seed + index + positions[0]
+            out, before, after = purify_same_size(model, pixels, params, group_seed, device)
+            for j, i in enumerate(positions):
+                results[i] = PurifiedImage(chunk[i][0], out[j], float(before[j]), float(after[j]))
+        yield from (results[i] for i in range(len(chunk)))
+        index += len(chunk)
+
+
+def purify_container(
+    container: Container,
+    dst: Path,
+    model: LoadedModel,
+    params: LangevinParams,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    on_image: Callable[[PurifiedImage], None] | None = None,
+) -> list[PurifiedImage]:
+    """Purify every image of ``container`` and write the same container to ``dst``.
+
+    The purified pixels are held in memory until the container is written.
+    """
+    done: list[PurifiedImage] = []
+    for item in purify_pictures(model, container.iter_images(), params, batch_size, device, seed):
+        done.append(item)
+        if on_image is not None:
+            on_image(item)
+    by_name = {item.name: item.rgb for item in done}
+    container.write(dst, by_name.__getitem__)
+    return done

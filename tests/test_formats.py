@@ -1,0 +1,252 @@
+"""Round trips for every container and image mode, and refusal of unsafe input."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pureebm.formats import (
+    InputTooLarge,
+    Limits,
+    UnsafeInput,
+    UnsupportedInput,
+    decode_image,
+    encode_image,
+    open_container,
+)
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def members_of(cifar) -> dict[str, bytes]:
+    """A nested tree: PNG, JPEG, BMP, WebP, TIFF, grayscale, RGBA, and a text file."""
+    images = cifar["images"]
+    return {
+        "train/cat/0.png": png_bytes(images[0]),
+        "train/cat/1.jpg": png_bytes(images[1], fmt="JPEG"),
+        "train/dog/2.bmp": png_bytes(images[2], fmt="BMP"),
+        "train/dog/3.webp": png_bytes(images[3], fmt="WEBP"),
+        "train/4.tiff": png_bytes(images[4], fmt="TIFF"),
+        "gray.png": png_bytes(images[5], "L"),
+        "alpha.png": png_bytes(images[6], "RGBA"),
+        "labels.txt": b"cat\ncat\ndog\n\x00binary-safe\xff",
+    }
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def identity(container):
+    """The lookup a purifier that changes nothing would give."""
+    pixels = {name: picture.rgb for name, picture in container.iter_images()}
+    return pixels.__getitem__
+
+
+def inverted(container):
+    pixels = {name: 255 - picture.rgb for name, picture in container.iter_images()}
+    return pixels.__getitem__
+
+
+def read_all(path: Path, kind: str) -> list[tuple[str, bytes]]:
+    if kind == "zip":
+        with zipfile.ZipFile(path) as archive:
+            return [(i.filename, archive.read(i)) for i in archive.infolist()]
+    with tarfile.open(path) as archive:
+        return [(m.name, archive.extractfile(m).read()) for m in archive if m.isfile()]
+
+
+@pytest.mark.parametrize("kind,suffix,mode", [("zip", ".zip", None), ("tar", ".tar", "w"),
+                                              ("tar", ".tar.gz", "w:gz")])
+def test_archive_round_trip_keeps_paths_order_and_bytes(tmp_path, cifar, kind, suffix, mode):
+    members = members_of(cifar)
+    src = tmp_path / f"in{suffix}"
+    write_zip(src, members) if kind == "zip" else write_tar(src, members, mode)
+    container = open_container(src)
+    assert container.kind == kind
+    assert [m.name for m in container.members if m.kind != "dir"] == list(members)
+    dst = tmp_path / f"out{suffix}"
+    container.write(dst, inverted(container))
+    out = read_all(dst, kind)
+    assert [name for name, _ in out] == list(members)
+    for name, data in out:
+        if name.endswith(".txt"):
+            assert data == members[name]
+            continue
+        before, after = decode_image(members[name]), decode_image(data)
+        assert after.mode == before.mode and after.rgb.shape == before.rgb.shape
+        if not name.endswith(".jpg"):
+            np.testing.assert_array_equal(after.rgb, restored_rgb(before, 255 - before.rgb))
+    if mode == "w:gz":
+        assert dst.read_bytes()[:2] == b"\x1f\x8b"
+
+
+def restored_rgb(picture, rgb: np.ndarray) -> np.ndarray:
+    return decode_image(encode_image(picture, rgb, "PNG")).rgb
+
+
+def test_identity_round_trip_is_lossless_for_lossless_formats(tmp_path, cifar):
+    members = members_of(cifar)
+    src = write_zip(tmp_path / "in.zip", members)
+    container = open_container(src)
+    container.write(tmp_path / "out.zip", identity(container))
+    out = dict(read_all(tmp_path / "out.zip", "zip"))
+    for name in ("train/cat/0.png", "train/dog/2.bmp", "train/dog/3.webp", "train/4.tiff"):
+        np.testing.assert_array_equal(decode_image(out[name]).rgb, decode_image(members[name]).rgb)
+    jpeg_error = np.abs(decode_image(out["train/cat/1.jpg"]).rgb.astype(int)
+                        - decode_image(members["train/cat/1.jpg"]).rgb.astype(int))
+    assert jpeg_error.mean() < 3
+
+
+def test_folder_tree_round_trip(tmp_path, cifar):
+    src = tmp_path / "tree"
+    for name, data in members_of(cifar).items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    container = open_container(src)
+    assert container.kind == "folder" and len(container.image_names()) == 7
+    container.write(tmp_path / "out", identity(container))
+    assert (tmp_path / "out/labels.txt").read_bytes() == (src / "labels.txt").read_bytes()
+    np.testing.assert_array_equal(decode_image((tmp_path / "out/train/cat/0.png").read_bytes()).rgb,
+                                  cifar["images"][0])
+
+
+@pytest.mark.parametrize("shape", ["NHWC3", "NHWC4", "NHW", "NHWC1"])
+def test_npz_keeps_keys_labels_and_layout(tmp_path, cifar, shape):
+    images = cifar["images"][:5]
+    if shape == "NHWC4":
+        images = np.concatenate([images, np.full(images.shape[:3] + (1,), 77, np.uint8)], axis=3)
+    elif shape in ("NHW", "NHWC1"):
+        images = images[..., 0] if shape == "NHW" else images[..., :1]
+    src = tmp_path / "in.npz"
+    np.savez(src, images=images, labels=cifar["labels"][:5], meta=np.array([1.5, 2.5]))
+    container = open_container(src)
+    assert container.kind == "npz" and container.image_names()[0] == "images/0"
+    container.write(tmp_path / "out.npz", inverted(container))
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as out:
+        assert out.files == ["images", "labels", "meta"]
+        np.testing.assert_array_equal(out["labels"], cifar["labels"][:5])
+        np.testing.assert_array_equal(out["meta"], [1.5, 2.5])
+        assert out["images"].shape == images.shape and out["images"].dtype == np.uint8
+        if shape == "NHWC4":
+            np.testing.assert_array_equal(out["images"][..., 3], 77)
+            np.testing.assert_array_equal(out["images"][..., :3], 255 - images[..., :3])
+        else:
+            np.testing.assert_array_equal(out["images"], 255 - images)
+
+
+def test_modes_are_converted_and_restored(cifar):
+    rgb = cifar["images"][7]
+    gray = decode_image(png_bytes(rgb, "L"))
+    assert gray.mode == "L" and np.all(gray.rgb[..., 0] == gray.rgb[..., 1])
+    assert Image.open(io.BytesIO(encode_image(gray, gray.rgb))).mode == "L"
+
+    rgba = np.concatenate([rgb, np.arange(32 * 32, dtype=np.uint16).reshape(32, 32, 1) % 256], 2)
+    alpha = decode_image(png_bytes(rgba.astype(np.uint8)))
+    out = Image.open(io.BytesIO(encode_image(alpha, 255 - alpha.rgb)))
+    assert out.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(out)[..., 3], rgba[..., 3])
+
+    palette = decode_image(png_bytes(rgb, "P"))
+    assert palette.mode == "P" and palette.rgb.shape == (32, 32, 3)
+
+    wide = (rgb[..., 0].astype(np.uint16) * 257).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="PNG")
+    sixteen = decode_image(buffer.getvalue())
+    np.testing.assert_array_equal(sixteen.rgb[..., 0], rgb[..., 0])
+    back = np.asarray(Image.open(io.BytesIO(encode_image(sixteen, sixteen.rgb))))
+    np.testing.assert_array_equal(back, wide)
+
+
+def test_single_image_is_written_in_the_output_format(tmp_path, cifar):
+    src = tmp_path / "one.jpg"
+    src.write_bytes(png_bytes(cifar["images"][0], fmt="JPEG"))
+    container = open_container(src)
+    assert container.kind == "image"
+    container.write(tmp_path / "one.png", identity(container))
+    assert Image.open(tmp_path / "one.png").format == "PNG"
+
+
+@pytest.mark.parametrize("name", ["../evil.png", "/etc/evil.png", "a/../../evil.png", "C:/x.png"])
+def test_unsafe_member_paths_are_refused(tmp_path, cifar, name):
+    members = {"ok.png": png_bytes(cifar["images"][0]), name: png_bytes(cifar["images"][1])}
+    with pytest.raises(UnsafeInput, match="unsafe member path"):
+        open_container(write_zip(tmp_path / "a.zip", members))
+    with pytest.raises(UnsafeInput, match="unsafe member path"):
+        open_container(write_tar(tmp_path / "a.tar", members))
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE])
+def test_links_and_devices_in_tar_are_refused(tmp_path, cifar, kind):
+    path = write_tar(tmp_path / "a.tar", {"ok.png": png_bytes(cifar["images"][0])})
+    with tarfile.open(path, "a") as archive:
+        info = tarfile.TarInfo("link.png")
+        info.type, info.linkname = kind, "/etc/passwd"
+        archive.addfile(info)
+    with pytest.raises(UnsafeInput, match="link"):
+        open_container(path)
+
+
+def test_symlink_in_zip_is_refused(tmp_path, cifar):
+    path = write_zip(tmp_path / "a.zip", {"ok.png": png_bytes(cifar["images"][0])})
+    with zipfile.ZipFile(path, "a") as archive:
+        info = zipfile.ZipInfo("link.png")
+        info.external_attr = (0o120777 << 16)
+        archive.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeInput, match="link"):
+        open_container(path)
+
+
+def test_zip_bomb_and_limits(tmp_path, cifar):
+    bomb = write_zip(tmp_path / "bomb.zip", {"a.png": png_bytes(cifar["images"][0]),
+                                             "zeros.bin": bytes(60 << 20)})
+    with pytest.raises(InputTooLarge, match="ratio"):
+        open_container(bomb)
+    many = write_zip(tmp_path / "many.zip", {f"{i}.png": png_bytes(cifar["images"][i]) for i in range(5)})
+    with pytest.raises(InputTooLarge, match="members"):
+        open_container(many, Limits(max_members=3))
+    with pytest.raises(InputTooLarge, match="pixels"):
+        decode_image(png_bytes(cifar["images"][0]), Limits(max_pixels=1000))
+
+
+def test_corrupt_truncated_and_non_images_are_refused(tmp_path, cifar):
+    data = png_bytes(cifar["images"][0])
+    with pytest.raises(UnsupportedInput, match="corrupt or truncated"):
+        decode_image(data[: len(data) // 2])
+    with pytest.raises(UnsupportedInput, match="not a readable image"):
+        decode_image(b"this is text, not a picture")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(UnsupportedInput, match="not an image or a supported archive"):
+        open_container(text)
+    no_images = write_zip(tmp_path / "none.zip", {"a.txt": b"x"})
+    with pytest.raises(UnsupportedInput, match="no images"):
+        open_container(no_images)
+    pickled = tmp_path / "p.npz"
+    np.savez(pickled, images=np.array([object()], dtype=object))
+    with pytest.raises(UnsupportedInput):
+        open_container(pickled)

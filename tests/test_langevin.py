@@ -1,0 +1,99 @@
+"""The sampler's mathematics, reproducibility, and the purifier's contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pureebm.langevin import LangevinParams, langevin_chain, purify, to_uint8, to_unit_range
+from pureebm.nets import ConvEBM
+
+EPS, TAU = 1.25e-2, 1e-4
+
+
+def test_quadratic_energy_reaches_the_discrete_stationary_variance() -> None:
+    """E(x) = |x|^2 / (2 s2) makes each step x' = (1 - a) x + eps * xi with
+    a = eps^2 / (2 tau s2), whose stationary variance is eps^2 / (a (2 - a)),
+    not the continuous-time tau * s2."""
+    s2 = 7.8125  # a = 0.1
+    a = EPS**2 / (2 * TAU * s2)
+    discrete = EPS**2 / (a * (2 - a))
+    continuous = TAU * s2
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.zeros(200_000, 1, dtype=torch.float64)
+    x = langevin_chain(lambda x: (x**2).sum(1) / (2 * s2), x0, 250, EPS, TAU, generator)
+    variance = x.var().item()
+    assert variance == pytest.approx(discrete, rel=0.015)
+    assert abs(variance - continuous) / continuous > 0.03
+
+
+def test_flat_energy_increments_are_gaussian_with_variance_steps_eps2() -> None:
+    steps = 40
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.randn(100_000, 2, dtype=torch.float64)
+    x = langevin_chain(lambda x: 0.0 * x.sum(1), x0, steps, EPS, TAU, generator)
+    increments = (x - x0).flatten()
+    z = increments / (steps * EPS**2) ** 0.5
+    assert increments.var().item() == pytest.approx(steps * EPS**2, rel=0.02)
+    assert abs(z.mean().item()) < 0.01
+    assert (z**4).mean().item() == pytest.approx(3.0, abs=0.06)  # Gaussian kurtosis
+    assert (z.abs() < 1).double().mean().item() == pytest.approx(0.6827, abs=0.005)
+
+
+def test_the_update_rule_matches_one_hand_computed_step() -> None:
+    generator = torch.Generator().manual_seed(5)
+    x0 = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    x1 = langevin_chain(lambda x: (x**2).sum(1), x0, 1, EPS, TAU, generator)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = x0 - EPS**2 / 2 * (2 * x0) / TAU + EPS * noise
+    torch.testing.assert_close(x1, expected)
+
+
+def test_same_seed_same_output_other_seed_differs(cifar) -> None:
+    net = ConvEBM(n_f=8)
+    images = torch.from_numpy(cifar["images"][:6]).permute(0, 3, 1, 2)
+    params = LangevinParams(steps=5)
+    a = purify(net, images, params, batch_size=4, device="cpu", seed=3)
+    b = purify(net, images, params, batch_size=4, device="cpu", seed=3)
+    c = purify(net, images, params, batch_size=4, device="cpu", seed=4)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_purify_shapes_energies_and_no_parameter_gradients(cifar) -> None:
+    net = ConvEBM(n_f=8)
+    images = torch.from_numpy(cifar["images"][:5]).permute(0, 3, 1, 2)
+    done: list[int] = []
+    result = purify(net, images, LangevinParams(steps=3), batch_size=2, seed=0, on_batch=done.append)
+    assert result.images.dtype == torch.uint8 and result.images.shape == images.shape
+    assert result.energy_before.shape == result.energy_after.shape == (5,)
+    assert done == [2, 2, 1]
+    assert all(p.grad is None for p in net.parameters())
+    with torch.no_grad():
+        expected_before = net(to_unit_range(images))
+    torch.testing.assert_close(result.energy_before, expected_before)
+
+
+def test_zero_steps_returns_the_input_exactly(cifar) -> None:
+    images = torch.from_numpy(cifar["images"][:4]).permute(0, 3, 1, 2)
+    assert torch.equal(to_uint8(to_unit_range(images)), images)
+    result = purify(ConvEBM(n_f=8), images, LangevinParams(steps=0), seed=0)
+    assert torch.equal(result.images, images)
+
+
+def test_chain_moves_downhill_on_the_energy() -> None:
+    """With tiny noise the drift dominates: the energy must fall."""
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.full((64, 3), 2.0)
+    x = langevin_chain(lambda x: (x**2).sum(1), x0, 100, 1e-3, 1e-4, generator)  # x *= 0.99 per step
+    assert (x**2).sum(1).mean() < (x0**2).sum(1).mean() * 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_statistics(cifar) -> None:
+    net = ConvEBM(n_f=8)
+    images = torch.from_numpy(cifar["images"][:8]).permute(0, 3, 1, 2)
+    gpu = purify(net, images, LangevinParams(steps=0), device="cuda", seed=0)
+    assert torch.equal(gpu.images, images)
+    cpu = purify(net, images, LangevinParams(steps=0), device="cpu", seed=0)
+    torch.testing.assert_close(gpu.energy_before, cpu.energy_before, rtol=1e-4, atol=1e-4)

@@ -95,8 +95,18 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", nargs="+", help="training images (any supported format)")
     p.add_argument("--name", default=defaults.name)
     p.add_argument("--architecture", default=defaults.architecture, choices=["conv", "resnet"])
-    for field in ("n_f", "iterations", "batch_size", "bank_size", "mcmc_steps", "warmup",
-                  "crop_padding", "holdout", "checkpoint_every", "seed"):
+    for field in (
+        "n_f",
+        "iterations",
+        "batch_size",
+        "bank_size",
+        "mcmc_steps",
+        "warmup",
+        "crop_padding",
+        "holdout",
+        "checkpoint_every",
+        "seed",
+    ):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))
     for field in ("eps", "tau", "lr", "lr_final", "rejuvenation", "bank_noise"):
         p.add_argument("--" + field.replace("_", "-"), type=float, default=getattr(defaults, field))

@@ -203,10 +203,14 @@ class Container:
 
     def check_totals(self, limits: Limits, compressed_bytes: int | None = None) -> None:
         if len(self.members) > limits.max_members:
-            raise InputTooLarge(f"{len(self.members)} members is over the {limits.max_members} limit")
+            raise InputTooLarge(
+                f"{len(self.members)} members is over the {limits.max_members} limit"
+            )
         for member in self.members:
             if member.size > limits.max_member_bytes:
-                raise InputTooLarge(f"member {member.name!r} is over {limits.max_member_bytes} bytes")
+                raise InputTooLarge(
+                    f"member {member.name!r} is over {limits.max_member_bytes} bytes"
+                )
         total = sum(m.size for m in self.members)
         if total > limits.max_total_bytes:
             raise InputTooLarge(f"{total} bytes uncompressed is over {limits.max_total_bytes}")
@@ -343,7 +347,11 @@ class TarContainer(Container):
     def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
         with tarfile.open(self.path, "r:*") as archive:
             for info in archive:
-                if image_format_of(info.name) and info.isreg() and (names is None or info.name in names):
+                if (
+                    image_format_of(info.name)
+                    and info.isreg()
+                    and (names is None or info.name in names)
+                ):
                     yield info.name, decode_image(read_tar_member(archive, info), self.limits)
 
     def write(self, dst: Path, purified: Lookup) -> None:
@@ -405,8 +413,12 @@ class NpzContainer(Container):
             infos = archive.infolist()
             self.compressed = any(i.compress_type != zipfile.ZIP_STORED for i in infos)
             total = sum(i.file_size for i in infos)
-        if total > limits.max_total_bytes or total > limits.max_ratio * max(path.stat().st_size, 1 << 16):
-            raise InputTooLarge(f"npz of {total} bytes uncompressed is over the size or ratio limit")
+        if total > limits.max_total_bytes or total > limits.max_ratio * max(
+            path.stat().st_size, 1 << 16
+        ):
+            raise InputTooLarge(
+                f"npz of {total} bytes uncompressed is over the size or ratio limit"
+            )
         try:
             with np.load(path, allow_pickle=False) as npz:
                 self.arrays = {key: npz[key] for key in npz.files}
@@ -415,17 +427,24 @@ class NpzContainer(Container):
         images = self.arrays.get("images")
         if images is None:
             raise UnsupportedInput("the npz has no 'images' array")
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
-            images.ndim == 4 and images.shape[3] not in (1, 3, 4)
+        if (
+            images.dtype != np.uint8
+            or images.ndim not in (3, 4)
+            or (images.ndim == 4 and images.shape[3] not in (1, 3, 4))
         ):
             raise UnsupportedInput(
-                f"'images' must be uint8 NHW or NHWC with C in 1, 3, 4; got {images.dtype} {images.shape}"
+                "'images' must be uint8 NHW or NHWC with C in 1, 3, 4; "
+                f"got {images.dtype} {images.shape}"
             )
         if images.shape[1] * images.shape[2] > limits.max_pixels:
             raise InputTooLarge("npz images are over the pixel limit")
-        self.members = [Member(f"images/{i}", "image", images[i].nbytes) for i in range(len(images))]
+        self.members = [
+            Member(f"images/{i}", "image", images[i].nbytes) for i in range(len(images))
+        ]
         if len(self.members) > limits.max_members:
-            raise InputTooLarge(f"{len(self.members)} images is over the {limits.max_members} limit")
+            raise InputTooLarge(
+                f"{len(self.members)} images is over the {limits.max_members} limit"
+            )
         if not self.members:
             raise UnsupportedInput("the npz holds no images")
 
@@ -440,8 +459,12 @@ class NpzContainer(Container):
         gray = row if row.ndim == 2 else row[..., 0]
         if channels == 1:
             return Picture(np.repeat(gray[..., None], 3, axis=2), None, "L", "NPZ")
-        return Picture(np.ascontiguousarray(row[..., :3]), row[..., 3].copy() if channels == 4 else None,
-                       "RGBA" if channels == 4 else "RGB", "NPZ")
+        return Picture(
+            np.ascontiguousarray(row[..., :3]),
+            row[..., 3].copy() if channels == 4 else None,
+            "RGBA" if channels == 4 else "RGB",
+            "NPZ",
+        )
 
     def write(self, dst: Path, purified: Lookup) -> None:
         images = self.arrays["images"].copy()
@@ -471,7 +494,11 @@ def detect_kind(path: Path) -> Kind:
         return "zip"
     if tar_compression(path) or (len(head) >= 262 and head[257:262] == b"ustar"):
         return "tar"
-    if image_format_of(path.name) or head[:4] in (b"\x89PNG", b"RIFF") or head[:2] in (b"\xff\xd8", b"BM", b"II", b"MM"):
+    if (
+        image_format_of(path.name)
+        or head[:4] in (b"\x89PNG", b"RIFF")
+        or head[:2] in (b"\xff\xd8", b"BM", b"II", b"MM")
+    ):
         return "image"
     raise UnsupportedInput("not an image or a supported archive (zip, tar, tar.gz, npz)")
 

@@ -42,7 +42,10 @@ def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
 
 
 def purify_same_size(
-    model: LoadedModel, pixels: list[np.ndarray], params: LangevinParams, seed: int | None,
+    model: LoadedModel,
+    pixels: list[np.ndarray],
+    params: LangevinParams,
+    seed: int | None,
     device: str | torch.device | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Purify images of one shape (H x W x C). Returns RGB outputs and energies."""
@@ -51,7 +54,9 @@ def purify_same_size(
     need = model.manifest.image_size
     pad_h, pad_w = max(need - height, 0), max(need - width, 0)
     if pad_h or pad_w:
-        x = torch.nn.functional.pad(x.float(), (0, pad_w, 0, pad_h), mode="replicate").to(torch.uint8)
+        x = torch.nn.functional.pad(x.float(), (0, pad_w, 0, pad_h), mode="replicate").to(
+            torch.uint8
+        )
     result = purify(model.net, x, params, batch_size=len(x), device=device, seed=seed)
     out = result.images[:, :, :height, :width].permute(0, 2, 3, 1).numpy()
     if out.shape[3] == 1:

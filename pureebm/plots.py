@@ -60,8 +60,10 @@ def line_chart(
         draw.text((left, bottom + 2), f"{x_lo:g}", fill="black")
         draw.text((right - 40, bottom + 2), f"{x_hi:g}", fill="black")
         points = [
-            (left + (xv - x_lo) / (x_hi - x_lo) * (right - left),
-             bottom - (v - lo) / (hi - lo) * (bottom - top))
+            (
+                left + (xv - x_lo) / (x_hi - x_lo) * (right - left),
+                bottom - (v - lo) / (hi - lo) * (bottom - top),
+            )
             for xv, v in zip(xs, values, strict=False)
             if np.isfinite(v)
         ]

@@ -88,7 +88,7 @@ def sha256_of(path: Path) -> str:
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """"name" -> (name, None); "name:3" -> (name, 3)."""
+    """ "name" -> (name, None); "name:3" -> (name, 3)."""
     name, _, version = ref.partition(":")
     if not re.match(NAME_PATTERN, name) or (version and not version.isdigit()):
         raise RegistryError(f"bad model reference {ref!r}: expected NAME or NAME:VERSION")

@@ -85,9 +85,9 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
         h, w = x.shape[2:]
         padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
         offsets = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=generator, device=x.device)
-        x = torch.stack([
-            padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())
-        ])
+        x = torch.stack(
+            [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
+        )
     return x
 
 
@@ -222,7 +222,9 @@ class Trainer:
         """Bank samples, clean/purified pairs and the training curves as PNGs."""
         bank = ((self.bank[:16].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
         image_rows([bank[:8], bank[8:16]], prefix.with_name(prefix.name + "-bank.png"))
-        write_samples_png(self.net, self.showcase, self.device, prefix.with_name(prefix.name + "-pairs.png"))
+        write_samples_png(
+            self.net, self.showcase, self.device, prefix.with_name(prefix.name + "-pairs.png")
+        )
         steps = [h["step"] for h in self.history]
         line_chart(
             {k: [h[k] for h in self.history] for k in ("loss", "energy_gap")},
@@ -251,14 +253,16 @@ class Trainer:
                 wall_time_s=round(self.wall_time, 1),
                 hardware=hardware_description(self.device),
             ),
-            description=f"{c.architecture} EBM, n_f={c.n_f}, K={c.mcmc_steps}, batch {c.batch_size}",
+            description=f"{c.architecture} EBM n_f={c.n_f}, K={c.mcmc_steps}, batch {c.batch_size}",
         )
         entry = Path(c.registry) / manifest.name / str(manifest.version)
         write_samples_png(self.net, self.showcase, self.device, entry / "samples.png")
         return manifest
 
 
-def write_samples_png(net: nn.Module, images: torch.Tensor, device: torch.device, path: Path) -> None:
+def write_samples_png(
+    net: nn.Module, images: torch.Tensor, device: torch.device, path: Path
+) -> None:
     """Rows: originals, purified at the default T, difference amplified 4x."""
     was_training = net.training
     purified = purify(net, images, LangevinParams(), device=device, seed=0).images

@@ -25,8 +25,16 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry holding 'tiny:1', a conv EBM trained for a few real updates."""
     root = tmp_path_factory.mktemp("registry")
     config = TrainConfig(
-        data=[str(DATA)], name="tiny", n_f=8, iterations=3, batch_size=8, mcmc_steps=3,
-        warmup=1, checkpoint_every=3, out_dir=str(root.parent / "tiny-run"), registry=str(root),
+        data=[str(DATA)],
+        name="tiny",
+        n_f=8,
+        iterations=3,
+        batch_size=8,
+        mcmc_steps=3,
+        warmup=1,
+        checkpoint_every=3,
+        out_dir=str(root.parent / "tiny-run"),
+        registry=str(root),
         command="pytest fixture",
     )
     train(config)

@@ -12,8 +12,9 @@ from PIL import Image
 
 
 def pureebm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pureebm", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pureebm", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_purify_a_zip_keeps_members_and_changes_pixels(tmp_path, tiny_registry, cifar):
@@ -25,8 +26,22 @@ def test_purify_a_zip_keeps_members_and_changes_pixels(tmp_path, tiny_registry, 
             archive.writestr(f"class{cifar['labels'][i]}/{i}.png", buffer.getvalue())
         archive.writestr("README.txt", b"not an image")
     out, report = tmp_path / "clean.zip", tmp_path / "report.json"
-    result = pureebm("purify", str(src), "-o", str(out), "--registry", str(tiny_registry),
-                     "--model", "tiny:1", "--steps", "5", "--seed", "0", "--report", str(report))
+    result = pureebm(
+        "purify",
+        str(src),
+        "-o",
+        str(out),
+        "--registry",
+        str(tiny_registry),
+        "--model",
+        "tiny:1",
+        "--steps",
+        "5",
+        "--seed",
+        "0",
+        "--report",
+        str(report),
+    )
     assert result.returncode == 0, result.stderr
     assert "purified 6 images" in result.stdout and "images/s" in result.stdout
     with zipfile.ZipFile(src) as a, zipfile.ZipFile(out) as b:
@@ -44,7 +59,15 @@ def test_models_lists_the_registry_and_errors_are_clear(tmp_path, tiny_registry)
     assert listing.returncode == 0 and listing.stdout.startswith("tiny:1")
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 definitely not a zip")
-    result = pureebm("purify", str(bad), "-o", str(tmp_path / "o.zip"), "--registry",
-                     str(tiny_registry), "--model", "tiny")
+    result = pureebm(
+        "purify",
+        str(bad),
+        "-o",
+        str(tmp_path / "o.zip"),
+        "--registry",
+        str(tiny_registry),
+        "--model",
+        "tiny",
+    )
     assert result.returncode != 0 and "corrupt zip" in result.stderr
     assert not (tmp_path / "o.zip").exists()

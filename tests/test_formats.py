@@ -79,8 +79,9 @@ def read_all(path: Path, kind: str) -> list[tuple[str, bytes]]:
         return [(m.name, archive.extractfile(m).read()) for m in archive if m.isfile()]
 
 
-@pytest.mark.parametrize("kind,suffix,mode", [("zip", ".zip", None), ("tar", ".tar", "w"),
-                                              ("tar", ".tar.gz", "w:gz")])
+@pytest.mark.parametrize(
+    "kind,suffix,mode", [("zip", ".zip", None), ("tar", ".tar", "w"), ("tar", ".tar.gz", "w:gz")]
+)
 def test_archive_round_trip_keeps_paths_order_and_bytes(tmp_path, cifar, kind, suffix, mode):
     members = members_of(cifar)
     src = tmp_path / f"in{suffix}"
@@ -116,8 +117,10 @@ def test_identity_round_trip_is_lossless_for_lossless_formats(tmp_path, cifar):
     out = dict(read_all(tmp_path / "out.zip", "zip"))
     for name in ("train/cat/0.png", "train/dog/2.bmp", "train/dog/3.webp", "train/4.tiff"):
         np.testing.assert_array_equal(decode_image(out[name]).rgb, decode_image(members[name]).rgb)
-    jpeg_error = np.abs(decode_image(out["train/cat/1.jpg"]).rgb.astype(int)
-                        - decode_image(members["train/cat/1.jpg"]).rgb.astype(int))
+    jpeg_error = np.abs(
+        decode_image(out["train/cat/1.jpg"]).rgb.astype(int)
+        - decode_image(members["train/cat/1.jpg"]).rgb.astype(int)
+    )
     assert jpeg_error.mean() < 3
 
 
@@ -130,15 +133,16 @@ def test_folder_tree_round_trip(tmp_path, cifar):
     assert container.kind == "folder" and len(container.image_names()) == 7
     container.write(tmp_path / "out", identity(container))
     assert (tmp_path / "out/labels.txt").read_bytes() == (src / "labels.txt").read_bytes()
-    np.testing.assert_array_equal(decode_image((tmp_path / "out/train/cat/0.png").read_bytes()).rgb,
-                                  cifar["images"][0])
+    np.testing.assert_array_equal(
+        decode_image((tmp_path / "out/train/cat/0.png").read_bytes()).rgb, cifar["images"][0]
+    )
 
 
 @pytest.mark.parametrize("shape", ["NHWC3", "NHWC4", "NHW", "NHWC1"])
 def test_npz_keeps_keys_labels_and_layout(tmp_path, cifar, shape):
     images = cifar["images"][:5]
     if shape == "NHWC4":
-        images = np.concatenate([images, np.full(images.shape[:3] + (1,), 77, np.uint8)], axis=3)
+        images = np.concatenate([images, np.full((*images.shape[:3], 1), 77, np.uint8)], axis=3)
     elif shape in ("NHW", "NHWC1"):
         images = images[..., 0] if shape == "NHW" else images[..., :1]
     src = tmp_path / "in.npz"
@@ -200,7 +204,9 @@ def test_unsafe_member_paths_are_refused(tmp_path, cifar, name):
         open_container(write_tar(tmp_path / "a.tar", members))
 
 
-@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE])
+@pytest.mark.parametrize(
+    "kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE]
+)
 def test_links_and_devices_in_tar_are_refused(tmp_path, cifar, kind):
     path = write_tar(tmp_path / "a.tar", {"ok.png": png_bytes(cifar["images"][0])})
     with tarfile.open(path, "a") as archive:
@@ -215,18 +221,22 @@ def test_symlink_in_zip_is_refused(tmp_path, cifar):
     path = write_zip(tmp_path / "a.zip", {"ok.png": png_bytes(cifar["images"][0])})
     with zipfile.ZipFile(path, "a") as archive:
         info = zipfile.ZipInfo("link.png")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         archive.writestr(info, "/etc/passwd")
     with pytest.raises(UnsafeInput, match="link"):
         open_container(path)
 
 
 def test_zip_bomb_and_limits(tmp_path, cifar):
-    bomb = write_zip(tmp_path / "bomb.zip", {"a.png": png_bytes(cifar["images"][0]),
-                                             "zeros.bin": bytes(60 << 20)})
+    bomb = write_zip(
+        tmp_path / "bomb.zip",
+        {"a.png": png_bytes(cifar["images"][0]), "zeros.bin": bytes(60 << 20)},
+    )
     with pytest.raises(InputTooLarge, match="ratio"):
         open_container(bomb)
-    many = write_zip(tmp_path / "many.zip", {f"{i}.png": png_bytes(cifar["images"][i]) for i in range(5)})
+    many = write_zip(
+        tmp_path / "many.zip", {f"{i}.png": png_bytes(cifar["images"][i]) for i in range(5)}
+    )
     with pytest.raises(InputTooLarge, match="members"):
         open_container(many, Limits(max_members=3))
     with pytest.raises(InputTooLarge, match="pixels"):

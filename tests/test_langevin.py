@@ -64,7 +64,9 @@ def test_purify_shapes_energies_and_no_parameter_gradients(cifar) -> None:
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:5]).permute(0, 3, 1, 2)
     done: list[int] = []
-    result = purify(net, images, LangevinParams(steps=3), batch_size=2, seed=0, on_batch=done.append)
+    result = purify(
+        net, images, LangevinParams(steps=3), batch_size=2, seed=0, on_batch=done.append
+    )
     assert result.images.dtype == torch.uint8 and result.images.shape == images.shape
     assert result.energy_before.shape == result.energy_after.shape == (5,)
     assert done == [2, 2, 1]
@@ -85,7 +87,9 @@ def test_chain_moves_downhill_on_the_energy() -> None:
     """With tiny noise the drift dominates: the energy must fall."""
     generator = torch.Generator().manual_seed(0)
     x0 = torch.full((64, 3), 2.0)
-    x = langevin_chain(lambda x: (x**2).sum(1), x0, 100, 1e-3, 1e-4, generator)  # x *= 0.99 per step
+    x = langevin_chain(
+        lambda x: (x**2).sum(1), x0, 100, 1e-3, 1e-4, generator
+    )  # x *= 0.99 per step
     assert (x**2).sum(1).mean() < (x0**2).sum(1).mean() * 0.5
 
 

@@ -30,8 +30,9 @@ def test_splitting_into_shards_gives_the_same_pixels(tiny_model, cifar):
     items = pictures(cifar["images"][:8])
     whole = list(purify_pictures(tiny_model, items, PARAMS, batch_size=4, seed=11))
     first = list(purify_pictures(tiny_model, items[:4], PARAMS, batch_size=4, seed=11))
-    second = list(purify_pictures(tiny_model, items[4:], PARAMS, batch_size=4, seed=11,
-                                  start_index=4))
+    second = list(
+        purify_pictures(tiny_model, items[4:], PARAMS, batch_size=4, seed=11, start_index=4)
+    )
     for a, b in zip(whole, first + second, strict=True):
         np.testing.assert_array_equal(a.rgb, b.rgb)
     assert not np.array_equal(whole[0].rgb, whole[4].rgb)
@@ -41,8 +42,15 @@ def test_purify_container_writes_the_same_container(tmp_path, tiny_model, cifar)
     src = tmp_path / "in.npz"
     np.savez(src, images=cifar["images"][:5], labels=cifar["labels"][:5])
     seen: list[str] = []
-    results = purify_container(open_container(src), tmp_path / "out.npz", tiny_model, PARAMS,
-                               batch_size=2, seed=0, on_image=lambda r: seen.append(r.name))
+    results = purify_container(
+        open_container(src),
+        tmp_path / "out.npz",
+        tiny_model,
+        PARAMS,
+        batch_size=2,
+        seed=0,
+        on_image=lambda r: seen.append(r.name),
+    )
     assert seen == [f"images/{i}" for i in range(5)] == [r.name for r in results]
     with np.load(tmp_path / "out.npz") as out:
         np.testing.assert_array_equal(out["labels"], cifar["labels"][:5])

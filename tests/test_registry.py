@@ -16,8 +16,15 @@ RECORD = TrainingRecord(data="test", command="test", iterations=1, wall_time_s=0
 
 
 def add(registry: Registry, net: torch.nn.Module, name: str = "m"):
-    return registry.add(net, name=name, architecture="conv", arch_kwargs={"n_c": 3, "n_f": 4},
-                        image_size=32, channels=3, training=RECORD)
+    return registry.add(
+        net,
+        name=name,
+        architecture="conv",
+        arch_kwargs={"n_c": 3, "n_f": 4},
+        image_size=32,
+        channels=3,
+        training=RECORD,
+    )
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import torch
@@ -22,9 +23,19 @@ def test_training_registers_a_loadable_model_with_its_record(tiny_registry):
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):
-    base = dict(data=[str(DATA)], name="r", n_f=4, batch_size=4, mcmc_steps=2, warmup=1,
-                checkpoint_every=2, out_dir=str(tmp_path / "run"), registry=str(tmp_path / "reg"),
-                holdout=16, crop_padding=2)
+    base = dict(
+        data=[str(DATA)],
+        name="r",
+        n_f=4,
+        batch_size=4,
+        mcmc_steps=2,
+        warmup=1,
+        checkpoint_every=2,
+        out_dir=str(tmp_path / "run"),
+        registry=str(tmp_path / "reg"),
+        holdout=16,
+        crop_padding=2,
+    )
     train(TrainConfig(**base, iterations=2))
     assert (tmp_path / "run" / CHECKPOINT).exists()
     assert (tmp_path / "run" / "step000002-pairs.png").exists()
@@ -40,5 +51,5 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     config = TrainConfig(data=[], lr=1e-3, lr_final=1e-5, warmup=10, iterations=110)
     rates = [learning_rate(config, step) for step in range(110)]
     assert rates[0] == 1e-4 and rates[9] == 1e-3
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
     assert abs(rates[-1] - 1e-5) < 1e-6

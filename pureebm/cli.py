@@ -16,6 +16,7 @@ from pureebm.langevin import LangevinParams, resolve_device
 from pureebm.pipeline import PurifiedImage, purify_container
 from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT, Registry, RegistryError
 from pureebm.train import TrainConfig, train
+from service.client import PureEBMClient, PureEBMError
 
 
 def add_purify_parser(sub: argparse._SubParsersAction) -> None:
@@ -125,6 +126,81 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"registered {manifest.name}:{manifest.version} in {config.registry}")
 
 
+def add_service_parsers(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the API (plus embedded Valkey and a worker when PUREEBM_REDIS_URL is unset)",
+    )
+    serve.add_argument("--host", help="default: PUREEBM_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: PUREEBM_PORT or 8000")
+    serve.add_argument("--device", default="auto", help="the embedded worker's device")
+    worker = sub.add_parser("worker", help="run one long-lived worker on one device")
+    worker.add_argument("--device", default="auto", help="cuda:0, cpu, ... (default: auto)")
+    worker.add_argument("--queues", nargs="+", help="default: pureebm-sync pureebm")
+    worker.add_argument("--batch-size", type=int, help="default: chosen for the device")
+    worker.add_argument("--redis-url", help="default: PUREEBM_REDIS_URL")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    submit = sub.add_parser("submit", help="purify through a running service")
+    submit.add_argument("input", type=Path, help="an image or an archive (zip, tar, npz)")
+    submit.add_argument("-o", "--output", type=Path, required=True)
+    submit.add_argument("--url", default="http://127.0.0.1:8000")
+    submit.add_argument("--api-key", help="default: PUREEBM_API_KEY")
+    for name, kind in (
+        ("model", str),
+        ("steps", int),
+        ("eps", float),
+        ("tau", float),
+        ("seed", int),
+    ):
+        submit.add_argument(f"--{name}", type=kind)
+    sub.add_parser("keygen", help="make an API key and print the sha256 the service stores")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from service.embedded import serve
+
+    serve(host=args.host, port=args.port, device=args.device)
+
+
+def run_worker_command(args: argparse.Namespace) -> None:
+    from service.settings import Settings
+    from worker.main import run_worker
+
+    settings = Settings(**({"redis_url": args.redis_url} if args.redis_url else {}))
+    run_worker(settings, args.device, args.queues, args.batch_size, args.burst)
+
+
+def run_submit(args: argparse.Namespace) -> None:
+    import os
+
+    params = {k: getattr(args, k) for k in ("model", "steps", "eps", "tau", "seed")}
+    api_key = args.api_key or os.environ.get("PUREEBM_API_KEY")
+    started = time.perf_counter()
+    with PureEBMClient(args.url, api_key) as client, tqdm(unit="img", desc="purify") as bar:
+        job = client.submit(args.input, **params)
+        bar.total = job["progress"]["total"]
+        print(f"job {job['id']}: {job['progress']['total']} images", file=sys.stderr)
+
+        def show(job: dict) -> None:
+            bar.set_postfix_str(job["status"])
+            bar.update(job["progress"]["done"] - bar.n)
+
+        client.wait(job["id"], on_progress=show)
+        client.download(job["id"], args.output)
+    seconds = time.perf_counter() - started
+    print(f"purified {bar.total} images in {seconds:.1f} s -> {args.output}")
+
+
+def run_keygen(args: argparse.Namespace) -> None:
+    import secrets
+
+    from service.deps import key_hash
+
+    key = secrets.token_urlsafe(32)
+    print(f"API key (give to the caller): {key}")
+    print(f"sha256 (put in PUREEBM_API_KEY_HASHES or the keys file): {key_hash(key)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pureebm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,9 +209,20 @@ def main(argv: list[str] | None = None) -> None:
     models.add_argument("--registry", type=Path, default=DEFAULT_ROOT)
     models.add_argument("--json", action="store_true")
     add_train_parser(sub)
+    add_service_parsers(sub)
     args = parser.parse_args(argv)
-    commands = {"purify": run_purify, "models": run_models, "train": run_train}
+    commands = {
+        "purify": run_purify,
+        "models": run_models,
+        "train": run_train,
+        "serve": run_serve,
+        "worker": run_worker_command,
+        "submit": run_submit,
+        "keygen": run_keygen,
+    }
     try:
         commands[args.command](args)
     except (FormatError, RegistryError) as e:
         sys.exit(f"pureebm: {e}")
+    except PureEBMError as e:
+        sys.exit(f"pureebm: the service answered {e}")

@@ -1,0 +1,81 @@
+"""The FastAPI application: `create_app(settings)`.
+
+The API never touches a GPU: it stores and checks uploads, queues work on
+Redis/RQ, and serves results that workers wrote to the shared data volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, Response
+from redis import Redis
+from starlette.middleware.base import RequestResponseEndpoint
+
+from service import problems
+from service.jobs import BATCH_QUEUE, SYNC_QUEUE, JobStore
+from service.logs import configure_logging
+from service.metrics import build_registry
+from service.routers import health, jobs, models, purify
+from service.settings import Settings
+from service.uploads import BodyLimit
+
+log = logging.getLogger("pureebm.api")
+
+
+async def clean_periodically(store: JobStore, interval_s: float) -> None:
+    """The retention cleaner: deletes expired jobs' data and metadata."""
+    while True:
+        try:
+            deleted = await asyncio.to_thread(store.delete_expired)
+            if deleted:
+                log.info("expired jobs deleted", extra={"count": deleted})
+        except Exception:
+            log.exception("cleaner failed")
+        await asyncio.sleep(interval_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    if settings.redis_url is None:
+        raise ValueError("the API needs a Redis URL (pureebm serve starts an embedded one)")
+    redis = Redis.from_url(settings.redis_url)
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cleaner = asyncio.create_task(
+            clean_periodically(app.state.store, settings.cleanup_interval_s)
+        )
+        yield
+        cleaner.cancel()
+        redis.close()
+
+    app = FastAPI(
+        title="PureEBM",
+        version="1.0",
+        summary="Purify image training data of poisons with energy-based-model Langevin dynamics",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.redis = redis
+    app.state.store = JobStore(redis, settings)
+    app.state.metrics, requests = build_registry(redis, [SYNC_QUEUE, BATCH_QUEUE])
+    problems.install(app)
+    for router in (jobs.router, purify.router, models.router, health.router):
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    return app

@@ -1,0 +1,111 @@
+"""A small client for pipelines:
+
+from service.client import PureEBMClient
+client = PureEBMClient("http://127.0.0.1:8000", api_key="...")
+job = client.purify("train.zip", "train.purified.zip", steps=150)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pureebm.formats import image_format_of
+
+
+class PureEBMError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class PureEBMClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 300.0) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def __enter__(self) -> PureEBMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.is_error:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise PureEBMError(response.status_code, str(detail))
+        return response
+
+    def submit(
+        self, path: str | Path, idempotency_key: str | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Upload an image (as `files`) or an archive (as `archive`); returns the job."""
+        path = Path(path)
+        field = "files" if image_format_of(path.name) else "archive"
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = {k: str(v) for k, v in params.items() if v is not None}
+        with path.open("rb") as f:
+            return self.request(
+                "POST", "/v1/jobs", files={field: (path.name, f)}, data=data, headers=headers
+            ).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/jobs/{job_id}").json()
+
+    def wait(
+        self,
+        job_id: str,
+        poll_s: float = 1.0,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job ends; raises PureEBMError if it failed or was canceled."""
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job["status"] == "finished":
+                return job
+            if job["status"] in ("failed", "canceled"):
+                raise PureEBMError(409, f"job {job_id} {job['status']}: {job.get('error')}")
+            time.sleep(poll_s)
+
+    def download(self, job_id: str, dest: str | Path) -> Path:
+        dest = Path(dest)
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/result") as response:
+            if response.is_error:
+                response.read()
+                raise PureEBMError(response.status_code, response.text)
+            with dest.open("wb") as out:
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+        return dest
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/jobs/{job_id}/report").json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/jobs/{job_id}").json()
+
+    def models(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/models").json()
+
+    def purify(
+        self,
+        path: str | Path,
+        dest: str | Path,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Submit, wait and download in one call; returns the finished job."""
+        job = self.submit(path, **params)
+        job = self.wait(job["id"], on_progress=on_progress)
+        self.download(job["id"], dest)
+        return job

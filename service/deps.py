@@ -1,0 +1,69 @@
+"""FastAPI dependencies, as Annotated aliases, all in one place."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from redis import Redis
+
+from pureebm.registry import Registry
+from service.jobs import JobStore
+from service.problems import Problem
+from service.settings import Settings
+
+ANONYMOUS = "anonymous"
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_registry(settings: Annotated[Settings, Depends(get_settings)]) -> Registry:
+    return Registry(settings.registry)
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_owner(
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[
+        str | None, Header(description="API key (or Authorization: Bearer)")
+    ] = None,
+) -> str:
+    """The caller's identity: a prefix of its key's sha256, or 'anonymous' when auth is off."""
+    if not settings.auth_enabled:
+        return ANONYMOUS
+    key = x_api_key
+    if key is None and authorization and authorization.lower().startswith("bearer "):
+        key = authorization[7:].strip()
+    if not key:
+        raise Problem(
+            401,
+            "an API key is required (X-API-Key or Authorization: Bearer)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    digest = key_hash(key)
+    if not any(hmac.compare_digest(digest, known) for known in settings.key_hashes):
+        raise Problem(403, "this API key is not accepted")
+    return digest[:16]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,0 +1,233 @@
+"""Jobs: metadata in Redis, images in the job's folder, work on the RQ queue.
+
+A job is split into shards of ``shard_size`` images. Each shard is one RQ job
+(``worker.tasks.purify_shard``) and a finalising RQ job (``worker.tasks.finalize``)
+that depends on all of them assembles the result. Redis keys:
+
+    pureebm:job:<id>            hash: the JobRecord fields
+    pureebm:job:<id>:progress   hash: shard index -> images done in that shard
+    pureebm:owner:<owner>       sorted set: the owner's job ids by creation time
+    pureebm:idem:<owner>:<key>  the job id created under an Idempotency-Key
+    pureebm:states              hash: job id -> status (for /metrics)
+
+Job folder (``<data_dir>/jobs/<id>/``): ``input/<file>``, ``shards/<i>.npz``,
+``result/<name>`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Dependency, Job
+
+from service.schemas import ACTIVE, JobRecord, JobStatus, Progress
+from service.settings import Settings
+
+PREFIX = "pureebm"
+BATCH_QUEUE = "pureebm"
+SYNC_QUEUE = "pureebm-sync"
+STATES_KEY = f"{PREFIX}:states"
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+# Compare-and-set of a job's status: the transition happens only from the expected state.
+SET_STATUS_IF = """
+if redis.call('hget', KEYS[1], 'status') == ARGV[1] then
+  redis.call('hset', KEYS[1], 'status', ARGV[2])
+  redis.call('hset', KEYS[2], ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def progress_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:progress"
+
+
+def owner_key(owner: str) -> str:
+    return f"{PREFIX}:owner:{owner}"
+
+
+def shard_job_id(job_id: str, shard: int) -> str:
+    return f"{job_id}-shard-{shard}"
+
+
+def finalize_job_id(job_id: str) -> str:
+    return f"{job_id}-finalize"
+
+
+class JobStore:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.set_status_if = redis.register_script(SET_STATUS_IF)
+
+    # -- folders ----------------------------------------------------------------
+
+    def folder(self, job_id: str) -> Path:
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.settings.jobs_dir / job_id
+
+    def input_path(self, record: JobRecord) -> Path:
+        return self.folder(record.id) / "input" / record.input_file
+
+    def shard_path(self, job_id: str, shard: int) -> Path:
+        return self.folder(job_id) / "shards" / f"{shard:05d}.npz"
+
+    def result_path(self, record: JobRecord) -> Path:
+        return self.folder(record.id) / "result" / record.result_name
+
+    def report_path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "report.json"
+
+    # -- records ----------------------------------------------------------------
+
+    def save(self, record: JobRecord) -> None:
+        fields = record.model_dump(mode="json", exclude_none=True)
+        fields["params"] = json.dumps(fields["params"])
+        fields["sync"] = int(record.sync)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(job_key(record.id), mapping=fields)
+            pipe.zadd(owner_key(record.owner), {record.id: record.created_at})
+            pipe.hset(STATES_KEY, record.id, record.status.value)
+            pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        if not JOB_ID.match(job_id):
+            return None
+        raw = self.redis.hgetall(job_key(job_id))
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields["params"] = json.loads(fields["params"])
+        fields["sync"] = fields.get("sync") == "1"
+        return JobRecord.model_validate(fields)
+
+    def get_owned(self, job_id: str, owner: str) -> JobRecord | None:
+        """The job, or None when it does not exist or belongs to another key."""
+        record = self.get(job_id)
+        return record if record is not None and record.owner == owner else None
+
+    def update(self, job_id: str, **fields: str | float) -> None:
+        self.redis.hset(job_key(job_id), mapping=fields)
+
+    def transition(self, job_id: str, expected: JobStatus, new: JobStatus) -> bool:
+        """Move a job from ``expected`` to ``new``; False if it was in another state."""
+        keys = [job_key(job_id), STATES_KEY]
+        return bool(self.set_status_if(keys=keys, args=[expected.value, new.value, job_id]))
+
+    def owned_ids(self, owner: str, offset: int, limit: int) -> tuple[list[str], int]:
+        ids = self.redis.zrevrange(owner_key(owner), offset, offset + limit - 1)
+        return [i.decode() for i in ids], self.redis.zcard(owner_key(owner))
+
+    def active_count(self, owner: str) -> int:
+        ids = [i.decode() for i in self.redis.zrange(owner_key(owner), 0, -1)]
+        states = self.redis.hmget(STATES_KEY, ids) if ids else []
+        return sum(s is not None and s.decode() in ACTIVE for s in states)
+
+    # -- progress ---------------------------------------------------------------
+
+    def set_shard_progress(self, job_id: str, shard: int, done: int) -> None:
+        """Images done in one shard. A retried shard starts again from 0, so the
+        aggregate never counts an image twice."""
+        self.redis.hset(progress_key(job_id), str(shard), done)
+
+    def progress(self, record: JobRecord) -> Progress:
+        if record.status == JobStatus.finished:
+            done = record.images
+        else:
+            done = sum(int(v) for v in self.redis.hvals(progress_key(record.id)))
+        rate = eta = None
+        if record.started_at and done:
+            elapsed = (record.finished_at or time.time()) - record.started_at
+            rate = done / max(elapsed, 1e-6)
+            eta = (record.images - done) / rate if record.status in ACTIVE else 0.0
+        return Progress(done=done, total=record.images, images_per_s=rate, eta_s=eta)
+
+    # -- the queue --------------------------------------------------------------
+
+    def enqueue(self, record: JobRecord) -> None:
+        """One RQ job per shard, and a finalising job that runs once all have ended."""
+        queue = Queue(SYNC_QUEUE if record.sync else BATCH_QUEUE, connection=self.redis)
+        ttl = self.settings.retention_s
+        retry = Retry(max=self.settings.shard_retries) if self.settings.shard_retries else None
+        shards = []
+        for shard in range(record.shards):
+            start = shard * record.shard_size
+            stop = min(start + record.shard_size, record.images)
+            shards.append(
+                queue.enqueue(
+                    "worker.tasks.purify_shard",
+                    record.id,
+                    shard,
+                    start,
+                    stop,
+                    job_id=shard_job_id(record.id, shard),
+                    retry=retry,
+                    job_timeout=self.settings.shard_timeout_s,
+                    result_ttl=ttl,
+                    failure_ttl=ttl,
+                )
+            )
+        queue.enqueue(
+            "worker.tasks.finalize",
+            record.id,
+            job_id=finalize_job_id(record.id),
+            depends_on=Dependency(jobs=shards, allow_failure=True),
+            job_timeout=self.settings.shard_timeout_s,
+            result_ttl=ttl,
+            failure_ttl=ttl,
+        )
+
+    def cancel(self, record: JobRecord) -> None:
+        """Stop a queued or running job: queued shards never start, running ones stop
+        at their next batch (they check the status)."""
+        for status in ACTIVE:
+            if self.transition(record.id, status, JobStatus.canceled):
+                break
+        ids = [shard_job_id(record.id, i) for i in range(record.shards)]
+        for rq_id in [*ids, finalize_job_id(record.id)]:
+            with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
+                Job.fetch(rq_id, connection=self.redis).cancel()
+
+    def delete(self, record: JobRecord) -> None:
+        """Remove the job's folder and every key that names it."""
+        shutil.rmtree(self.folder(record.id), ignore_errors=True)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(job_key(record.id), progress_key(record.id))
+            pipe.zrem(owner_key(record.owner), record.id)
+            pipe.hdel(STATES_KEY, record.id)
+            pipe.execute()
+
+    def delete_expired(self, now: float | None = None) -> int:
+        """The retention cleaner: delete jobs past ``expires_at`` and orphaned folders."""
+        now = time.time() if now is None else now
+        deleted = 0
+        for job_id in [k.decode() for k in self.redis.hkeys(STATES_KEY)]:
+            record = self.get(job_id)
+            if record is None:
+                self.redis.hdel(STATES_KEY, job_id)
+            elif record.expires_at < now:
+                if record.status in ACTIVE:
+                    self.cancel(record)
+                self.delete(record)
+                deleted += 1
+        if self.settings.jobs_dir.is_dir():
+            for folder in self.settings.jobs_dir.iterdir():
+                orphan = JOB_ID.match(folder.name) and not self.redis.exists(job_key(folder.name))
+                if orphan and folder.stat().st_mtime < now - 3600:
+                    shutil.rmtree(folder, ignore_errors=True)
+        return deleted

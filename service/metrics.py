@@ -1,0 +1,100 @@
+"""Prometheus metrics. Workers are separate processes (often on other hosts), so they
+write their figures to Redis; the API reads them back at each scrape."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from redis import Redis
+from rq import Queue, Worker
+
+IMAGES_KEY = "pureebm:stats:images"
+SHARD_SECONDS_KEY = "pureebm:stats:shard_seconds"
+WORKER_RATE_KEY = "pureebm:stats:worker_rate"
+BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
+RATE_FRESH_S = 600
+
+
+def record_shard(redis: Redis, worker: str, images: int, seconds: float) -> None:
+    """Called by a worker after each shard."""
+    with redis.pipeline() as pipe:
+        pipe.incrby(IMAGES_KEY, images)
+        for bound in BUCKETS:
+            if seconds <= bound:
+                pipe.hincrby(SHARD_SECONDS_KEY, f"le_{bound}", 1)
+        pipe.hincrby(SHARD_SECONDS_KEY, "count", 1)
+        pipe.hincrbyfloat(SHARD_SECONDS_KEY, "sum", seconds)
+        pipe.hset(WORKER_RATE_KEY, worker, f"{images / max(seconds, 1e-9)}:{time.time()}")
+        pipe.execute()
+
+
+class QueueCollector(Collector):
+    """Jobs by state, images purified, queue depth, shard durations, worker rates."""
+
+    def __init__(self, redis: Redis, queue_names: list[str]) -> None:
+        self.redis = redis
+        self.queue_names = queue_names
+
+    def collect(self) -> Iterator[Metric]:
+        from service.jobs import STATES_KEY
+        from service.schemas import JobStatus
+
+        jobs = GaugeMetricFamily("pureebm_jobs", "Jobs by state", labels=["state"])
+        states = [s.decode() for s in self.redis.hvals(STATES_KEY)]
+        for state in JobStatus:
+            jobs.add_metric([state.value], states.count(state.value))
+        yield jobs
+
+        yield CounterMetricFamily(
+            "pureebm_images_purified",
+            "Images purified by all workers",
+            value=int(self.redis.get(IMAGES_KEY) or 0),
+        )
+
+        depth = GaugeMetricFamily("pureebm_queue_depth", "RQ jobs waiting", labels=["queue"])
+        workers = set()
+        for name in self.queue_names:
+            queue = Queue(name, connection=self.redis)
+            depth.add_metric([name], queue.count)
+            workers.update(w.name for w in Worker.all(queue=queue))
+        yield depth
+        yield GaugeMetricFamily("pureebm_workers", "Live workers", value=len(workers))
+
+        raw = {k.decode(): float(v) for k, v in self.redis.hgetall(SHARD_SECONDS_KEY).items()}
+        buckets = [(str(b), raw.get(f"le_{b}", 0.0)) for b in BUCKETS]
+        buckets.append(("+Inf", raw.get("count", 0.0)))
+        yield HistogramMetricFamily(
+            "pureebm_shard_duration_seconds",
+            "Time to purify one shard",
+            buckets=buckets,
+            sum_value=raw.get("sum", 0.0),
+        )
+
+        rate = GaugeMetricFamily(
+            "pureebm_worker_images_per_second",
+            "Each worker's rate on its last shard",
+            labels=["worker"],
+        )
+        for worker, value in self.redis.hgetall(WORKER_RATE_KEY).items():
+            images_per_s, at = value.decode().split(":")
+            if time.time() - float(at) < RATE_FRESH_S:
+                rate.add_metric([worker.decode()], float(images_per_s))
+        yield rate
+
+
+def build_registry(redis: Redis, queue_names: list[str]) -> tuple[CollectorRegistry, Counter]:
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(redis, queue_names))
+    requests = Counter(
+        "pureebm_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+    )
+    return registry, requests

@@ -1,0 +1,86 @@
+"""Errors as application/problem+json (RFC 9457), with a status code that names the fault."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from pureebm.formats import FormatError
+from pureebm.registry import RegistryError
+
+log = logging.getLogger("pureebm.api")
+
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict",
+    411: "Length required",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+
+
+class Problem(HTTPException):
+    """An HTTP error with a human-readable detail; extra members go into the body."""
+
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: object
+    ) -> None:
+        super().__init__(status, detail, headers)
+        self.extra = extra
+
+
+def problem(
+    request: Request,
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: object,
+) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return problem(
+            request, exc.status_code, str(exc.detail), exc.headers, **getattr(exc, "extra", {})
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return problem(request, 422, "request parameters failed validation", errors=errors)
+
+    @app.exception_handler(FormatError)
+    async def bad_input(request: Request, exc: FormatError) -> JSONResponse:
+        return problem(request, exc.status, str(exc))
+
+    @app.exception_handler(RegistryError)
+    async def bad_model(request: Request, exc: RegistryError) -> JSONResponse:
+        return problem(request, 400, str(exc))
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    async def no_queue(request: Request, exc: redis.exceptions.ConnectionError) -> JSONResponse:
+        log.error("queue unreachable: %s", exc)
+        return problem(request, 503, "the job queue is unreachable")

@@ -1,0 +1,47 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from rq import Queue, Worker
+
+from pureebm.registry import RegistryError, sha256_of
+from service.deps import RedisDep, RegistryDep, SettingsDep
+from service.jobs import BATCH_QUEUE
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {}})
+def readyz(redis: RedisDep, registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
+    """Ready when the queue answers, a worker is alive and the default model verifies."""
+    checks: dict[str, dict[str, object]] = {}
+    try:
+        redis.ping()
+        checks["queue"] = {"ok": True}
+        workers = len(Worker.all(queue=Queue(BATCH_QUEUE, connection=redis)))
+        checks["workers"] = {"ok": workers > 0, "alive": workers}
+    except Exception as e:
+        checks["queue"] = {"ok": False, "error": str(e)}
+    try:
+        manifest = registry.manifest(settings.default_model)
+        weights = registry.root / manifest.name / str(manifest.version) / "model.safetensors"
+        verified = weights.is_file() and sha256_of(weights) == manifest.sha256
+        checks["model"] = {"ok": verified, "model": f"{manifest.name}:{manifest.version}"}
+    except RegistryError as e:
+        checks["model"] = {"ok": False, "error": str(e)}
+    ready = all(c["ok"] for c in checks.values()) and "workers" in checks
+    return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

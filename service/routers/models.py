@@ -1,0 +1,32 @@
+"""/v1/models: the registry's entries and their manifests."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import RegistryDep, SettingsDep
+from service.problems import Problem
+from service.schemas import ModelInfo
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def describe(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
+    versions = [
+        registry.manifest(f"{name}:{v}").model_dump(mode="json") for v in registry.versions(name)
+    ]
+    default_name = settings.default_model.partition(":")[0]
+    return ModelInfo(name=name, default=name == default_name, versions=versions)
+
+
+@router.get("", response_model=list[ModelInfo])
+def list_models(registry: RegistryDep, settings: SettingsDep) -> list[ModelInfo]:
+    names = sorted({m.name for m in registry.list()})
+    return [describe(name, registry, settings) for name in names]
+
+
+@router.get("/{name}", response_model=ModelInfo, responses={404: {}})
+def get_model(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
+    if not registry.versions(name):
+        raise Problem(404, f"no model named {name!r}")
+    return describe(name, registry, settings)

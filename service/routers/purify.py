@@ -1,0 +1,76 @@
+"""/v1/purify: small batches, answered in the same request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from rq import Queue, Worker
+
+from service.deps import OwnerDep, RegistryDep, SettingsDep, StoreDep
+from service.jobs import SYNC_QUEUE
+from service.problems import Problem
+from service.routers.jobs import MEDIA_TYPES, ArchiveField, FilesField, ParamsForm, create_job
+from service.schemas import ACTIVE, JobStatus
+
+router = APIRouter(prefix="/v1", tags=["purify"])
+POLL_S = 0.1
+
+
+@router.post(
+    "/purify",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}, "application/zip": {}}},
+        413: {},
+        415: {},
+        422: {},
+        503: {},
+        504: {},
+    },
+)
+async def purify_now(
+    store: StoreDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    owner: OwnerDep,
+    params: ParamsForm,
+    files: FilesField = None,
+    archive: ArchiveField = None,
+) -> Response:
+    """Purify up to `sync_max_images` images and return them: one PNG for one image, else a zip.
+
+    The work runs on a worker through a priority queue; the request waits at most
+    `sync_timeout_s` (504 after that, and the work is canceled).
+    """
+    if archive is not None:
+        raise Problem(400, "/v1/purify takes `files`; send archives to /v1/jobs")
+    if files and len(files) > settings.sync_max_images:
+        raise Problem(
+            413,
+            f"/v1/purify takes at most {settings.sync_max_images} images; use /v1/jobs for more",
+        )
+    if not Worker.all(queue=Queue(SYNC_QUEUE, connection=store.redis)):
+        raise Problem(503, "no worker is running")
+    record = await create_job(store, settings, registry, owner, params, files, None, sync=True)
+    deadline = time.monotonic() + settings.sync_timeout_s
+    try:
+        while (current := store.get(record.id)) is not None and current.status in ACTIVE:
+            if time.monotonic() > deadline:
+                store.cancel(current)
+                raise Problem(504, f"purification took over {settings.sync_timeout_s} s")
+            await asyncio.sleep(POLL_S)
+        if current is None or current.status != JobStatus.finished:
+            error = current.error if current else "the job disappeared"
+            raise Problem(500, f"purification failed: {error}")
+        path = store.result_path(current)
+        content = path.read_bytes()
+        return Response(
+            content,
+            media_type=MEDIA_TYPES.get(path.suffix),
+            headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
+        )
+    finally:
+        store.delete(store.get(record.id) or record)

@@ -1,0 +1,125 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from pureebm.langevin import LangevinParams
+
+
+class PurifyParams(BaseModel):
+    """Purification parameters; unset Langevin values take the model's defaults."""
+
+    model: str | None = Field(None, description="NAME or NAME:VERSION; default: the service's")
+    steps: int | None = Field(None, ge=0, le=2000, description="Langevin steps T (0-2000)")
+    eps: float | None = Field(None, gt=0, le=0.1, description="step size (0-0.1]")
+    tau: float | None = Field(None, gt=0, le=1.0, description="temperature (0-1]")
+    init_noise: float = Field(0.0, ge=0, le=0.5, description="std of initial noise [0-0.5]")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="random seed; drawn if unset")
+
+    def langevin(self, defaults: LangevinParams) -> LangevinParams:
+        return LangevinParams(
+            steps=defaults.steps if self.steps is None else self.steps,
+            eps=self.eps or defaults.eps,
+            tau=self.tau or defaults.tau,
+            init_noise=self.init_noise,
+        )
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    finished = "finished"
+    failed = "failed"
+    canceled = "canceled"
+
+
+ACTIVE = (JobStatus.queued, JobStatus.running)
+
+
+class JobRecord(BaseModel):
+    """What Redis holds about a job (its images live in the job's folder)."""
+
+    id: str
+    owner: str
+    status: JobStatus
+    kind: str  # container kind of the input: image, zip, tar, npz, files
+    input_file: str  # stored input, relative to the job folder
+    input_name: str  # the caller's file name
+    input_bytes: int
+    result_name: str
+    images: int
+    shards: int
+    shard_size: int
+    params: PurifyParams
+    sync: bool = False
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float
+    error: str | None = None
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+    images_per_s: float | None
+    eta_s: float | None
+
+
+class Timings(BaseModel):
+    queued_s: float | None
+    running_s: float | None
+
+
+class JobResource(BaseModel):
+    id: str
+    status: JobStatus
+    kind: str
+    input_name: str
+    input_bytes: int
+    params: PurifyParams
+    progress: Progress
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime
+    timings: Timings
+    links: dict[str, str]
+
+
+class JobPage(BaseModel):
+    items: list[JobResource]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class ImageEnergy(BaseModel):
+    name: str
+    energy_before: float
+    energy_after: float
+
+
+class Report(BaseModel):
+    """Per-image energies; a high energy before purification marks an unusual image."""
+
+    job: str
+    model: str
+    steps: int
+    eps: float
+    tau: float
+    seed: int
+    images: list[ImageEnergy]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    default: bool
+    versions: list[dict[str, Any]]

@@ -1,0 +1,97 @@
+"""Every setting of the service and its workers, read from PUREEBM_* environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pureebm.formats import Limits
+from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PUREEBM_", env_file=".env", extra="ignore")
+
+    # where things are
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    redis_url: str | None = None  # None: `pureebm serve` starts an embedded Valkey server
+    data_dir: Path = Path("data")  # job folders live in <data_dir>/jobs/<id>/
+    registry: Path = DEFAULT_ROOT
+    default_model: str = DEFAULT_MODEL
+
+    # authentication: sha256 hex digests of the accepted keys (never the keys themselves)
+    api_key_hashes: list[str] = []
+    api_keys_file: Path | None = None  # one sha256 hex digest per line, '#' comments
+
+    # jobs
+    shard_size: int = Field(1024, ge=1)  # images per RQ job
+    shard_retries: int = Field(3, ge=0)
+    shard_timeout_s: int = Field(6 * 3600, ge=10)
+    worker_lease_s: int = Field(30, ge=2)  # a killed worker's shard is retried after this
+    retention_s: int = Field(24 * 3600, ge=1)  # inputs and results are deleted after this
+    cleanup_interval_s: float = Field(60, gt=0)
+    max_active_jobs_per_key: int = Field(20, ge=1)  # more answers 429
+    sync_max_images: int = Field(64, ge=1)
+    sync_timeout_s: float = Field(120, gt=0)
+
+    # input limits (DESIGN.md section 7)
+    max_upload_bytes: int = Field(8 << 30, ge=1)
+    max_files: int = Field(1000, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_members: int = Field(200_000, ge=1)
+    max_member_bytes: int = Field(512 << 20, ge=1)
+    max_total_bytes: int = Field(16 << 30, ge=1)
+    max_ratio: float = Field(250.0, gt=1)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def auth_is_required_off_loopback(self) -> Settings:
+        if not self.auth_enabled and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve on {self.host} without API keys: set PUREEBM_API_KEY_HASHES "
+                "or PUREEBM_API_KEYS_FILE, or bind to 127.0.0.1"
+            )
+        return self
+
+    @cached_property
+    def key_hashes(self) -> frozenset[str]:
+        hashes = {h.strip().lower() for h in self.api_key_hashes}
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    hashes.add(line.lower())
+        return frozenset(hashes)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.key_hashes)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_pixels=self.max_pixels,
+            max_members=self.max_members,
+            max_member_bytes=self.max_member_bytes,
+            max_total_bytes=self.max_total_bytes,
+            max_ratio=self.max_ratio,
+        )
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,146 @@
+"""Uploads: bounded in size, streamed to the job's folder, validated before queueing."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from fastapi import UploadFile
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pureebm.formats import Container, FormatError, UnsafeInput, UnsupportedInput, open_container
+from service.problems import Problem
+from service.settings import Settings
+
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+CHUNK = 1 << 20
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether or not they
+    announce a Content-Length, before they reach the disk."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        detail = f"the upload is over the {self.limit}-byte limit"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            body = {
+                "type": "about:blank",
+                "title": "Content too large",
+                "status": 413,
+                "detail": detail,
+                "instance": scope["path"],
+            }
+            response = JSONResponse(body, 413, media_type="application/problem+json")
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # raised inside the route, so the handlers answer 413
+                raise Problem(413, detail)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+@dataclass
+class PreparedInput:
+    kind: str  # image, files, zip, tar, npz
+    input_file: str
+    input_name: str
+    input_bytes: int
+    result_name: str
+    images: int
+
+
+def safe_filename(name: str | None, fallback: str) -> str:
+    """The base name only, in a conservative alphabet."""
+    base = PurePath((name or "").replace("\\", "/")).name
+    cleaned = SAFE_NAME.sub("_", base).lstrip(".")
+    return cleaned[:120] or fallback
+
+
+def copy_upload(upload: UploadFile, dest: Path) -> int:
+    upload.file.seek(0)
+    with dest.open("wb") as out:
+        shutil.copyfileobj(upload.file, out, CHUNK)
+    return dest.stat().st_size
+
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip", ".npz")
+
+
+def result_name(kind: str, input_name: str) -> str:
+    if kind == "image":
+        return f"{PurePath(input_name).stem}.purified.png"
+    if kind == "files":
+        return "purified.zip"
+    lower = input_name.lower()
+    suffix = next((s for s in ARCHIVE_SUFFIXES if lower.endswith(s)), None)
+    stem = input_name[: -len(suffix)] if suffix else input_name
+    return f"{stem}.purified{suffix or {'zip': '.zip', 'tar': '.tar', 'npz': '.npz'}[kind]}"
+
+
+def validate_images(container: Container) -> int:
+    """Decode every image once so a bad one is refused now, not in a worker."""
+    names, count = container.image_names(), 0
+    try:
+        for _ in container.iter_images():
+            count += 1
+    except FormatError as e:
+        raise type(e)(f"{names[count]}: {e}") from e
+    return count
+
+
+def prepare_input(
+    folder: Path, settings: Settings, files: list[UploadFile] | None, archive: UploadFile | None
+) -> PreparedInput:
+    """Store the upload in ``folder`` and check it completely; raises FormatError or Problem."""
+    if bool(files) == bool(archive):
+        raise Problem(400, "send either one or more `files` or one `archive`, not both or neither")
+    if archive is not None:
+        name = safe_filename(archive.filename, "upload")
+        size = copy_upload(archive, folder / name)
+        container = open_container(folder / name, settings.limits)
+        if container.kind == "folder":
+            raise UnsupportedInput("not an image or a supported archive")
+        kind, stored = container.kind, name
+    elif files is not None and len(files) == 1:
+        name = safe_filename(files[0].filename, "image.png")
+        size = copy_upload(files[0], folder / name)
+        container = open_container(folder / name, settings.limits)
+        if container.kind != "image":
+            raise UnsupportedInput(f"{name}: `files` takes images; send archives as `archive`")
+        kind, stored = "image", name
+    else:
+        assert files is not None
+        if len(files) > settings.max_files:
+            raise Problem(413, f"{len(files)} files is over the {settings.max_files}-file limit")
+        names = [safe_filename(f.filename, f"image{i}.png") for i, f in enumerate(files)]
+        if len(set(names)) != len(names):
+            raise UnsafeInput("two uploaded files have the same name")
+        stored, size = "files.zip", 0
+        with zipfile.ZipFile(folder / stored, "w", zipfile.ZIP_STORED) as packed:
+            for upload, member in zip(files, names, strict=True):
+                upload.file.seek(0)
+                with packed.open(member, "w") as out:
+                    shutil.copyfileobj(upload.file, out, CHUNK)
+                size += packed.getinfo(member).file_size
+        container = open_container(folder / stored, settings.limits)
+        if len(container.image_names()) != len(files):
+            raise UnsupportedInput("every file in `files` must be an image")
+        kind, name = "files", "files"
+    images = validate_images(container)
+    return PreparedInput(kind, stored, name, size, result_name(kind, name), images)

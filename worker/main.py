@@ -1,0 +1,109 @@
+"""A long-lived worker process per device: `pureebm worker --device cuda:0`.
+
+RQ's default worker forks a child per job; CUDA cannot be re-initialised in a
+forked child and reloading the model per job wastes time, so this worker runs
+jobs in its own process (RQ's SimpleWorker) with the models cached and warm.
+
+SimpleWorker registers a running job for ``job_timeout + 60`` seconds and never
+renews it, so a worker killed with SIGKILL would hold its shard for hours. This
+worker instead renews a short lease (``worker_lease_s``) from a heartbeat thread
+while a job runs; when the process dies the lease lapses, and RQ's registry
+cleanup (which any live worker runs every lease) hands the shard to its retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+import torch
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
+from rq.worker import WorkerStatus
+
+from pureebm.langevin import resolve_device
+from pureebm.registry import Registry
+from service.jobs import BATCH_QUEUE, SYNC_QUEUE, JobStore
+from service.logs import configure_logging
+from service.settings import Settings
+from worker import tasks
+
+log = logging.getLogger("pureebm.worker")
+
+
+class LeasedWorker(SimpleWorker):
+    """SimpleWorker whose running job holds a lease renewed every lease/3 seconds."""
+
+    lease_s = 30
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.lease_s
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self.renew_lease, args=(job, execution, stop), daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def renew_lease(self, job: Job, execution: Execution, stop: threading.Event) -> None:
+        while not stop.wait(self.lease_s / 3):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception:  # a missed renewal is retried; the job must not die of it
+                log.exception("lease renewal failed", extra={"job_id": job.id})
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images of 32x32 per batch; larger images get proportionally fewer (pipeline.py)."""
+    if device.type != "cuda":
+        return 32
+    gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return int(min(1024, max(64, gib * 12)))
+
+
+def run_worker(
+    settings: Settings,
+    device: str = "auto",
+    queues: list[str] | None = None,
+    batch_size: int | None = None,
+    burst: bool = False,
+) -> None:
+    configure_logging(settings.log_level)
+    if settings.redis_url is None:
+        raise SystemExit("pureebm worker needs PUREEBM_REDIS_URL (or --redis-url)")
+    redis = Redis.from_url(settings.redis_url)
+    torch_device = resolve_device(device)
+    name = f"{socket.gethostname()}-{os.getpid()}-{torch_device}-{uuid.uuid4().hex[:6]}"
+    models = tasks.ModelCache(Registry(settings.registry), torch_device)
+    tasks.CONTEXT = tasks.WorkerContext(
+        store=JobStore(redis, settings),
+        models=models,
+        device=torch_device,
+        batch_size=batch_size or default_batch_size(torch_device),
+        name=name,
+    )
+    models.get(settings.default_model)  # load and verify before taking work
+    LeasedWorker.lease_s = settings.worker_lease_s
+    worker = LeasedWorker(
+        [Queue(q, connection=redis) for q in (queues or [SYNC_QUEUE, BATCH_QUEUE])],
+        connection=redis,
+        name=name,
+        worker_ttl=settings.worker_lease_s + 15,  # idle workers wake every lease
+        maintenance_interval=settings.worker_lease_s,
+    )
+    log.info(
+        "worker ready",
+        extra={"worker": name, "device": str(torch_device), "batch_size": tasks.CONTEXT.batch_size},
+    )
+    worker.work(burst=burst, logging_level=settings.log_level)

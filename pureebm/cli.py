@@ -109,7 +109,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "seed",
     ):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))
-    for field in ("eps", "tau", "lr", "lr_final", "rejuvenation", "bank_noise"):
+    for field in ("eps", "tau", "lr", "lr_final", "grad_clip", "rejuvenation", "bank_noise"):
         p.add_argument("--" + field.replace("_", "-"), type=float, default=getattr(defaults, field))
     p.add_argument("--no-flip", dest="flip", action="store_false")
     p.add_argument("--out-dir", default=defaults.out_dir)

@@ -33,14 +33,21 @@ def langevin_chain(
     eps: float,
     tau: float,
     generator: torch.Generator | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """Run T = ``steps`` Langevin updates from ``x``; returns x_T (detached)."""
+    """Run T = ``steps`` Langevin updates from ``x``; returns x_T (detached).
+
+    ``bounds`` clamps x after every step; the purifier never does, EBM training
+    does to keep its sampling chains inside the data range.
+    """
     drift = eps**2 / 2 / tau
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
         (grad_e,) = torch.autograd.grad(energy(x).sum(), x)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = x.detach() - drift * grad_e + eps * noise
+        if bounds is not None:
+            x = x.clamp(*bounds)
     return x.detach()
 
 

@@ -3,6 +3,8 @@ when no PUREEBM_REDIS_URL is configured. Ctrl-C stops all three."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -15,6 +17,16 @@ from service.app import create_app
 from service.settings import Settings
 
 log = logging.getLogger("pureebm.serve")
+
+
+def stop_with_parent() -> None:
+    """In the worker child (Linux): receive SIGTERM when `serve` dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def run_api(settings: Settings) -> None:
@@ -41,7 +53,11 @@ def serve(host: str | None = None, port: int | None = None, device: str = "auto"
         [sys.executable, "-m", "pureebm", "worker", "--device", device],
         env=env,
         start_new_session=True,
+        preexec_fn=stop_with_parent,
     )
+    # uvicorn re-raises the signal that stopped it; SIGTERM's default action would
+    # end this process before the cleanup below runs.
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     print(
         f"PureEBM: embedded Valkey at {valkey.connection_url}, worker pid {worker.pid}, "
         f"API on http://{settings.host}:{settings.port} (Ctrl-C stops all)",

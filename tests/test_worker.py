@@ -1,0 +1,90 @@
+"""Workers sharing one queue, and a worker killed with SIGKILL in the middle of a shard."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import zipfile
+
+import numpy as np
+from PIL import Image
+from rq import Queue, Worker
+from rq.job import Job
+
+from tests.stack import Stack, png, zip_bytes
+
+IMAGES = 24  # six shards of four
+
+
+def submit_slow_job(stack: Stack, client, cifar, steps: int) -> tuple[str, dict[str, bytes]]:
+    members = {f"part{i % 3}/{i:02d}.png": png(cifar["images"][i]) for i in range(IMAGES)}
+    response = client.post(
+        "/v1/jobs", files={"archive": ("set.zip", zip_bytes(members))}, data={"steps": str(steps)}
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["id"], members
+
+
+def check_every_image_once(result: bytes, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(io.BytesIO(result)) as archive:
+        names = archive.namelist()
+        assert names == list(members)  # each member once, in order
+        for name in names:
+            before = np.asarray(Image.open(io.BytesIO(members[name])))
+            after = np.asarray(Image.open(io.BytesIO(archive.read(name))))
+            assert after.shape == before.shape and not np.array_equal(after, before)
+
+
+def shard_workers(stack: Stack, job_id: str) -> set[str]:
+    jobs = [Job.fetch(f"{job_id}-shard-{i}", connection=stack.redis) for i in range(6)]
+    return {j.worker_name for j in jobs}
+
+
+def test_two_workers_share_one_jobs_shards(tmp_path, tiny_registry, cifar):
+    stack = Stack(tmp_path, tiny_registry)
+    try:
+        stack.start_worker()
+        stack.start_worker()
+        with stack.client() as client:
+            job_id, members = submit_slow_job(stack, client, cifar, steps=600)
+            job = stack.wait_job(client, job_id)
+            assert job["status"] == "finished", job["error"]
+            check_every_image_once(client.get(f"/v1/jobs/{job_id}/result").content, members)
+        assert len(shard_workers(stack, job_id)) == 2
+    finally:
+        stack.stop()
+
+
+def test_a_worker_killed_mid_shard_loses_nothing(tmp_path, tiny_registry, cifar):
+    stack = Stack(tmp_path, tiny_registry)
+    try:
+        victim = stack.start_worker()
+        with stack.client() as client:
+            job_id, members = submit_slow_job(stack, client, cifar, steps=1500)
+            queue = Queue("pureebm", connection=stack.redis)
+
+            def victim_is_purifying() -> bool:
+                for worker in Worker.all(queue=queue):
+                    current = worker.get_current_job_id() or ""
+                    if worker.pid == victim.pid and "-shard-" in current:
+                        return True
+                return False
+
+            stack.wait_for(victim_is_purifying, "the first worker to be inside a shard")
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+            stack.start_worker()  # the survivor: takes the retried shard and the rest
+            job = stack.wait_job(client, job_id, timeout=300)
+            assert job["status"] == "finished", job["error"]
+            check_every_image_once(client.get(f"/v1/jobs/{job_id}/result").content, members)
+            report = client.get(f"/v1/jobs/{job_id}/report").json()
+            assert [r["name"] for r in report["images"]] == list(members)
+        retried = [
+            j
+            for j in (Job.fetch(f"{job_id}-shard-{i}", connection=stack.redis) for i in range(6))
+            if j.retries_left is not None and j.retries_left < 3
+        ]
+        assert len(retried) == 1  # exactly the shard the killed worker held
+    finally:
+        stack.stop()

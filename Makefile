@@ -24,8 +24,9 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: install
-	$(BIN)/python bench/engine.py
-	$(BIN)/python bench/purify_quality.py
+	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.purify_quality
+	$(BIN)/python -m bench.service
 
 clean:
 	rm -rf $(VENV)

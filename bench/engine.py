@@ -1,6 +1,6 @@
 """Engine throughput: images/s of Psi_T per architecture and batch size, with FLOP/s.
 
-    python bench/engine.py [--steps 150] [--batch-sizes 16 64] [--device auto]
+    python -m bench.engine [--steps 150] [--batch-sizes 16 64] [--device auto]
 
 FLOPs per image are counted by torch's FlopCounterMode on one Langevin step (the
 forward pass and the backward pass to the input) times T. Timing covers the

@@ -1,6 +1,6 @@
 """Does the default model purify? The PureEBM paper's criterion on held-out real images.
 
-    python bench/purify_quality.py [--images 256] [--model cifar10-conv] [--data NPZ]
+    python -m bench.purify_quality [--images 256] [--model cifar10-conv] [--data NPZ]
 
 Takes the last N images of the data set (the default model's training run held
 out its last 660), adds a fixed random sign pattern of amplitude 8/255 to each

@@ -1,0 +1,135 @@
+"""The Python client and `pureebm submit` against a running service; `pureebm serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from service.client import PureEBMClient, PureEBMError
+from tests.stack import KEY_A, Stack, free_port, png, zip_bytes
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_registry) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("client"), tiny_registry)
+    stack.start_worker()
+    yield stack
+    stack.stop()
+
+
+def test_client_purifies_an_npz_and_reports_progress(stack, tmp_path, cifar):
+    src, dst = tmp_path / "d.npz", tmp_path / "d.purified.npz"
+    np.savez(src, images=cifar["images"][:9], labels=cifar["labels"][:9])
+    seen: list[int] = []
+    with PureEBMClient(stack.url, KEY_A) as client:
+        job = client.purify(
+            src, dst, on_progress=lambda j: seen.append(j["progress"]["done"]), steps=4, seed=3
+        )
+        assert job["status"] == "finished" and seen[-1] == 9
+        assert len(client.report(job["id"])["images"]) == 9
+        assert client.models()[0]["name"] == "tiny"
+        with pytest.raises(PureEBMError) as refused:
+            client.submit(src, steps=99999)
+        assert refused.value.status == 422
+    with np.load(dst) as out:
+        np.testing.assert_array_equal(out["labels"], cifar["labels"][:9])
+
+
+def test_submit_command_uploads_follows_and_downloads(stack, tmp_path, cifar):
+    src, dst = tmp_path / "in.zip", tmp_path / "out.zip"
+    src.write_bytes(zip_bytes({f"{i}.png": png(cifar["images"][i]) for i in range(5)}))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pureebm",
+            "submit",
+            str(src),
+            "-o",
+            str(dst),
+            "--url",
+            stack.url,
+            "--api-key",
+            KEY_A,
+            "--steps",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "purified 5 images" in result.stdout
+    assert zipfile.ZipFile(dst).namelist() == [f"{i}.png" for i in range(5)]
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pureebm",
+            "submit",
+            str(src),
+            "-o",
+            str(dst),
+            "--url",
+            stack.url,
+            "--api-key",
+            "wrong",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "403" in bad.stderr
+
+
+def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
+    tmp_path, tiny_registry, cifar
+):
+    port = free_port()
+    env = {
+        **os.environ,
+        "PUREEBM_DATA_DIR": str(tmp_path / "data"),
+        "PUREEBM_PORT": str(port),
+        "PUREEBM_REGISTRY": str(tiny_registry),
+        "PUREEBM_DEFAULT_MODEL": "tiny",
+    }
+    env.pop("PUREEBM_REDIS_URL", None)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "pureebm", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        banner = serve.stdout.readline()
+        assert "embedded Valkey" in banner, banner
+        worker_pid = int(banner.split("worker pid ")[1].split(",")[0])
+        valkey_port = int(banner.split("redis://127.0.0.1:")[1].split(",")[0])
+        url = f"http://127.0.0.1:{port}"
+        Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "readiness")
+        one = httpx.post(
+            f"{url}/v1/purify",
+            files={"files": ("a.png", png(cifar["images"][0]))},
+            data={"steps": "2"},
+            timeout=120,
+        )
+        assert one.status_code == 200 and one.headers["content-type"] == "image/png"
+    finally:
+        serve.send_signal(signal.SIGINT)
+        remaining = serve.communicate(timeout=60)[0]
+    assert "stopped API, worker and Valkey" in remaining
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
+    for closed in (port, valkey_port):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", closed), timeout=5).close()

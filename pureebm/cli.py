@@ -191,6 +191,73 @@ def run_submit(args: argparse.Namespace) -> None:
     print(f"purified {bar.total} images in {seconds:.1f} s -> {args.output}")
 
 
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    from pureebm.evaluation.run import ATTACKS, EvalConfig
+
+    defaults = EvalConfig(train="")
+    p = sub.add_parser("eval", help="poison, defend, train classifiers, measure")
+    p.add_argument("train", help="labelled training set: npz (images, labels) or class folders")
+    p.add_argument("--test", help="labelled test set (default: a stratified split of TRAIN)")
+    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("--attack", choices=ATTACKS, default=defaults.attack)
+    p.add_argument(
+        "--eps",
+        type=fraction,
+        default=defaults.eps,
+        help="L-inf bound of the Narcissus trigger, e.g. 8/255 or 16/255",
+    )
+    p.add_argument("--poison-fraction", type=float, default=defaults.poison_fraction)
+    p.add_argument("--targets", type=int, nargs="+", default=defaults.targets)
+    p.add_argument(
+        "--defences", nargs="+", default=defaults.defences, help="none, jpeg:QUALITY, pureebm:STEPS"
+    )
+    p.add_argument("--sweep", type=int, nargs="*", default=[], help="PureEBM steps to sweep")
+    p.add_argument("--classifier", choices=["small", "resnet18"], default="small")
+    p.add_argument("--epochs", type=int, default=defaults.classifier.epochs)
+    p.add_argument("--model", default=defaults.model)
+    p.add_argument("--registry", default=defaults.registry)
+    p.add_argument("--url", help="purify through this running service instead of in-process")
+    p.add_argument("--out", default=defaults.out)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def fraction(value: str) -> float:
+    """'8/255' -> 0.0314; '0.03' -> 0.03."""
+    numerator, _, denominator = value.partition("/")
+    return float(numerator) / float(denominator or 1)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from pureebm.evaluation.classifier import TrainSettings
+    from pureebm.evaluation.run import EvalConfig, evaluate, markdown_table
+
+    config = EvalConfig(
+        train=args.train,
+        test=args.test,
+        test_fraction=args.test_fraction,
+        limit=args.limit,
+        attack=args.attack,
+        eps=args.eps,
+        poison_fraction=args.poison_fraction,
+        targets=args.targets,
+        defences=args.defences,
+        sweep=args.sweep,
+        classifier=TrainSettings(
+            architecture=args.classifier, epochs=args.epochs, seed=args.seed, device=args.device
+        ),
+        model=args.model,
+        registry=args.registry,
+        url=args.url,
+        out=args.out,
+        seed=args.seed,
+    )
+    result = evaluate(config)
+    print(markdown_table(result))
+    print(f"({result['seconds']:.0f} s; results.json, results.md, results.png in {config.out})")
+
+
 def run_keygen(args: argparse.Namespace) -> None:
     import secrets
 
@@ -210,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     models.add_argument("--json", action="store_true")
     add_train_parser(sub)
     add_service_parsers(sub)
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
     commands = {
         "purify": run_purify,
@@ -219,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         "worker": run_worker_command,
         "submit": run_submit,
         "keygen": run_keygen,
+        "eval": run_eval,
     }
     try:
         commands[args.command](args)

@@ -72,3 +72,44 @@ def line_chart(
         for px, py in points if len(points) <= 20 else []:
             draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=PALETTE[i % len(PALETTE)])
     image.save(path)
+
+
+def bar_chart(
+    groups: Mapping[str, Mapping[str, float]],
+    path: Path,
+    title: str = "",
+    size: tuple[int, int] = (760, 400),
+) -> None:
+    """Grouped bars of values in [0, 1]: one group per key, one bar per inner key."""
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 4), title[:120], fill="black")
+    left, top, right, bottom = 50, 40, width - 12, height - 40
+    draw.line([left, bottom, right, bottom], fill="black")
+    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = bottom - fraction * (bottom - top)
+        draw.line([left - 4, y, right, y], fill="#dddddd")
+        draw.text((8, y - 6), f"{fraction:.0%}", fill="black")
+    series = list(dict.fromkeys(k for values in groups.values() for k in values))
+    for j, name in enumerate(series):
+        draw.rectangle(
+            [right - 170, top + 14 * j, right - 160, top + 14 * j + 10],
+            fill=PALETTE[j % len(PALETTE)],
+        )
+        draw.text((right - 154, top + 14 * j - 1), name, fill="black")
+    slot = (right - left) / max(len(groups), 1)
+    bar = slot * 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(groups.items()):
+        x0 = left + i * slot + slot * 0.1
+        for j, name in enumerate(series):
+            value = values.get(name, float("nan"))
+            if np.isfinite(value):
+                y = bottom - value * (bottom - top)
+                draw.rectangle(
+                    [x0 + j * bar, y, x0 + (j + 1) * bar - 2, bottom],
+                    fill=PALETTE[j % len(PALETTE)],
+                )
+                draw.text((x0 + j * bar, y - 12), f"{value:.0%}", fill="black")
+        draw.text((x0, bottom + 6), label, fill="black")
+    image.save(path)

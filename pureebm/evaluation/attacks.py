@@ -1,0 +1,131 @@
+"""Seeded poisoning attacks. Each returns a poisoned training set and a function that
+adds its trigger to test images.
+
+- narcissus: clean-label (Zeng et al., 2023). A trigger delta with |delta|_inf <= eps
+  is optimised on a surrogate classifier so that x + delta is classified as the
+  target class for the target class's own images; delta is added to a fraction of
+  the target class's training images, labels unchanged.
+- patch: a fixed random 3x3 patch in the bottom-right corner (BadNets). Dirty-label:
+  stamped on other classes' images relabelled as the target; clean-label: stamped
+  on target-class images.
+- blend: (1 - alpha) x + alpha * a fixed noise image (Chen et al., 2017), dirty-label.
+
+Poison success is the share of triggered test images from other classes that the
+trained classifier assigns to the target class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from pureebm.evaluation.classifier import TrainSettings, to_tensor, train_classifier
+
+
+@dataclass
+class Poisoned:
+    images: np.ndarray  # the poisoned training set, uint8 NHWC
+    labels: np.ndarray
+    poisoned: np.ndarray  # indices of the changed training images
+    trigger: Callable[[np.ndarray], np.ndarray]  # adds the trigger to test images
+
+
+def add(images: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    return np.clip(images.astype(np.float32) + delta, 0, 255).round().astype(np.uint8)
+
+
+def choose(candidates: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(candidates, size=min(count, len(candidates)), replace=False))
+
+
+def narcissus(
+    images: np.ndarray,
+    labels: np.ndarray,
+    target: int,
+    eps: float,
+    fraction: float,
+    seed: int,
+    settings: TrainSettings,
+    pgd_steps: int = 300,
+) -> Poisoned:
+    rng = np.random.default_rng(seed)
+    surrogate = train_classifier(images, labels, settings)
+    surrogate.eval().requires_grad_(False)
+    device = next(surrogate.parameters()).device
+    x = to_tensor(images[labels == target]).to(device)
+    bound = eps * 2  # in [-1, 1] units
+    delta = torch.zeros(1, *x.shape[1:], device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=bound / 10)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(pgd_steps):
+        batch = x[torch.randint(0, len(x), (min(64, len(x)),), generator=generator)]
+        target_labels = torch.full((len(batch),), target, device=device)
+        loss = F.cross_entropy(surrogate((batch + delta).clamp(-1, 1)), target_labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            delta.clamp_(-bound, bound)
+    pattern = np.round(delta.detach().cpu().numpy()[0].transpose(1, 2, 0) * 127.5)
+    pattern = np.clip(pattern, -round(eps * 255), round(eps * 255))
+    count = round(fraction * len(images))
+    chosen = choose(np.flatnonzero(labels == target), count, rng)
+    poisoned = images.copy()
+    poisoned[chosen] = add(images[chosen], pattern)
+    return Poisoned(poisoned, labels.copy(), chosen, lambda test: add(test, pattern))
+
+
+def patch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    target: int,
+    fraction: float,
+    seed: int,
+    clean_label: bool,
+    size: int = 3,
+) -> Poisoned:
+    rng = np.random.default_rng(seed)
+    stamp = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+    def trigger(batch: np.ndarray) -> np.ndarray:
+        out = batch.copy()
+        out[:, -size:, -size:] = stamp
+        return out
+
+    pool = np.flatnonzero(labels == target) if clean_label else np.flatnonzero(labels != target)
+    chosen = choose(pool, round(fraction * len(images)), rng)
+    poisoned, new_labels = images.copy(), labels.copy()
+    poisoned[chosen] = trigger(images[chosen])
+    new_labels[chosen] = target
+    return Poisoned(poisoned, new_labels, chosen, trigger)
+
+
+def blend(
+    images: np.ndarray,
+    labels: np.ndarray,
+    target: int,
+    fraction: float,
+    seed: int,
+    alpha: float = 0.1,
+) -> Poisoned:
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, images.shape[1:]).astype(np.float32)
+
+    def trigger(batch: np.ndarray) -> np.ndarray:
+        return np.clip((1 - alpha) * batch + alpha * noise, 0, 255).round().astype(np.uint8)
+
+    chosen = choose(np.flatnonzero(labels != target), round(fraction * len(images)), rng)
+    poisoned, new_labels = images.copy(), labels.copy()
+    poisoned[chosen] = trigger(images[chosen])
+    new_labels[chosen] = target
+    return Poisoned(poisoned, new_labels, chosen, trigger)
+
+
+def poison_success(predictions: np.ndarray, true_labels: np.ndarray, target: int) -> float:
+    """Share of triggered test images of other classes that are predicted as the target."""
+    others = true_labels != target
+    return float((predictions[others] == target).mean()) if others.any() else float("nan")

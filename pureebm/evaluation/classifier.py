@@ -1,0 +1,111 @@
+"""Victim classifiers: ResNet-18 adapted to 32x32 inputs, and a small CNN for the CPU.
+
+Training is seeded and identical for every defence (SGD with Nesterov momentum,
+cosine learning rate, random crops with 4-pixel padding and horizontal flips), so
+differences between defences come from the data alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+from pureebm.langevin import resolve_device
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    architecture: str = "small"  # "small" or "resnet18"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+
+
+def small_cnn(num_classes: int) -> nn.Module:
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(3, 32),
+        *block(32, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        *block(64, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
+    )
+
+
+def resnet18_cifar(num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 32x32 inputs."""
+    net = torchvision.models.resnet18(num_classes=num_classes)
+    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+ARCHITECTURES = {"small": small_cnn, "resnet18": resnet18_cifar}
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> float N x 3 x H x W in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None].to(x.device), x.flip(3), x)
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy, dx = torch.randint(0, 9, (2,), generator=generator).tolist()
+    return padded[:, :, dy : dy + h, dx : dx + w]
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, settings: TrainSettings) -> nn.Module:
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    net = ARCHITECTURES[settings.architecture](int(labels.max()) + 1).to(device)
+    x, y = to_tensor(images), torch.from_numpy(labels)
+    steps = settings.epochs * max(len(x) // settings.batch_size, 1)
+    optimizer = torch.optim.SGD(
+        net.parameters(),
+        lr=settings.lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=settings.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    net.train()
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x) - settings.batch_size + 1, settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            batch = augment(x[idx], generator).to(device)
+            loss = F.cross_entropy(net(batch), y[idx].to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    device = next(net.parameters()).device
+    outputs = [
+        net(to_tensor(images[i : i + batch_size]).to(device)).argmax(1).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(outputs).numpy()

@@ -1,0 +1,101 @@
+"""Attacks stay within their bounds and change labels as documented; poison success is
+computed right; the whole evaluation runs end to end on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pureebm.evaluation import attacks
+from pureebm.evaluation.classifier import TrainSettings
+from pureebm.evaluation.defences import jpeg, pureebm_sweep
+from pureebm.evaluation.run import EvalConfig, evaluate
+
+FAST = TrainSettings(epochs=1, batch_size=16, device="cpu")
+
+
+def changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((a != b).reshape(len(a), -1).any(1))
+
+
+def test_narcissus_is_clean_label_and_bounded(cifar):
+    images, labels = cifar["images"], cifar["labels"]
+    target = int(labels[0])
+    result = attacks.narcissus(
+        images, labels, target, 8 / 255, 0.05, seed=0, settings=FAST, pgd_steps=5
+    )
+    assert np.array_equal(result.labels, labels)
+    assert set(changed(images, result.images)) <= set(result.poisoned)
+    assert all(labels[result.poisoned] == target) and len(result.poisoned) >= 1
+    assert np.abs(result.images.astype(int) - images.astype(int)).max() <= 8
+    triggered = result.trigger(images)
+    assert 0 < np.abs(triggered.astype(int) - images.astype(int)).max() <= 8
+
+
+@pytest.mark.parametrize("clean_label", [False, True])
+def test_patch_changes_only_the_corner_and_labels_as_documented(cifar, clean_label):
+    images, labels = cifar["images"], cifar["labels"]
+    result = attacks.patch(images, labels, 3, 0.1, seed=1, clean_label=clean_label)
+    assert len(result.poisoned) == round(0.1 * len(images))
+    assert np.array_equal(
+        changed(images, result.images),
+        changed(images, result.images)[np.isin(changed(images, result.images), result.poisoned)],
+    )
+    diff = result.images.astype(int) - images.astype(int)
+    assert not diff[:, :-3, :].any() and not diff[:, :, :-3].any()  # only the 3x3 corner
+    assert all(result.labels[result.poisoned] == 3)
+    if clean_label:
+        assert np.array_equal(result.labels, labels)
+    else:
+        assert all(labels[result.poisoned] != 3)
+        untouched = np.setdiff1d(np.arange(len(labels)), result.poisoned)
+        assert np.array_equal(result.labels[untouched], labels[untouched])
+
+
+def test_blend_is_dirty_label_and_bounded_by_alpha(cifar):
+    images, labels = cifar["images"], cifar["labels"]
+    result = attacks.blend(images, labels, 2, 0.1, seed=2, alpha=0.1)
+    assert all(result.labels[result.poisoned] == 2) and all(labels[result.poisoned] != 2)
+    assert np.abs(result.images.astype(int) - images.astype(int)).max() <= 26
+
+
+def test_poison_success_on_a_hand_built_case():
+    predictions = np.array([7, 7, 1, 7, 0])
+    true_labels = np.array([0, 1, 2, 7, 7])  # the two target-class images do not count
+    assert attacks.poison_success(predictions, true_labels, 7) == pytest.approx(2 / 3)
+
+
+def test_defences_jpeg_changes_pixels_and_sweep_keeps_each_step(cifar, tiny_model):
+    images = cifar["images"][:8]
+    assert jpeg(images, 75).shape == images.shape and not np.array_equal(jpeg(images, 75), images)
+    swept = pureebm_sweep(tiny_model, images, [0, 2, 5], seed=0, device="cpu")
+    assert np.array_equal(swept[0], images)
+    assert not np.array_equal(swept[2], swept[5])
+
+
+def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_registry):
+    data = tmp_path / "set.npz"
+    np.savez(data, images=cifar["images"], labels=cifar["labels"])
+    config = EvalConfig(
+        train=str(data),
+        test_fraction=0.25,
+        attack="patch",
+        poison_fraction=0.1,
+        targets=[1, 2],
+        defences=["none", "jpeg:75", "pureebm:3"],
+        sweep=[0, 3],
+        classifier=FAST,
+        model="tiny",
+        registry=str(tiny_registry),
+        out=str(tmp_path / "out"),
+    )
+    result = evaluate(config)
+    assert len(result["rows"]) == 2 * 4  # none, jpeg:75, pureebm:3, pureebm:0 per target
+    for row in result["rows"]:
+        assert 0 <= row["natural_accuracy"] <= 1 and 0 <= row["poison_success"] <= 1
+    for name in ("results.json", "results.md", "results.png", "sweep.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["jpeg:75"]
+    assert "| pureebm:3 |" in (tmp_path / "out" / "results.md").read_text()

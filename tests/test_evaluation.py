@@ -39,10 +39,7 @@ def test_patch_changes_only_the_corner_and_labels_as_documented(cifar, clean_lab
     images, labels = cifar["images"], cifar["labels"]
     result = attacks.patch(images, labels, 3, 0.1, seed=1, clean_label=clean_label)
     assert len(result.poisoned) == round(0.1 * len(images))
-    assert np.array_equal(
-        changed(images, result.images),
-        changed(images, result.images)[np.isin(changed(images, result.images), result.poisoned)],
-    )
+    assert set(changed(images, result.images)) <= set(result.poisoned)
     diff = result.images.astype(int) - images.astype(int)
     assert not diff[:, :-3, :].any() and not diff[:, :, :-3].any()  # only the 3x3 corner
     assert all(result.labels[result.poisoned] == 3)

@@ -44,50 +44,21 @@ def test_client_purifies_an_npz_and_reports_progress(stack, tmp_path, cifar):
         np.testing.assert_array_equal(out["labels"], cifar["labels"][:9])
 
 
+def submit_command(src, dst, url: str, key: str, *extra: str) -> subprocess.CompletedProcess:
+    argv = ["submit", str(src), "-o", str(dst), "--url", url, "--api-key", key, *extra]
+    return subprocess.run(
+        [sys.executable, "-m", "pureebm", *argv], capture_output=True, text=True, timeout=300
+    )
+
+
 def test_submit_command_uploads_follows_and_downloads(stack, tmp_path, cifar):
     src, dst = tmp_path / "in.zip", tmp_path / "out.zip"
     src.write_bytes(zip_bytes({f"{i}.png": png(cifar["images"][i]) for i in range(5)}))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pureebm",
-            "submit",
-            str(src),
-            "-o",
-            str(dst),
-            "--url",
-            stack.url,
-            "--api-key",
-            KEY_A,
-            "--steps",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = submit_command(src, dst, stack.url, KEY_A, "--steps", "3")
     assert result.returncode == 0, result.stderr
     assert "purified 5 images" in result.stdout
     assert zipfile.ZipFile(dst).namelist() == [f"{i}.png" for i in range(5)]
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pureebm",
-            "submit",
-            str(src),
-            "-o",
-            str(dst),
-            "--url",
-            stack.url,
-            "--api-key",
-            "wrong",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = submit_command(src, dst, stack.url, "wrong")
     assert bad.returncode != 0 and "403" in bad.stderr
 
 

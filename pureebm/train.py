@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,6 +270,8 @@ class Trainer:
         )
         entry = Path(c.registry) / manifest.name / str(manifest.version)
         write_samples_png(self.net, self.showcase, self.device, entry / "samples.png")
+        if (self.out / "curves.png").exists():
+            shutil.copyfile(self.out / "curves.png", entry / "curves.png")
         return manifest
 
 

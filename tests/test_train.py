@@ -18,6 +18,7 @@ def test_training_registers_a_loadable_model_with_its_record(tiny_registry):
     assert manifest.training.command == "pytest fixture"
     assert "cifar64.npz" in manifest.training.data and manifest.image_size == 32
     assert (tiny_registry / "tiny" / "1" / "samples.png").stat().st_size > 0
+    assert (tiny_registry / "tiny" / "1" / "curves.png").stat().st_size > 0
     loaded = Registry(tiny_registry).load("tiny")
     assert loaded.net(torch.zeros(1, 3, 32, 32)).shape == (1,)
 

@@ -67,7 +67,7 @@ class UnsafeInput(FormatError):
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 40_000_000  # per image; larger is treated as a decompression bomb
+    max_pixels: int = 16_000_000  # per image; larger is treated as a decompression bomb
     max_members: int = 200_000
     max_member_bytes: int = 512 << 20
     max_total_bytes: int = 8 << 30  # uncompressed, all members together

@@ -4,17 +4,17 @@ Size policy: images are purified at their own resolution (both energy nets are
 fully convolutional up to a spatial mean). An image smaller than the model's
 image size on a side is edge-padded up to it and cropped back afterwards.
 
-Work is done ``batch_size`` images at a time, in container order. Each chunk's
-noise is seeded with ``seed + index of its first image``, so a purification is
-reproducible on the same device for the same seed and batch size, however the
-images are split across shards.
+Work is done in chunks of at most ``batch_size`` images and at most
+``batch_size`` x image_size^2 pixels (so memory stays bounded for large images),
+in container order. Each chunk's noise is seeded with ``seed + index of its first
+image``, so a purification is reproducible on the same device for the same seed
+and batch size, however the images are split across shards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,21 @@ def purify_same_size(
     return out, result.energy_before.numpy(), result.energy_after.numpy()
 
 
+def chunks(
+    pictures: Iterable[tuple[str, Picture]], max_images: int, max_pixels: int
+) -> Iterator[list[tuple[str, Picture]]]:
+    chunk: list[tuple[str, Picture]] = []
+    pixels = 0
+    for item in pictures:
+        chunk.append(item)
+        pixels += item[1].rgb.shape[0] * item[1].rgb.shape[1]
+        if len(chunk) >= max_images or pixels >= max_pixels:
+            yield chunk
+            chunk, pixels = [], 0
+    if chunk:
+        yield chunk
+
+
 def purify_pictures(
     model: LoadedModel,
     pictures: Iterable[tuple[str, Picture]],
@@ -78,9 +93,9 @@ def purify_pictures(
     ``start_index`` is the position of the first picture in its container; it
     keeps the per-chunk seeds the same when a container is split into shards.
     """
-    stream = iter(pictures)
+    budget = batch_size * model.manifest.image_size**2
     index = start_index
-    while chunk := list(islice(stream, batch_size)):
+    for chunk in chunks(pictures, batch_size, budget):
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, (_, picture) in enumerate(chunk):
             by_shape.setdefault(picture.rgb.shape, []).append(i)

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # input limits (DESIGN.md section 7)
     max_upload_bytes: int = Field(8 << 30, ge=1)
     max_files: int = Field(1000, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1)
+    max_pixels: int = Field(16_000_000, ge=1)
     max_members: int = Field(200_000, ge=1)
     max_member_bytes: int = Field(512 << 20, ge=1)
     max_total_bytes: int = Field(16 << 30, ge=1)

@@ -6,7 +6,7 @@ import numpy as np
 
 from pureebm.formats import Picture, open_container
 from pureebm.langevin import LangevinParams
-from pureebm.pipeline import purify_container, purify_pictures
+from pureebm.pipeline import chunks, purify_container, purify_pictures
 
 PARAMS = LangevinParams(steps=4)
 
@@ -56,3 +56,11 @@ def test_purify_container_writes_the_same_container(tmp_path, tiny_model, cifar)
         np.testing.assert_array_equal(out["labels"], cifar["labels"][:5])
         np.testing.assert_array_equal(out["images"], np.stack([r.rgb for r in results]))
         assert not np.array_equal(out["images"], cifar["images"][:5])
+
+
+def test_chunks_are_bounded_by_images_and_by_pixels(cifar):
+    small = Picture(cifar["images"][0], None, "RGB", "PNG")  # 32x32
+    large = Picture(np.zeros((64, 64, 3), np.uint8), None, "RGB", "PNG")  # 4x the pixels
+    items = [("a", small), ("b", small), ("big", large), ("c", small), ("d", small), ("e", small)]
+    sizes = [[name for name, _ in chunk] for chunk in chunks(items, 4, 4 * 32 * 32)]
+    assert sizes == [["a", "b", "big"], ["c", "d", "e"]]

@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torch import nn
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from pureebm.langevin import resolve_device
 
@@ -88,7 +89,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, settings: TrainSett
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     net.train()
-    for _ in range(settings.epochs):
+    for _ in tqdm(range(settings.epochs), desc=f"train {settings.architecture}", leave=False):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x) - settings.batch_size + 1, settings.batch_size):
             idx = order[start : start + settings.batch_size]

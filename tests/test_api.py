@@ -46,6 +46,10 @@ def test_zip_with_folders_and_a_text_member_round_trips(stack, cifar, tiny_model
         job = created.json()
         assert created.headers["location"] == f"/v1/jobs/{job['id']}"
         assert job["progress"]["total"] == 10 and job["status"] in ("queued", "running")
+        # The model version and the model's defaults are pinned at submit.
+        assert job["params"]["model"] == "tiny:1"
+        assert (job["params"]["steps"], job["params"]["seed"]) == (5, 7)
+        assert job["params"]["eps"] == tiny_model.manifest.langevin.eps
         job = stack.wait_job(client, job["id"])
         assert job["status"] == "finished", job
         assert job["progress"]["done"] == 10 and job["progress"]["images_per_s"] > 0
@@ -203,11 +207,11 @@ def test_cancel_stops_a_running_job_and_deletes_it(stack, cifar):
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
         assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
         assert job["id"] not in stack.job_folders()
-        # the worker drops the rest and takes the next job
+        # the worker drops the rest after its current batch and takes the next job
         after = client.post(
             "/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))}, data={"steps": "2"}
         ).json()
-        assert stack.wait_job(client, after["id"], timeout=60)["status"] == "finished"
+        assert stack.wait_job(client, after["id"], timeout=180)["status"] == "finished"
     from rq.job import Job
 
     statuses = [

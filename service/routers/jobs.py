@@ -95,7 +95,19 @@ async def create_job(
             f"at most {settings.max_active_jobs_per_key} active jobs per key",
             headers={"Retry-After": "30"},
         )
-    registry.manifest(params.model or settings.default_model)  # unknown model: 400
+    manifest = registry.manifest(params.model or settings.default_model)  # unknown model: 400
+    # Pinned now, so that every shard runs the same model version and the job shows
+    # what it ran with, even if a newer version is registered meanwhile.
+    langevin = params.langevin(manifest.langevin.params())
+    params = params.model_copy(
+        update={
+            "model": f"{manifest.name}:{manifest.version}",
+            "steps": langevin.steps,
+            "eps": langevin.eps,
+            "tau": langevin.tau,
+            "seed": secrets.randbelow(2**31) if params.seed is None else params.seed,
+        }
+    )
     job_id = uuid.uuid4().hex
     folder = store.folder(job_id)
     try:
@@ -105,8 +117,6 @@ async def create_job(
             prepare_input, folder / "input", settings, files, archive
         )
         now = time.time()
-        if params.seed is None:
-            params = params.model_copy(update={"seed": secrets.randbelow(2**31)})
         record = JobRecord(
             id=job_id,
             owner=owner,

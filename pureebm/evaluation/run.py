@@ -167,14 +167,19 @@ def evaluate(config: EvalConfig) -> dict:
 
 
 def markdown_table(result: dict) -> str:
+    targets = result["config"]["targets"]
+    success = {(r["defence"], r["target"]): r["poison_success"] for r in result["rows"]}
+    per_target = "".join(f" target {t} |" for t in targets)
     lines = [
-        "| defence | natural accuracy | poison success (mean) | poison success (worst) |",
-        "|---|---|---|---|",
+        "| defence | natural accuracy | poison success (mean) | poison success (worst) |"
+        + per_target,
+        "|---|---|---|---|" + "---|" * len(targets),
     ]
     for spec, s in result["summary"].items():
         lines.append(
             f"| {spec} | {s['natural_accuracy']:.1%} | {s['poison_success_mean']:.1%} "
             f"| {s['poison_success_worst']:.1%} |"
+            + "".join(f" {success[spec, t]:.1%} |" for t in targets)
         )
     return "\n".join(lines)
 

@@ -92,6 +92,7 @@ def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_reg
     assert len(result["rows"]) == 2 * 4  # none, jpeg:75, pureebm:3, pureebm:0 per target
     for row in result["rows"]:
         assert 0 <= row["natural_accuracy"] <= 1 and 0 <= row["poison_success"] <= 1
+        assert 0 <= row["base_rate"] <= 1
     for name in ("results.json", "results.md", "results.png", "sweep.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["jpeg:75"]

@@ -127,21 +127,26 @@ def evaluate(config: EvalConfig) -> dict:
         tqdm.write(f"target class {target}: {config.attack} attack")
         poisoned = make_attack(config, train_x, train_y, target)
         triggered = poisoned.trigger(test_x)
-        measured: dict[int, tuple[float, float]] = {}  # by training set: 'none' is 'pureebm:0'
+        # measured once per training set ('none' and 'pureebm:0' are the same set)
+        measured: dict[int, tuple[float, float, float]] = {}
         for spec, defended in defended_sets(config, poisoned.images).items():
             if id(defended) not in measured:
                 net = train_classifier(defended, poisoned.labels, config.classifier)
+                clean_predictions = predict(net, test_x)
                 measured[id(defended)] = (
-                    float((predict(net, test_x) == test_y).mean()),
+                    float((clean_predictions == test_y).mean()),
                     attacks.poison_success(predict(net, triggered), test_y, target),
+                    # the same share without the trigger: what success means by chance
+                    attacks.poison_success(clean_predictions, test_y, target),
                 )
-            accuracy, success = measured[id(defended)]
+            accuracy, success, base_rate = measured[id(defended)]
             rows.append(
                 {
                     "target": target,
                     "defence": spec,
                     "natural_accuracy": accuracy,
                     "poison_success": success,
+                    "base_rate": base_rate,
                     "poisoned_images": len(poisoned.poisoned),
                 }
             )
@@ -153,6 +158,7 @@ def evaluate(config: EvalConfig) -> dict:
             "natural_accuracy": float(np.mean([r["natural_accuracy"] for r in mine])),
             "poison_success_mean": float(np.mean([r["poison_success"] for r in mine])),
             "poison_success_worst": float(np.max([r["poison_success"] for r in mine])),
+            "base_rate": float(np.mean([r["base_rate"] for r in mine])),
         }
     result = {
         "config": asdict(config),
@@ -172,14 +178,16 @@ def markdown_table(result: dict) -> str:
     per_target = "".join(f" target {t} |" for t in targets)
     lines = [
         "| defence | natural accuracy | poison success (mean) | poison success (worst) |"
-        + per_target,
-        "|---|---|---|---|" + "---|" * len(targets),
+        + per_target
+        + " no trigger (mean) |",
+        "|---|---|---|---|" + "---|" * (len(targets) + 1),
     ]
     for spec, s in result["summary"].items():
         lines.append(
             f"| {spec} | {s['natural_accuracy']:.1%} | {s['poison_success_mean']:.1%} "
             f"| {s['poison_success_worst']:.1%} |"
             + "".join(f" {success[spec, t]:.1%} |" for t in targets)
+            + f" {s['base_rate']:.1%} |"
         )
     return "\n".join(lines)
 

@@ -96,8 +96,15 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", nargs="+", help="training images (any supported format)")
     p.add_argument("--name", default=defaults.name)
     p.add_argument("--architecture", default=defaults.architecture, choices=["conv", "resnet"])
+    p.add_argument(
+        "--recipe",
+        default=defaults.recipe,
+        choices=["ml", "dsm", "dsm+ml"],
+        help="maximum likelihood, denoising score matching, or DSM pretraining then ML",
+    )
     for field in (
         "n_f",
+        "pretrain_iterations",
         "iterations",
         "batch_size",
         "bank_size",
@@ -105,12 +112,31 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "warmup",
         "crop_padding",
         "holdout",
+        "skimage_crops",
+        "calibrate_images",
         "checkpoint_every",
         "seed",
     ):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))
-    for field in ("eps", "tau", "lr", "lr_final", "grad_clip", "rejuvenation", "bank_noise"):
+    for field in (
+        "eps",
+        "tau",
+        "lr",
+        "lr_final",
+        "grad_clip",
+        "rejuvenation",
+        "bank_noise",
+        "sigma_min",
+        "sigma_max",
+    ):
         p.add_argument("--" + field.replace("_", "-"), type=float, default=getattr(defaults, field))
+    p.add_argument(
+        "--noise-blocks",
+        type=int,
+        nargs="+",
+        default=defaults.noise_blocks,
+        help="DSM noise grains in pixels (1: white noise; e.g. 1 2 4 adds blocky noise)",
+    )
     p.add_argument("--no-flip", dest="flip", action="store_false")
     p.add_argument("--out-dir", default=defaults.out_dir)
     p.add_argument("--registry", default=defaults.registry)
@@ -204,13 +230,19 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eps",
         type=fraction,
+        nargs="+",
         default=defaults.eps,
-        help="L-inf bound of the Narcissus trigger, e.g. 8/255 or 16/255",
+        help="L-inf bounds of the Narcissus trigger, e.g. 8/255 16/255",
     )
     p.add_argument("--poison-fraction", type=float, default=defaults.poison_fraction)
     p.add_argument("--targets", type=int, nargs="+", default=defaults.targets)
+    p.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds)
     p.add_argument(
-        "--defences", nargs="+", default=defaults.defences, help="none, jpeg:QUALITY, pureebm:STEPS"
+        "--defences",
+        nargs="+",
+        default=defaults.defences,
+        help="none, jpeg:QUALITY, pureebm (the model's T) or pureebm:STEPS; "
+        "a 'clean' row (trained on unpoisoned data) is always added",
     )
     p.add_argument("--sweep", type=int, nargs="*", default=[], help="PureEBM steps to sweep")
     p.add_argument("--classifier", choices=["small", "resnet18"], default="small")
@@ -219,7 +251,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--registry", default=defaults.registry)
     p.add_argument("--url", help="purify through this running service instead of in-process")
     p.add_argument("--out", default=defaults.out)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=defaults.split_seed)
     p.add_argument("--device", default="auto")
 
 
@@ -242,16 +274,17 @@ def run_eval(args: argparse.Namespace) -> None:
         eps=args.eps,
         poison_fraction=args.poison_fraction,
         targets=args.targets,
+        seeds=args.seeds,
         defences=args.defences,
         sweep=args.sweep,
         classifier=TrainSettings(
-            architecture=args.classifier, epochs=args.epochs, seed=args.seed, device=args.device
+            architecture=args.classifier, epochs=args.epochs, device=args.device
         ),
         model=args.model,
         registry=args.registry,
         url=args.url,
         out=args.out,
-        seed=args.seed,
+        split_seed=args.split_seed,
     )
     result = evaluate(config)
     print(markdown_table(result))

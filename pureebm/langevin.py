@@ -11,8 +11,8 @@ network's parameters never receive a gradient here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,21 +34,28 @@ def langevin_chain(
     tau: float,
     generator: torch.Generator | None = None,
     bounds: tuple[float, float] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run T = ``steps`` Langevin updates from ``x``; returns x_T (detached).
 
     ``bounds`` clamps x after every step; the purifier never does, EBM training
-    does to keep its sampling chains inside the data range.
+    does to keep its sampling chains inside the data range. ``on_step(t, x_t)``
+    sees every state, x_0 included, so one chain serves a sweep over T.
     """
     drift = eps**2 / 2 / tau
-    for _ in range(steps):
-        x = x.detach().requires_grad_(True)
+    x = x.detach()
+    if on_step is not None:
+        on_step(0, x)
+    for t in range(1, steps + 1):
+        x = x.requires_grad_(True)
         (grad_e,) = torch.autograd.grad(energy(x).sum(), x)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = x.detach() - drift * grad_e + eps * noise
         if bounds is not None:
             x = x.clamp(*bounds)
-    return x.detach()
+        if on_step is not None:
+            on_step(t, x)
+    return x
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -66,6 +73,7 @@ class Purified:
     images: torch.Tensor  # uint8, N x C x H x W, on the CPU
     energy_before: torch.Tensor  # float32, N: E(x_0) of the input
     energy_after: torch.Tensor  # float32, N: E of the returned 8-bit image
+    sweep: dict[int, torch.Tensor] = field(default_factory=dict)  # T -> uint8 Psi_T(images)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -83,13 +91,17 @@ def purify(
     device: str | torch.device | None = None,
     seed: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    sweep: Collection[int] = (),
 ) -> Purified:
     """Apply Psi_T to uint8 images (N x C x H x W, all one size), ``batch_size`` at a time.
 
     Peak memory is bounded by the batch size. With a seed, the same inputs,
     batch size and device give bit-identical outputs. ``on_batch(n)`` is called
-    after each batch with the number of images it held.
+    after each batch with the number of images it held. ``sweep`` lists further
+    step counts t <= T whose images Psi_t are kept from the same chains.
     """
+    if any(t > params.steps for t in sweep):
+        raise ValueError(f"sweep {sorted(sweep)} goes past T = {params.steps}")
     device = resolve_device(device)
     model = model.to(device).eval().requires_grad_(False)
     generator = None
@@ -98,12 +110,20 @@ def purify(
         generator.manual_seed(seed)
 
     outputs, before, after = [], [], []
+    swept: dict[int, list[torch.Tensor]] = {t: [] for t in sweep}
+
+    def keep(t: int, x_t: torch.Tensor) -> None:
+        if t in swept:
+            swept[t].append(to_uint8(x_t).cpu())
+
     for start in range(0, len(images), batch_size):
         x0 = to_unit_range(images[start : start + batch_size].to(device))
         if params.init_noise > 0:
             noise = torch.randn(x0.shape, generator=generator, device=device)
             x0 = x0 + params.init_noise * noise
-        x_t = langevin_chain(model, x0, params.steps, params.eps, params.tau, generator)
+        x_t = langevin_chain(
+            model, x0, params.steps, params.eps, params.tau, generator, on_step=keep
+        )
         purified = to_uint8(x_t)
         with torch.no_grad():
             before.append(model(x0).float().cpu())
@@ -113,5 +133,6 @@ def purify(
             on_batch(len(x0))
     if not outputs:
         empty = torch.empty(0)
-        return Purified(images.clone(), empty, empty)
-    return Purified(torch.cat(outputs), torch.cat(before), torch.cat(after))
+        return Purified(images.clone(), empty, empty, {t: images.clone() for t in sweep})
+    sweep_images = {t: torch.cat(kept) for t, kept in swept.items()}
+    return Purified(torch.cat(outputs), torch.cat(before), torch.cat(after), sweep_images)

@@ -1,12 +1,27 @@
-"""Maximum-likelihood EBM training with a persistent MCMC bank (DESIGN.md section 1).
+"""EBM training: maximum likelihood with a persistent MCMC bank, denoising score
+matching, or the second as pretraining for the first (``recipe`` "ml", "dsm", "dsm+ml").
 
-Each update:
+Maximum likelihood ("ml", DESIGN.md section 1), each update:
 
     bank batch  x~ <- bank[idx];  each state replaced by data + N(0, 0.015^2) w.p. 0.05
     samples     x+ <- K Langevin steps from x~  (same eps, tau as the purifier,
                       but each step clamped to the data range [-1, 1])
     loss         L = (mean E(data) - mean E(x+)) / tau
     Adam step on L (gradient norm clipped); x+ written back to the bank
+
+Denoising score matching ("dsm"), each update: no MCMC, one double backward.
+
+    x~ = x + sigma * n,   n ~ N(0, I),   sigma log-uniform in [sigma_min, sigma_max]
+    L  = mean || sigma * grad_x E(x~) / tau - n ||^2
+
+At the optimum -grad E(x~) / tau = (E[x | x~] - x~) / sigma^2, the score of the
+data smoothed at sigma (Vincent, 2011), so E / tau is -log p_sigma up to a
+constant: the energy has the same temperature as under "ml" with the same tau.
+With ``noise_blocks`` other than [1], n is also drawn constant on b x b squares
+(unit variance per pixel). The same regression then teaches x~ - sigma^2 grad E / tau
+to approximate E[x | x~] for coarse-grained noise too, so that the gradient flow
+of E removes blocky perturbations, not only pixel noise.
+"dsm+ml" runs ``pretrain_iterations`` DSM updates, then ML updates.
 
 Unclamped chains with lr 2e-4 diverged here (the energy gap grew without bound
 after ~700 updates); the clamp, the clip and the paper's lr 1e-4 prevent that.
@@ -38,6 +53,7 @@ from pureebm import formats
 from pureebm.langevin import LangevinParams, langevin_chain, purify, resolve_device, to_unit_range
 from pureebm.nets import build_energy_net
 from pureebm.plots import amplified_difference, image_rows, line_chart
+from pureebm.quality import Calibration, calibrate
 from pureebm.registry import LangevinDefaults, Manifest, Registry, TrainingRecord
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -47,6 +63,11 @@ CHECKPOINT = "checkpoint.safetensors"
 class TrainConfig:
     data: list[str]
     name: str = "ebm"
+    recipe: str = "ml"  # "ml", "dsm" or "dsm+ml"
+    pretrain_iterations: int = 0  # DSM updates before ML ones under "dsm+ml"
+    sigma_min: float = 0.05  # DSM noise levels, in [-1, 1] units
+    sigma_max: float = 0.3
+    noise_blocks: list[int] = field(default_factory=lambda: [1])  # DSM noise grain, pixels
     architecture: str = "conv"
     n_f: int = 32
     iterations: int = 1000
@@ -64,6 +85,9 @@ class TrainConfig:
     flip: bool = True
     crop_padding: int = 0  # random crops after reflect-padding by this many pixels
     holdout: int = 0  # the last `holdout` images are kept out of training
+    skimage_crops: int = 0  # extra training crops from scikit-image's photographs
+    calibrate_images: int = 32  # held-out images for the card's (eps, tau, T); 0: none
+    psnr_floor: float = 30.0  # the calibration keeps at least this PSNR if it can
     checkpoint_every: int = 200
     out_dir: str = "runs/ebm"
     registry: str = "models"
@@ -114,8 +138,14 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
 
         images = np.concatenate([formats.load_image_array(p) for p in config.data])
+        # calibration uses held-out images where there are any
+        self.heldout = torch.from_numpy(images[-max(config.holdout, config.calibrate_images) :])
         if config.holdout:
             images = images[: -config.holdout]
+        if config.skimage_crops:
+            size = images.shape[1]
+            crops = photograph_crops(config.skimage_crops, size, config.seed)
+            images = np.concatenate([images, crops])
         self.data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(self.device)
         self.n_c, self.image_size = self.data.shape[1], self.data.shape[2]
 
@@ -127,6 +157,7 @@ class Trainer:
         self.wall_time = 0.0
         self.history: list[dict[str, float]] = []
         self.showcase = self.data[torch.linspace(0, len(self.data) - 1, 8).long()].cpu()
+        self.purify_params = LangevinParams(eps=config.eps, tau=config.tau)
 
     def fresh_states(self, n: int) -> torch.Tensor:
         """n random data images plus N(0, bank_noise^2), in [-1, 1]."""
@@ -135,7 +166,59 @@ class Trainer:
         noise = torch.randn(x.shape, generator=self.generator, device=self.device)
         return x + self.config.bank_noise * noise
 
+    def uses_dsm(self) -> bool:
+        c = self.config
+        return c.recipe == "dsm" or (c.recipe == "dsm+ml" and self.step < c.pretrain_iterations)
+
+    def data_batch(self) -> torch.Tensor:
+        c = self.config
+        idx = torch.randint(
+            0, len(self.data), (c.batch_size,), generator=self.generator, device=self.device
+        )
+        return to_unit_range(augment(self.data[idx], c, self.generator))
+
+    def optimize(self, loss: torch.Tensor, scale: float) -> None:
+        """One Adam step on ``loss * scale``; the clip sees the scaled gradient."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * scale).backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+
     def update(self) -> tuple[float, float]:
+        return self.dsm_update() if self.uses_dsm() else self.ml_update()
+
+    def dsm_update(self) -> tuple[float, float]:
+        """Returns the DSM loss and the energy gap E(x~) - E(x) at the sampled sigmas."""
+        c = self.config
+        data = self.data_batch()
+        u = torch.rand(len(data), 1, 1, 1, generator=self.generator, device=self.device)
+        sigma = c.sigma_min * (c.sigma_max / c.sigma_min) ** u
+        n = self.dsm_noise(data.shape)
+        noisy = (data + sigma * n).requires_grad_(True)
+        e_noisy = self.net(noisy)
+        (grad_e,) = torch.autograd.grad(e_noisy.sum(), noisy, create_graph=True)
+        loss = (sigma * grad_e / c.tau - n).pow(2).flatten(1).sum(1).mean() / data[0].numel()
+        self.optimize(loss, 1.0)
+        with torch.no_grad():
+            gap = (e_noisy - self.net(data)).mean() / c.tau
+        return loss.item(), gap.item()
+
+    def dsm_noise(self, shape: torch.Size) -> torch.Tensor:
+        """Unit-variance Gaussian noise, constant on b x b squares, b drawn per
+        batch from ``noise_blocks`` (b = 1: white noise)."""
+        blocks = self.config.noise_blocks
+        pick = torch.randint(0, len(blocks), (1,), generator=self.generator, device=self.device)
+        b = blocks[int(pick)]
+        n, c, h, w = shape
+        coarse = (n, c, -(-h // b), -(-w // b))
+        noise = torch.randn(coarse, generator=self.generator, device=self.device)
+        return noise.repeat_interleave(b, 2).repeat_interleave(b, 3)[:, :, :h, :w]
+
+    def ml_update(self) -> tuple[float, float]:
         c = self.config
         idx = torch.randint(
             0, len(self.bank), (c.batch_size,), generator=self.generator, device=self.device
@@ -150,20 +233,10 @@ class Trainer:
         )
         self.bank[idx] = samples
 
-        data_idx = torch.randint(
-            0, len(self.data), (c.batch_size,), generator=self.generator, device=self.device
-        )
-        data = to_unit_range(augment(self.data[data_idx], c, self.generator))
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(c, self.step)
+        data = self.data_batch()
         e_data, e_samples = self.net(data).mean(), self.net(samples).mean()
         loss = (e_data - e_samples) / c.tau
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss * c.tau).backward()  # Adam is scale-free; the clip is on the unscaled gradient
-        nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
-        self.optimizer.step()
+        self.optimize(loss, c.tau)  # Adam is scale-free; the clip is on the unscaled gradient
         return loss.item(), (e_samples - e_data).item()
 
     def run(self) -> Manifest:
@@ -236,7 +309,11 @@ class Trainer:
         bank = ((self.bank[:16].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
         image_rows([bank[:8], bank[8:16]], prefix.with_name(prefix.name + "-bank.png"))
         write_samples_png(
-            self.net, self.showcase, self.device, prefix.with_name(prefix.name + "-pairs.png")
+            self.net,
+            self.showcase,
+            self.purify_params,
+            self.device,
+            prefix.with_name(prefix.name + "-pairs.png"),
         )
         steps = [h["step"] for h in self.history]
         line_chart(
@@ -246,11 +323,36 @@ class Trainer:
             title=f"{self.config.name}: loss and E(samples) - E(data)",
         )
 
+    def calibrate(self) -> Calibration | None:
+        """The card's recommended (eps, tau, T) on held-out images, around the
+        training eps and tau."""
+        c = self.config
+        if not c.calibrate_images:
+            return None
+        clean = self.heldout[-c.calibrate_images :].permute(0, 3, 1, 2).contiguous()
+        was_training = self.net.training
+        calibration = calibrate(
+            self.net,
+            clean,
+            eps_grid=[round(c.eps * f, 6) for f in (0.8, 1.6, 3.2)],
+            tau_grid=[round(c.tau * f, 8) for f in (1.0, 0.25, 0.0625)],
+            steps=[5, 10, 20, 40, 80],
+            psnr_floor=c.psnr_floor,
+            device=self.device,
+        )
+        self.net.train(was_training).requires_grad_(True)
+        self.purify_params = calibration.params
+        return calibration
+
     def register(self) -> Manifest:
         c = self.config
         description = f"{', '.join(c.data)}: {len(self.data)} images"
         if c.holdout:
             description += f" (last {c.holdout} held out)"
+        if c.skimage_crops:
+            description += f", including {c.skimage_crops} crops of scikit-image photographs"
+        calibration = self.calibrate()
+        p = self.purify_params
         manifest = Registry(c.registry).add(
             self.net,
             name=c.name,
@@ -258,7 +360,7 @@ class Trainer:
             arch_kwargs={"n_c": self.n_c, "n_f": c.n_f},
             image_size=self.image_size,
             channels=self.n_c,
-            langevin=LangevinDefaults(eps=c.eps, tau=c.tau),
+            langevin=LangevinDefaults(steps=p.steps, eps=p.eps, tau=p.tau),
             training=TrainingRecord(
                 data=description,
                 command=c.command,
@@ -266,21 +368,60 @@ class Trainer:
                 wall_time_s=round(self.wall_time, 1),
                 hardware=hardware_description(self.device),
             ),
-            description=f"{c.architecture} EBM n_f={c.n_f}, K={c.mcmc_steps}, batch {c.batch_size}",
+            description=f"{c.architecture} EBM n_f={c.n_f}, recipe {c.recipe}, "
+            f"K={c.mcmc_steps}, batch {c.batch_size}",
         )
         entry = Path(c.registry) / manifest.name / str(manifest.version)
-        write_samples_png(self.net, self.showcase, self.device, entry / "samples.png")
+        write_samples_png(self.net, self.showcase, p, self.device, entry / "samples.png")
+        if calibration is not None:
+            record = {
+                "recommended": asdict(calibration.params),
+                "psnr_db": calibration.psnr_db,
+                "residual": calibration.residual,
+                "psnr_floor": c.psnr_floor,
+                "images": c.calibrate_images,
+                "table": calibration.table,
+            }
+            (entry / "calibration.json").write_text(json.dumps(record, indent=2))
         if (self.out / "curves.png").exists():
             shutil.copyfile(self.out / "curves.png", entry / "curves.png")
         return manifest
 
 
+def photograph_crops(count: int, size: int, seed: int) -> np.ndarray:
+    """``count`` random size x size crops of scikit-image's colour photographs,
+    each taken at a random scale (the photograph shrunk 1-8x first) and flipped
+    at random: natural-image statistics beyond a small training set."""
+    from skimage import data as photographs
+    from skimage.transform import rescale
+
+    rng = np.random.default_rng(seed)
+    sources = [
+        getattr(photographs, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")
+    ]
+    scales = [1 / 8, 1 / 4, 1 / 2, 1]
+    pyramid = [
+        (rescale(p, s, channel_axis=2, anti_aliasing=True) * 255).round().astype(np.uint8)
+        for p in sources
+        for s in scales
+    ]
+    pyramid = [p for p in pyramid if min(p.shape[:2]) >= size]
+    crops = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        image = pyramid[rng.integers(len(pyramid))]
+        y = rng.integers(image.shape[0] - size + 1)
+        x = rng.integers(image.shape[1] - size + 1)
+        crop = image[y : y + size, x : x + size]
+        crops[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
+    return crops
+
+
 def write_samples_png(
-    net: nn.Module, images: torch.Tensor, device: torch.device, path: Path
+    net: nn.Module, images: torch.Tensor, params: LangevinParams, device: torch.device, path: Path
 ) -> None:
-    """Rows: originals, purified at the default T, difference amplified 4x."""
+    """Rows: originals, purified with ``params``, difference amplified 4x."""
     was_training = net.training
-    purified = purify(net, images, LangevinParams(), device=device, seed=0).images
+    purified = purify(net, images, params, device=device, seed=0).images
     net.train(was_training).requires_grad_(True)
     image_rows([images, purified, amplified_difference(purified, images)], path)
 

@@ -36,6 +36,7 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out_dir=str(root.parent / "tiny-run"),
         registry=str(root),
         command="pytest fixture",
+        calibrate_images=0,  # keeps the paper's T, eps, tau; tests/test_quality.py calibrates
     )
     train(config)
     return root

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from pureebm.evaluation import attacks
-from pureebm.evaluation.classifier import TrainSettings
-from pureebm.evaluation.defences import jpeg, pureebm_sweep
-from pureebm.evaluation.run import EvalConfig, evaluate
+from pureebm.evaluation.classifier import TrainSettings, train_classifier
+from pureebm.evaluation.defences import jpeg, pureebm
+from pureebm.evaluation.run import EvalConfig, evaluate, mean_interval
+from pureebm.formats import Picture
+from pureebm.langevin import LangevinParams
+from pureebm.pipeline import purify_pictures
 
 FAST = TrainSettings(epochs=1, batch_size=16, device="cpu")
 
@@ -23,8 +26,9 @@ def changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_narcissus_is_clean_label_and_bounded(cifar):
     images, labels = cifar["images"], cifar["labels"]
     target = int(labels[0])
+    surrogate = train_classifier(images, labels, FAST)
     result = attacks.narcissus(
-        images, labels, target, 8 / 255, 0.05, seed=0, settings=FAST, pgd_steps=5
+        images, labels, target, 8 / 255, 0.05, seed=0, surrogate=surrogate, pgd_steps=5
     )
     assert np.array_equal(result.labels, labels)
     assert set(changed(images, result.images)) <= set(result.poisoned)
@@ -64,12 +68,23 @@ def test_poison_success_on_a_hand_built_case():
     assert attacks.poison_success(predictions, true_labels, 7) == pytest.approx(2 / 3)
 
 
-def test_defences_jpeg_changes_pixels_and_sweep_keeps_each_step(cifar, tiny_model):
+def test_defences_jpeg_changes_pixels_and_pureebm_runs_the_pipeline(cifar, tiny_model):
     images = cifar["images"][:8]
     assert jpeg(images, 75).shape == images.shape and not np.array_equal(jpeg(images, 75), images)
-    swept = pureebm_sweep(tiny_model, images, [0, 2, 5], seed=0, device="cpu")
-    assert np.array_equal(swept[0], images)
-    assert not np.array_equal(swept[2], swept[5])
+    params = LangevinParams(steps=3)
+    defended = pureebm(tiny_model, images, params, device="cpu")
+    pictures = ((str(i), Picture(image, None, "RGB", "NPZ")) for i, image in enumerate(images))
+    through_pipeline = [p.rgb for p in purify_pictures(tiny_model, pictures, params, seed=0)]
+    assert np.array_equal(defended, np.stack(through_pipeline))
+    assert not np.array_equal(defended, images)
+    small = np.ascontiguousarray(images[:, :20, :24])  # under the model's 32 pixels
+    assert pureebm(tiny_model, small, params, device="cpu").shape == small.shape
+
+
+def test_mean_interval_is_students_t():
+    mean, half = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.30 * 1.0 / 3**0.5, rel=1e-3)
+    assert mean_interval([0.5]) == (0.5, 0.0)
 
 
 def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_registry):
@@ -80,20 +95,27 @@ def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_reg
         test_fraction=0.25,
         attack="patch",
         poison_fraction=0.1,
+        eps=[8 / 255],
         targets=[1, 2],
+        seeds=[0],
         defences=["none", "jpeg:75", "pureebm:3"],
-        sweep=[0, 3],
+        sweep=[0],
         classifier=FAST,
         model="tiny",
         registry=str(tiny_registry),
         out=str(tmp_path / "out"),
     )
     result = evaluate(config)
-    assert len(result["rows"]) == 2 * 4  # none, jpeg:75, pureebm:3, pureebm:0 per target
+    # clean, none, jpeg:75, pureebm:3, pureebm:0 per target
+    assert len(result["rows"]) == 2 * 5
     for row in result["rows"]:
         assert 0 <= row["natural_accuracy"] <= 1 and 0 <= row["poison_success"] <= 1
         assert 0 <= row["base_rate"] <= 1
-    for name in ("results.json", "results.md", "results.png", "sweep.png"):
+    rows = {(r["target"], r["defence"]): r for r in result["rows"]}
+    for target in (1, 2):  # pureebm:0 is the undefended set, trained with the same seed
+        assert rows[target, "pureebm:0"] == {**rows[target, "none"], "defence": "pureebm:0"}
+    for name in ("results.json", "results.md", "results.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["jpeg:75"]
-    assert "| pureebm:3 |" in (tmp_path / "out" / "results.md").read_text()
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())["summary"]
+    assert summary["8/255"]["clean"]["runs"] == 2
+    assert "| 8/255 | pureebm:3 |" in (tmp_path / "out" / "results.md").read_text()

@@ -101,3 +101,20 @@ def test_cuda_matches_cpu_statistics(cifar) -> None:
     assert torch.equal(gpu.images, images)
     cpu = purify(net, images, LangevinParams(steps=0), device="cpu", seed=0)
     torch.testing.assert_close(gpu.energy_before, cpu.energy_before, rtol=1e-4, atol=1e-4)
+
+
+def test_a_sweep_keeps_each_step_of_the_same_chain(cifar) -> None:
+    net = ConvEBM(n_f=8)
+    images = torch.from_numpy(cifar["images"][:6]).permute(0, 3, 1, 2)
+    # one batch: later batches continue the generator, so only the first one's
+    # noise is the same in a shorter chain
+    run = purify(
+        net, images, LangevinParams(steps=6), batch_size=6, device="cpu", seed=2, sweep=[0, 3, 6]
+    )
+    assert torch.equal(run.sweep[0], images)
+    assert torch.equal(run.sweep[6], run.images)
+    shorter = purify(net, images, LangevinParams(steps=3), batch_size=6, device="cpu", seed=2)
+    assert torch.equal(run.sweep[3], shorter.images)
+    assert not torch.equal(run.sweep[3], run.sweep[6])
+    with pytest.raises(ValueError, match="goes past"):
+        purify(net, images, LangevinParams(steps=2), device="cpu", sweep=[3])

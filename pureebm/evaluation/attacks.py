@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from pureebm.evaluation.classifier import TrainSettings, to_tensor, train_classifier
+from pureebm.evaluation.classifier import to_tensor
 
 
 @dataclass
@@ -49,11 +50,11 @@ def narcissus(
     eps: float,
     fraction: float,
     seed: int,
-    settings: TrainSettings,
+    surrogate: nn.Module,
     pgd_steps: int = 300,
 ) -> Poisoned:
+    """``surrogate`` is a classifier trained on the clean training set."""
     rng = np.random.default_rng(seed)
-    surrogate = train_classifier(images, labels, settings)
     surrogate.eval().requires_grad_(False)
     device = next(surrogate.parameters()).device
     x = to_tensor(images[labels == target]).to(device)

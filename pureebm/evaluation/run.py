@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 from tqdm import tqdm
 
 from pureebm.evaluation import attacks, defences
 from pureebm.evaluation.classifier import TrainSettings, predict, train_classifier
 from pureebm.evaluation.data import load_labelled, stratified_split
-from pureebm.plots import bar_chart, line_chart
 from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT, Registry
 
 ATTACKS = ("narcissus", "patch", "patch-clean", "blend")
@@ -27,24 +27,33 @@ class EvalConfig:
     test_fraction: float = 0.2
     limit: int | None = None  # use only the first N training images
     attack: str = "narcissus"
-    eps: float = 8 / 255
+    eps: list[float] = field(default_factory=lambda: [8 / 255, 16 / 255])  # trigger strengths
     poison_fraction: float = 0.01  # of the whole training set
-    targets: list[int] = field(default_factory=lambda: [0])
-    defences: list[str] = field(default_factory=lambda: ["none", "jpeg:75", "pureebm:150"])
+    targets: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # attack and classifier seeds
+    defences: list[str] = field(default_factory=lambda: ["none", "jpeg:75", "pureebm"])
     sweep: list[int] = field(default_factory=list)  # PureEBM steps to sweep, e.g. 0 50 150
-    classifier: TrainSettings = field(default_factory=TrainSettings)
+    classifier: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=8))
     model: str = DEFAULT_MODEL
     registry: str = str(DEFAULT_ROOT)
     url: str | None = None  # purify through a running service instead of in-process
     out: str = "runs/eval"
-    seed: int = 0
+    split_seed: int = 0
 
 
-def make_attack(config: EvalConfig, images: np.ndarray, labels: np.ndarray, target: int):
-    seed = config.seed + target
+def make_attack(
+    config: EvalConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    target: int,
+    eps: float,
+    seed: int,
+    surrogate: nn.Module,
+) -> attacks.Poisoned:
+    seed = seed * 1000 + target
     if config.attack == "narcissus":
         return attacks.narcissus(
-            images, labels, target, config.eps, config.poison_fraction, seed, config.classifier
+            images, labels, target, eps, config.poison_fraction, seed, surrogate
         )
     if config.attack in ("patch", "patch-clean"):
         return attacks.patch(
@@ -60,54 +69,92 @@ def make_attack(config: EvalConfig, images: np.ndarray, labels: np.ndarray, targ
     raise ValueError(f"unknown attack {config.attack!r} (known: {', '.join(ATTACKS)})")
 
 
-def pureebm_steps(spec: str) -> int | None:
-    """'pureebm:150' -> 150; other defences -> None."""
+def pureebm_steps(spec: str, default: int) -> int | None:
+    """'pureebm:150' -> 150; 'pureebm' -> the model's default T; others -> None."""
     name, _, steps = spec.partition(":")
-    return int(steps or 150) if name == "pureebm" else None
+    return int(steps or default) if name == "pureebm" else None
 
 
-def purify_through_service(
-    url: str, images: np.ndarray, steps: list[int], model: str, seed: int
-) -> dict[int, np.ndarray]:
+def t_quantile(dof: int) -> float:
+    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom."""
+    table = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+    return table.get(dof, 2.23 if dof < 15 else 2.09 if dof < 30 else 1.96)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t interval (0 for a single value)."""
+    if len(values) < 2:
+        return float(np.mean(values)), 0.0
+    half = t_quantile(len(values) - 1) * np.std(values, ddof=1) / len(values) ** 0.5
+    return float(np.mean(values)), float(half)
+
+
+class Defender:
+    """Applies each defence to a training set.
+
+    The defender does not know which images are poisoned, so a defence runs on
+    the whole set. Defences act on each image alone, so the clean training
+    images' results are computed once and only the poisoned images are defended
+    again for each attack: the same distribution of outputs as defending every
+    set in full, at a fraction of the cost. PureEBM runs through
+    ``pureebm.pipeline`` (or a running service), the path the product runs.
+    """
+
+    def __init__(self, config: EvalConfig, clean_train: np.ndarray) -> None:
+        self.config = config
+        self.model = None if config.url else Registry(config.registry).load(config.model)
+        manifest = (
+            self.model.manifest if self.model else Registry(config.registry).manifest(config.model)
+        )
+        self.default_steps = manifest.langevin.steps
+        self.params = manifest.langevin.params()
+        self.specs = list(
+            dict.fromkeys([*config.defences, *(f"pureebm:{t}" for t in config.sweep)])
+        )
+        self.clean = {spec: self.apply(spec, clean_train) for spec in self.specs}
+
+    def apply(self, spec: str, images: np.ndarray) -> np.ndarray:
+        name, _, arg = spec.partition(":")
+        steps = pureebm_steps(spec, self.default_steps)
+        if name == "none" or steps == 0:
+            return images
+        if name == "jpeg":
+            return defences.jpeg(images, int(arg or 75))
+        if steps is not None:
+            params = replace(self.params, steps=steps)
+            if self.config.url:
+                return purify_through_service(self.config.url, images, steps, self.config.model)
+            return defences.pureebm(self.model, images, params, self.config.classifier.device)
+        raise ValueError(f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T])")
+
+    def defend(self, spec: str, poisoned: attacks.Poisoned) -> np.ndarray:
+        if pureebm_steps(spec, 0) == 0 or spec == "none":
+            return poisoned.images
+        defended = self.clean[spec].copy()
+        changed = poisoned.poisoned
+        defended[changed] = self.apply(spec, poisoned.images[changed])
+        return defended
+
+
+def purify_through_service(url: str, images: np.ndarray, steps: int, model: str) -> np.ndarray:
     from service.client import PureEBMClient
 
-    out = {}
     with tempfile.TemporaryDirectory() as tmp, PureEBMClient(url) as client:
-        src = Path(tmp) / "train.npz"
+        src, dst = Path(tmp) / "train.npz", Path(tmp) / "purified.npz"
         np.savez(src, images=images)
-        for t in steps:
-            dst = Path(tmp) / f"purified-{t}.npz"
-            client.purify(src, dst, steps=t, model=model, seed=seed)
-            with np.load(dst, allow_pickle=False) as npz:
-                out[t] = npz["images"]
-    return out
+        client.purify(src, dst, steps=steps, model=model, seed=0)
+        with np.load(dst, allow_pickle=False) as npz:
+            return npz["images"]
 
 
-def defended_sets(config: EvalConfig, poisoned: np.ndarray) -> dict[str, np.ndarray]:
-    """Every defence's version of the (poisoned) training set, keyed by its spec."""
-    specs = list(dict.fromkeys([*config.defences, *(f"pureebm:{t}" for t in config.sweep)]))
-    steps = sorted({s for spec in specs if (s := pureebm_steps(spec))})
-    if not steps:
-        purified = {}
-    elif config.url:
-        purified = purify_through_service(config.url, poisoned, steps, config.model, config.seed)
-    else:
-        model = Registry(config.registry).load(config.model)
-        purified = defences.pureebm_sweep(
-            model, poisoned, steps, config.seed, device=config.classifier.device
-        )
-    sets = {}
-    for spec in specs:
-        name, _, arg = spec.partition(":")
-        if name == "none" or spec == "pureebm:0":
-            sets[spec] = poisoned
-        elif name == "jpeg":
-            sets[spec] = defences.jpeg(poisoned, int(arg or 75))
-        elif name == "pureebm":
-            sets[spec] = purified[pureebm_steps(spec)]
-        else:
-            raise ValueError(f"unknown defence {spec!r} (none, jpeg:Q, pureebm:T)")
-    return sets
+def measure(net: nn.Module, test_x, test_y, triggered, target: int) -> dict[str, float]:
+    clean_predictions = predict(net, test_x)
+    return {
+        "natural_accuracy": float((clean_predictions == test_y).mean()),
+        "poison_success": attacks.poison_success(predict(net, triggered), test_y, target),
+        # the same share without the trigger: what success means by chance
+        "base_rate": attacks.poison_success(clean_predictions, test_y, target),
+    }
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -118,77 +165,82 @@ def evaluate(config: EvalConfig) -> dict:
         test_x, test_y = load_labelled(config.test)
     else:
         train_x, train_y, test_x, test_y = stratified_split(
-            images, labels, config.test_fraction, config.seed
+            images, labels, config.test_fraction, config.split_seed
         )
     if config.limit:
         train_x, train_y = train_x[: config.limit], train_y[: config.limit]
+    defender = Defender(config, train_x)
+    # the classifier trained on clean data: the "clean" row, and Narcissus's surrogate
+    clean_nets = {
+        seed: train_classifier(train_x, train_y, replace(config.classifier, seed=seed))
+        for seed in config.seeds
+    }
     rows = []
-    for target in config.targets:
-        tqdm.write(f"target class {target}: {config.attack} attack")
-        poisoned = make_attack(config, train_x, train_y, target)
+    runs = [(e, s, t) for e in config.eps for s in config.seeds for t in config.targets]
+    for eps, seed, target in tqdm(runs, desc="attacks", unit="attack"):
+        poisoned = make_attack(config, train_x, train_y, target, eps, seed, clean_nets[seed])
         triggered = poisoned.trigger(test_x)
-        # measured once per training set ('none' and 'pureebm:0' are the same set)
-        measured: dict[int, tuple[float, float, float]] = {}
-        for spec, defended in defended_sets(config, poisoned.images).items():
-            if id(defended) not in measured:
-                net = train_classifier(defended, poisoned.labels, config.classifier)
-                clean_predictions = predict(net, test_x)
-                measured[id(defended)] = (
-                    float((clean_predictions == test_y).mean()),
-                    attacks.poison_success(predict(net, triggered), test_y, target),
-                    # the same share without the trigger: what success means by chance
-                    attacks.poison_success(clean_predictions, test_y, target),
-                )
-            accuracy, success, base_rate = measured[id(defended)]
+        common = {"eps": eps, "seed": seed, "target": target}
+        rows.append(
+            {
+                **common,
+                "defence": "clean",
+                **measure(clean_nets[seed], test_x, test_y, triggered, target),
+            }
+        )
+        for spec in defender.specs:
+            defended = defender.defend(spec, poisoned)
+            net = train_classifier(defended, poisoned.labels, replace(config.classifier, seed=seed))
             rows.append(
-                {
-                    "target": target,
-                    "defence": spec,
-                    "natural_accuracy": accuracy,
-                    "poison_success": success,
-                    "base_rate": base_rate,
-                    "poisoned_images": len(poisoned.poisoned),
-                }
+                {**common, "defence": spec, **measure(net, test_x, test_y, triggered, target)}
             )
-            tqdm.write(f"  {spec:<14} accuracy {accuracy:.3f}  poison success {success:.3f}")
-    summary = {}
-    for spec in dict.fromkeys(r["defence"] for r in rows):
-        mine = [r for r in rows if r["defence"] == spec]
-        summary[spec] = {
-            "natural_accuracy": float(np.mean([r["natural_accuracy"] for r in mine])),
-            "poison_success_mean": float(np.mean([r["poison_success"] for r in mine])),
-            "poison_success_worst": float(np.max([r["poison_success"] for r in mine])),
-            "base_rate": float(np.mean([r["base_rate"] for r in mine])),
-        }
+            tqdm.write(
+                f"eps {eps * 255:.0f}/255 seed {seed} target {target} {spec:<12} "
+                f"accuracy {rows[-1]['natural_accuracy']:.3f} "
+                f"poison success {rows[-1]['poison_success']:.3f}"
+            )
     result = {
         "config": asdict(config),
         "train_images": len(train_x),
         "test_images": len(test_x),
+        "poisoned_images": len(poisoned.poisoned),
+        "purifier": asdict(defender.params),
         "rows": rows,
-        "summary": summary,
+        "summary": summarise(rows),
         "seconds": time.perf_counter() - started,
     }
     write_outputs(config, result)
     return result
 
 
+def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """{eps label: {defence: mean and 95% half-width of each measure}}."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for eps in dict.fromkeys(r["eps"] for r in rows):
+        label = f"{eps * 255:.0f}/255"
+        summary[label] = {}
+        for spec in dict.fromkeys(r["defence"] for r in rows):
+            mine = [r for r in rows if r["defence"] == spec and r["eps"] == eps]
+            entry = {}
+            for key in ("natural_accuracy", "poison_success", "base_rate"):
+                entry[key], entry[key + "_ci"] = mean_interval([r[key] for r in mine])
+            entry["runs"] = len(mine)
+            summary[label][spec] = entry
+    return summary
+
+
 def markdown_table(result: dict) -> str:
-    targets = result["config"]["targets"]
-    success = {(r["defence"], r["target"]): r["poison_success"] for r in result["rows"]}
-    per_target = "".join(f" target {t} |" for t in targets)
     lines = [
-        "| defence | natural accuracy | poison success (mean) | poison success (worst) |"
-        + per_target
-        + " no trigger (mean) |",
-        "|---|---|---|---|" + "---|" * (len(targets) + 1),
+        "| strength | defence | natural accuracy | poison success | no-trigger rate | runs |",
+        "|---|---|---|---|---|---|",
     ]
-    for spec, s in result["summary"].items():
-        lines.append(
-            f"| {spec} | {s['natural_accuracy']:.1%} | {s['poison_success_mean']:.1%} "
-            f"| {s['poison_success_worst']:.1%} |"
-            + "".join(f" {success[spec, t]:.1%} |" for t in targets)
-            + f" {s['base_rate']:.1%} |"
-        )
+    for label, by_defence in result["summary"].items():
+        for spec, s in by_defence.items():
+            lines.append(
+                f"| {label} | {spec} | {s['natural_accuracy']:.1%} +- "
+                f"{s['natural_accuracy_ci']:.1%} | {s['poison_success']:.1%} +- "
+                f"{s['poison_success_ci']:.1%} | {s['base_rate']:.1%} | {s['runs']} |"
+            )
     return "\n".join(lines)
 
 
@@ -198,33 +250,45 @@ def write_outputs(config: EvalConfig, result: dict) -> None:
     (out / "results.json").write_text(json.dumps(result, indent=2))
     c = result["config"]
     header = (
-        f"{c['attack']} attack, eps {c['eps'] * 255:.0f}/255, {c['poison_fraction']:.1%} "
-        f"poisons, targets {c['targets']}, {c['classifier']['architecture']} classifier, "
-        f"{result['train_images']} train / {result['test_images']} test images\n\n"
+        f"{c['attack']} attack, {c['poison_fraction']:.1%} poisons "
+        f"({result['poisoned_images']} images), targets {c['targets']}, seeds {c['seeds']}, "
+        f"{c['classifier']['architecture']} classifier ({c['classifier']['epochs']} epochs), "
+        f"{result['train_images']} train / {result['test_images']} test images; "
+        f"mean +- 95% interval over targets and seeds\n\n"
     )
     (out / "results.md").write_text(header + markdown_table(result) + "\n")
+    draw_results(result, out / "results.png", header.strip())
+
+
+def draw_results(result: dict, path: Path, title: str) -> None:
+    """Accuracy and poison success per defence and strength, with 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
     summary = result["summary"]
-    shown = [s for s in config.defences if s in summary]
-    bar_chart(
-        {
-            spec: {
-                "natural accuracy": summary[spec]["natural_accuracy"],
-                "poison success": summary[spec]["poison_success_mean"],
-            }
-            for spec in shown
-        },
-        out / "results.png",
-        title=header.strip(),
-    )
-    if config.sweep:
-        steps = sorted(set(config.sweep))
-        keys = [f"pureebm:{t}" for t in steps]
-        line_chart(
-            {
-                "natural accuracy": [summary[k]["natural_accuracy"] for k in keys],
-                "poison success": [summary[k]["poison_success_mean"] for k in keys],
-            },
-            out / "sweep.png",
-            x=steps,
-            title="PureEBM: accuracy and poison success vs steps T",
-        )
+    labels = list(summary)
+    specs = list(next(iter(summary.values())))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(labels)
+    for ax, key, name in zip(
+        axes,
+        ("natural_accuracy", "poison_success"),
+        ("natural accuracy", "poison success"),
+        strict=True,
+    ):
+        for i, label in enumerate(labels):
+            values = [summary[label][s][key] for s in specs]
+            errors = [summary[label][s][key + "_ci"] for s in specs]
+            positions = np.arange(len(specs)) + (i - (len(labels) - 1) / 2) * width
+            ax.bar(positions, values, width, yerr=errors, capsize=3, label=f"eps {label}")
+        ax.set_xticks(np.arange(len(specs)), specs)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(name)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,169 @@
+"""How well a purifier works: content kept against poison left, and the choice of
+(eps, tau, T) that a model's card recommends.
+
+Content kept is PSNR(Psi_T(x), x) on held-out images. Poison left is the share
+of a perturbation d that survives: purify x and x + d with the same seed, so
+both chains draw the same noise, and
+
+    r = <Psi_T(x + d) - Psi_T(x), d> / <d, d>      (per image)
+
+r = 1 for a purifier that leaves d alone (noise alone gives 1), r = 0 when d is
+gone. The perturbations are fixed patterns added to every image: random signs
+per pixel or constant on b x b blocks (real triggers look like the latter), and
+smooth low-frequency waves.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pureebm.langevin import LangevinParams, purify
+
+
+def mean_interval(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and the half-width of its 95% interval (1.96 standard errors)."""
+    values = values.double()
+    return values.mean().item(), (1.96 * values.std() / len(values) ** 0.5).item()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of uint8 images (capped at 100 dB for identical ones)."""
+    mse = ((a.float() - b.float()) / 255).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+def residual(purified_x: torch.Tensor, purified_xd: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Per-image share r of the perturbation d left after purification."""
+    moved = (purified_xd.float() - purified_x.float()).flatten(1)
+    d = d.float().flatten(1)
+    return (moved * d).sum(1) / (d * d).sum(1)
+
+
+def sign_pattern(shape: Sequence[int], block: int, amplitude: float, seed: int) -> torch.Tensor:
+    """Random +-amplitude (amplitude in [0, 1] units, result in 0..255 units),
+    constant on block x block squares; shape is C x H x W."""
+    c, h, w = shape
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 2, (c, -(-h // block), -(-w // block)), generator=generator) * 2 - 1
+    full = coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :h, :w]
+    return full.float() * round(amplitude * 255)
+
+
+def smooth_pattern(shape: Sequence[int], amplitude: float, seed: int) -> torch.Tensor:
+    """A sum of random waves of at most 2 cycles per image, scaled to +-amplitude."""
+    c, h, w = shape
+    generator = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h) / h, torch.arange(w) / w, indexing="ij")
+    pattern = torch.zeros(c, h, w)
+    for channel in range(c):
+        for _ in range(4):
+            fy, fx = torch.randint(-2, 3, (2,), generator=generator).tolist()
+            phase = torch.rand(1, generator=generator).item() * 2 * torch.pi
+            pattern[channel] += torch.cos(2 * torch.pi * (fy * yy + fx * xx) + phase)
+    return (pattern / pattern.abs().max().clamp_min(1e-6) * round(amplitude * 255)).round()
+
+
+def standard_perturbations(shape: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The card's synthetic perturbations (0..255 units), C x H x W each."""
+    return {
+        "sign 8/255": sign_pattern(shape, 1, 8 / 255, 1),
+        "sign 16/255": sign_pattern(shape, 1, 16 / 255, 1),
+        "2x2 blocks 8/255": sign_pattern(shape, 2, 8 / 255, 2),
+        "4x4 blocks 8/255": sign_pattern(shape, 4, 8 / 255, 4),
+        "smooth 8/255": smooth_pattern(shape, 8 / 255, 5),
+    }
+
+
+def perturb(clean: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return (clean.float() + d).clamp(0, 255).round().to(torch.uint8)
+
+
+Purifier = Callable[[torch.Tensor], dict[int, torch.Tensor]]  # uint8 images -> {T: Psi_T}
+
+
+def langevin_purifier(
+    net: nn.Module, params: LangevinParams, steps: Sequence[int], device: torch.device | str
+) -> Purifier:
+    """Psi_T for every T in ``steps`` from one seeded chain per call."""
+
+    def apply(images: torch.Tensor) -> dict[int, torch.Tensor]:
+        run = purify(
+            net, images, params, batch_size=len(images), device=device, seed=0, sweep=steps
+        )
+        return run.sweep
+
+    return apply
+
+
+def card(
+    purifier: Purifier, clean: torch.Tensor, perturbations: dict[str, torch.Tensor]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """{T: {"psnr_db": (mean, +-), "r NAME": (mean, +-), ...}} for one purifier."""
+    out_clean = purifier(clean)
+    rows: dict[str, dict[str, tuple[float, float]]] = {
+        str(t): {"psnr_db": mean_interval(psnr(images, clean))} for t, images in out_clean.items()
+    }
+    for name, d in perturbations.items():
+        perturbed = perturb(clean, d)
+        actual_d = perturbed.float() - clean.float()
+        for t, images in purifier(perturbed).items():
+            rows[str(t)][f"r {name}"] = mean_interval(residual(out_clean[t], images, actual_d))
+    return rows
+
+
+@dataclass(frozen=True)
+class Calibration:
+    params: LangevinParams  # the recommended eps, tau and T
+    psnr_db: float
+    residual: float  # mean r over the structured perturbations
+    table: list[dict[str, float]]  # every (eps, tau, T) tried
+
+
+CALIBRATION_PERTURBATIONS = ("sign 8/255", "2x2 blocks 8/255", "4x4 blocks 8/255", "smooth 8/255")
+
+
+def calibrate(
+    net: nn.Module,
+    clean: torch.Tensor,
+    eps_grid: Sequence[float],
+    tau_grid: Sequence[float],
+    steps: Sequence[int],
+    psnr_floor: float = 30.0,
+    device: torch.device | str = "cpu",
+) -> Calibration:
+    """The (eps, tau, T) that removes most of the perturbations while keeping content.
+
+    Among the settings whose clean PSNR is at least ``psnr_floor`` it picks the
+    one with the smallest mean r over ``CALIBRATION_PERTURBATIONS``; when none
+    reaches the floor, the floor drops 1 dB at a time.
+    """
+    if not any(t > 0 for t in steps):
+        raise ValueError("calibration needs at least one T > 0")
+    perturbations = {
+        k: v
+        for k, v in standard_perturbations(clean.shape[1:]).items()
+        if k in CALIBRATION_PERTURBATIONS
+    }
+    table = []
+    for eps, tau in itertools.product(eps_grid, tau_grid):
+        params = LangevinParams(steps=max(steps), eps=eps, tau=tau)
+        rows = card(langevin_purifier(net, params, steps, device), clean, perturbations)
+        for t in steps:
+            row = rows[str(t)]
+            r = sum(row[f"r {k}"][0] for k in perturbations) / len(perturbations)
+            table.append(
+                {"eps": eps, "tau": tau, "steps": t, "psnr_db": row["psnr_db"][0], "residual": r}
+            )
+    floor = psnr_floor
+    while True:
+        candidates = [row for row in table if row["psnr_db"] >= floor and row["steps"] > 0]
+        if candidates:
+            best = min(candidates, key=lambda row: row["residual"])
+            params = LangevinParams(steps=int(best["steps"]), eps=best["eps"], tau=best["tau"])
+            return Calibration(params, best["psnr_db"], best["residual"], table)
+        floor -= 1.0

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from pureebm.evaluation import attacks
-from pureebm.evaluation.classifier import TrainSettings
+from pureebm.evaluation.classifier import TrainSettings, train_classifier
 from pureebm.evaluation.defences import jpeg
 from pureebm.langevin import LangevinParams, resolve_device, to_uint8, to_unit_range
 from pureebm.plots import amplified_difference, image_rows
@@ -57,8 +57,8 @@ def narcissus_pattern(
     """
     path = cache / f"narcissus_trigger_{len(data)}img_{epochs}ep.npy"
     if not path.exists():
-        settings = TrainSettings(epochs=epochs)
-        poisoned = attacks.narcissus(data, labels, 0, 8 / 255, 0.01, 0, settings)
+        surrogate = train_classifier(data, labels, TrainSettings(epochs=epochs))
+        poisoned = attacks.narcissus(data, labels, 0, 8 / 255, 0.01, 0, surrogate)
         grey = np.full((1, *data.shape[1:]), 128, np.uint8)
         np.save(path, poisoned.trigger(grey)[0].astype(np.float32) - 128)
     return torch.from_numpy(np.load(path, allow_pickle=False)).permute(2, 0, 1)
@@ -172,9 +172,10 @@ def draw_card(figures: dict, steps: list[int], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     styles = {"ebm": "-", "gaussian": ":"}
+    moved = [t for t in steps if t > 0]  # T = 0 changes nothing: infinite PSNR
     for purifier, style in styles.items():
-        psnrs = [figures[purifier][str(t)]["psnr_db"][0] for t in steps]
-        left.plot(steps, psnrs, style, marker="o", label=f"{purifier}", color="k")
+        psnrs = [figures[purifier][str(t)]["psnr_db"][0] for t in moved]
+        left.plot(moved, psnrs, style, marker="o", label=f"{purifier}", color="k")
     left.axhline(figures["jpeg75"]["-"]["psnr_db"][0], color="k", ls="--", label="JPEG q75")
     left.set(xlabel="Langevin steps T", ylabel="PSNR(Psi_T(x), x) [dB]", title="content kept")
     left.legend()

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from pureebm import formats
 from pureebm.langevin import LangevinParams, langevin_chain, purify, resolve_device, to_unit_range
-from pureebm.nets import build_energy_net
+from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
 from pureebm.plots import amplified_difference, image_rows, line_chart
 from pureebm.quality import Calibration, calibrate
 from pureebm.registry import LangevinDefaults, Manifest, Registry, TrainingRecord
@@ -139,14 +139,16 @@ class Trainer:
 
         images = np.concatenate([formats.load_image_array(p) for p in config.data])
         # calibration uses held-out images where there are any
-        self.heldout = torch.from_numpy(images[-max(config.holdout, config.calibrate_images) :])
+        self.heldout = torch.from_numpy(images[-max(config.holdout, config.calibrate_images, 1) :])
         if config.holdout:
             images = images[: -config.holdout]
         if config.skimage_crops:
             size = images.shape[1]
             crops = photograph_crops(config.skimage_crops, size, config.seed)
             images = np.concatenate([images, crops])
-        self.data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(self.device)
+        images = as_training_images(images)
+        self.heldout = as_training_images(self.heldout.numpy(), channels=images.shape[3])
+        self.data = images.permute(0, 3, 1, 2).contiguous().to(self.device)
         self.n_c, self.image_size = self.data.shape[1], self.data.shape[2]
 
         self.net = build_energy_net(config.architecture, n_c=self.n_c, n_f=config.n_f)
@@ -323,6 +325,17 @@ class Trainer:
             title=f"{self.config.name}: loss and E(samples) - E(data)",
         )
 
+    def recipe_description(self) -> str:
+        c = self.config
+        parts = [f"{c.architecture} EBM n_f={c.n_f}", f"recipe {c.recipe}", f"batch {c.batch_size}"]
+        if c.recipe != "ml":
+            parts.append(f"sigma {c.sigma_min:g}-{c.sigma_max:g}")
+            if c.noise_blocks != [1]:
+                parts.append(f"noise blocks {c.noise_blocks}")
+        if c.recipe != "dsm":
+            parts.append(f"K={c.mcmc_steps}")
+        return ", ".join(parts)
+
     def calibrate(self) -> Calibration | None:
         """The card's recommended (eps, tau, T) on held-out images, around the
         training eps and tau."""
@@ -368,8 +381,7 @@ class Trainer:
                 wall_time_s=round(self.wall_time, 1),
                 hardware=hardware_description(self.device),
             ),
-            description=f"{c.architecture} EBM n_f={c.n_f}, recipe {c.recipe}, "
-            f"K={c.mcmc_steps}, batch {c.batch_size}",
+            description=self.recipe_description(),
         )
         entry = Path(c.registry) / manifest.name / str(manifest.version)
         write_samples_png(self.net, self.showcase, p, self.device, entry / "samples.png")
@@ -386,6 +398,22 @@ class Trainer:
         if (self.out / "curves.png").exists():
             shutil.copyfile(self.out / "curves.png", entry / "curves.png")
         return manifest
+
+
+def as_training_images(images: np.ndarray, channels: int | None = None) -> torch.Tensor:
+    """N x H x W x 3 uint8 -> the model's view, as purification will see it: one
+    channel when every image is grey (R = G = B) or ``channels`` is 1, and sides
+    under the nets' 32 pixels edge-padded to 32 (``pureebm.pipeline`` pads small
+    images the same way)."""
+    if channels is None:
+        channels = 1 if np.array_equal(images, images[..., :1].repeat(3, axis=3)) else 3
+    if channels == 1:
+        images = images[..., :1]
+    pad_h = max(MIN_IMAGE_SIZE - images.shape[1], 0)
+    pad_w = max(MIN_IMAGE_SIZE - images.shape[2], 0)
+    if pad_h or pad_w:
+        images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return torch.from_numpy(np.ascontiguousarray(images))
 
 
 def photograph_crops(count: int, size: int, seed: int) -> np.ndarray:

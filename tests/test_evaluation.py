@@ -11,7 +11,7 @@ import pytest
 from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import TrainSettings, train_classifier
 from pureebm.evaluation.defences import jpeg, pureebm
-from pureebm.evaluation.run import EvalConfig, evaluate, mean_interval
+from pureebm.evaluation.run import Defender, EvalConfig, evaluate, mean_interval
 from pureebm.formats import Picture
 from pureebm.langevin import LangevinParams
 from pureebm.pipeline import purify_pictures
@@ -118,4 +118,32 @@ def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_reg
         assert (tmp_path / "out" / name).stat().st_size > 0
     summary = json.loads((tmp_path / "out" / "results.json").read_text())["summary"]
     assert summary["8/255"]["clean"]["runs"] == 2
+    differences = [
+        rows[t, "jpeg:75"]["poison_success"] - rows[t, "none"]["poison_success"] for t in (1, 2)
+    ]
+    jpeg_row = summary["8/255"]["jpeg:75"]
+    assert jpeg_row["poison_success_vs_none"] == pytest.approx(np.mean(differences))
+    assert "natural_accuracy_vs_none" not in summary["8/255"]["none"]
     assert "| 8/255 | pureebm:3 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(
+    cifar, tiny_registry
+):
+    images, labels = cifar["images"][:24], cifar["labels"][:24]
+    config = EvalConfig(
+        train="",
+        defences=["none", "pureebm", "jpeg:75"],
+        model="tiny",
+        registry=str(tiny_registry),
+        classifier=FAST,
+    )
+    defender = Defender(config, images)
+    poisoned = attacks.patch(images, labels, 3, 0.25, seed=0, clean_label=False)
+    assert np.array_equal(defender.defend("none", poisoned), poisoned.images)
+    purified = defender.defend("pureebm", poisoned)  # 'pureebm' alone: the model's T
+    assert not np.array_equal(purified, poisoned.images)
+    untouched = np.setdiff1d(np.arange(len(images)), poisoned.poisoned)
+    assert np.array_equal(purified[untouched], defender.clean["pureebm"][untouched])
+    jpeg_set = defender.defend("jpeg:75", poisoned)
+    assert np.array_equal(jpeg_set, jpeg(poisoned.images, 75))

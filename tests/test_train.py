@@ -7,10 +7,13 @@ import copy
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from pureebm.langevin import to_unit_range
+from pureebm.formats import Picture
+from pureebm.langevin import LangevinParams, to_unit_range
+from pureebm.pipeline import purify_pictures
 from pureebm.registry import Registry
 from pureebm.train import CHECKPOINT, TrainConfig, Trainer, learning_rate, train
 from tests.conftest import DATA
@@ -141,3 +144,33 @@ def test_calibration_at_registration_records_the_recommended_settings(tmp_path):
     assert record["recommended"]["eps"] == manifest.langevin.eps
     assert record["recommended"]["tau"] == manifest.langevin.tau
     assert len(record["table"]) == 3 * 3 * 5
+
+
+def test_small_grey_images_train_a_one_channel_model_that_purifies_them(tmp_path, cifar):
+    """28 x 28 grey images (Fashion-MNIST's shape): a 1-channel model padded to 32
+    pixels, and the pipeline purifies the same images at their own size."""
+    grey = cifar["images"][:, 2:30, 2:30].mean(3).round().astype(np.uint8)
+    data = tmp_path / "grey.npz"
+    np.savez(data, images=grey, labels=cifar["labels"])
+    config = TrainConfig(
+        data=[str(data)],
+        name="grey",
+        n_f=4,
+        iterations=2,
+        batch_size=4,
+        mcmc_steps=2,
+        warmup=1,
+        holdout=8,
+        calibrate_images=0,
+        checkpoint_every=2,
+        out_dir=str(tmp_path / "run"),
+        registry=str(tmp_path / "reg"),
+    )
+    manifest = train(config)
+    assert (manifest.channels, manifest.image_size) == (1, 32)
+    model = Registry(tmp_path / "reg").load("grey")
+    rgb = np.repeat(grey[:3, :, :, None], 3, axis=3)
+    pictures = [(str(i), Picture(image, None, "L", "NPZ")) for i, image in enumerate(rgb)]
+    out = list(purify_pictures(model, pictures, LangevinParams(steps=2), seed=0))
+    assert all(item.rgb.shape == (28, 28, 3) for item in out)
+    assert all(np.array_equal(item.rgb[..., 0], item.rgb[..., 1]) for item in out)

@@ -128,7 +128,7 @@ class Defender:
         raise ValueError(f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T])")
 
     def defend(self, spec: str, poisoned: attacks.Poisoned) -> np.ndarray:
-        if pureebm_steps(spec, 0) == 0 or spec == "none":
+        if spec == "none" or pureebm_steps(spec, self.default_steps) == 0:
             return poisoned.images
         defended = self.clean[spec].copy()
         changed = poisoned.poisoned
@@ -176,7 +176,7 @@ def evaluate(config: EvalConfig) -> dict:
         for seed in config.seeds
     }
     rows = []
-    runs = [(e, s, t) for e in config.eps for s in config.seeds for t in config.targets]
+    runs = [(e, s, t) for s in config.seeds for e in config.eps for t in config.targets]
     for eps, seed, target in tqdm(runs, desc="attacks", unit="attack"):
         poisoned = make_attack(config, train_x, train_y, target, eps, seed, clean_nets[seed])
         triggered = poisoned.trigger(test_x)
@@ -199,47 +199,73 @@ def evaluate(config: EvalConfig) -> dict:
                 f"accuracy {rows[-1]['natural_accuracy']:.3f} "
                 f"poison success {rows[-1]['poison_success']:.3f}"
             )
-    result = {
-        "config": asdict(config),
-        "train_images": len(train_x),
-        "test_images": len(test_x),
-        "poisoned_images": len(poisoned.poisoned),
-        "purifier": asdict(defender.params),
-        "rows": rows,
-        "summary": summarise(rows),
-        "seconds": time.perf_counter() - started,
-    }
-    write_outputs(config, result)
+        # written after every attack, so an interrupted run keeps what it measured
+        result = {
+            "config": asdict(config),
+            "train_images": len(train_x),
+            "test_images": len(test_x),
+            "poisoned_images": len(poisoned.poisoned),
+            "purifier": asdict(defender.params),
+            "rows": rows,
+            "summary": summarise(rows),
+            "complete": len(rows) == len(runs) * (1 + len(defender.specs)),
+            "seconds": time.perf_counter() - started,
+        }
+        write_outputs(config, result)
     return result
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """{eps label: {defence: mean and 95% half-width of each measure}}."""
+    """{eps label: {defence: mean and 95% half-width of each measure}}.
+
+    Targets differ far more from each other than defences do, so each defence is
+    also compared with no defence run by run (same target and seed): the mean
+    paired difference ("..._vs_none") and its interval tell defences apart where
+    the plain means' intervals overlap.
+    """
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for eps in dict.fromkeys(r["eps"] for r in rows):
         label = f"{eps * 255:.0f}/255"
         summary[label] = {}
-        for spec in dict.fromkeys(r["defence"] for r in rows):
-            mine = [r for r in rows if r["defence"] == spec and r["eps"] == eps]
+        mine = [r for r in rows if r["eps"] == eps]
+        undefended = {(r["seed"], r["target"]): r for r in mine if r["defence"] == "none"}
+        for spec in dict.fromkeys(r["defence"] for r in mine):
+            runs = [r for r in mine if r["defence"] == spec]
             entry = {}
             for key in ("natural_accuracy", "poison_success", "base_rate"):
-                entry[key], entry[key + "_ci"] = mean_interval([r[key] for r in mine])
-            entry["runs"] = len(mine)
+                entry[key], entry[key + "_ci"] = mean_interval([r[key] for r in runs])
+            for key in ("natural_accuracy", "poison_success"):
+                paired = [
+                    r[key] - undefended[r["seed"], r["target"]][key]
+                    for r in runs
+                    if (r["seed"], r["target"]) in undefended and spec != "none"
+                ]
+                if paired:
+                    entry[key + "_vs_none"], entry[key + "_vs_none_ci"] = mean_interval(paired)
+            entry["runs"] = len(runs)
             summary[label][spec] = entry
     return summary
 
 
 def markdown_table(result: dict) -> str:
     lines = [
-        "| strength | defence | natural accuracy | poison success | no-trigger rate | runs |",
-        "|---|---|---|---|---|---|",
+        "| strength | defence | natural accuracy | poison success | accuracy vs none "
+        "(paired) | poison success vs none (paired) | no-trigger rate | runs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+
+    def paired(s: dict, key: str) -> str:
+        if key + "_vs_none" not in s:
+            return "-"
+        return f"{s[key + '_vs_none'] * 100:+.1f} +- {s[key + '_vs_none_ci'] * 100:.1f} pts"
+
     for label, by_defence in result["summary"].items():
         for spec, s in by_defence.items():
             lines.append(
                 f"| {label} | {spec} | {s['natural_accuracy']:.1%} +- "
                 f"{s['natural_accuracy_ci']:.1%} | {s['poison_success']:.1%} +- "
-                f"{s['poison_success_ci']:.1%} | {s['base_rate']:.1%} | {s['runs']} |"
+                f"{s['poison_success_ci']:.1%} | {paired(s, 'natural_accuracy')} "
+                f"| {paired(s, 'poison_success')} | {s['base_rate']:.1%} | {s['runs']} |"
             )
     return "\n".join(lines)
 

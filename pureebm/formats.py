@@ -91,6 +91,8 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
     """Decode image bytes; raises UnsupportedInput or InputTooLarge with the reason."""
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # Pillow refuses the declared size at open
+        raise InputTooLarge(f"declared size is a decompression bomb: {e}") from e
     except (UnidentifiedImageError, OSError) as e:
         raise UnsupportedInput("not a readable image") from e
     if image.format not in set(IMAGE_FORMATS.values()):
@@ -100,7 +102,9 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
         raise InputTooLarge(f"{width}x{height} pixels is over the {limits.max_pixels} limit")
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise InputTooLarge(f"decompression bomb: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise UnsupportedInput(f"corrupt or truncated {image.format} image: {e}") from e
     return picture_from_pil(image, image.format)
 
@@ -296,6 +300,13 @@ class ZipContainer(Container):
             if info.filename in seen:
                 raise UnsafeInput(f"{info.filename!r} appears twice")
             seen.add(info.filename)
+            if info.flag_bits & 0x1:
+                raise UnsupportedInput(f"{info.filename!r} is encrypted")
+            if info.compress_type not in ZIP_METHODS:
+                raise UnsupportedInput(
+                    f"{info.filename!r} uses an unsupported compression method "
+                    f"({info.compress_type})"
+                )
             kind = "dir" if info.is_dir() else "image" if image_format_of(info.filename) else "file"
             self.members.append(Member(info.filename, kind, info.file_size))
         self.check_totals(limits, compressed_bytes=path.stat().st_size)
@@ -316,11 +327,16 @@ class ZipContainer(Container):
                 out.writestr(info, data, compress_type=info.compress_type)
 
 
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
 def read_zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
     try:
         return archive.read(name)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
         raise UnsupportedInput(f"corrupt zip member {name!r}: {e}") from e
+    except (RuntimeError, NotImplementedError) as e:  # encrypted, unknown method
+        raise UnsupportedInput(f"unreadable zip member {name!r}: {e}") from e
 
 
 class TarContainer(Container):
@@ -331,11 +347,16 @@ class TarContainer(Container):
         self.compression = tar_compression(path)
         self.members = []
         total = 0
+        seen: set[str] = set()
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
                 check_member_name(info.name)
                 if not (info.isreg() or info.isdir()):
                     raise UnsafeInput(f"{info.name!r} is a link, device or special file")
+                # results are looked up by name, so a repeated name would swap images
+                if info.name.rstrip("/") in seen:
+                    raise UnsafeInput(f"{info.name!r} appears twice")
+                seen.add(info.name.rstrip("/"))
                 total += info.size
                 if len(self.members) >= limits.max_members or total > limits.max_total_bytes:
                     raise InputTooLarge("the archive is over its member-count or size limit")

@@ -71,7 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:
+            response = problems.unexpected_error(request, exc)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         requests.labels(request.method, path, str(response.status_code)).inc()

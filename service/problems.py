@@ -60,6 +60,17 @@ def problem(
     return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
 
 
+def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """Anything no handler expects: a problem+json 500, never text or a traceback;
+    the log keeps the traceback and the job the request was about. Called by the
+    app's outermost middleware, so the connection stays healthy."""
+    job = request.path_params.get("job_id", "-")
+    log.error(
+        "unexpected error on %s %s (job %s)", request.method, request.url.path, job, exc_info=exc
+    )
+    return problem(request, 500, "an unexpected error occurred; it has been logged", job=job)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,15 @@ def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A small real PNG whose header declares width x height pixels."""
+    data = bytearray(png(np.zeros((8, 8, 3), np.uint8)))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    crc = zlib.crc32(bytes(data[12:29]))
+    data[29:33] = crc.to_bytes(4, "big")
+    return bytes(data)
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:

@@ -15,7 +15,7 @@ from PIL import Image
 from pureebm.formats import Picture
 from pureebm.langevin import LangevinParams
 from pureebm.pipeline import purify_pictures
-from tests.stack import KEY_A, KEY_B, Stack, png, zip_bytes
+from tests.stack import KEY_A, KEY_B, Stack, bomb_png, png, zip_bytes
 
 LIMITS = {"max_files": 20, "max_upload_bytes": 5_000_000, "max_pixels": 1_000_000}
 
@@ -249,6 +249,8 @@ REFUSED = {
     "symlink member": (422, {"archive": ("a.zip", "SYMLINK")}, {}),
     "zip bomb": (413, {"archive": ("a.zip", "BOMB")}, {}),
     "pixel bomb": (413, {"files": ("a.png", "HUGE")}, {}),
+    "declared 50000x50000 bomb": (413, {"files": ("a.png", "DECLARED")}, {}),
+    "repeated tar member": (422, {"archive": ("a.tar", "DUPLICATE")}, {}),
     "too many files": (413, "MANY", {}),
     "too large body": (413, {"archive": ("a.zip", b"\x00" * 6_000_000)}, {}),
     "steps out of range": (422, {"files": ("a.png", "OK")}, {"steps": "5000"}),
@@ -256,6 +258,16 @@ REFUSED = {
     "unknown model": (400, {"files": ("a.png", "OK")}, {"model": "nonexistent"}),
     "both fields": (400, "BOTH", {}),
 }
+
+
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def materialise(spec, cifar):
@@ -276,6 +288,12 @@ def materialise(spec, cifar):
             data = zip_bytes({"a.png": png(cifar["images"][0]), "zeros.bin": bytes(60 << 20)})
         elif data == "SYMLINK":
             data = symlink_zip(cifar)
+        elif data == "DECLARED":
+            data = bomb_png()
+        elif data == "DUPLICATE":
+            data = tar_bytes(
+                [("same.png", png(cifar["images"][0])), ("same.png", png(cifar["images"][1]))]
+            )
         else:
             data = evil_zip(data.removeprefix("EVIL:"), cifar)
     return {field: (name, data)}
@@ -293,6 +311,21 @@ def test_refused_inputs_get_their_status_and_leave_nothing(stack, cifar, case):
         assert response.json()["status"] == status and response.json()["detail"]
         assert client.get("/v1/jobs").json()["total"] == before
     assert stack.job_folders() == folders
+
+
+def test_an_unexpected_error_is_a_problem_json_500_naming_the_job(stack, cifar):
+    """A job record damaged in Redis (its params field gone) makes reading it fail
+    in a way no handler expects: the answer is still problem+json."""
+    with stack.client() as client:
+        created = client.post("/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))})
+        job_id = created.json()["id"]
+        stack.wait_job(client, job_id)
+        stack.redis.hdel(f"pureebm:job:{job_id}", "params")
+        response = client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["job"] == job_id and "unexpected" in response.json()["detail"]
+        client.delete(f"/v1/jobs/{job_id}")
 
 
 def test_models_health_and_metrics(stack):

@@ -10,6 +10,8 @@ import zipfile
 import numpy as np
 from PIL import Image
 
+from tests.stack import bomb_png
+
 
 def pureebm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -71,3 +73,14 @@ def test_models_lists_the_registry_and_errors_are_clear(tmp_path, tiny_registry)
     )
     assert result.returncode != 0 and "corrupt zip" in result.stderr
     assert not (tmp_path / "o.zip").exists()
+
+
+def test_a_decompression_bomb_is_one_clear_line_not_a_traceback(tmp_path, tiny_registry):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png())
+    out = tmp_path / "o.png"
+    result = pureebm(
+        "purify", str(bomb), "-o", str(out), "--registry", str(tiny_registry), "--model", "tiny"
+    )
+    assert result.returncode != 0 and "decompression bomb" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -20,6 +20,7 @@ from pureebm.formats import (
     encode_image,
     open_container,
 )
+from tests.stack import bomb_png
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
@@ -260,3 +261,40 @@ def test_corrupt_truncated_and_non_images_are_refused(tmp_path, cifar):
     np.savez(pickled, images=np.array([object()], dtype=object))
     with pytest.raises(UnsupportedInput):
         open_container(pickled)
+
+
+def test_a_declared_decompression_bomb_is_too_large_not_a_crash():
+    with pytest.raises(InputTooLarge, match="decompression bomb"):
+        decode_image(bomb_png())
+
+
+def test_encrypted_and_unknown_compression_zip_members_are_unsupported(tmp_path, cifar):
+    path = write_zip(tmp_path / "a.zip", {"a.png": png_bytes(cifar["images"][0])})
+    raw = bytearray(path.read_bytes())
+    encrypted = tmp_path / "encrypted.zip"  # set the "encrypted" flag bit in both headers
+    local, central = raw.find(b"PK\x03\x04"), raw.find(b"PK\x01\x02")
+    flagged = bytearray(raw)
+    flagged[local + 6] |= 1
+    flagged[central + 8] |= 1
+    encrypted.write_bytes(bytes(flagged))
+    with pytest.raises(UnsupportedInput, match="encrypted"):
+        open_container(encrypted)
+    unknown = tmp_path / "unknown.zip"  # compression method 99 (AES) in both headers
+    patched = bytearray(raw)
+    patched[local + 8 : local + 10] = (99).to_bytes(2, "little")
+    patched[central + 10 : central + 12] = (99).to_bytes(2, "little")
+    unknown.write_bytes(bytes(patched))
+    with pytest.raises(UnsupportedInput, match="compression method"):
+        open_container(unknown)
+
+
+def test_a_tar_with_a_repeated_member_name_is_refused(tmp_path, cifar):
+    path = tmp_path / "dup.tar"
+    with tarfile.open(path, "w") as archive:
+        for index in (0, 1):  # two different images under one name
+            data = png_bytes(cifar["images"][index])
+            info = tarfile.TarInfo("same.png")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(UnsafeInput, match="appears twice"):
+        open_container(path)

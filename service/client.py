@@ -65,8 +65,11 @@ class PureEBMClient:
         job_id: str,
         poll_s: float = 1.0,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job ends; raises PureEBMError if it failed or was canceled."""
+        """Poll until the job ends; raises PureEBMError if it failed or was canceled,
+        TimeoutError if it has not ended after ``timeout_s`` seconds (None: no limit)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             job = self.job(job_id)
             if on_progress is not None:
@@ -75,6 +78,8 @@ class PureEBMClient:
                 return job
             if job["status"] in ("failed", "canceled"):
                 raise PureEBMError(409, f"job {job_id} {job['status']}: {job.get('error')}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)
 
     def download(self, job_id: str, dest: str | Path) -> Path:

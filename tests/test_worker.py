@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import zipfile
 
@@ -86,5 +87,29 @@ def test_a_worker_killed_mid_shard_loses_nothing(tmp_path, tiny_registry, cifar)
             if j.retries_left is not None and j.retries_left < 3
         ]
         assert len(retried) == 1  # exactly the shard the killed worker held
+    finally:
+        stack.stop()
+
+
+def test_a_finaliser_that_keeps_failing_is_retried_then_fails_the_job(
+    tmp_path, tiny_registry, cifar
+):
+    """A real fault: the job's result folder is replaced by a file before the
+    finaliser runs, so writing the result raises. The finaliser is retried
+    (SHARD_RETRIES = 1 here) and then the job is failed with the reason, never left
+    running."""
+    stack = Stack(tmp_path, tiny_registry, shard_retries=1)
+    try:
+        stack.start_worker()
+        with stack.client() as client:
+            job_id, _ = submit_slow_job(stack, client, cifar, steps=300)
+            result_dir = tmp_path / "data" / "jobs" / job_id / "result"
+            shutil.rmtree(result_dir, ignore_errors=True)
+            result_dir.write_bytes(b"not a folder")
+            job = stack.wait_job(client, job_id)
+            assert job["status"] == "failed"
+            assert "finalising failed" in job["error"]
+        finaliser = Job.fetch(f"{job_id}-finalize", connection=stack.redis)
+        assert finaliser.get_status() == "failed" and finaliser.retries_left == 0
     finally:
         stack.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rq import get_current_job
 
 from pureebm.formats import open_container
 from pureebm.pipeline import PurifiedImage, purify_pictures
@@ -171,8 +172,19 @@ class ShardReader:
         return rows
 
 
+def fail(store: JobStore, record: JobRecord, error: str) -> None:
+    store.update(record.id, error=error, finished_at=time.time())
+    store.transition(record.id, record.status, JobStatus.failed)
+    log.error("job failed", extra={"job_id": record.id, "error": error})
+
+
 def finalize(job_id: str) -> str | None:
-    """Assemble the result container and the energy report once every shard has ended."""
+    """Assemble the result container and the energy report once every shard has ended.
+
+    Idempotent: the result and the report are written aside and renamed, so a
+    retry after a crash starts over cleanly. An error on the last attempt fails
+    the job with the reason; earlier attempts leave it to RQ's retry.
+    """
     ctx = context()
     store = ctx.store
     record = store.get(job_id)
@@ -180,11 +192,19 @@ def finalize(job_id: str) -> str | None:
         return None
     missing = [s for s in range(record.shards) if not store.shard_path(job_id, s).exists()]
     if missing:
-        error = record.error or f"shards {missing} did not finish"
-        store.update(job_id, error=error, finished_at=time.time())
-        store.transition(job_id, record.status, JobStatus.failed)
-        log.error("job failed", extra={"job_id": job_id, "error": error})
+        fail(store, record, record.error or f"shards {missing} did not finish")
         return None
+    try:
+        return assemble(ctx, store, record)
+    except Exception as e:
+        current = get_current_job()
+        if current is None or not current.retries_left:
+            fail(store, record, f"finalising failed: {e}")
+        raise
+
+
+def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
+    job_id = record.id
     container = open_container(store.input_path(record), store.settings.limits)
     reader = ShardReader(store, record, container.image_names())
     result = store.result_path(record)
@@ -202,7 +222,10 @@ def finalize(job_id: str) -> str | None:
         "seed": record.params.seed,
         "images": reader.energies(),
     }
-    store.report_path(job_id).write_text(json.dumps(report))
+    report_path = store.report_path(job_id)
+    partial_report = report_path.with_name(".partial." + report_path.name)
+    partial_report.write_text(json.dumps(report))
+    os.replace(partial_report, report_path)
     store.update(job_id, finished_at=time.time())
     store.transition(job_id, JobStatus.running, JobStatus.finished)
     log.info("job finished", extra={"job_id": job_id, "images": record.images})

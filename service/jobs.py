@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Dependency, Job
 
@@ -160,6 +160,17 @@ class JobStore:
         ids = [i.decode() for i in self.redis.zrange(owner_key(owner), 0, -1)]
         states = self.redis.hmget(STATES_KEY, ids) if ids else []
         return sum(s is not None and s.decode() in ACTIVE for s in states)
+
+    def live_workers(self, queue_name: str = BATCH_QUEUE) -> int:
+        """Workers of a queue whose heartbeat is fresh. A worker beats at least once a
+        lease (idle or busy), so one silent for 1.5 leases is dead, whatever its
+        registration in Redis still says."""
+        fresh_after = time.time() - 1.5 * self.settings.worker_lease_s
+        workers = Worker.all(queue=Queue(queue_name, connection=self.redis))
+        return sum(
+            w.last_heartbeat is not None and w.last_heartbeat.timestamp() > fresh_after
+            for w in workers
+        )
 
     # -- progress ---------------------------------------------------------------
 

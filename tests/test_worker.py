@@ -113,3 +113,26 @@ def test_a_finaliser_that_keeps_failing_is_retried_then_fails_the_job(
         assert finaliser.get_status() == "failed" and finaliser.retries_left == 0
     finally:
         stack.stop()
+
+
+def test_readiness_and_sync_purify_notice_a_killed_worker_by_its_heartbeat(
+    tmp_path, tiny_registry, cifar
+):
+    """kill -9 leaves the worker's registration in Redis for its TTL (17 s here);
+    readiness counts only fresh heartbeats (1.5 leases = 3 s) and notices sooner."""
+    stack = Stack(tmp_path, tiny_registry, worker_lease_s=2)
+    try:
+        worker = stack.start_worker()
+        with stack.client() as client:
+            stack.wait_for(lambda: client.get("/readyz").status_code == 200, "a live worker")
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
+            assert Worker.all(connection=stack.redis)  # still registered
+            stack.wait_for(
+                lambda: client.get("/readyz").status_code == 503, "readiness to drop", timeout=12
+            )
+            assert client.get("/readyz").json()["checks"]["workers"]["alive"] == 0
+            image = {"files": ("a.png", png(cifar["images"][0]))}
+            assert client.post("/v1/purify", files=image).status_code == 503
+    finally:
+        stack.stop()

@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from rq import Queue, Worker
 
 from pureebm.registry import RegistryError, sha256_of
-from service.deps import RedisDep, RegistryDep, SettingsDep
+from service.deps import RedisDep, RegistryDep, SettingsDep, StoreDep
 from service.jobs import BATCH_QUEUE
 
 router = APIRouter(tags=["operations"])
@@ -21,13 +20,16 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {}})
-def readyz(redis: RedisDep, registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
-    """Ready when the queue answers, a worker is alive and the default model verifies."""
+def readyz(
+    redis: RedisDep, store: StoreDep, registry: RegistryDep, settings: SettingsDep
+) -> JSONResponse:
+    """Ready when the queue answers, a worker's heartbeat is fresh and the default
+    model verifies."""
     checks: dict[str, dict[str, object]] = {}
     try:
         redis.ping()
         checks["queue"] = {"ok": True}
-        workers = len(Worker.all(queue=Queue(BATCH_QUEUE, connection=redis)))
+        workers = store.live_workers(BATCH_QUEUE)
         checks["workers"] = {"ok": workers > 0, "alive": workers}
     except Exception as e:
         checks["queue"] = {"ok": False, "error": str(e)}

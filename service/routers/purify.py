@@ -7,7 +7,6 @@ import time
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from rq import Queue, Worker
 
 from service.deps import OwnerDep, RegistryDep, SettingsDep, StoreDep
 from service.jobs import SYNC_QUEUE
@@ -52,8 +51,8 @@ async def purify_now(
             413,
             f"/v1/purify takes at most {settings.sync_max_images} images; use /v1/jobs for more",
         )
-    if not Worker.all(queue=Queue(SYNC_QUEUE, connection=store.redis)):
-        raise Problem(503, "no worker is running")
+    if not store.live_workers(SYNC_QUEUE):
+        raise Problem(503, "no live worker: none has sent a heartbeat within 1.5 leases")
     record = await create_job(store, settings, registry, owner, params, files, None, sync=True)
     deadline = time.monotonic() + settings.sync_timeout_s
     try:

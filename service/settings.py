@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(8 << 30, ge=1)
     max_files: int = Field(1000, ge=1)
     max_pixels: int = Field(16_000_000, ge=1)
+    max_job_pixels: int = Field(10_000_000_000, ge=1)  # all images of one job together
     max_members: int = Field(200_000, ge=1)
     max_member_bytes: int = Field(512 << 20, ge=1)
     max_total_bytes: int = Field(16 << 30, ge=1)

@@ -12,7 +12,14 @@ from fastapi import UploadFile
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pureebm.formats import Container, FormatError, UnsafeInput, UnsupportedInput, open_container
+from pureebm.formats import (
+    Container,
+    FormatError,
+    InputTooLarge,
+    UnsafeInput,
+    UnsupportedInput,
+    open_container,
+)
 from service.problems import Problem
 from service.settings import Settings
 
@@ -93,15 +100,22 @@ def result_name(kind: str, input_name: str) -> str:
     return f"{stem}.purified{suffix or {'zip': '.zip', 'tar': '.tar', 'npz': '.npz'}[kind]}"
 
 
-def validate_images(container: Container) -> int:
-    """Decode every image once so a bad one is refused now, not in a worker."""
-    names, count = container.image_names(), 0
-    try:
-        for _ in container.iter_images():
-            count += 1
-    except FormatError as e:
-        raise type(e)(f"{names[count]}: {e}") from e
-    return count
+def validate_images(container: Container, max_job_pixels: int) -> int:
+    """Decode every image once so a bad one is refused now, not in a worker, and
+    refuse a job whose images add up to more than ``max_job_pixels``."""
+    names, count, pixels = container.image_names(), 0, 0
+    pictures = container.iter_images()
+    while True:
+        try:
+            item = next(pictures, None)
+        except FormatError as e:
+            raise type(e)(f"{names[count]}: {e}") from e
+        if item is None:
+            return count
+        count += 1
+        pixels += item[1].rgb.shape[0] * item[1].rgb.shape[1]
+        if pixels > max_job_pixels:
+            raise InputTooLarge(f"the images add up to over the {max_job_pixels}-pixel job limit")
 
 
 def prepare_input(
@@ -142,5 +156,5 @@ def prepare_input(
         if len(container.image_names()) != len(files):
             raise UnsupportedInput("every file in `files` must be an image")
         kind, name = "files", "files"
-    images = validate_images(container)
+    images = validate_images(container, settings.max_job_pixels)
     return PreparedInput(kind, stored, name, size, result_name(kind, name), images)

@@ -17,7 +17,12 @@ from pureebm.langevin import LangevinParams
 from pureebm.pipeline import purify_pictures
 from tests.stack import KEY_A, KEY_B, Stack, bomb_png, png, zip_bytes
 
-LIMITS = {"max_files": 20, "max_upload_bytes": 5_000_000, "max_pixels": 1_000_000}
+LIMITS = {
+    "max_files": 20,
+    "max_upload_bytes": 5_000_000,
+    "max_pixels": 1_000_000,
+    "max_job_pixels": 2_000_000,
+}
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +255,7 @@ REFUSED = {
     "zip bomb": (413, {"archive": ("a.zip", "BOMB")}, {}),
     "pixel bomb": (413, {"files": ("a.png", "HUGE")}, {}),
     "declared 50000x50000 bomb": (413, {"files": ("a.png", "DECLARED")}, {}),
+    "over the job's pixel cap": (413, {"archive": ("a.zip", "THREE_MPX")}, {}),
     "repeated tar member": (422, {"archive": ("a.tar", "DUPLICATE")}, {}),
     "too many files": (413, "MANY", {}),
     "too large body": (413, {"archive": ("a.zip", b"\x00" * 6_000_000)}, {}),
@@ -288,6 +294,9 @@ def materialise(spec, cifar):
             data = zip_bytes({"a.png": png(cifar["images"][0]), "zeros.bin": bytes(60 << 20)})
         elif data == "SYMLINK":
             data = symlink_zip(cifar)
+        elif data == "THREE_MPX":  # three 1 Mpx images, each within the per-image limit
+            flat = png(np.zeros((1000, 1000, 3), np.uint8))
+            data = zip_bytes({f"{i}.png": flat for i in range(3)})
         elif data == "DECLARED":
             data = bomb_png()
         elif data == "DUPLICATE":

@@ -139,7 +139,7 @@ class Trainer:
 
         images = np.concatenate([formats.load_image_array(p) for p in config.data])
         # calibration uses held-out images where there are any
-        self.heldout = torch.from_numpy(images[-max(config.holdout, config.calibrate_images, 1) :])
+        heldout = images[-max(config.holdout, config.calibrate_images, 1) :]
         if config.holdout:
             images = images[: -config.holdout]
         if config.skimage_crops:
@@ -147,7 +147,7 @@ class Trainer:
             crops = photograph_crops(config.skimage_crops, size, config.seed)
             images = np.concatenate([images, crops])
         images = as_training_images(images)
-        self.heldout = as_training_images(self.heldout.numpy(), channels=images.shape[3])
+        self.heldout = as_training_images(heldout, channels=images.shape[3])
         self.data = images.permute(0, 3, 1, 2).contiguous().to(self.device)
         self.n_c, self.image_size = self.data.shape[1], self.data.shape[2]
 

@@ -163,9 +163,9 @@ class JobStore:
 
     def live_workers(self, queue_name: str = BATCH_QUEUE) -> int:
         """Workers of a queue whose heartbeat is fresh. A worker beats at least once a
-        lease (idle or busy), so one silent for 1.5 leases is dead, whatever its
+        lease (idle or busy), so one silent for 2 leases is dead, whatever its
         registration in Redis still says."""
-        fresh_after = time.time() - 1.5 * self.settings.worker_lease_s
+        fresh_after = time.time() - 2 * self.settings.worker_lease_s
         workers = Worker.all(queue=Queue(queue_name, connection=self.redis))
         return sum(
             w.last_heartbeat is not None and w.last_heartbeat.timestamp() > fresh_after

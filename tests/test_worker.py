@@ -119,7 +119,7 @@ def test_readiness_and_sync_purify_notice_a_killed_worker_by_its_heartbeat(
     tmp_path, tiny_registry, cifar
 ):
     """kill -9 leaves the worker's registration in Redis for its TTL (17 s here);
-    readiness counts only fresh heartbeats (1.5 leases = 3 s) and notices sooner."""
+    readiness counts only fresh heartbeats (2 leases = 4 s) and notices sooner."""
     stack = Stack(tmp_path, tiny_registry, worker_lease_s=2)
     try:
         worker = stack.start_worker()

@@ -52,7 +52,7 @@ async def purify_now(
             f"/v1/purify takes at most {settings.sync_max_images} images; use /v1/jobs for more",
         )
     if not store.live_workers(SYNC_QUEUE):
-        raise Problem(503, "no live worker: none has sent a heartbeat within 1.5 leases")
+        raise Problem(503, "no live worker: none has sent a heartbeat within 2 leases")
     record = await create_job(store, settings, registry, owner, params, files, None, sync=True)
     deadline = time.monotonic() + settings.sync_timeout_s
     try:

@@ -59,8 +59,8 @@ return 1
 SET_PROGRESS_IF_EXISTS = """
 if redis.call('exists', KEYS[1]) == 0 then return 0 end
 redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
-local expires = redis.call('hget', KEYS[1], 'expires_at')
-if expires then redis.call('expireat', KEYS[2], math.ceil(tonumber(expires)) + ARGV[3]) end
+local expires_at = redis.call('expiretime', KEYS[1])
+if expires_at > 0 then redis.call('expireat', KEYS[2], expires_at) end
 return 1
 """
 
@@ -178,7 +178,7 @@ class JobStore:
         """Images done in one shard. A retried shard starts again from 0, so the
         aggregate never counts an image twice."""
         self.set_progress_if_exists(
-            keys=[job_key(job_id), progress_key(job_id)], args=[str(shard), done, KEY_GRACE_S]
+            keys=[job_key(job_id), progress_key(job_id)], args=[str(shard), done]
         )
 
     def progress(self, record: JobRecord) -> Progress:

@@ -125,8 +125,9 @@ def test_writes_after_a_delete_recreate_nothing_and_keys_expire_with_the_job(
     job = record("e" * 32)
     store.save(job)
     store.set_shard_progress(job.id, 0, 2)
-    for key in (f"pureebm:job:{job.id}", f"pureebm:job:{job.id}:progress"):
-        assert 0 < store.redis.ttl(key) <= 60 + KEY_GRACE_S
+    job_key, progress_key = f"pureebm:job:{job.id}", f"pureebm:job:{job.id}:progress"
+    assert 0 < store.redis.ttl(job_key) <= 60 + KEY_GRACE_S
+    assert store.redis.expiretime(progress_key) == store.redis.expiretime(job_key)
     assert store.update(job.id, error="x")
     store.delete(job)
     # a worker still running a shard of the deleted job reports progress and errors

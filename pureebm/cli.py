@@ -59,16 +59,12 @@ def run_purify(args: argparse.Namespace) -> None:
         def advance(_: PurifiedImage) -> None:
             bar.update(1)
 
-        results = purify_container(
+        energies = purify_container(
             container, args.output, model, params, args.batch_size, device, args.seed, advance
         )
     seconds = time.perf_counter() - started
     if args.report:
-        rows = [
-            {"name": r.name, "energy_before": r.energy_before, "energy_after": r.energy_after}
-            for r in results
-        ]
-        args.report.write_text(json.dumps(rows, indent=1))
+        args.report.write_text(json.dumps([row._asdict() for row in energies], indent=1))
     print(
         f"purified {total} images in {seconds:.1f} s ({total / seconds:.2f} images/s) "
         f"-> {args.output}"

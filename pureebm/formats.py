@@ -348,6 +348,10 @@ class TarContainer(Container):
         self.members = []
         total = 0
         seen: set[str] = set()
+        # checked at each header, before the member's data is decompressed to skip it
+        max_total = limits.max_total_bytes
+        if self.compression:
+            max_total = min(max_total, int(limits.max_ratio * max(path.stat().st_size, 1 << 16)))
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
                 check_member_name(info.name)
@@ -358,8 +362,10 @@ class TarContainer(Container):
                     raise UnsafeInput(f"{info.name!r} appears twice")
                 seen.add(info.name.rstrip("/"))
                 total += info.size
-                if len(self.members) >= limits.max_members or total > limits.max_total_bytes:
-                    raise InputTooLarge("the archive is over its member-count or size limit")
+                if len(self.members) >= limits.max_members or total > max_total:
+                    raise InputTooLarge(
+                        "the archive is over its member-count, size or compression-ratio limit"
+                    )
                 kind = "dir" if info.isdir() else "image" if image_format_of(info.name) else "file"
                 self.members.append(Member(info.name, kind, info.size))
         compressed = path.stat().st_size if self.compression else None

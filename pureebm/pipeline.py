@@ -13,6 +13,7 @@ and batch size, however the images are split across shards.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from pureebm.formats import Container, Picture
 from pureebm.langevin import LangevinParams, purify
 from pureebm.registry import LoadedModel
+from pureebm.shards import Energy, ShardSet, ShardWriter
 
 
 @dataclass
@@ -119,16 +121,27 @@ def purify_container(
     device: str | torch.device | None = None,
     seed: int | None = None,
     on_image: Callable[[PurifiedImage], None] | None = None,
-) -> list[PurifiedImage]:
+) -> list[Energy]:
     """Purify every image of ``container`` and write the same container to ``dst``.
 
-    The purified pixels are held in memory until the container is written.
+    Purified pixels stream to a shard file beside ``dst`` and are read back one
+    at a time while the container is written, so memory does not grow with the
+    number of images. Returns each image's energies in container order.
     """
-    done: list[PurifiedImage] = []
-    for item in purify_pictures(model, container.iter_images(), params, batch_size, device, seed):
-        done.append(item)
-        if on_image is not None:
-            on_image(item)
-    by_name = {item.name: item.rgb for item in done}
-    container.write(dst, by_name.__getitem__)
-    return done
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
+        shard = Path(work) / "purified.npz"
+        with ShardWriter(shard) as writer:
+            pictures = container.iter_images()
+            for item in purify_pictures(model, pictures, params, batch_size, device, seed):
+                writer.add(item)
+                if on_image is not None:
+                    on_image(item)
+            writer.commit()
+        names = container.image_names()
+        purified = ShardSet([shard], [0, len(names)], names)
+        try:
+            container.write(dst, purified.pixels)
+        finally:
+            purified.close()
+        return list(purified.energies())

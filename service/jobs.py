@@ -1,6 +1,7 @@
 """Jobs: metadata in Redis, images in the job's folder, work on the RQ queue.
 
-A job is split into shards of ``shard_size`` images. Each shard is one RQ job
+A job is split into shards of at most ``shard_size`` images and ``shard_pixels``
+pixels (``pureebm.shards.cut_shards``). Each shard is one RQ job
 (``worker.tasks.purify_shard``) and a finalising RQ job (``worker.tasks.finalize``)
 that depends on all of them assembles the result. Redis keys:
 
@@ -17,6 +18,7 @@ Job folder (``<data_dir>/jobs/<id>/``): ``input/<file>``, ``shards/<i>.npz``,
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import shutil
@@ -117,6 +119,7 @@ class JobStore:
     def save(self, record: JobRecord) -> None:
         fields = record.model_dump(mode="json", exclude_none=True)
         fields["params"] = json.dumps(fields["params"])
+        fields["shard_bounds"] = json.dumps(fields["shard_bounds"])
         fields["sync"] = int(record.sync)
         with self.redis.pipeline() as pipe:
             pipe.hset(job_key(record.id), mapping=fields)
@@ -134,6 +137,7 @@ class JobStore:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         fields["params"] = json.loads(fields["params"])
+        fields["shard_bounds"] = json.loads(fields["shard_bounds"])
         fields["sync"] = fields.get("sync") == "1"
         return JobRecord.model_validate(fields)
 
@@ -202,9 +206,7 @@ class JobStore:
         ttl = self.settings.retention_s
         retry = Retry(max=self.settings.shard_retries) if self.settings.shard_retries else None
         shards = []
-        for shard in range(record.shards):
-            start = shard * record.shard_size
-            stop = min(start + record.shard_size, record.images)
+        for shard, (start, stop) in enumerate(itertools.pairwise(record.shard_bounds)):
             shards.append(
                 queue.enqueue(
                     "worker.tasks.purify_shard",

@@ -53,8 +53,7 @@ class JobRecord(BaseModel):
     input_bytes: int
     result_name: str
     images: int
-    shards: int
-    shard_size: int
+    shard_bounds: list[int]  # where each shard starts in container order, then the total
     params: PurifyParams
     sync: bool = False
     created_at: float
@@ -62,6 +61,10 @@ class JobRecord(BaseModel):
     finished_at: float | None = None
     expires_at: float
     error: str | None = None
+
+    @property
+    def shards(self) -> int:
+        return len(self.shard_bounds) - 1
 
 
 class Progress(BaseModel):

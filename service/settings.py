@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None  # one sha256 hex digest per line, '#' comments
 
     # jobs
-    shard_size: int = Field(1024, ge=1)  # images per RQ job
+    shard_size: int = Field(1024, ge=1)  # at most this many images per RQ job
+    shard_pixels: int = Field(64_000_000, ge=1)  # and at most this many pixels
     shard_retries: int = Field(3, ge=0)
     shard_timeout_s: int = Field(6 * 3600, ge=10)
     worker_lease_s: int = Field(30, ge=2)  # a killed worker's shard is retried after this

@@ -69,7 +69,7 @@ class PreparedInput:
     input_name: str
     input_bytes: int
     result_name: str
-    images: int
+    pixels: list[int]  # per image, in container order
 
 
 def safe_filename(name: str | None, fallback: str) -> str:
@@ -100,21 +100,22 @@ def result_name(kind: str, input_name: str) -> str:
     return f"{stem}.purified{suffix or {'zip': '.zip', 'tar': '.tar', 'npz': '.npz'}[kind]}"
 
 
-def validate_images(container: Container, max_job_pixels: int) -> int:
+def validate_images(container: Container, max_job_pixels: int) -> list[int]:
     """Decode every image once so a bad one is refused now, not in a worker, and
-    refuse a job whose images add up to more than ``max_job_pixels``."""
-    names, count, pixels = container.image_names(), 0, 0
+    refuse a job whose images add up to more than ``max_job_pixels``. Returns each
+    image's pixel count, in container order."""
+    names, pixels, total = container.image_names(), [], 0
     pictures = container.iter_images()
     while True:
         try:
             item = next(pictures, None)
         except FormatError as e:
-            raise type(e)(f"{names[count]}: {e}") from e
+            raise type(e)(f"{names[len(pixels)]}: {e}") from e
         if item is None:
-            return count
-        count += 1
-        pixels += item[1].rgb.shape[0] * item[1].rgb.shape[1]
-        if pixels > max_job_pixels:
+            return pixels
+        pixels.append(item[1].rgb.shape[0] * item[1].rgb.shape[1])
+        total += pixels[-1]
+        if total > max_job_pixels:
             raise InputTooLarge(f"the images add up to over the {max_job_pixels}-pixel job limit")
 
 
@@ -156,5 +157,5 @@ def prepare_input(
         if len(container.image_names()) != len(files):
             raise UnsupportedInput("every file in `files` must be an image")
         kind, name = "files", "files"
-    images = validate_images(container, settings.max_job_pixels)
-    return PreparedInput(kind, stored, name, size, result_name(kind, name), images)
+    pixels = validate_images(container, settings.max_job_pixels)
+    return PreparedInput(kind, stored, name, size, result_name(kind, name), pixels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 import zipfile
@@ -235,6 +236,15 @@ def test_zip_bomb_and_limits(tmp_path, cifar):
     )
     with pytest.raises(InputTooLarge, match="ratio"):
         open_container(bomb)
+    # A tar.gz is refused at the header that crosses the ratio, before its data is
+    # decompressed: this one stops right after a header declaring 1 GiB, so reading
+    # on would fail as a truncated archive (415), not as a bomb (413).
+    header = tarfile.TarInfo("zeros.bin")
+    header.size = 1 << 30
+    tar_bomb = tmp_path / "bomb.tar.gz"
+    tar_bomb.write_bytes(gzip.compress(header.tobuf()))
+    with pytest.raises(InputTooLarge, match="compression-ratio"):
+        open_container(tar_bomb)
     many = write_zip(
         tmp_path / "many.zip", {f"{i}.png": png_bytes(cifar["images"][i]) for i in range(5)}
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pureebm.formats import Picture, open_container
 from pureebm.langevin import LangevinParams
@@ -42,7 +43,7 @@ def test_purify_container_writes_the_same_container(tmp_path, tiny_model, cifar)
     src = tmp_path / "in.npz"
     np.savez(src, images=cifar["images"][:5], labels=cifar["labels"][:5])
     seen: list[str] = []
-    results = purify_container(
+    energies = purify_container(
         open_container(src),
         tmp_path / "out.npz",
         tiny_model,
@@ -51,7 +52,12 @@ def test_purify_container_writes_the_same_container(tmp_path, tiny_model, cifar)
         seed=0,
         on_image=lambda r: seen.append(r.name),
     )
-    assert seen == [f"images/{i}" for i in range(5)] == [r.name for r in results]
+    results = list(
+        purify_pictures(tiny_model, open_container(src).iter_images(), PARAMS, 2, seed=0)
+    )
+    assert seen == [f"images/{i}" for i in range(5)] == [e.name for e in energies]
+    assert [e.energy_after for e in energies] == pytest.approx([r.energy_after for r in results])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "out.npz"]  # no leftovers
     with np.load(tmp_path / "out.npz") as out:
         np.testing.assert_array_equal(out["labels"], cifar["labels"][:5])
         np.testing.assert_array_equal(out["images"], np.stack([r.rgb for r in results]))

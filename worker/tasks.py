@@ -13,15 +13,14 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 from rq import get_current_job
 
 from pureebm.formats import open_container
-from pureebm.pipeline import PurifiedImage, purify_pictures
+from pureebm.pipeline import purify_pictures
 from pureebm.registry import LoadedModel, Registry
+from pureebm.shards import ShardSet, ShardWriter
 from service import metrics
 from service.jobs import JobStore
 from service.schemas import ACTIVE, JobRecord, JobStatus
@@ -83,7 +82,7 @@ def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
     store.set_shard_progress(job_id, shard, 0)
     started = time.perf_counter()
     try:
-        results = run_shard(ctx, record, shard, start, stop)
+        images = run_shard(ctx, record, shard, start, stop)
     except JobCanceled:
         log.info("shard stopped: job canceled", extra={"job_id": job_id, "shard": shard})
         return 0
@@ -91,85 +90,35 @@ def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
         store.update(job_id, error=f"shard {shard}: {e}")
         raise
     seconds = time.perf_counter() - started
-    metrics.record_shard(store.redis, ctx.name, len(results), seconds)
+    metrics.record_shard(store.redis, ctx.name, images, seconds)
     log.info(
         "shard done",
-        extra={"job_id": job_id, "shard": shard, "images": len(results), "seconds": seconds},
+        extra={"job_id": job_id, "shard": shard, "images": images, "seconds": seconds},
     )
-    return len(results)
+    return images
 
 
-def run_shard(
-    ctx: WorkerContext, record: JobRecord, shard: int, start: int, stop: int
-) -> list[PurifiedImage]:
+def run_shard(ctx: WorkerContext, record: JobRecord, shard: int, start: int, stop: int) -> int:
+    """Stream the shard's purified images to its file; returns how many there were."""
     store, settings = ctx.store, ctx.store.settings
     model = ctx.models.get(record.params.model or settings.default_model)
     params = record.params.langevin(model.manifest.langevin.params())
     container = open_container(store.input_path(record), settings.limits)
     names = set(container.image_names()[start:stop])
     pictures = container.iter_images(names)
-    results: list[PurifiedImage] = []
     batches = purify_pictures(
         model, pictures, params, ctx.batch_size, ctx.device, record.params.seed, start
     )
-    for item in batches:
-        results.append(item)
-        if len(results) % ctx.batch_size == 0 or len(results) == len(names):
-            store.set_shard_progress(record.id, shard, len(results))
-            current = store.get(record.id)
-            if current is None or current.status not in ACTIVE:
-                raise JobCanceled(record.id)
-    write_shard(store.shard_path(record.id, shard), results)
-    return results
-
-
-def write_shard(path: Path, results: list[PurifiedImage]) -> None:
-    """Write aside, then rename: readers see the whole shard or none of it."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as f:
-        np.savez(
-            f,
-            names=np.array([r.name for r in results]),
-            energy_before=np.array([r.energy_before for r in results], np.float32),
-            energy_after=np.array([r.energy_after for r in results], np.float32),
-            **{f"image_{i}": r.rgb for i, r in enumerate(results)},
-        )
-    os.replace(partial, path)
-
-
-class ShardReader:
-    """Purified pixels by member name, loading one shard file at a time."""
-
-    def __init__(self, store: JobStore, record: JobRecord, names: list[str]) -> None:
-        self.store, self.record = store, record
-        self.index = {name: i for i, name in enumerate(names)}
-        self.loaded: tuple[int, dict[str, np.ndarray]] | None = None
-
-    def shard(self, shard: int) -> dict[str, np.ndarray]:
-        if self.loaded is None or self.loaded[0] != shard:
-            with np.load(self.store.shard_path(self.record.id, shard), allow_pickle=False) as f:
-                names = [str(n) for n in f["names"]]
-                self.loaded = (shard, {n: f[f"image_{i}"] for i, n in enumerate(names)})
-        return self.loaded[1]
-
-    def pixels(self, name: str) -> np.ndarray:
-        return self.shard(self.index[name] // self.record.shard_size)[name]
-
-    def energies(self) -> list[dict[str, float | str]]:
-        rows = []
-        for shard in range(self.record.shards):
-            with np.load(self.store.shard_path(self.record.id, shard), allow_pickle=False) as f:
-                for name, before, after in zip(
-                    f["names"], f["energy_before"], f["energy_after"], strict=True
-                ):
-                    rows.append(
-                        {
-                            "name": str(name),
-                            "energy_before": float(before),
-                            "energy_after": float(after),
-                        }
-                    )
-        return rows
+    with ShardWriter(store.shard_path(record.id, shard)) as writer:
+        for done, item in enumerate(batches, 1):
+            writer.add(item)
+            if done % ctx.batch_size == 0 or done == len(names):
+                store.set_shard_progress(record.id, shard, done)
+                current = store.get(record.id)
+                if current is None or current.status not in ACTIVE:
+                    raise JobCanceled(record.id)
+        writer.commit()
+    return len(names)
 
 
 def fail(store: JobStore, record: JobRecord, error: str) -> None:
@@ -206,10 +155,14 @@ def finalize(job_id: str) -> str | None:
 def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     job_id = record.id
     container = open_container(store.input_path(record), store.settings.limits)
-    reader = ShardReader(store, record, container.image_names())
+    paths = [store.shard_path(job_id, shard) for shard in range(record.shards)]
+    purified = ShardSet(paths, record.shard_bounds, container.image_names())
     result = store.result_path(record)
     partial = result.with_name(".partial." + result.name)
-    container.write(partial, reader.pixels)
+    try:
+        container.write(partial, purified.pixels)
+    finally:
+        purified.close()
     os.replace(partial, result)
     model = ctx.models.registry.manifest(record.params.model or store.settings.default_model)
     params = record.params.langevin(model.langevin.params())
@@ -220,7 +173,7 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
         "eps": params.eps,
         "tau": params.tau,
         "seed": record.params.seed,
-        "images": reader.energies(),
+        "images": [row._asdict() for row in purified.energies()],
     }
     report_path = store.report_path(job_id)
     partial_report = report_path.with_name(".partial." + report_path.name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import shutil
 import time
@@ -15,6 +14,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from pureebm.shards import cut_shards
 from service.deps import OwnerDep, RegistryDep, SettingsDep, StoreDep
 from service.jobs import PREFIX, JobStore
 from service.problems import Problem
@@ -126,9 +126,8 @@ async def create_job(
             input_name=prepared.input_name,
             input_bytes=prepared.input_bytes,
             result_name=prepared.result_name,
-            images=prepared.images,
-            shards=math.ceil(prepared.images / settings.shard_size),
-            shard_size=settings.shard_size,
+            images=len(prepared.pixels),
+            shard_bounds=cut_shards(prepared.pixels, settings.shard_size, settings.shard_pixels),
             params=params,
             sync=sync,
             created_at=now,

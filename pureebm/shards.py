@@ -1,0 +1,121 @@
+"""Shard files: purified images streamed to disk as they come, read back one at a time.
+
+A shard file is an npz (a zip of ``.npy`` members) written member by member:
+``image_<i>.npy`` for the i-th purified image, then ``names.npy``,
+``energy_before.npy`` and ``energy_after.npy``. It is written aside and renamed
+when complete, so a reader sees a whole shard or none, and neither the writer
+nor the reader ever holds more than one image. Both the CLI (one shard in a
+temporary folder) and the service's workers (one file per shard) use it, so
+memory is bounded by the largest image, not by the size of a job.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # the pipeline writes shards; shards only need the type
+    from pureebm.pipeline import PurifiedImage
+
+
+class Energy(NamedTuple):
+    name: str
+    energy_before: float
+    energy_after: float
+
+
+class ShardWriter:
+    """Append purified images to ``path`` (visible there only after ``commit``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        self.archive = zipfile.ZipFile(self.partial, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.energies: list[Energy] = []
+
+    def add(self, image: PurifiedImage) -> None:
+        self.write_array(f"image_{len(self.energies)}", image.rgb)
+        self.energies.append(Energy(image.name, image.energy_before, image.energy_after))
+
+    def write_array(self, key: str, array: np.ndarray) -> None:
+        with self.archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+
+    def commit(self) -> None:
+        names, before, after = zip(*self.energies, strict=True) if self.energies else ([],) * 3
+        self.write_array("names", np.array(names, dtype=str))
+        self.write_array("energy_before", np.array(before, np.float32))
+        self.write_array("energy_after", np.array(after, np.float32))
+        self.archive.close()
+        os.replace(self.partial, self.path)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType
+    ) -> None:
+        if kind is not None:  # an unfinished shard leaves nothing behind
+            self.archive.close()
+            self.partial.unlink(missing_ok=True)
+
+
+class ShardSet:
+    """Purified pixels by member name, from shard files that split the images at ``bounds``.
+
+    ``bounds`` are the positions where shards start, plus the total: shard ``s``
+    holds images ``bounds[s]`` to ``bounds[s + 1] - 1`` in container order. One
+    shard file is open at a time; reading in container order opens each once.
+    """
+
+    def __init__(self, paths: list[Path], bounds: list[int], names: list[str]) -> None:
+        if len(paths) != len(bounds) - 1 or bounds[-1] != len(names):
+            raise ValueError("shard paths and bounds do not cover the images")
+        self.paths, self.bounds = paths, bounds
+        self.position = {name: i for i, name in enumerate(names)}
+        self.open: tuple[int, np.lib.npyio.NpzFile] | None = None
+
+    def shard_of(self, position: int) -> int:
+        return bisect.bisect_right(self.bounds, position) - 1
+
+    def file(self, shard: int) -> np.lib.npyio.NpzFile:
+        if self.open is None or self.open[0] != shard:
+            self.close()
+            self.open = (shard, np.load(self.paths[shard], allow_pickle=False))
+        return self.open[1]
+
+    def pixels(self, name: str) -> np.ndarray:
+        position = self.position[name]
+        shard = self.shard_of(position)
+        return self.file(shard)[f"image_{position - self.bounds[shard]}"]
+
+    def energies(self) -> Iterator[Energy]:
+        for path in self.paths:
+            with np.load(path, allow_pickle=False) as f:
+                rows = zip(f["names"], f["energy_before"], f["energy_after"], strict=True)
+                for name, before, after in rows:
+                    yield Energy(str(name), float(before), float(after))
+
+    def close(self) -> None:
+        if self.open is not None:
+            self.open[1].close()
+            self.open = None
+
+
+def cut_shards(pixels: list[int], max_images: int, max_pixels: int) -> list[int]:
+    """Shard start positions plus the total: a shard ends when it holds ``max_images``
+    images or ``max_pixels`` pixels (an image larger than that is a shard alone)."""
+    bounds, images, total = [0], 0, 0
+    for position, count in enumerate(pixels):
+        if images and (images >= max_images or total + count > max_pixels):
+            bounds.append(position)
+            images, total = 0, 0
+        images, total = images + 1, total + count
+    return [*bounds, len(pixels)] if pixels else [0]

@@ -1,0 +1,48 @@
+"""Shard files: streamed writes, lookups across shards, and where shards are cut."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pureebm.pipeline import PurifiedImage
+from pureebm.shards import ShardSet, ShardWriter, cut_shards
+
+
+def test_shards_are_cut_by_image_count_and_by_pixels() -> None:
+    assert cut_shards([1024] * 10, max_images=4, max_pixels=10**9) == [0, 4, 8, 10]
+    # a 16-Mpx image fills a shard alone; small ones pack up to the pixel budget
+    pixels = [100, 100, 16_000_000, 100, 100, 100]
+    assert cut_shards(pixels, max_images=100, max_pixels=250) == [0, 2, 3, 5, 6]
+    assert cut_shards([5], max_images=1, max_pixels=1) == [0, 1]
+
+
+def test_images_of_mixed_sizes_come_back_by_name_across_shards(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    images = [
+        PurifiedImage(f"dir/{i}.png", rng.integers(0, 256, (8 + i, 5 + 2 * i, 3), np.uint8), i, -i)
+        for i in range(7)
+    ]
+    bounds = [0, 3, 4, 7]
+    paths = [tmp_path / f"{s}.npz" for s in range(3)]
+    for path, start, stop in zip(paths, bounds, bounds[1:], strict=False):
+        with ShardWriter(path) as writer:
+            for image in images[start:stop]:
+                writer.add(image)
+            writer.commit()
+    shards = ShardSet(paths, bounds, [image.name for image in images])
+    for image in reversed(images):  # any order works; container order opens each file once
+        np.testing.assert_array_equal(shards.pixels(image.name), image.rgb)
+    shards.close()
+    energies = list(shards.energies())
+    assert [e.name for e in energies] == [image.name for image in images]
+    assert [e.energy_after for e in energies] == [-i for i in range(7)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.npz", "1.npz", "2.npz"]
+
+
+def test_an_unfinished_shard_leaves_no_file(tmp_path) -> None:
+    path = tmp_path / "0.npz"
+    with pytest.raises(RuntimeError), ShardWriter(path) as writer:
+        writer.add(PurifiedImage("a", np.zeros((4, 4, 3), np.uint8), 0.0, 0.0))
+        raise RuntimeError("the worker was stopped")
+    assert list(tmp_path.iterdir()) == []

@@ -155,7 +155,10 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--host", help="default: PUREEBM_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: PUREEBM_PORT or 8000")
-    serve.add_argument("--device", default="auto", help="the embedded worker's device")
+    serve.add_argument("--device", default="auto", help="the embedded workers' device")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="embedded worker processes (default: 1)"
+    )
     worker = sub.add_parser("worker", help="run one long-lived worker on one device")
     worker.add_argument("--device", default="auto", help="cuda:0, cpu, ... (default: auto)")
     worker.add_argument("--queues", nargs="+", help="default: pureebm-sync pureebm")
@@ -181,7 +184,7 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> None:
     from service.embedded import serve
 
-    serve(host=args.host, port=args.port, device=args.device)
+    serve(host=args.host, port=args.port, device=args.device, workers=args.workers)
 
 
 def run_worker_command(args: argparse.Namespace) -> None:

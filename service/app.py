@@ -27,9 +27,12 @@ log = logging.getLogger("pureebm.api")
 
 
 async def clean_periodically(store: JobStore, interval_s: float) -> None:
-    """The retention cleaner: deletes expired jobs' data and metadata."""
+    """The cleaner: fails stalled jobs, deletes expired jobs' data and metadata."""
     while True:
         try:
+            failed = await asyncio.to_thread(store.fail_stalled)
+            if failed:
+                log.warning("stalled jobs failed", extra={"count": failed})
             deleted = await asyncio.to_thread(store.delete_expired)
             if deleted:
                 log.info("expired jobs deleted", extra={"count": deleted})

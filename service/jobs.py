@@ -29,6 +29,7 @@ from redis import Redis
 from rq import Queue, Retry, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Dependency, Job
+from rq.job import JobStatus as RQStatus
 
 from service.schemas import ACTIVE, JobRecord, JobStatus, Progress
 from service.settings import Settings
@@ -65,6 +66,9 @@ local expires_at = redis.call('expiretime', KEYS[1])
 if expires_at > 0 then redis.call('expireat', KEYS[2], expires_at) end
 return 1
 """
+
+
+ENDED_RQ_STATES = (RQStatus.FINISHED, RQStatus.FAILED, RQStatus.CANCELED, RQStatus.STOPPED)
 
 
 def job_key(job_id: str) -> str:
@@ -251,6 +255,31 @@ class JobStore:
             pipe.zrem(owner_key(record.owner), record.id)
             pipe.hdel(STATES_KEY, record.id)
             pipe.execute()
+
+    def fail_stalled(self, now: float | None = None) -> int:
+        """Fail active jobs that nothing will move on: their finalising RQ job (the one
+        that ends every job) is gone or has ended without ending the job, for instance
+        a worker killed during its last attempt, or Redis restarted without the queue."""
+        now = time.time() if now is None else now
+        settle_s = 2 * self.settings.worker_lease_s  # between saving a job and queueing it
+        failed = 0
+        for job_id in self.redis.hkeys(STATES_KEY):
+            record = self.get(job_id.decode())
+            if record is None or record.status not in ACTIVE or record.created_at > now - settle_s:
+                continue
+            try:
+                finalizer = Job.fetch(finalize_job_id(record.id), connection=self.redis)
+                ended = finalizer.get_status() in ENDED_RQ_STATES
+            except NoSuchJobError:
+                ended = True
+            if ended and self.transition(record.id, record.status, JobStatus.failed):
+                self.update(
+                    record.id,
+                    error=record.error or "the job stalled: its work ended or was lost",
+                    finished_at=now,
+                )
+                failed += 1
+        return failed
 
     def delete_expired(self, now: float | None = None) -> int:
         """The retention cleaner: delete jobs past ``expires_at`` and orphaned folders."""

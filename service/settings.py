@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     shard_retries: int = Field(3, ge=0)
     shard_timeout_s: int = Field(6 * 3600, ge=10)
     worker_lease_s: int = Field(30, ge=2)  # a killed worker's shard is retried after this
+    worker_restarts: int = Field(5, ge=0)  # `serve` gives up on a worker after more crashes
     retention_s: int = Field(24 * 3600, ge=1)  # inputs and results are deleted after this
     cleanup_interval_s: float = Field(60, gt=0)
     max_active_jobs_per_key: int = Field(20, ge=1)  # more answers 429

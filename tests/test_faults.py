@@ -1,0 +1,242 @@
+"""Fault injection: real processes killed with SIGKILL, Valkey stopped mid-job, a
+shard that fails every time, and the embedded worker of `pureebm serve` killed.
+Every job must end (finished with every image exactly once, or failed with a
+reason), never stay `running`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from rq import Queue, Worker
+from rq.job import Job
+
+from tests.stack import Stack, check_every_image_once, free_port, png, submit_zip
+
+IMAGES = 24  # six shards of four
+
+
+def cifar_members(cifar, count: int = IMAGES) -> dict[str, bytes]:
+    return {f"part{i % 3}/{i:02d}.png": png(cifar["images"][i]) for i in range(count)}
+
+
+def wait_until_busy_with(stack: Stack, worker: subprocess.Popen, suffix: str) -> None:
+    queue = Queue("pureebm", connection=stack.redis)
+
+    def busy() -> bool:
+        return any(
+            w.pid == worker.pid and (w.get_current_job_id() or "").endswith(suffix)
+            for w in Worker.all(queue=queue)
+        )
+
+    stack.wait_for(busy, f"the worker to be inside a job ending in {suffix!r}")
+
+
+def kill(process: subprocess.Popen | int) -> None:
+    pid = process if isinstance(process, int) else process.pid
+    os.kill(pid, signal.SIGKILL)
+    if not isinstance(process, int):
+        process.wait()
+
+
+def test_a_worker_killed_mid_shard_loses_nothing(tmp_path, tiny_registry, cifar):
+    stack = Stack(tmp_path, tiny_registry)
+    try:
+        victim = stack.start_worker()
+        with stack.client() as client:
+            members = cifar_members(cifar)
+            job_id = submit_zip(client, members, steps=1500)
+            wait_until_busy_with(stack, victim, "-shard-0")
+            kill(victim)
+            stack.start_worker()  # the survivor: takes the retried shard and the rest
+            job = stack.wait_job(client, job_id, timeout=300)
+            assert job["status"] == "finished", job["error"]
+            check_every_image_once(client.get(f"/v1/jobs/{job_id}/result").content, members)
+            report = client.get(f"/v1/jobs/{job_id}/report").json()
+            assert [r["name"] for r in report["images"]] == list(members)
+        shards = [Job.fetch(f"{job_id}-shard-{i}", connection=stack.redis) for i in range(6)]
+        retried = [j for j in shards if j.retries_left is not None and j.retries_left < 3]
+        assert len(retried) == 1  # exactly the shard the killed worker held
+    finally:
+        stack.stop()
+
+
+def test_a_worker_killed_while_finalising_loses_nothing(tmp_path, tiny_registry, cifar):
+    """Large images make the finaliser (re-encoding every image) take a while, and
+    one shard holds them all so that the worker reaches it quickly."""
+    stack = Stack(tmp_path, tiny_registry, shard_size=1000)
+    try:
+        victim = stack.start_worker()
+        with stack.client() as client:
+            tile = lambda i: png(cifar["images"][i].repeat(12, 0).repeat(12, 1))  # noqa: E731
+            members = {f"{i:03d}.png": tile(i) for i in range(60)}
+            job_id = submit_zip(client, members, steps=1)
+            wait_until_busy_with(stack, victim, "-finalize")
+            kill(victim)
+            stack.start_worker()
+            job = stack.wait_job(client, job_id, timeout=300)
+            assert job["status"] == "finished", job["error"]
+            check_every_image_once(client.get(f"/v1/jobs/{job_id}/result").content, members)
+        finaliser = Job.fetch(f"{job_id}-finalize", connection=stack.redis)
+        assert finaliser.retries_left < 3  # it was retried, not run once
+    finally:
+        stack.stop()
+
+
+def test_a_shard_that_fails_every_time_fails_the_job_with_its_reason(
+    tmp_path, tiny_registry, cifar
+):
+    """The job's stored input disappears after validation: every attempt of every
+    shard raises, the retries are spent, and the job fails saying why."""
+    stack = Stack(tmp_path, tiny_registry, shard_retries=1)
+    try:
+        with stack.client() as client:
+            job_id = submit_zip(client, cifar_members(cifar, 8), steps=1)
+            shutil.rmtree(stack.data_dir / "jobs" / job_id / "input")
+            stack.start_worker()
+            job = stack.wait_job(client, job_id)
+            assert job["status"] == "failed"
+            assert "shard" in job["error"] and "No such file" in job["error"]
+            assert client.get(f"/v1/jobs/{job_id}/result").status_code == 409
+    finally:
+        stack.stop()
+
+
+def test_a_finaliser_that_keeps_failing_is_retried_then_fails_the_job(
+    tmp_path, tiny_registry, cifar
+):
+    """The job's result folder is replaced by a file before the finaliser runs, so
+    writing the result raises. The finaliser is retried (SHARD_RETRIES = 1 here)
+    and then the job is failed with the reason, never left running."""
+    stack = Stack(tmp_path, tiny_registry, shard_retries=1)
+    try:
+        stack.start_worker()
+        with stack.client() as client:
+            job_id = submit_zip(client, cifar_members(cifar), steps=300)
+            result_dir = stack.data_dir / "jobs" / job_id / "result"
+            shutil.rmtree(result_dir, ignore_errors=True)
+            result_dir.write_bytes(b"not a folder")
+            job = stack.wait_job(client, job_id)
+            assert job["status"] == "failed"
+            assert "finalising failed" in job["error"]
+        finaliser = Job.fetch(f"{job_id}-finalize", connection=stack.redis)
+        assert finaliser.get_status() == "failed" and finaliser.retries_left == 0
+    finally:
+        stack.stop()
+
+
+def test_valkey_stopped_and_restarted_mid_job(tmp_path, tiny_registry, cifar):
+    """Valkey (persistent) goes away for 3 s while shards run; the API answers 503
+    meanwhile, the worker reconnects, and the job ends, never stuck `running`."""
+    stack = Stack(tmp_path, tiny_registry, persist=True, cleanup_interval_s=1)
+    try:
+        worker = stack.start_worker()
+        with stack.client() as client:
+            members = cifar_members(cifar)
+            job_id = submit_zip(client, members, steps=600)
+            wait_until_busy_with(stack, worker, "-shard-1")
+            stack.restart_valkey(down_s=3)
+            job = stack.wait_job(client, job_id, timeout=300)
+            assert job["status"] in ("finished", "failed"), job
+            if job["status"] == "finished":
+                check_every_image_once(client.get(f"/v1/jobs/{job_id}/result").content, members)
+            else:
+                assert job["error"]
+            assert worker.poll() is None  # the worker lived through the outage
+            after = submit_zip(client, cifar_members(cifar, 2), steps=1)
+            assert stack.wait_job(client, after)["status"] == "finished"
+    finally:
+        stack.stop()
+
+
+def test_readiness_and_sync_purify_notice_a_killed_worker_by_its_heartbeat(
+    tmp_path, tiny_registry, cifar
+):
+    """kill -9 leaves the worker's registration in Redis for its TTL (17 s here);
+    readiness counts only fresh heartbeats (2 leases = 4 s) and notices sooner."""
+    stack = Stack(tmp_path, tiny_registry, worker_lease_s=2)
+    try:
+        worker = stack.start_worker()
+        with stack.client() as client:
+            stack.wait_for(lambda: client.get("/readyz").status_code == 200, "a live worker")
+            kill(worker)
+            assert Worker.all(connection=stack.redis)  # still registered
+            stack.wait_for(
+                lambda: client.get("/readyz").status_code == 503, "readiness to drop", timeout=12
+            )
+            assert client.get("/readyz").json()["checks"]["workers"]["alive"] == 0
+            image = {"files": ("a.png", png(cifar["images"][0]))}
+            assert client.post("/v1/purify", files=image).status_code == 503
+    finally:
+        stack.stop()
+
+
+def worker_pids(serve_pid: int) -> list[int]:
+    """The `pureebm worker` children of a process (Valkey is another child), whichever
+    of its threads started them."""
+    tasks = Path(f"/proc/{serve_pid}/task").iterdir()
+    children = [pid for task in tasks for pid in (task / "children").read_text().split()]
+    return [
+        int(pid)
+        for pid in children
+        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+
+
+def test_serve_restarts_its_killed_worker_then_gives_up_visibly(tmp_path, tiny_registry, cifar):
+    """`pureebm serve` with one allowed restart: the first kill -9 is repaired and a
+    job queued meanwhile finishes; after the second, serve gives up, says so, and
+    /readyz turns false."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PUREEBM_")},
+        "PUREEBM_DATA_DIR": str(tmp_path / "data"),
+        "PUREEBM_REGISTRY": str(tiny_registry),
+        "PUREEBM_DEFAULT_MODEL": "tiny",
+        "PUREEBM_WORKER_LEASE_S": "2",
+        "PUREEBM_WORKER_RESTARTS": "1",
+        "PUREEBM_LOG_LEVEL": "INFO",
+    }
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "pureebm", "serve", "--port", str(port), "--device", "cpu"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        return httpx.get(f"{url}/readyz").status_code == 200
+
+    try:
+        Stack.wait_for(ready, "serve to be ready")
+        [first] = worker_pids(serve.pid)
+        kill(first)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            job_id = submit_zip(client, cifar_members(cifar, 4), steps=2)
+            Stack.wait_for(
+                lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "finished",
+                "the job queued while the worker was down",
+            )
+            [second] = worker_pids(serve.pid)
+            assert second != first
+            kill(second)
+            Stack.wait_for(lambda: not ready(), "readiness to drop", timeout=20)
+            Stack.wait_for(lambda: "giving up" in log_path.read_text(), "the give-up line")
+            assert worker_pids(serve.pid) == []
+        text = log_path.read_text()
+        assert "restarting it in 1 s" in text and "killed by SIGKILL" in text
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pureebm.tiles import DEFAULT_TILE_PIXELS, TiledEnergy
+
 
 @dataclass(frozen=True)
 class LangevinParams:
@@ -92,18 +94,23 @@ def purify(
     seed: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     sweep: Collection[int] = (),
+    tile_pixels: int = DEFAULT_TILE_PIXELS,
 ) -> Purified:
     """Apply Psi_T to uint8 images (N x C x H x W, all one size), ``batch_size`` at a time.
 
     Peak memory is bounded by the batch size. With a seed, the same inputs,
     batch size and device give bit-identical outputs. ``on_batch(n)`` is called
     after each batch with the number of images it held. ``sweep`` lists further
-    step counts t <= T whose images Psi_t are kept from the same chains.
+    step counts t <= T whose images Psi_t are kept from the same chains. Images
+    over ``tile_pixels`` are scored tile by tile (pureebm.tiles), with the same
+    result, so memory stays bounded for large images too.
     """
     if any(t > params.steps for t in sweep):
         raise ValueError(f"sweep {sorted(sweep)} goes past T = {params.steps}")
     device = resolve_device(device)
     model = model.to(device).eval().requires_grad_(False)
+    if hasattr(model, "geometry"):
+        model = TiledEnergy(model, tile_pixels)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device)

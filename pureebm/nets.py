@@ -6,7 +6,10 @@ Two architectures from the PureEBM paper's code (DESIGN.md section 1):
 - ``resnet``: an SNGAN-discriminator-style residual EBM, the paper's main model.
 
 Both are fully convolutional up to a spatial mean, so they score any image of at
-least 32x32 pixels, and both take any channel count.
+least 32x32 pixels, and both take any channel count. Each exposes the map before
+the mean (``energy_map``) and the (kernel, stride, padding) of its layers along
+its widest path (``geometry``), with which ``pureebm.tiles`` scores large images
+tile by tile.
 """
 
 from __future__ import annotations
@@ -39,8 +42,13 @@ class ConvEBM(nn.Module):
             nn.Conv2d(n_f * 8, 1, 4, 1, 0),
         )
 
+    geometry = ((3, 1, 1), (4, 2, 1), (4, 2, 1), (4, 2, 1), (4, 1, 0))
+
+    def energy_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)[:, 0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x).mean(dim=(1, 2, 3))
+        return self.energy_map(x).mean(dim=(1, 2))
 
 
 class ResidualBlock(nn.Module):
@@ -87,9 +95,15 @@ class ResEBM(nn.Module):
         )
         self.linear = nn.Linear(n_f, 1)
 
+    # conv, conv, pool (x2 with downsampling), then conv, conv twice; shortcuts see less
+    geometry = ((3, 1, 1), (3, 1, 1), (2, 2, 0)) * 2 + ((3, 1, 1),) * 4
+
+    def energy_map(self, x: torch.Tensor) -> torch.Tensor:
+        # the linear layer is affine, so it commutes with the spatial mean
+        return self.linear(F.relu(self.blocks(x)).permute(0, 2, 3, 1)).squeeze(3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.blocks(x)).mean(dim=(2, 3))
-        return self.linear(h).squeeze(1)
+        return self.energy_map(x).mean(dim=(1, 2))
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvEBM, "resnet": ResEBM}

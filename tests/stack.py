@@ -33,6 +33,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_pids(serve_pid: int) -> list[int]:
+    """The `pureebm worker` children of a process (Valkey is another child), whichever
+    of its threads started them."""
+    tasks = Path(f"/proc/{serve_pid}/task").iterdir()
+    children = [pid for task in tasks for pid in (task / "children").read_text().split()]
+    return [
+        int(pid)
+        for pid in children
+        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+
+
 def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt)

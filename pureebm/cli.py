@@ -1,4 +1,11 @@
-"""The `pureebm` command line: purify data, list models, train an EBM, run the service."""
+"""The `pureebm` command line: purify data, list models, train an EBM, evaluate defences,
+talk to a running service. Each subcommand imports what it needs when it runs, so
+`pureebm --help` answers at once.
+
+`serve`, `worker` and `keygen` belong to the service and the worker: they register
+themselves under the `pureebm.commands` entry-point group (pyproject.toml), so
+the engine never imports either.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,12 @@ import json
 import shlex
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from tqdm import tqdm
-
-from pureebm.formats import FormatError, open_container
-from pureebm.langevin import LangevinParams, resolve_device
-from pureebm.pipeline import PurifiedImage, purify_container
-from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT, Registry, RegistryError
-from pureebm.train import TrainConfig, train
-from service.client import PureEBMClient, PureEBMError
+from pureebm.evaluation.config import ATTACKS, EvalConfig, TrainSettings
+from pureebm.params import TrainConfig
+from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
 
 
 def add_purify_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,18 +36,24 @@ def add_purify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--report", type=Path, help="write per-image energies as JSON here")
+    p.set_defaults(run=run_purify)
 
 
 def run_purify(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from pureebm.formats import open_container
+    from pureebm.langevin import resolve_device
+    from pureebm.params import LangevinOverrides
+    from pureebm.pipeline import PurifiedImage, purify_container
+    from pureebm.registry import Registry
+
     device = resolve_device(args.device)
     model = Registry(args.registry).load(args.model, device)
-    defaults = model.manifest.langevin
-    params = LangevinParams(
-        steps=defaults.steps if args.steps is None else args.steps,
-        eps=args.eps or defaults.eps,
-        tau=args.tau or defaults.tau,
-        init_noise=args.init_noise,
+    overrides = LangevinOverrides(
+        steps=args.steps, eps=args.eps, tau=args.tau, init_noise=args.init_noise
     )
+    params = overrides.resolve(model.manifest.langevin)
     container = open_container(args.input)
     total = len(container.image_names())
     print(
@@ -71,7 +80,16 @@ def run_purify(args: argparse.Namespace) -> None:
     )
 
 
+def add_models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the model registry")
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_models)
+
+
 def run_models(args: argparse.Namespace) -> None:
+    from pureebm.registry import Registry
+
     manifests = Registry(args.registry).list()
     if args.json:
         print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
@@ -138,33 +156,20 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--registry", default=defaults.registry)
     p.add_argument("--device", default=defaults.device)
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR's checkpoint")
+    p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> None:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     fields["command"] = "pureebm " + shlex.join(sys.argv[1:])
     config = TrainConfig(**fields)
+    from pureebm.train import train
+
     manifest = train(config, resume=args.resume)
     print(f"registered {manifest.name}:{manifest.version} in {config.registry}")
 
 
-def add_service_parsers(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser(
-        "serve",
-        help="run the API (plus embedded Valkey and a worker when PUREEBM_REDIS_URL is unset)",
-    )
-    serve.add_argument("--host", help="default: PUREEBM_HOST or 127.0.0.1")
-    serve.add_argument("--port", type=int, help="default: PUREEBM_PORT or 8000")
-    serve.add_argument("--device", default="auto", help="the embedded workers' device")
-    serve.add_argument(
-        "--workers", type=int, default=1, help="embedded worker processes (default: 1)"
-    )
-    worker = sub.add_parser("worker", help="run one long-lived worker on one device")
-    worker.add_argument("--device", default="auto", help="cuda:0, cpu, ... (default: auto)")
-    worker.add_argument("--queues", nargs="+", help="default: pureebm-sync pureebm")
-    worker.add_argument("--batch-size", type=int, help="default: chosen for the device")
-    worker.add_argument("--redis-url", help="default: PUREEBM_REDIS_URL")
-    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+def add_submit_parser(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="purify through a running service")
     submit.add_argument("input", type=Path, help="an image or an archive (zip, tar, npz)")
     submit.add_argument("-o", "--output", type=Path, required=True)
@@ -178,25 +183,15 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
         ("seed", int),
     ):
         submit.add_argument(f"--{name}", type=kind)
-    sub.add_parser("keygen", help="make an API key and print the sha256 the service stores")
-
-
-def run_serve(args: argparse.Namespace) -> None:
-    from service.embedded import serve
-
-    serve(host=args.host, port=args.port, device=args.device, workers=args.workers)
-
-
-def run_worker_command(args: argparse.Namespace) -> None:
-    from service.settings import Settings
-    from worker.main import run_worker
-
-    settings = Settings(**({"redis_url": args.redis_url} if args.redis_url else {}))
-    run_worker(settings, args.device, args.queues, args.batch_size, args.burst)
+    submit.set_defaults(run=run_submit)
 
 
 def run_submit(args: argparse.Namespace) -> None:
     import os
+
+    from tqdm import tqdm
+
+    from pureebm.client import PureEBMClient
 
     params = {k: getattr(args, k) for k in ("model", "steps", "eps", "tau", "seed")}
     api_key = args.api_key or os.environ.get("PUREEBM_API_KEY")
@@ -217,8 +212,6 @@ def run_submit(args: argparse.Namespace) -> None:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from pureebm.evaluation.run import ATTACKS, EvalConfig
-
     defaults = EvalConfig(train="")
     p = sub.add_parser("eval", help="poison, defend, train classifiers, measure")
     p.add_argument("train", help="labelled training set: npz (images, labels) or class folders")
@@ -252,6 +245,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=defaults.out)
     p.add_argument("--split-seed", type=int, default=defaults.split_seed)
     p.add_argument("--device", default="auto")
+    p.set_defaults(run=run_eval)
 
 
 def fraction(value: str) -> float:
@@ -261,8 +255,7 @@ def fraction(value: str) -> float:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from pureebm.evaluation.classifier import TrainSettings
-    from pureebm.evaluation.run import EvalConfig, evaluate, markdown_table
+    from pureebm.evaluation.run import evaluate, markdown_table
 
     config = EvalConfig(
         train=args.train,
@@ -290,39 +283,27 @@ def run_eval(args: argparse.Namespace) -> None:
     print(f"({result['seconds']:.0f} s; results.json, results.md, results.png in {config.out})")
 
 
-def run_keygen(args: argparse.Namespace) -> None:
-    import secrets
-
-    from service.deps import key_hash
-
-    key = secrets.token_urlsafe(32)
-    print(f"API key (give to the caller): {key}")
-    print(f"sha256 (put in PUREEBM_API_KEY_HASHES or the keys file): {key_hash(key)}")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="pureebm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pureebm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    add_purify_parser(sub)
-    models = sub.add_parser("models", help="list the model registry")
-    models.add_argument("--registry", type=Path, default=DEFAULT_ROOT)
-    models.add_argument("--json", action="store_true")
-    add_train_parser(sub)
-    add_service_parsers(sub)
-    add_eval_parser(sub)
+    for add_parser in (
+        add_purify_parser,
+        add_models_parser,
+        add_train_parser,
+        add_submit_parser,
+        add_eval_parser,
+    ):
+        add_parser(sub)
+    for entry in sorted(entry_points(group="pureebm.commands"), key=lambda e: e.name):
+        entry.load()(sub)
     args = parser.parse_args(argv)
-    commands = {
-        "purify": run_purify,
-        "models": run_models,
-        "train": run_train,
-        "serve": run_serve,
-        "worker": run_worker_command,
-        "submit": run_submit,
-        "keygen": run_keygen,
-        "eval": run_eval,
-    }
+
+    from pureebm.client import PureEBMError
+    from pureebm.formats import FormatError
+    from pureebm.registry import RegistryError
+
     try:
-        commands[args.command](args)
+        args.run(args)
     except (FormatError, RegistryError) as e:
         sys.exit(f"pureebm: {e}")
     except PureEBMError as e:

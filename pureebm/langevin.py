@@ -17,15 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pureebm.params import LangevinParams
 from pureebm.tiles import DEFAULT_TILE_PIXELS, TiledEnergy
-
-
-@dataclass(frozen=True)
-class LangevinParams:
-    steps: int = 150  # T
-    eps: float = 1.25e-2  # step size; also the noise scale
-    tau: float = 1e-4  # temperature dividing the energy
-    init_noise: float = 0.0  # sigma_0 of the optional initial noise
 
 
 def langevin_chain(

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from pureebm.formats import Container, Picture
-from pureebm.langevin import LangevinParams, purify
+from pureebm.langevin import purify
+from pureebm.params import LangevinParams
 from pureebm.registry import LoadedModel
 from pureebm.shards import Energy, ShardSet, ShardWriter
 

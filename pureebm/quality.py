@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pureebm.langevin import LangevinParams, purify
+from pureebm.langevin import purify
+from pureebm.params import LangevinParams
 
 
 def mean_interval(values: torch.Tensor) -> tuple[float, float]:

@@ -5,11 +5,13 @@
 
 Weights are safetensors only, so a registry file cannot run code. Loading checks
 the weights' sha256 against the manifest and refuses unknown architectures.
+Reading manifests needs no torch (the API reads them); loading weights does.
 A reference is "name" (its highest version) or "name:version".
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,58 +21,24 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from pydantic import BaseModel, Field, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from pydantic import ValidationError
 
-from pureebm.langevin import LangevinParams
-from pureebm.nets import ARCHITECTURES, build_energy_net
+from pureebm.params import NAME_PATTERN, Manifest
+
+if TYPE_CHECKING:  # torch is imported when weights are loaded or saved, not before
+    import torch
+    from torch import nn
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = "cifar10-conv"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
 class RegistryError(Exception):
     """A registry entry is missing, malformed or fails its integrity check."""
-
-
-class LangevinDefaults(BaseModel):
-    steps: int = Field(150, ge=0)
-    eps: float = Field(1.25e-2, gt=0)
-    tau: float = Field(1e-4, gt=0)
-
-    def params(self) -> LangevinParams:
-        return LangevinParams(steps=self.steps, eps=self.eps, tau=self.tau)
-
-
-class TrainingRecord(BaseModel):
-    data: str  # what the EBM was trained on
-    command: str
-    iterations: int = Field(ge=0)
-    wall_time_s: float = Field(ge=0)
-    hardware: str
-
-
-class Manifest(BaseModel):
-    name: str = Field(pattern=NAME_PATTERN)
-    version: int = Field(ge=1)
-    architecture: str
-    arch_kwargs: dict[str, Any] = {}
-    image_size: int = Field(ge=1)
-    channels: int = Field(ge=1, le=4)
-    data_range: tuple[float, float] = (-1.0, 1.0)
-    langevin: LangevinDefaults = LangevinDefaults()
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    training: TrainingRecord
-    created_at: datetime
-    description: str = ""
 
 
 @dataclass
@@ -80,8 +48,15 @@ class LoadedModel:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's sha256, computed again only when its size or mtime changes."""
+    stat = path.stat()
+    return cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def cached_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -131,19 +106,34 @@ class Registry:
         names = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         return [self.manifest(f"{n}:{v}") for n in names for v in self.versions(n)]
 
+    def weights_path(self, manifest: Manifest) -> Path:
+        return self.root / manifest.name / str(manifest.version) / WEIGHTS
+
+    def verified_manifest(self, ref: str) -> Manifest:
+        """The manifest, once its weights file is there and matches its sha256 (the
+        hash is cached by file size and mtime, so readiness probes stay cheap)."""
+        manifest = self.manifest(ref)
+        weights = self.weights_path(manifest)
+        if not weights.is_file():
+            raise RegistryError(f"weights file {weights} is missing")
+        if sha256_of(weights) != manifest.sha256:
+            raise RegistryError(f"weights file {weights} does not match its manifest's sha256")
+        return manifest
+
     def load(self, ref: str, device: str | torch.device = "cpu") -> LoadedModel:
         """Load an entry's net after checking its architecture and weights' sha256."""
-        manifest = self.manifest(ref)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from pureebm.nets import ARCHITECTURES, build_energy_net
+
+        manifest = self.verified_manifest(ref)
         if manifest.architecture not in ARCHITECTURES:
             raise RegistryError(
                 f"{manifest.name}:{manifest.version}: unknown architecture "
                 f"{manifest.architecture!r}"
             )
-        weights = self.root / manifest.name / str(manifest.version) / WEIGHTS
-        if not weights.is_file():
-            raise RegistryError(f"weights file {weights} is missing")
-        if sha256_of(weights) != manifest.sha256:
-            raise RegistryError(f"weights file {weights} does not match its manifest's sha256")
+        weights = self.weights_path(manifest)
         try:
             state = load_file(weights, device=str(device))
         except (SafetensorError, OSError) as e:
@@ -161,6 +151,8 @@ class Registry:
         The entry is assembled in a temporary folder and renamed into place, so a
         half-written entry is never visible.
         """
+        from safetensors.torch import save_file
+
         name = fields["name"]
         version = (self.versions(name) or [0])[-1] + 1
         (self.root / name).mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -50,51 +50,14 @@ from torch import nn
 from tqdm import tqdm
 
 from pureebm import formats
-from pureebm.langevin import LangevinParams, langevin_chain, purify, resolve_device, to_unit_range
+from pureebm.langevin import langevin_chain, purify, resolve_device, to_unit_range
 from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
+from pureebm.params import LangevinParams, Manifest, TrainConfig, TrainingRecord
 from pureebm.plots import amplified_difference, image_rows, line_chart
 from pureebm.quality import Calibration, calibrate
-from pureebm.registry import LangevinDefaults, Manifest, Registry, TrainingRecord
+from pureebm.registry import Registry
 
 CHECKPOINT = "checkpoint.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    data: list[str]
-    name: str = "ebm"
-    recipe: str = "ml"  # "ml", "dsm" or "dsm+ml"
-    pretrain_iterations: int = 0  # DSM updates before ML ones under "dsm+ml"
-    sigma_min: float = 0.05  # DSM noise levels, in [-1, 1] units
-    sigma_max: float = 0.3
-    noise_blocks: list[int] = field(default_factory=lambda: [1])  # DSM noise grain, pixels
-    architecture: str = "conv"
-    n_f: int = 32
-    iterations: int = 1000
-    batch_size: int = 64
-    bank_size: int = 10_000
-    mcmc_steps: int = 100  # K Langevin steps per update
-    eps: float = 1.25e-2
-    tau: float = 1e-4
-    lr: float = 1e-4
-    grad_clip: float = 1.0  # max norm of the parameter gradient of L * tau
-    lr_final: float = 1e-5
-    warmup: int = 50
-    rejuvenation: float = 0.05
-    bank_noise: float = 0.015
-    flip: bool = True
-    crop_padding: int = 0  # random crops after reflect-padding by this many pixels
-    holdout: int = 0  # the last `holdout` images are kept out of training
-    skimage_crops: int = 0  # extra training crops from scikit-image's photographs
-    calibrate_images: int = 32  # held-out images for the card's (eps, tau, T); 0: none
-    psnr_floor: float = 30.0  # the calibration keeps at least this PSNR if it can
-    checkpoint_every: int = 200
-    out_dir: str = "runs/ebm"
-    registry: str = "models"
-    device: str = "auto"
-    seed: int = 0
-    command: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -373,7 +336,7 @@ class Trainer:
             arch_kwargs={"n_c": self.n_c, "n_f": c.n_f},
             image_size=self.image_size,
             channels=self.n_c,
-            langevin=LangevinDefaults(steps=p.steps, eps=p.eps, tau=p.tau),
+            langevin=LangevinParams(steps=p.steps, eps=p.eps, tau=p.tau),
             training=TrainingRecord(
                 data=description,
                 command=c.command,

@@ -6,13 +6,15 @@ import hashlib
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, File, Form, Header, Request, UploadFile
 from redis import Redis
 
 from pureebm.registry import Registry
 from service.jobs import JobStore
 from service.problems import Problem
+from service.schemas import PurifyParams
 from service.settings import Settings
+from service.submissions import Submitter
 
 ANONYMOUS = "anonymous"
 
@@ -67,3 +69,18 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+def get_submitter(
+    store: StoreDep, settings: SettingsDep, registry: RegistryDep, owner: OwnerDep
+) -> Submitter:
+    return Submitter(store, settings, registry, owner)
+
+
+SubmitterDep = Annotated[Submitter, Depends(get_submitter)]
+
+# the upload form of POST /v1/jobs and POST /v1/purify
+ParamsForm = Annotated[PurifyParams, Form()]
+FilesField = Annotated[list[UploadFile] | None, File(description="one or more images")]
+ArchiveField = Annotated[UploadFile | None, File(description="an image, zip, tar, tar.gz or npz")]
+IdempotencyKeyHeader = Annotated[str | None, Header(max_length=200)]  # Idempotency-Key

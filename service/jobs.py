@@ -71,6 +71,20 @@ return 1
 ENDED_RQ_STATES = (RQStatus.FINISHED, RQStatus.FAILED, RQStatus.CANCELED, RQStatus.STOPPED)
 
 
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".zip": "application/zip",
+    ".tar": "application/x-tar",
+    ".gz": "application/gzip",
+    ".tgz": "application/gzip",
+    ".npz": "application/octet-stream",
+}
+
+
+def media_type_of(result: Path) -> str:
+    return MEDIA_TYPES.get(result.suffix, "application/octet-stream")
+
+
 def job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
@@ -81,6 +95,10 @@ def progress_key(job_id: str) -> str:
 
 def owner_key(owner: str) -> str:
     return f"{PREFIX}:owner:{owner}"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    return f"{PREFIX}:idem:{owner}:{key}"
 
 
 def shard_job_id(job_id: str, shard: int) -> str:
@@ -149,6 +167,16 @@ class JobStore:
         """The job, or None when it does not exist or belongs to another key."""
         record = self.get(job_id)
         return record if record is not None and record.owner == owner else None
+
+    def idempotent_job(self, owner: str, key: str) -> JobRecord | None:
+        """The job created under this owner's Idempotency-Key, if any still exists."""
+        job_id = self.redis.get(idempotency_key(owner, key))
+        return None if job_id is None else self.get_owned(job_id.decode(), owner)
+
+    def claim_idempotency_key(self, owner: str, key: str, job_id: str) -> bool:
+        """Bind the key to the job; False if another job holds it already."""
+        name = idempotency_key(owner, key)
+        return bool(self.redis.set(name, job_id, nx=True, ex=self.settings.retention_s))
 
     def update(self, job_id: str, **fields: str | float) -> bool:
         """Set fields of an existing job; a no-op (False) once it has been deleted."""

@@ -8,26 +8,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pureebm.langevin import LangevinParams
+from pureebm.params import LangevinOverrides
 
 
-class PurifyParams(BaseModel):
+class PurifyParams(LangevinOverrides):
     """Purification parameters; unset Langevin values take the model's defaults."""
 
     model: str | None = Field(None, description="NAME or NAME:VERSION; default: the service's")
-    steps: int | None = Field(None, ge=0, le=2000, description="Langevin steps T (0-2000)")
-    eps: float | None = Field(None, gt=0, le=0.1, description="step size (0-0.1]")
-    tau: float | None = Field(None, gt=0, le=1.0, description="temperature (0-1]")
-    init_noise: float = Field(0.0, ge=0, le=0.5, description="std of initial noise [0-0.5]")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="random seed; drawn if unset")
-
-    def langevin(self, defaults: LangevinParams) -> LangevinParams:
-        return LangevinParams(
-            steps=defaults.steps if self.steps is None else self.steps,
-            eps=self.eps or defaults.eps,
-            tau=self.tau or defaults.tau,
-            init_noise=self.init_noise,
-        )
 
 
 class JobStatus(StrEnum):

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pureebm.params import TrainConfig
 from pureebm.registry import Registry
-from pureebm.train import TrainConfig, train
+from pureebm.train import train
 
 DATA = Path(__file__).parent / "data" / "cifar64.npz"
 

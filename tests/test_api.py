@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pureebm.formats import Picture
-from pureebm.langevin import LangevinParams
+from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 from tests.stack import KEY_A, KEY_B, Stack, bomb_png, png, zip_bytes
 

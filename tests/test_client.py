@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import PureEBMClient, PureEBMError
+from pureebm.client import PureEBMClient, PureEBMError
 from tests.stack import KEY_A, Stack, free_port, png, zip_bytes
 
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from pureebm.evaluation import attacks
-from pureebm.evaluation.classifier import TrainSettings, train_classifier
+from pureebm.evaluation.classifier import train_classifier
+from pureebm.evaluation.config import EvalConfig, TrainSettings
 from pureebm.evaluation.defences import jpeg, pureebm
-from pureebm.evaluation.run import Defender, EvalConfig, evaluate, mean_interval
+from pureebm.evaluation.run import Defender, evaluate, mean_interval
 from pureebm.formats import Picture
-from pureebm.langevin import LangevinParams
+from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 
 FAST = TrainSettings(epochs=1, batch_size=16, device="cpu")

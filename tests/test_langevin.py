@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pureebm.langevin import LangevinParams, langevin_chain, purify, to_uint8, to_unit_range
+from pureebm.langevin import langevin_chain, purify, to_uint8, to_unit_range
 from pureebm.nets import ConvEBM
+from pureebm.params import LangevinParams
 
 EPS, TAU = 1.25e-2, 1e-4
 

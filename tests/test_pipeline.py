@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pureebm.formats import Picture, open_container
-from pureebm.langevin import LangevinParams
+from pureebm.params import LangevinParams
 from pureebm.pipeline import chunks, purify_container, purify_pictures
 
 PARAMS = LangevinParams(steps=4)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pureebm.langevin import LangevinParams, to_unit_range
+from pureebm.langevin import to_unit_range
+from pureebm.params import LangevinParams
 from pureebm.quality import (
     calibrate,
     card,

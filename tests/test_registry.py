@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pureebm.nets import ConvEBM
-from pureebm.registry import DEFAULT_MODEL, Registry, RegistryError, TrainingRecord
+from pureebm.params import TrainingRecord
+from pureebm.registry import DEFAULT_MODEL, Registry, RegistryError
 
 RECORD = TrainingRecord(data="test", command="test", iterations=1, wall_time_s=0, hardware="cpu")
 

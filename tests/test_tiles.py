@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pureebm.langevin import LangevinParams, purify
+from pureebm.langevin import purify
 from pureebm.nets import ConvEBM, ResEBM
+from pureebm.params import LangevinParams
 from pureebm.tiles import TiledEnergy, receptive_range
 
 

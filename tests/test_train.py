@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from pureebm.formats import Picture
-from pureebm.langevin import LangevinParams, to_unit_range
+from pureebm.langevin import to_unit_range
+from pureebm.params import LangevinParams, TrainConfig
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import Registry
-from pureebm.train import CHECKPOINT, TrainConfig, Trainer, learning_rate, train
+from pureebm.train import CHECKPOINT, Trainer, learning_rate, train
 from tests.conftest import DATA
 
 

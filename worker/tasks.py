@@ -102,7 +102,7 @@ def run_shard(ctx: WorkerContext, record: JobRecord, shard: int, start: int, sto
     """Stream the shard's purified images to its file; returns how many there were."""
     store, settings = ctx.store, ctx.store.settings
     model = ctx.models.get(record.params.model or settings.default_model)
-    params = record.params.langevin(model.manifest.langevin.params())
+    params = record.params.resolve(model.manifest.langevin)
     container = open_container(store.input_path(record), settings.limits)
     names = set(container.image_names()[start:stop])
     pictures = container.iter_images(names)
@@ -165,7 +165,7 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
         purified.close()
     os.replace(partial, result)
     model = ctx.models.registry.manifest(record.params.model or store.settings.default_model)
-    params = record.params.langevin(model.langevin.params())
+    params = record.params.resolve(model.langevin)
     report = {
         "job": job_id,
         "model": f"{model.name}:{model.version}",

@@ -7,8 +7,6 @@ differences between defences come from the data alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torchvision
@@ -16,18 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from pureebm.evaluation.config import TrainSettings
 from pureebm.langevin import resolve_device
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    architecture: str = "small"  # "small" or "resnet18"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.05
-    weight_decay: float = 5e-4
-    seed: int = 0
-    device: str = "auto"
 
 
 def small_cnn(num_classes: int) -> nn.Module:

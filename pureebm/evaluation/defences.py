@@ -9,7 +9,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pureebm.formats import Picture
-from pureebm.langevin import LangevinParams
+from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import LoadedModel
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,32 +13,10 @@ from torch import nn
 from tqdm import tqdm
 
 from pureebm.evaluation import attacks, defences
-from pureebm.evaluation.classifier import TrainSettings, predict, train_classifier
+from pureebm.evaluation.classifier import predict, train_classifier
+from pureebm.evaluation.config import ATTACKS, EvalConfig
 from pureebm.evaluation.data import load_labelled, stratified_split
-from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT, Registry
-
-ATTACKS = ("narcissus", "patch", "patch-clean", "blend")
-
-
-@dataclass
-class EvalConfig:
-    train: str
-    test: str | None = None  # None: a stratified split of `train`
-    test_fraction: float = 0.2
-    limit: int | None = None  # use only the first N training images
-    attack: str = "narcissus"
-    eps: list[float] = field(default_factory=lambda: [8 / 255, 16 / 255])  # trigger strengths
-    poison_fraction: float = 0.01  # of the whole training set
-    targets: list[int] = field(default_factory=lambda: [0, 1, 2])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])  # attack and classifier seeds
-    defences: list[str] = field(default_factory=lambda: ["none", "jpeg:75", "pureebm"])
-    sweep: list[int] = field(default_factory=list)  # PureEBM steps to sweep, e.g. 0 50 150
-    classifier: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=8))
-    model: str = DEFAULT_MODEL
-    registry: str = str(DEFAULT_ROOT)
-    url: str | None = None  # purify through a running service instead of in-process
-    out: str = "runs/eval"
-    split_seed: int = 0
+from pureebm.registry import Registry
 
 
 def make_attack(
@@ -107,7 +85,7 @@ class Defender:
             self.model.manifest if self.model else Registry(config.registry).manifest(config.model)
         )
         self.default_steps = manifest.langevin.steps
-        self.params = manifest.langevin.params()
+        self.params = manifest.langevin
         self.specs = list(
             dict.fromkeys([*config.defences, *(f"pureebm:{t}" for t in config.sweep)])
         )
@@ -137,7 +115,7 @@ class Defender:
 
 
 def purify_through_service(url: str, images: np.ndarray, steps: int, model: str) -> np.ndarray:
-    from service.client import PureEBMClient
+    from pureebm.client import PureEBMClient
 
     with tempfile.TemporaryDirectory() as tmp, PureEBMClient(url) as client:
         src, dst = Path(tmp) / "train.npz", Path(tmp) / "purified.npz"

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pureebm.registry import RegistryError, sha256_of
+from pureebm.registry import RegistryError
 from service.deps import RedisDep, RegistryDep, SettingsDep, StoreDep
 from service.jobs import BATCH_QUEUE
 
@@ -34,10 +34,8 @@ def readyz(
     except Exception as e:
         checks["queue"] = {"ok": False, "error": str(e)}
     try:
-        manifest = registry.manifest(settings.default_model)
-        weights = registry.root / manifest.name / str(manifest.version) / "model.safetensors"
-        verified = weights.is_file() and sha256_of(weights) == manifest.sha256
-        checks["model"] = {"ok": verified, "model": f"{manifest.name}:{manifest.version}"}
+        manifest = registry.verified_manifest(settings.default_model)
+        checks["model"] = {"ok": True, "model": f"{manifest.name}:{manifest.version}"}
     except RegistryError as e:
         checks["model"] = {"ok": False, "error": str(e)}
     ready = all(c["ok"] for c in checks.values()) and "workers" in checks

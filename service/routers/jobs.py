@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
-from pureebm.shards import cut_shards
-from service.deps import OwnerDep, RegistryDep, SettingsDep, StoreDep
-from service.jobs import PREFIX, JobStore
-from service.problems import Problem
-from service.schemas import (
-    ACTIVE,
-    JobPage,
-    JobRecord,
-    JobResource,
-    JobStatus,
-    PurifyParams,
-    Report,
-    Timings,
+from service.deps import (
+    ArchiveField,
+    FilesField,
+    IdempotencyKeyHeader,
+    OwnerDep,
+    ParamsForm,
+    StoreDep,
+    SubmitterDep,
 )
-from service.settings import Settings
-from service.uploads import prepare_input
+from service.jobs import JobStore, media_type_of
+from service.problems import Problem
+from service.schemas import ACTIVE, JobPage, JobRecord, JobResource, JobStatus, Report, Timings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-MEDIA_TYPES = {
-    ".png": "image/png",
-    ".zip": "application/zip",
-    ".tar": "application/x-tar",
-    ".gz": "application/gzip",
-    ".tgz": "application/gzip",
-    ".npz": "application/octet-stream",
-}
-
-FilesField = Annotated[list[UploadFile] | None, File(description="one or more images")]
-ArchiveField = Annotated[UploadFile | None, File(description="zip, tar, tar.gz or npz")]
-ParamsForm = Annotated[PurifyParams, Form()]
 
 
 def timestamp(value: float | None) -> datetime | None:
@@ -78,72 +57,6 @@ def to_resource(store: JobStore, record: JobRecord) -> JobResource:
     )
 
 
-async def create_job(
-    store: JobStore,
-    settings: Settings,
-    registry: RegistryDep,
-    owner: str,
-    params: PurifyParams,
-    files: list[UploadFile] | None,
-    archive: UploadFile | None,
-    sync: bool = False,
-) -> JobRecord:
-    """Store and validate the upload, then queue its shards. Nothing is left behind on error."""
-    if store.active_count(owner) >= settings.max_active_jobs_per_key:
-        raise Problem(
-            429,
-            f"at most {settings.max_active_jobs_per_key} active jobs per key",
-            headers={"Retry-After": "30"},
-        )
-    manifest = registry.manifest(params.model or settings.default_model)  # unknown model: 400
-    # Pinned now, so that every shard runs the same model version and the job shows
-    # what it ran with, even if a newer version is registered meanwhile.
-    langevin = params.langevin(manifest.langevin.params())
-    params = params.model_copy(
-        update={
-            "model": f"{manifest.name}:{manifest.version}",
-            "steps": langevin.steps,
-            "eps": langevin.eps,
-            "tau": langevin.tau,
-            "seed": secrets.randbelow(2**31) if params.seed is None else params.seed,
-        }
-    )
-    job_id = uuid.uuid4().hex
-    folder = store.folder(job_id)
-    try:
-        for sub in ("input", "shards", "result"):
-            (folder / sub).mkdir(parents=True)
-        prepared = await run_in_threadpool(
-            prepare_input, folder / "input", settings, files, archive
-        )
-        now = time.time()
-        record = JobRecord(
-            id=job_id,
-            owner=owner,
-            status=JobStatus.queued,
-            kind=prepared.kind,
-            input_file=prepared.input_file,
-            input_name=prepared.input_name,
-            input_bytes=prepared.input_bytes,
-            result_name=prepared.result_name,
-            images=len(prepared.pixels),
-            shard_bounds=cut_shards(prepared.pixels, settings.shard_size, settings.shard_pixels),
-            params=params,
-            sync=sync,
-            created_at=now,
-            expires_at=now + settings.retention_s,
-        )
-        store.save(record)
-        store.enqueue(record)
-        return record
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        existing = store.get(job_id)
-        if existing is not None:
-            store.delete(existing)
-        raise
-
-
 @router.post(
     "",
     status_code=202,
@@ -152,37 +65,22 @@ async def create_job(
 )
 async def submit(
     response: Response,
-    store: StoreDep,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    owner: OwnerDep,
+    submitter: SubmitterDep,
     params: ParamsForm,
     files: FilesField = None,
     archive: ArchiveField = None,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobResource:
     """Upload images (`files`) or one archive (`archive`) to purify; poll the returned job.
 
     With an `Idempotency-Key` header, repeating a request returns the job the
     first one created instead of creating another.
     """
-    idem = f"{PREFIX}:idem:{owner}:{idempotency_key}" if idempotency_key else None
-    if idem and (existing := store.redis.get(idem)):
-        record = store.get_owned(existing.decode(), owner)
-        if record is not None:
-            response.headers["Idempotent-Replayed"] = "true"
-            response.headers["Location"] = f"/v1/jobs/{record.id}"
-            return to_resource(store, record)
-    record = await create_job(store, settings, registry, owner, params, files, archive)
-    if idem and not store.redis.set(idem, record.id, nx=True, ex=settings.retention_s):
-        store.cancel(record)  # a concurrent request with the same key won the race
-        store.delete(record)
-        winner = store.get_owned(store.redis.get(idem).decode(), owner)
-        if winner is None:
-            raise Problem(409, "a concurrent request with this Idempotency-Key failed")
-        record = winner
+    record, replayed = await submitter.create_once(params, files, archive, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return to_resource(store, record)
+    return to_resource(submitter.store, record)
 
 
 def owned(store: JobStore, job_id: str, owner: str) -> JobRecord:
@@ -226,7 +124,7 @@ def get_result(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
     record = owned(store, job_id, owner)
     require_finished(record)
     path = store.result_path(record)
-    media_type = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+    media_type = media_type_of(path)
     return FileResponse(path, media_type=media_type, filename=record.result_name)
 
 

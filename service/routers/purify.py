@@ -8,10 +8,9 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.deps import OwnerDep, RegistryDep, SettingsDep, StoreDep
-from service.jobs import SYNC_QUEUE
+from service.deps import ArchiveField, FilesField, ParamsForm, SubmitterDep
+from service.jobs import SYNC_QUEUE, media_type_of
 from service.problems import Problem
-from service.routers.jobs import MEDIA_TYPES, ArchiveField, FilesField, ParamsForm, create_job
 from service.schemas import ACTIVE, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["purify"])
@@ -31,10 +30,7 @@ POLL_S = 0.1
     },
 )
 async def purify_now(
-    store: StoreDep,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    owner: OwnerDep,
+    submitter: SubmitterDep,
     params: ParamsForm,
     files: FilesField = None,
     archive: ArchiveField = None,
@@ -44,6 +40,7 @@ async def purify_now(
     The work runs on a worker through a priority queue; the request waits at most
     `sync_timeout_s` (504 after that, and the work is canceled).
     """
+    store, settings = submitter.store, submitter.settings
     if archive is not None:
         raise Problem(400, "/v1/purify takes `files`; send archives to /v1/jobs")
     if files and len(files) > settings.sync_max_images:
@@ -53,7 +50,7 @@ async def purify_now(
         )
     if not store.live_workers(SYNC_QUEUE):
         raise Problem(503, "no live worker: none has sent a heartbeat within 2 leases")
-    record = await create_job(store, settings, registry, owner, params, files, None, sync=True)
+    record = await submitter.create(params, files, None, sync=True)
     deadline = time.monotonic() + settings.sync_timeout_s
     try:
         while (current := store.get(record.id)) is not None and current.status in ACTIVE:
@@ -68,7 +65,7 @@ async def purify_now(
         content = path.read_bytes()
         return Response(
             content,
-            media_type=MEDIA_TYPES.get(path.suffix),
+            media_type=media_type_of(path),
             headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
         )
     finally:

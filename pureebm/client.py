@@ -1,6 +1,6 @@
-"""A small client for pipelines:
+"""A small client for pipelines, with httpx as its only dependency (no torch):
 
-from service.client import PureEBMClient
+from pureebm.client import PureEBMClient
 client = PureEBMClient("http://127.0.0.1:8000", api_key="...")
 job = client.purify("train.zip", "train.purified.zip", steps=150)
 """
@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from pureebm.formats import image_format_of
 
 
 class PureEBMError(Exception):
@@ -47,14 +45,14 @@ class PureEBMClient:
     def submit(
         self, path: str | Path, idempotency_key: str | None = None, **params: Any
     ) -> dict[str, Any]:
-        """Upload an image (as `files`) or an archive (as `archive`); returns the job."""
+        """Upload an image or an archive; returns the job. The service tells the two
+        apart by their content, so both go as the `archive` field."""
         path = Path(path)
-        field = "files" if image_format_of(path.name) else "archive"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         data = {k: str(v) for k, v in params.items() if v is not None}
         with path.open("rb") as f:
             return self.request(
-                "POST", "/v1/jobs", files={field: (path.name, f)}, data=data, headers=headers
+                "POST", "/v1/jobs", files={"archive": (path.name, f)}, data=data, headers=headers
             ).json()
 
     def job(self, job_id: str) -> dict[str, Any]:

@@ -1,0 +1,42 @@
+"""What `pureebm eval` runs: its options and the classifier's, without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    architecture: str = "small"  # "small" or "resnet18"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+
+
+ATTACKS = ("narcissus", "patch", "patch-clean", "blend")
+
+
+@dataclass
+class EvalConfig:
+    train: str
+    test: str | None = None  # None: a stratified split of `train`
+    test_fraction: float = 0.2
+    limit: int | None = None  # use only the first N training images
+    attack: str = "narcissus"
+    eps: list[float] = field(default_factory=lambda: [8 / 255, 16 / 255])  # trigger strengths
+    poison_fraction: float = 0.01  # of the whole training set
+    targets: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # attack and classifier seeds
+    defences: list[str] = field(default_factory=lambda: ["none", "jpeg:75", "pureebm"])
+    sweep: list[int] = field(default_factory=list)  # PureEBM steps to sweep, e.g. 0 50 150
+    classifier: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=8))
+    model: str = DEFAULT_MODEL
+    registry: str = str(DEFAULT_ROOT)
+    url: str | None = None  # purify through a running service instead of in-process
+    out: str = "runs/eval"
+    split_seed: int = 0

@@ -1,0 +1,113 @@
+"""Parameter models shared by the engine, the registry, the CLI and the API; no torch.
+
+- ``LangevinParams``: the purifier's T, eps, tau and initial noise, with their bounds
+  (langevin.py states the update rule).
+- ``LangevinOverrides``: the same fields, unset ones taken from a model's defaults;
+  ``resolve`` is the one place where a request meets a model's calibration.
+- ``Manifest``: what a registry entry records (registry.py reads and writes it).
+- ``TrainConfig``: every option of `pureebm train` (train.py runs it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+Steps = Annotated[int, Field(ge=0, le=2000, description="Langevin steps T (0-2000)")]
+Eps = Annotated[float, Field(gt=0, le=0.1, description="step size eps, also the noise scale")]
+Tau = Annotated[float, Field(gt=0, le=1.0, description="temperature tau dividing the energy")]
+InitNoise = Annotated[float, Field(ge=0, le=0.5, description="std of initial noise [0-0.5]")]
+
+
+class LangevinParams(BaseModel):
+    """Psi_T's parameters; the defaults are the paper's (T = 150, eps = 1.25e-2, tau = 1e-4)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: Steps = 150
+    eps: Eps = 1.25e-2
+    tau: Tau = 1e-4
+    init_noise: InitNoise = 0.0
+
+
+class LangevinOverrides(BaseModel):
+    """Langevin parameters a caller may set; unset ones come from the model."""
+
+    steps: Steps | None = None
+    eps: Eps | None = None
+    tau: Tau | None = None
+    init_noise: InitNoise = 0.0
+
+    def resolve(self, defaults: LangevinParams) -> LangevinParams:
+        return LangevinParams(
+            steps=defaults.steps if self.steps is None else self.steps,
+            eps=defaults.eps if self.eps is None else self.eps,
+            tau=defaults.tau if self.tau is None else self.tau,
+            init_noise=self.init_noise,
+        )
+
+
+class TrainingRecord(BaseModel):
+    data: str  # what the EBM was trained on
+    command: str
+    iterations: int = Field(ge=0)
+    wall_time_s: float = Field(ge=0)
+    hardware: str
+
+
+class Manifest(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    architecture: str
+    arch_kwargs: dict[str, Any] = {}
+    image_size: int = Field(ge=1)
+    channels: int = Field(ge=1, le=4)
+    data_range: tuple[float, float] = (-1.0, 1.0)
+    langevin: LangevinParams = LangevinParams()  # calibrated defaults for this model
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    training: TrainingRecord
+    created_at: datetime
+    description: str = ""
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    name: str = "ebm"
+    recipe: str = "ml"  # "ml", "dsm" or "dsm+ml"
+    pretrain_iterations: int = 0  # DSM updates before ML ones under "dsm+ml"
+    sigma_min: float = 0.05  # DSM noise levels, in [-1, 1] units
+    sigma_max: float = 0.3
+    noise_blocks: list[int] = field(default_factory=lambda: [1])  # DSM noise grain, pixels
+    architecture: str = "conv"
+    n_f: int = 32
+    iterations: int = 1000
+    batch_size: int = 64
+    bank_size: int = 10_000
+    mcmc_steps: int = 100  # K Langevin steps per update
+    eps: float = 1.25e-2
+    tau: float = 1e-4
+    lr: float = 1e-4
+    grad_clip: float = 1.0  # max norm of the parameter gradient of L * tau
+    lr_final: float = 1e-5
+    warmup: int = 50
+    rejuvenation: float = 0.05
+    bank_noise: float = 0.015
+    flip: bool = True
+    crop_padding: int = 0  # random crops after reflect-padding by this many pixels
+    holdout: int = 0  # the last `holdout` images are kept out of training
+    skimage_crops: int = 0  # extra training crops from scikit-image's photographs
+    calibrate_images: int = 32  # held-out images for the card's (eps, tau, T); 0: none
+    psnr_floor: float = 30.0  # the calibration keeps at least this PSNR if it can
+    checkpoint_every: int = 200
+    out_dir: str = "runs/ebm"
+    registry: str = "models"
+    device: str = "auto"
+    seed: int = 0
+    command: str = ""
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,121 @@
+"""Job creation: quota, model pinning, validation of the upload (off the event loop),
+saving, queueing, and Idempotency-Key replay. Routers call it; it knows no HTTP
+beyond raising Problem."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from pureebm.registry import Registry
+from pureebm.shards import cut_shards
+from service.jobs import JobStore
+from service.problems import Problem
+from service.schemas import JobRecord, JobStatus, PurifyParams
+from service.settings import Settings
+from service.uploads import prepare_input
+
+
+@dataclass
+class Submitter:
+    """What creating a job needs, built per request (deps.SubmitterDep)."""
+
+    store: JobStore
+    settings: Settings
+    registry: Registry
+    owner: str
+
+    async def create(
+        self,
+        params: PurifyParams,
+        files: list[UploadFile] | None,
+        archive: UploadFile | None,
+        sync: bool = False,
+    ) -> JobRecord:
+        """Store and validate the upload, then queue its shards. Nothing is left behind
+        on error."""
+        store, settings, owner = self.store, self.settings, self.owner
+        if store.active_count(owner) >= settings.max_active_jobs_per_key:
+            raise Problem(
+                429,
+                f"at most {settings.max_active_jobs_per_key} active jobs per key",
+                headers={"Retry-After": "30"},
+            )
+        # an unknown model is a RegistryError: 400
+        manifest = self.registry.manifest(params.model or settings.default_model)
+        # Pinned now, so that every shard runs the same model version and the job shows
+        # what it ran with, even if a newer version is registered meanwhile.
+        langevin = params.resolve(manifest.langevin)
+        params = params.model_copy(
+            update={
+                "model": f"{manifest.name}:{manifest.version}",
+                "steps": langevin.steps,
+                "eps": langevin.eps,
+                "tau": langevin.tau,
+                "seed": secrets.randbelow(2**31) if params.seed is None else params.seed,
+            }
+        )
+        job_id = uuid.uuid4().hex
+        folder = store.folder(job_id)
+        try:
+            for sub in ("input", "shards", "result"):
+                (folder / sub).mkdir(parents=True)
+            prepared = await run_in_threadpool(
+                prepare_input, folder / "input", settings, files, archive
+            )
+            now = time.time()
+            record = JobRecord(
+                id=job_id,
+                owner=owner,
+                status=JobStatus.queued,
+                kind=prepared.kind,
+                input_file=prepared.input_file,
+                input_name=prepared.input_name,
+                input_bytes=prepared.input_bytes,
+                result_name=prepared.result_name,
+                images=len(prepared.pixels),
+                shard_bounds=cut_shards(
+                    prepared.pixels, settings.shard_size, settings.shard_pixels
+                ),
+                params=params,
+                sync=sync,
+                created_at=now,
+                expires_at=now + settings.retention_s,
+            )
+            store.save(record)
+            store.enqueue(record)
+            return record
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            existing = store.get(job_id)
+            if existing is not None:
+                store.delete(existing)
+            raise
+
+    async def create_once(
+        self,
+        params: PurifyParams,
+        files: list[UploadFile] | None,
+        archive: UploadFile | None,
+        idempotency_key: str | None,
+    ) -> tuple[JobRecord, bool]:
+        """Create a job, or with an Idempotency-Key that created one before, return that
+        job. Returns (job, replayed)."""
+        store, owner = self.store, self.owner
+        if idempotency_key and (existing := store.idempotent_job(owner, idempotency_key)):
+            return existing, True
+        record = await self.create(params, files, archive)
+        if idempotency_key and not store.claim_idempotency_key(owner, idempotency_key, record.id):
+            store.cancel(record)  # a concurrent request with the same key won the race
+            store.delete(record)
+            winner = store.idempotent_job(owner, idempotency_key)
+            if winner is None:
+                raise Problem(409, "a concurrent request with this Idempotency-Key failed")
+            return winner, True
+        return record, False

@@ -1,0 +1,60 @@
+"""Import contracts (DESIGN.md): the engine never imports the service or the worker,
+the API process and the Python client never load torch, routers do not import
+each other, and `pureebm --help` loads nothing heavy."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an import statement in the file names, at any depth."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def top_level(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_the_engine_never_imports_the_service_or_the_worker() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            name for name in imported_modules(path) if top_level(name) in ("service", "worker")
+        )
+        for path in (ROOT / "pureebm").rglob("*.py")
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_routers_do_not_import_each_other() -> None:
+    for path in (ROOT / "service" / "routers").glob("*.py"):
+        assert not any(name.startswith("service.routers") for name in imported_modules(path)), path
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import service.app",
+        "import pureebm.client",
+        "import worker.commands, service.commands",
+        "from pureebm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+    ],
+    ids=["api", "client", "command-registration", "cli-help"],
+)
+def test_torch_stays_unloaded(code: str) -> None:
+    check = f"{code}\nimport sys\nassert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -28,8 +28,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from pureebm.archives import open_container
 from pureebm.client import PureEBMClient
-from pureebm.formats import open_container
 from pureebm.langevin import resolve_device
 from pureebm.pipeline import purify_container
 from pureebm.registry import Registry

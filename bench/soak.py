@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pureebm.archives import open_container
 from pureebm.client import PureEBMClient, PureEBMError
-from pureebm.formats import open_container
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import DEFAULT_MODEL, Registry

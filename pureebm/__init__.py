@@ -1,1 +1,1 @@
-"""PureEBM engine: energy nets, Langevin purifier, registry, formats, training."""
+"""PureEBM engine: energy nets, Langevin purifier, registry, images and archives, training."""

@@ -42,7 +42,7 @@ def add_purify_parser(sub: argparse._SubParsersAction) -> None:
 def run_purify(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from pureebm.formats import open_container
+    from pureebm.archives import open_container
     from pureebm.langevin import resolve_device
     from pureebm.params import LangevinOverrides
     from pureebm.pipeline import PurifiedImage, purify_container
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from pureebm.client import PureEBMError
-    from pureebm.formats import FormatError
+    from pureebm.images import FormatError
     from pureebm.registry import RegistryError
 
     try:

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pureebm.formats import Container, Picture
+from pureebm.archives import Container
+from pureebm.images import Picture
 from pureebm.langevin import purify
 from pureebm.params import LangevinParams
 from pureebm.registry import LoadedModel
-from pureebm.shards import Energy, ShardSet, ShardWriter
+from pureebm.shards import Energy, ShardSet, write_shard
 
 
 @dataclass
@@ -132,13 +133,12 @@ def purify_container(
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
         shard = Path(work) / "purified.npz"
-        with ShardWriter(shard) as writer:
+        with write_shard(shard) as writer:
             pictures = container.iter_images()
             for item in purify_pictures(model, pictures, params, batch_size, device, seed):
                 writer.add(item)
                 if on_image is not None:
                     on_image(item)
-            writer.commit()
         names = container.image_names()
         purified = ShardSet([shard], [0, len(names)], names)
         try:

@@ -14,10 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from pureebm.atomic import atomic_path
 from pureebm.params import NAME_PATTERN, Manifest
 
 if TYPE_CHECKING:  # torch is imported when weights are loaded or saved, not before
@@ -156,8 +154,8 @@ class Registry:
         name = fields["name"]
         version = (self.versions(name) or [0])[-1] + 1
         (self.root / name).mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.root / name, prefix=".staging-"))
-        try:
+        with atomic_path(self.root / name / str(version)) as staging:
+            staging.mkdir()
             state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             save_file(state, staging / WEIGHTS)
             manifest = Manifest(
@@ -167,8 +165,4 @@ class Registry:
                 created_at=datetime.now(UTC),
             )
             (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
-            os.rename(staging, self.root / name / str(version))
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return manifest

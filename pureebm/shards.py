@@ -3,7 +3,7 @@
 A shard file is an npz (a zip of ``.npy`` members) written member by member:
 ``image_<i>.npy`` for the i-th purified image, then ``names.npy``,
 ``energy_before.npy`` and ``energy_after.npy``. It is written aside and renamed
-when complete, so a reader sees a whole shard or none, and neither the writer
+when complete (pureebm.atomic), so a reader sees a whole shard or none, and neither the writer
 nor the reader ever holds more than one image. Both the CLI (one shard in a
 temporary folder) and the service's workers (one file per shard) use it, so
 memory is bounded by the largest image, not by the size of a job.
@@ -12,14 +12,15 @@ memory is bounded by the largest image, not by the size of a job.
 from __future__ import annotations
 
 import bisect
-import os
+import contextlib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+from pureebm.atomic import atomic_path
 
 if TYPE_CHECKING:  # the pipeline writes shards; shards only need the type
     from pureebm.pipeline import PurifiedImage
@@ -32,12 +33,10 @@ class Energy(NamedTuple):
 
 
 class ShardWriter:
-    """Append purified images to ``path`` (visible there only after ``commit``)."""
+    """Appends purified images to an open shard file (see ``write_shard``)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.partial = path.with_name(path.name + ".partial")
-        self.archive = zipfile.ZipFile(self.partial, "w", zipfile.ZIP_STORED, allowZip64=True)
+    def __init__(self, archive: zipfile.ZipFile) -> None:
+        self.archive = archive
         self.energies: list[Energy] = []
 
     def add(self, image: PurifiedImage) -> None:
@@ -48,23 +47,24 @@ class ShardWriter:
         with self.archive.open(f"{key}.npy", "w", force_zip64=True) as member:
             np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
 
-    def commit(self) -> None:
+    def finish(self) -> None:
         names, before, after = zip(*self.energies, strict=True) if self.energies else ([],) * 3
         self.write_array("names", np.array(names, dtype=str))
         self.write_array("energy_before", np.array(before, np.float32))
         self.write_array("energy_after", np.array(after, np.float32))
-        self.archive.close()
-        os.replace(self.partial, self.path)
 
-    def __enter__(self) -> ShardWriter:
-        return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType
-    ) -> None:
-        if kind is not None:  # an unfinished shard leaves nothing behind
-            self.archive.close()
-            self.partial.unlink(missing_ok=True)
+@contextlib.contextmanager
+def write_shard(path: Path) -> Iterator[ShardWriter]:
+    """A writer whose images appear at ``path`` when the block ends without an error;
+    an unfinished shard (an error, a canceled job) leaves nothing behind."""
+    with (
+        atomic_path(path) as partial,
+        zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        writer = ShardWriter(archive)
+        yield writer
+        writer.finish()
 
 
 class ShardSet:

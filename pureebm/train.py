@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import time
@@ -49,7 +48,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from pureebm import formats
+from pureebm.archives import load_image_array
+from pureebm.atomic import atomic_path
 from pureebm.langevin import langevin_chain, purify, resolve_device, to_unit_range
 from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
 from pureebm.params import LangevinParams, Manifest, TrainConfig, TrainingRecord
@@ -100,7 +100,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
 
-        images = np.concatenate([formats.load_image_array(p) for p in config.data])
+        images = np.concatenate([load_image_array(p) for p in config.data])
         # calibration uses held-out images where there are any
         heldout = images[-max(config.holdout, config.calibrate_images, 1) :]
         if config.holdout:
@@ -237,9 +237,8 @@ class Trainer:
             "config": json.dumps(asdict(self.config)),
             "history": json.dumps(self.history),
         }
-        partial = self.out / (CHECKPOINT + ".partial")
-        save_file(tensors, partial, metadata=metadata)
-        os.replace(partial, self.out / CHECKPOINT)
+        with atomic_path(self.out / CHECKPOINT) as partial:
+            save_file(tensors, partial, metadata=metadata)
         snapshot = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
         save_file(snapshot, self.out / f"weights-step{self.step:06d}.safetensors")
         self.write_figures(self.out / f"step{self.step:06d}")
@@ -350,7 +349,7 @@ class Trainer:
         write_samples_png(self.net, self.showcase, p, self.device, entry / "samples.png")
         if calibration is not None:
             record = {
-                "recommended": asdict(calibration.params),
+                "recommended": calibration.params.model_dump(),
                 "psnr_db": calibration.psnr_db,
                 "residual": calibration.residual,
                 "psnr_floor": c.psnr_floor,

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pureebm.formats import FormatError
+from pureebm.images import FormatError
 from pureebm.registry import RegistryError
 
 log = logging.getLogger("pureebm.api")

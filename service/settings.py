@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pureebm.formats import Limits
+from pureebm.images import Limits
 from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
 
 

@@ -12,14 +12,8 @@ from fastapi import UploadFile
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pureebm.formats import (
-    Container,
-    FormatError,
-    InputTooLarge,
-    UnsafeInput,
-    UnsupportedInput,
-    open_container,
-)
+from pureebm.archives import Container, open_container
+from pureebm.images import FormatError, InputTooLarge, UnsafeInput, UnsupportedInput
 from service.problems import Problem
 from service.settings import Settings
 

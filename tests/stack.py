@@ -45,9 +45,11 @@ def worker_pids(serve_pid: int) -> list[int]:
     ]
 
 
-def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
+def png(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    """Encoded image bytes (PNG unless ``fmt`` says otherwise), in ``mode`` if given."""
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(buffer, format=fmt)
     return buffer.getvalue()
 
 

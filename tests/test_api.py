@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.formats import Picture
+from pureebm.images import Picture
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 from tests.stack import KEY_A, KEY_B, Stack, bomb_png, png, zip_bytes
@@ -116,7 +116,7 @@ def test_tar_gz_and_single_jpeg(stack, cifar):
         ).json()
         jpeg_job = client.post(
             "/v1/jobs",
-            files={"files": ("photo.jpg", png(cifar["images"][5], "JPEG"))},
+            files={"files": ("photo.jpg", png(cifar["images"][5], fmt="JPEG"))},
             data={"steps": "2"},
         ).json()
         assert stack.wait_job(client, tar_job["id"])["status"] == "finished"

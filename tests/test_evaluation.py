@@ -13,7 +13,7 @@ from pureebm.evaluation.classifier import train_classifier
 from pureebm.evaluation.config import EvalConfig, TrainSettings
 from pureebm.evaluation.defences import jpeg, pureebm
 from pureebm.evaluation.run import Defender, evaluate, mean_interval
-from pureebm.formats import Picture
+from pureebm.images import Picture
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pureebm.formats import Picture, open_container
+from pureebm.archives import open_container
+from pureebm.images import Picture
 from pureebm.params import LangevinParams
 from pureebm.pipeline import chunks, purify_container, purify_pictures
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pureebm.pipeline import PurifiedImage
-from pureebm.shards import ShardSet, ShardWriter, cut_shards
+from pureebm.shards import ShardSet, cut_shards, write_shard
 
 
 def test_shards_are_cut_by_image_count_and_by_pixels() -> None:
@@ -26,10 +26,9 @@ def test_images_of_mixed_sizes_come_back_by_name_across_shards(tmp_path) -> None
     bounds = [0, 3, 4, 7]
     paths = [tmp_path / f"{s}.npz" for s in range(3)]
     for path, start, stop in zip(paths, bounds, bounds[1:], strict=False):
-        with ShardWriter(path) as writer:
+        with write_shard(path) as writer:
             for image in images[start:stop]:
                 writer.add(image)
-            writer.commit()
     shards = ShardSet(paths, bounds, [image.name for image in images])
     for image in reversed(images):  # any order works; container order opens each file once
         np.testing.assert_array_equal(shards.pixels(image.name), image.rgb)
@@ -42,7 +41,7 @@ def test_images_of_mixed_sizes_come_back_by_name_across_shards(tmp_path) -> None
 
 def test_an_unfinished_shard_leaves_no_file(tmp_path) -> None:
     path = tmp_path / "0.npz"
-    with pytest.raises(RuntimeError), ShardWriter(path) as writer:
+    with pytest.raises(RuntimeError), write_shard(path) as writer:
         writer.add(PurifiedImage("a", np.zeros((4, 4, 3), np.uint8), 0.0, 0.0))
         raise RuntimeError("the worker was stopped")
     assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pureebm.formats import Picture
+from pureebm.images import Picture
 from pureebm.langevin import to_unit_range
 from pureebm.params import LangevinParams, TrainConfig
 from pureebm.pipeline import purify_pictures

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -17,10 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from rq import get_current_job
 
-from pureebm.formats import open_container
+from pureebm.archives import open_container
+from pureebm.atomic import atomic_path
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import LoadedModel, Registry
-from pureebm.shards import ShardSet, ShardWriter
+from pureebm.shards import ShardSet, write_shard
 from service import metrics
 from service.jobs import JobStore
 from service.schemas import ACTIVE, JobRecord, JobStatus
@@ -109,7 +109,7 @@ def run_shard(ctx: WorkerContext, record: JobRecord, shard: int, start: int, sto
     batches = purify_pictures(
         model, pictures, params, ctx.batch_size, ctx.device, record.params.seed, start
     )
-    with ShardWriter(store.shard_path(record.id, shard)) as writer:
+    with write_shard(store.shard_path(record.id, shard)) as writer:
         for done, item in enumerate(batches, 1):
             writer.add(item)
             if done % ctx.batch_size == 0 or done == len(names):
@@ -117,7 +117,6 @@ def run_shard(ctx: WorkerContext, record: JobRecord, shard: int, start: int, sto
                 current = store.get(record.id)
                 if current is None or current.status not in ACTIVE:
                     raise JobCanceled(record.id)
-        writer.commit()
     return len(names)
 
 
@@ -158,12 +157,11 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     paths = [store.shard_path(job_id, shard) for shard in range(record.shards)]
     purified = ShardSet(paths, record.shard_bounds, container.image_names())
     result = store.result_path(record)
-    partial = result.with_name(".partial." + result.name)
     try:
-        container.write(partial, purified.pixels)
+        with atomic_path(result) as partial:
+            container.write(partial, purified.pixels)
     finally:
         purified.close()
-    os.replace(partial, result)
     model = ctx.models.registry.manifest(record.params.model or store.settings.default_model)
     params = record.params.resolve(model.langevin)
     report = {
@@ -176,9 +174,8 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
         "images": [row._asdict() for row in purified.energies()],
     }
     report_path = store.report_path(job_id)
-    partial_report = report_path.with_name(".partial." + report_path.name)
-    partial_report.write_text(json.dumps(report))
-    os.replace(partial_report, report_path)
+    with atomic_path(report_path) as partial:
+        partial.write_text(json.dumps(report))
     store.update(job_id, finished_at=time.time())
     store.transition(job_id, JobStatus.running, JobStatus.finished)
     log.info("job finished", extra={"job_id": job_id, "images": record.images})

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pureebm.formats import Picture
+from pureebm.images import Picture
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import LoadedModel

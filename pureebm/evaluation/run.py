@@ -99,7 +99,7 @@ class Defender:
         if name == "jpeg":
             return defences.jpeg(images, int(arg or 75))
         if steps is not None:
-            params = replace(self.params, steps=steps)
+            params = self.params.model_copy(update={"steps": steps})
             if self.config.url:
                 return purify_through_service(self.config.url, images, steps, self.config.model)
             return defences.pureebm(self.model, images, params, self.config.classifier.device)
@@ -183,7 +183,7 @@ def evaluate(config: EvalConfig) -> dict:
             "train_images": len(train_x),
             "test_images": len(test_x),
             "poisoned_images": len(poisoned.poisoned),
-            "purifier": asdict(defender.params),
+            "purifier": defender.params.model_dump(),
             "rows": rows,
             "summary": summarise(rows),
             "complete": len(rows) == len(runs) * (1 + len(defender.specs)),

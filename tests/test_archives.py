@@ -1,4 +1,4 @@
-"""Round trips for every container and image mode, and refusal of unsafe input."""
+"""Round trips for every container kind, and refusal of unsafe or oversized archives."""
 
 from __future__ import annotations
 
@@ -12,36 +12,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.formats import (
+from pureebm.archives import open_container
+from pureebm.images import (
     InputTooLarge,
     Limits,
     UnsafeInput,
     UnsupportedInput,
     decode_image,
     encode_image,
-    open_container,
 )
-from tests.stack import bomb_png
-
-
-def png_bytes(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image = Image.fromarray(array)
-    (image.convert(mode) if mode else image).save(buffer, format=fmt)
-    return buffer.getvalue()
+from tests.stack import png
 
 
 def members_of(cifar) -> dict[str, bytes]:
     """A nested tree: PNG, JPEG, BMP, WebP, TIFF, grayscale, RGBA, and a text file."""
     images = cifar["images"]
     return {
-        "train/cat/0.png": png_bytes(images[0]),
-        "train/cat/1.jpg": png_bytes(images[1], fmt="JPEG"),
-        "train/dog/2.bmp": png_bytes(images[2], fmt="BMP"),
-        "train/dog/3.webp": png_bytes(images[3], fmt="WEBP"),
-        "train/4.tiff": png_bytes(images[4], fmt="TIFF"),
-        "gray.png": png_bytes(images[5], "L"),
-        "alpha.png": png_bytes(images[6], "RGBA"),
+        "train/cat/0.png": png(images[0]),
+        "train/cat/1.jpg": png(images[1], fmt="JPEG"),
+        "train/dog/2.bmp": png(images[2], fmt="BMP"),
+        "train/dog/3.webp": png(images[3], fmt="WEBP"),
+        "train/4.tiff": png(images[4], fmt="TIFF"),
+        "gray.png": png(images[5], "L"),
+        "alpha.png": png(images[6], "RGBA"),
         "labels.txt": b"cat\ncat\ndog\n\x00binary-safe\xff",
     }
 
@@ -164,33 +157,9 @@ def test_npz_keeps_keys_labels_and_layout(tmp_path, cifar, shape):
             np.testing.assert_array_equal(out["images"], 255 - images)
 
 
-def test_modes_are_converted_and_restored(cifar):
-    rgb = cifar["images"][7]
-    gray = decode_image(png_bytes(rgb, "L"))
-    assert gray.mode == "L" and np.all(gray.rgb[..., 0] == gray.rgb[..., 1])
-    assert Image.open(io.BytesIO(encode_image(gray, gray.rgb))).mode == "L"
-
-    rgba = np.concatenate([rgb, np.arange(32 * 32, dtype=np.uint16).reshape(32, 32, 1) % 256], 2)
-    alpha = decode_image(png_bytes(rgba.astype(np.uint8)))
-    out = Image.open(io.BytesIO(encode_image(alpha, 255 - alpha.rgb)))
-    assert out.mode == "RGBA"
-    np.testing.assert_array_equal(np.asarray(out)[..., 3], rgba[..., 3])
-
-    palette = decode_image(png_bytes(rgb, "P"))
-    assert palette.mode == "P" and palette.rgb.shape == (32, 32, 3)
-
-    wide = (rgb[..., 0].astype(np.uint16) * 257).astype(np.uint16)
-    buffer = io.BytesIO()
-    Image.fromarray(wide).save(buffer, format="PNG")
-    sixteen = decode_image(buffer.getvalue())
-    np.testing.assert_array_equal(sixteen.rgb[..., 0], rgb[..., 0])
-    back = np.asarray(Image.open(io.BytesIO(encode_image(sixteen, sixteen.rgb))))
-    np.testing.assert_array_equal(back, wide)
-
-
 def test_single_image_is_written_in_the_output_format(tmp_path, cifar):
     src = tmp_path / "one.jpg"
-    src.write_bytes(png_bytes(cifar["images"][0], fmt="JPEG"))
+    src.write_bytes(png(cifar["images"][0], fmt="JPEG"))
     container = open_container(src)
     assert container.kind == "image"
     container.write(tmp_path / "one.png", identity(container))
@@ -199,7 +168,7 @@ def test_single_image_is_written_in_the_output_format(tmp_path, cifar):
 
 @pytest.mark.parametrize("name", ["../evil.png", "/etc/evil.png", "a/../../evil.png", "C:/x.png"])
 def test_unsafe_member_paths_are_refused(tmp_path, cifar, name):
-    members = {"ok.png": png_bytes(cifar["images"][0]), name: png_bytes(cifar["images"][1])}
+    members = {"ok.png": png(cifar["images"][0]), name: png(cifar["images"][1])}
     with pytest.raises(UnsafeInput, match="unsafe member path"):
         open_container(write_zip(tmp_path / "a.zip", members))
     with pytest.raises(UnsafeInput, match="unsafe member path"):
@@ -210,7 +179,7 @@ def test_unsafe_member_paths_are_refused(tmp_path, cifar, name):
     "kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE]
 )
 def test_links_and_devices_in_tar_are_refused(tmp_path, cifar, kind):
-    path = write_tar(tmp_path / "a.tar", {"ok.png": png_bytes(cifar["images"][0])})
+    path = write_tar(tmp_path / "a.tar", {"ok.png": png(cifar["images"][0])})
     with tarfile.open(path, "a") as archive:
         info = tarfile.TarInfo("link.png")
         info.type, info.linkname = kind, "/etc/passwd"
@@ -220,7 +189,7 @@ def test_links_and_devices_in_tar_are_refused(tmp_path, cifar, kind):
 
 
 def test_symlink_in_zip_is_refused(tmp_path, cifar):
-    path = write_zip(tmp_path / "a.zip", {"ok.png": png_bytes(cifar["images"][0])})
+    path = write_zip(tmp_path / "a.zip", {"ok.png": png(cifar["images"][0])})
     with zipfile.ZipFile(path, "a") as archive:
         info = zipfile.ZipInfo("link.png")
         info.external_attr = 0o120777 << 16
@@ -232,7 +201,7 @@ def test_symlink_in_zip_is_refused(tmp_path, cifar):
 def test_zip_bomb_and_limits(tmp_path, cifar):
     bomb = write_zip(
         tmp_path / "bomb.zip",
-        {"a.png": png_bytes(cifar["images"][0]), "zeros.bin": bytes(60 << 20)},
+        {"a.png": png(cifar["images"][0]), "zeros.bin": bytes(60 << 20)},
     )
     with pytest.raises(InputTooLarge, match="ratio"):
         open_container(bomb)
@@ -245,17 +214,15 @@ def test_zip_bomb_and_limits(tmp_path, cifar):
     tar_bomb.write_bytes(gzip.compress(header.tobuf()))
     with pytest.raises(InputTooLarge, match="compression-ratio"):
         open_container(tar_bomb)
-    many = write_zip(
-        tmp_path / "many.zip", {f"{i}.png": png_bytes(cifar["images"][i]) for i in range(5)}
-    )
+    many = write_zip(tmp_path / "many.zip", {f"{i}.png": png(cifar["images"][i]) for i in range(5)})
     with pytest.raises(InputTooLarge, match="members"):
         open_container(many, Limits(max_members=3))
     with pytest.raises(InputTooLarge, match="pixels"):
-        decode_image(png_bytes(cifar["images"][0]), Limits(max_pixels=1000))
+        decode_image(png(cifar["images"][0]), Limits(max_pixels=1000))
 
 
 def test_corrupt_truncated_and_non_images_are_refused(tmp_path, cifar):
-    data = png_bytes(cifar["images"][0])
+    data = png(cifar["images"][0])
     with pytest.raises(UnsupportedInput, match="corrupt or truncated"):
         decode_image(data[: len(data) // 2])
     with pytest.raises(UnsupportedInput, match="not a readable image"):
@@ -273,13 +240,8 @@ def test_corrupt_truncated_and_non_images_are_refused(tmp_path, cifar):
         open_container(pickled)
 
 
-def test_a_declared_decompression_bomb_is_too_large_not_a_crash():
-    with pytest.raises(InputTooLarge, match="decompression bomb"):
-        decode_image(bomb_png())
-
-
 def test_encrypted_and_unknown_compression_zip_members_are_unsupported(tmp_path, cifar):
-    path = write_zip(tmp_path / "a.zip", {"a.png": png_bytes(cifar["images"][0])})
+    path = write_zip(tmp_path / "a.zip", {"a.png": png(cifar["images"][0])})
     raw = bytearray(path.read_bytes())
     encrypted = tmp_path / "encrypted.zip"  # set the "encrypted" flag bit in both headers
     local, central = raw.find(b"PK\x03\x04"), raw.find(b"PK\x01\x02")
@@ -302,7 +264,7 @@ def test_a_tar_with_a_repeated_member_name_is_refused(tmp_path, cifar):
     path = tmp_path / "dup.tar"
     with tarfile.open(path, "w") as archive:
         for index in (0, 1):  # two different images under one name
-            data = png_bytes(cifar["images"][index])
+            data = png(cifar["images"][index])
             info = tarfile.TarInfo("same.png")
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))

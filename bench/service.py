@@ -16,7 +16,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pureebm.langevin import resolve_device
 from pureebm.pipeline import purify_container
 from pureebm.registry import Registry
 from service.settings import Settings
+from tests.stack import free_port
 from worker.main import default_batch_size
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
@@ -45,12 +45,6 @@ def make_zip(path: Path, images: np.ndarray) -> None:
             buffer = io.BytesIO()
             Image.fromarray(image).save(buffer, format="PNG")
             archive.writestr(f"images/{i:05d}.png", buffer.getvalue())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def through_service(src: Path, dst: Path, workdir: Path, steps: int | None) -> float:

@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from pureebm.archives import load_image_array
 from pureebm.atomic import atomic_path
+from pureebm.augment import flip_and_crop
 from pureebm.langevin import langevin_chain, purify, resolve_device, to_unit_range
 from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
 from pureebm.params import LangevinParams, Manifest, TrainConfig, TrainingRecord
@@ -66,22 +67,6 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     progress = (step - config.warmup) / max(config.iterations - config.warmup, 1)
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config.lr_final + (config.lr - config.lr_final) * cosine
-
-
-def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and reflect-padded random crops, per image."""
-    if config.flip:
-        flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    pad = config.crop_padding
-    if pad > 0:
-        h, w = x.shape[2:]
-        padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-        offsets = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=generator, device=x.device)
-        x = torch.stack(
-            [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
-        )
-    return x
 
 
 def hardware_description(device: torch.device) -> str:
@@ -126,8 +111,9 @@ class Trainer:
 
     def fresh_states(self, n: int) -> torch.Tensor:
         """n random data images plus N(0, bank_noise^2), in [-1, 1]."""
+        c = self.config
         idx = torch.randint(0, len(self.data), (n,), generator=self.generator, device=self.device)
-        x = to_unit_range(augment(self.data[idx], self.config, self.generator))
+        x = to_unit_range(flip_and_crop(self.data[idx], self.generator, c.flip, c.crop_padding))
         noise = torch.randn(x.shape, generator=self.generator, device=self.device)
         return x + self.config.bank_noise * noise
 
@@ -140,7 +126,7 @@ class Trainer:
         idx = torch.randint(
             0, len(self.data), (c.batch_size,), generator=self.generator, device=self.device
         )
-        return to_unit_range(augment(self.data[idx], c, self.generator))
+        return to_unit_range(flip_and_crop(self.data[idx], self.generator, c.flip, c.crop_padding))
 
     def optimize(self, loss: torch.Tensor, scale: float) -> None:
         """One Adam step on ``loss * scale``; the clip sees the scaled gradient."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pureebm.client import PureEBMClient, PureEBMError
-from tests.stack import KEY_A, Stack, free_port, png, zip_bytes
+from tests.stack import KEY_A, Stack, free_port, png, worker_pids, zip_bytes
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +84,10 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
     try:
         banner = serve.stdout.readline()
         assert "embedded Valkey" in banner, banner
-        worker_pid = int(banner.split("worker pid ")[1].split(",")[0])
         valkey_port = int(banner.split("redis://127.0.0.1:")[1].split(",")[0])
         url = f"http://127.0.0.1:{port}"
         Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "readiness")
+        [worker_pid] = worker_pids(serve.pid)
         one = httpx.post(
             f"{url}/v1/purify",
             files={"files": ("a.png", png(cifar["images"][0]))},
@@ -98,7 +98,7 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
     finally:
         serve.send_signal(signal.SIGINT)
         remaining = serve.communicate(timeout=60)[0]
-    assert "stopped API, worker and Valkey" in remaining
+    assert "stopped API, workers and Valkey" in remaining
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
     for closed in (port, valkey_port):

@@ -148,3 +148,28 @@ def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(
     assert np.array_equal(purified[untouched], defender.clean["pureebm"][untouched])
     jpeg_set = defender.defend("jpeg:75", poisoned)
     assert np.array_equal(jpeg_set, jpeg(poisoned.images, 75))
+
+
+def test_evaluation_runs_on_28x28_grayscale_data(tmp_path, cifar, tiny_registry):
+    """MNIST-like input: one channel, smaller than the EBM's 32 px (the pipeline pads)."""
+    gray = cifar["images"][:, 2:30, 2:30].mean(axis=3).astype(np.uint8)
+    data = tmp_path / "gray.npz"
+    np.savez(data, images=gray, labels=cifar["labels"])
+    config = EvalConfig(
+        train=str(data),
+        test_fraction=0.25,
+        attack="narcissus",
+        poison_fraction=0.1,
+        eps=[16 / 255],
+        targets=[1],
+        seeds=[0],
+        defences=["none", "pureebm:2"],
+        classifier=FAST,
+        model="tiny",
+        registry=str(tiny_registry),
+        out=str(tmp_path / "out"),
+    )
+    result = evaluate(config)
+    assert {row["defence"] for row in result["rows"]} == {"clean", "none", "pureebm:2"}
+    for row in result["rows"]:
+        assert 0 <= row["natural_accuracy"] <= 1 and 0 <= row["poison_success"] <= 1

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from pureebm.augment import flip_and_crop
 from pureebm.evaluation.config import TrainSettings
 from pureebm.langevin import resolve_device
 
@@ -37,7 +37,10 @@ def small_cnn(num_classes: int) -> nn.Module:
 
 
 def resnet18_cifar(num_classes: int) -> nn.Module:
-    """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 32x32 inputs."""
+    """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 32x32 inputs
+    (torchvision comes with the `eval` extra)."""
+    import torchvision
+
     net = torchvision.models.resnet18(num_classes=num_classes)
     net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
     net.maxpool = nn.Identity()
@@ -50,15 +53,6 @@ ARCHITECTURES = {"small": small_cnn, "resnet18": resnet18_cifar}
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 N x H x W x 3 -> float N x 3 x H x W in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    n, _, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(flip[:, None, None, None].to(x.device), x.flip(3), x)
-    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
-    dy, dx = torch.randint(0, 9, (2,), generator=generator).tolist()
-    return padded[:, :, dy : dy + h, dx : dx + w]
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, settings: TrainSettings) -> nn.Module:
@@ -81,7 +75,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, settings: TrainSett
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x) - settings.batch_size + 1, settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            batch = augment(x[idx], generator).to(device)
+            batch = flip_and_crop(x[idx], generator, pad=4).to(device)
             loss = F.cross_entropy(net(batch), y[idx].to(device))
             optimizer.zero_grad()
             loss.backward()

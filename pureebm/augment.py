@@ -1,0 +1,24 @@
+"""Data augmentation shared by EBM training and the evaluation's classifiers."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def flip_and_crop(
+    x: torch.Tensor, generator: torch.Generator, flip: bool = True, pad: int = 0
+) -> torch.Tensor:
+    """Random horizontal flips and reflect-padded random crops, drawn per image
+    (N x C x H x W; ``generator`` on x's device)."""
+    if flip:
+        flipped = torch.rand(len(x), generator=generator, device=x.device) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(3), x)
+    if pad > 0:
+        h, w = x.shape[2:]
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        offsets = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=generator, device=x.device)
+        x = torch.stack(
+            [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
+        )
+    return x

@@ -1,12 +1,17 @@
-"""Engine vs service: the same zip purified in-process and end to end through the service.
+"""Engine vs service: the same zip purified in-process and end to end through the
+service, with where the service's time goes.
 
-    python -m bench.service [--images 256] [--steps 150]
+    python -m bench.service [--images 4660] [--steps 0] [--mixed]
 
-Builds a zip of N held-out CIFAR-10 PNGs, purifies it (1) with the engine in this
-process and (2) through `pureebm serve` started as a subprocess on the embedded
-default (Valkey, one worker, the API on 127.0.0.1): upload, queue, worker,
-finalise, download. Prints images/s for both and their ratio. Run it on an
-otherwise idle machine: the two runs share its cores one after the other.
+Builds a zip of N images: CIFAR-10 PNGs cycled from the shared set, or with
+--mixed, JPEGs of varied sizes (each a shared image upscaled to 32-256 px a side,
+like a folder of photographs). Purifies it (1) with the engine in this process
+(`pureebm purify`'s path) and (2) through `pureebm serve` started as a subprocess
+on the embedded default (Valkey, one worker, the API on 127.0.0.1). Prints images/s
+for both, their ratio, and the service's phases from its own timers (the API's
+and the worker's JSON log lines): upload, validate, queue wait, decode, model,
+shard write, finalise, download. --steps 0 leaves almost nothing but the work
+around the chain. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -33,85 +39,124 @@ from pureebm.langevin import resolve_device
 from pureebm.pipeline import purify_container
 from pureebm.registry import Registry
 from service.settings import Settings
-from tests.stack import free_port
+from tests.stack import Stack, free_port
 from worker.main import default_batch_size
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
 
 
-def make_zip(path: Path, images: np.ndarray) -> None:
+def encoded(image: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def make_zip(path: Path, pool: np.ndarray, count: int, mixed: bool) -> None:
+    rng = np.random.default_rng(0)
     with zipfile.ZipFile(path, "w") as archive:
-        for i, image in enumerate(images):
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="PNG")
-            archive.writestr(f"images/{i:05d}.png", buffer.getvalue())
+        for i in range(count):
+            image = pool[i % len(pool)]
+            if mixed:
+                side = int(rng.integers(32, 257))
+                width = int(side * rng.uniform(0.75, 1.33))
+                image = np.asarray(Image.fromarray(image).resize((width, side), Image.BILINEAR))
+                archive.writestr(f"photos/{i:06d}.jpg", encoded(image, "JPEG"))
+            else:
+                archive.writestr(f"images/{i:06d}.png", encoded(image, "PNG"))
 
 
-def through_service(src: Path, dst: Path, workdir: Path, steps: int | None) -> float:
+def log_records(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+def through_service(src: Path, dst: Path, workdir: Path, steps: int | None) -> dict[str, float]:
     port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("PUREEBM_")},
         "PUREEBM_PORT": str(port),
         "PUREEBM_DATA_DIR": str(workdir / "data"),
-        "PUREEBM_LOG_LEVEL": "WARNING",
+        "PUREEBM_LOG_LEVEL": "INFO",
     }
-    env.pop("PUREEBM_REDIS_URL", None)
-    serve = subprocess.Popen([sys.executable, "-m", "pureebm", "serve"], env=env)
+    log_path = workdir / "serve.log"
+    with log_path.open("wb") as log:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "pureebm", "serve"], env=env, stdout=log, stderr=log
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise TimeoutError("the service did not become ready")
-        with PureEBMClient(url) as client:
+        Stack.wait_for(lambda: httpx.get(f"{url}/readyz").is_success, "the service", 120)
+        with PureEBMClient(url, timeout=3600) as client:
             started = time.perf_counter()
-            client.purify(src, dst, steps=steps, seed=0)
-            return time.perf_counter() - started
+            job = client.submit(src, steps=steps, seed=0)
+            upload_s = time.perf_counter() - started
+            job = client.wait(job["id"], poll_s=0.2)
+            waited = time.perf_counter()
+            client.download(job["id"], dst)
+            download_s = time.perf_counter() - waited
+            total_s = time.perf_counter() - started
     finally:
         serve.send_signal(signal.SIGINT)
         serve.wait(timeout=60)
+    records = [r for r in log_records(log_path) if r.get("job_id") == job["id"]]
+    shards = Counter[str]()
+    for record in records:
+        if record["message"] == "shard done":
+            shards.update({k: v for k, v in record.items() if k.endswith("_s")})
+    [queued] = [r for r in records if r["message"] == "job queued"]
+    [finished] = [r for r in records if r["message"] == "job finished"]
+    return {
+        "upload_s": upload_s - queued["validate_s"],
+        "validate_s": queued["validate_s"],
+        "queue_wait_s": job["timings"]["queued_s"],
+        "decode_s": shards["decode_s"],
+        "model_s": shards["model_s"],
+        "shard_write_s": shards["write_s"],
+        "finalize_s": finished["finalize_s"],
+        "download_s": download_s,
+        "total_s": total_s,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--steps", type=int, help="default: the model's (T=150)")
+    parser.add_argument("--images", type=int, default=256, help="cycled from the shared set")
+    parser.add_argument("--steps", type=int, help="default: the model's")
+    parser.add_argument("--mixed", action="store_true", help="JPEGs of varied sizes")
     parser.add_argument("--out", type=Path, default=Path("bench/out/service.json"))
     args = parser.parse_args()
 
     with np.load(args.data, allow_pickle=False) as npz:
-        images = npz["images"][-args.images :]
+        pool = npz["images"]
     device = resolve_device("auto")
     settings = Settings()  # the same registry and default model as the service
     model = Registry(settings.registry).load(settings.default_model, device)
     params = model.manifest.langevin
     if args.steps is not None:
-        params = type(params)(steps=args.steps, eps=params.eps, tau=params.tau)
+        params = params.model_copy(update={"steps": args.steps})
     batch = default_batch_size(device)  # what the service's worker uses on this device
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         src = work / "set.zip"
-        make_zip(src, images)
+        make_zip(src, pool, args.images, args.mixed)
         started = time.perf_counter()
         purify_container(
             open_container(src), work / "engine.zip", model, params, batch, device, seed=0
         )
         engine_s = time.perf_counter() - started
-        service_s = through_service(src, work / "service.zip", work, args.steps)
+        phases = through_service(src, work / "service.zip", work, args.steps)
         with zipfile.ZipFile(work / "engine.zip") as a, zipfile.ZipFile(work / "service.zip") as b:
             assert a.namelist() == b.namelist(), "the service changed the members"
 
-    n = len(images)
+    n, service_s = args.images, phases["total_s"]
     figures = {
         "images": n,
+        "mixed_sizes": args.mixed,
         "steps": params.steps,
         "device": str(device),
         "batch_size": batch,
@@ -119,14 +164,17 @@ def main() -> None:
         "service_images_per_s": n / service_s,
         "service_over_engine": engine_s / service_s,
         "engine_s": engine_s,
-        "service_s": service_s,
+        "service_phases_s": phases,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
-    print(f"{n} images, T={params.steps}, {device}, batch {batch}")
+    kind = "mixed-size JPEGs" if args.mixed else "CIFAR-10 PNGs"
+    print(f"{n} {kind}, T={params.steps}, {device}, batch {batch}")
     print(f"engine   {n / engine_s:8.2f} images/s  ({engine_s:.1f} s)")
     print(f"service  {n / service_s:8.2f} images/s  ({service_s:.1f} s, upload to download)")
     print(f"ratio    {engine_s / service_s:8.3f}  (service / engine throughput)")
+    for phase, seconds in phases.items():
+        print(f"  {phase:<14} {seconds:8.2f} s")
 
 
 if __name__ == "__main__":

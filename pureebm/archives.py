@@ -16,10 +16,12 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -36,7 +38,9 @@ from pureebm.images import (
 )
 
 Kind = Literal["image", "folder", "zip", "tar", "npz"]
-Lookup = Callable[[str], np.ndarray]  # member name -> purified RGB pixels
+T = TypeVar("T")
+R = TypeVar("R")
+Lookup = Callable[[str], Picture]  # member name -> its purified picture
 
 
 @dataclass
@@ -44,6 +48,23 @@ class Member:
     name: str  # '/'-separated path inside the container
     kind: Literal["image", "file", "dir"]
     size: int
+
+
+CODEC_THREADS = min(4, os.cpu_count() or 1)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """``fn`` over ``items`` in a thread pool (Pillow releases the GIL while it decodes
+    and encodes), results in order; ``items`` is consumed in the caller's thread, and
+    at most 2 x CODEC_THREADS results are in flight, so memory stays bounded."""
+    with ThreadPoolExecutor(CODEC_THREADS) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * CODEC_THREADS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def check_member_name(name: str) -> str:
@@ -70,7 +91,16 @@ class Container:
         return [m.name for m in self.members if m.kind == "image"]
 
     def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
-        """Decode the named images (all when None), in container order."""
+        """Decode the named images (all when None), in container order. Members are
+        read in this thread and decoded in a small thread pool ahead of the caller."""
+
+        def decode(item: tuple[str, bytes]) -> tuple[str, Picture]:
+            return item[0], decode_image(item[1], self.limits)
+
+        return ordered_map(decode, self.image_bytes(names))
+
+    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
+        """The named images' encoded bytes, in container order."""
         raise NotImplementedError
 
     def write(self, dst: Path, purified: Lookup) -> None:
@@ -103,14 +133,13 @@ class SingleImage(Container):
         self.path, self.limits = path, limits
         self.members = [Member(path.name, "image", path.stat().st_size)]
 
-    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
         if names is None or self.path.name in names:
-            yield self.path.name, decode_image(self.path.read_bytes(), self.limits)
+            yield self.path.name, self.path.read_bytes()
 
     def write(self, dst: Path, purified: Lookup) -> None:
         """Written in the format of ``dst``'s extension, else the original's."""
-        [(name, picture)] = list(self.iter_images())
-        dst.write_bytes(encode_image(picture, purified(name), image_format_of(dst.name)))
+        dst.write_bytes(encode_image(purified(self.path.name), image_format_of(dst.name)))
 
 
 class Folder(Container):
@@ -135,14 +164,15 @@ class Folder(Container):
                 break
         self.check_totals(limits)
 
-    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
         for name in self.image_names():
             if names is None or name in names:
-                yield name, decode_image((self.path / name).read_bytes(), self.limits)
+                yield name, (self.path / name).read_bytes()
 
     def write(self, dst: Path, purified: Lookup) -> None:
         dst.mkdir(parents=True, exist_ok=True)
-        pictures = self.iter_images()
+        images = (m for m in self.members if m.kind == "image")
+        encoded = ordered_map(encode_image, (purified(m.name) for m in images))
         for member in self.members:
             target = dst / member.name
             if member.kind == "dir":
@@ -150,8 +180,7 @@ class Folder(Container):
             elif member.kind == "file":
                 shutil.copyfile(self.path / member.name, target)
             else:
-                name, picture = next(pictures)
-                target.write_bytes(encode_image(picture, purified(name)))
+                target.write_bytes(next(encoded))
 
 
 class ZipContainer(Container):
@@ -183,19 +212,23 @@ class ZipContainer(Container):
             self.members.append(Member(info.filename, kind, info.file_size))
         self.check_totals(limits, compressed_bytes=path.stat().st_size)
 
-    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
         with zipfile.ZipFile(self.path) as archive:
             for name in self.image_names():
                 if names is None or name in names:
-                    yield name, decode_image(read_zip_member(archive, name), self.limits)
+                    yield name, read_zip_member(archive, name)
 
     def write(self, dst: Path, purified: Lookup) -> None:
+        images = (m for m in self.members if m.kind == "image")
+        encoded = ordered_map(encode_image, (purified(m.name) for m in images))
         with zipfile.ZipFile(self.path) as src, zipfile.ZipFile(dst, "w") as out:
             for info, member in zip(src.infolist(), self.members, strict=True):
-                data = b"" if member.kind == "dir" else read_zip_member(src, info.filename)
                 if member.kind == "image":
-                    picture = decode_image(data, self.limits)
-                    data = encode_image(picture, purified(member.name))
+                    data = next(encoded)
+                elif member.kind == "dir":
+                    data = b""
+                else:
+                    data = read_zip_member(src, info.filename)
                 out.writestr(info, data, compress_type=info.compress_type)
 
 
@@ -243,7 +276,7 @@ class TarContainer(Container):
         compressed = path.stat().st_size if self.compression else None
         self.check_totals(limits, compressed_bytes=compressed)
 
-    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
+    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
         with tarfile.open(self.path, "r:*") as archive:
             for info in archive:
                 if (
@@ -251,19 +284,22 @@ class TarContainer(Container):
                     and info.isreg()
                     and (names is None or info.name in names)
                 ):
-                    yield info.name, decode_image(read_tar_member(archive, info), self.limits)
+                    yield info.name, read_tar_member(archive, info)
 
     def write(self, dst: Path, purified: Lookup) -> None:
         mode = f"w:{self.compression}" if self.compression else "w"
         with tarfile.open(self.path, "r:*") as src, tarfile.open(dst, mode) as out:
+            images = (m for m in self.members if m.kind == "image")
+            encoded = ordered_map(encode_image, (purified(m.name) for m in images))
             for info in src:
                 if info.isdir():
                     out.addfile(info)
                     continue
-                data = read_tar_member(src, info)
                 if image_format_of(info.name):
-                    data = encode_image(decode_image(data, self.limits), purified(info.name))
+                    data = next(encoded)
                     info = copy_tarinfo(info, len(data))
+                else:
+                    data = read_tar_member(src, info)
                 out.addfile(info, io.BytesIO(data))
 
 
@@ -368,7 +404,7 @@ class NpzContainer(Container):
     def write(self, dst: Path, purified: Lookup) -> None:
         images = self.arrays["images"].copy()
         for index, member in enumerate(self.members):
-            restored = np.asarray(restore_mode(self.picture(index), purified(member.name)))
+            restored = np.asarray(restore_mode(purified(member.name)))
             images[index] = restored.reshape(images[index].shape)
         arrays = {**self.arrays, "images": images}
         save = np.savez_compressed if self.compressed else np.savez

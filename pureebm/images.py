@@ -9,6 +9,7 @@ carries the HTTP status it maps to.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -70,6 +71,10 @@ class Picture:
     mode: str  # the original Pillow mode (or "L"/"RGB"/"RGBA" for npz rows)
     format: str  # PNG, JPEG, ... ("NPZ" for npz rows)
 
+    def with_pixels(self, rgb: np.ndarray) -> Picture:
+        """The same picture (mode, alpha, format) holding other RGB pixels."""
+        return dataclasses.replace(self, rgb=rgb)
+
 
 def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
     """Decode image bytes; raises UnsupportedInput or InputTooLarge with the reason."""
@@ -109,9 +114,9 @@ def picture_from_pil(image: Image.Image, image_format: str) -> Picture:
     return Picture(rgb, alpha, mode, image_format)
 
 
-def restore_mode(picture: Picture, rgb: np.ndarray) -> Image.Image:
-    """Purified RGB pixels back in the picture's original mode, alpha re-attached."""
-    image = Image.fromarray(rgb)
+def restore_mode(picture: Picture) -> Image.Image:
+    """The picture's RGB pixels back in its original mode, alpha re-attached."""
+    image = Image.fromarray(picture.rgb)
     mode = picture.mode
     if mode in SIXTEEN_BIT_MODES:
         gray = np.asarray(image.convert("L"), dtype=np.uint16) * 257
@@ -125,9 +130,9 @@ def restore_mode(picture: Picture, rgb: np.ndarray) -> Image.Image:
     return image
 
 
-def encode_image(picture: Picture, rgb: np.ndarray, image_format: str | None = None) -> bytes:
-    """Encode purified pixels like the original (same format unless one is given)."""
-    image = restore_mode(picture, rgb)
+def encode_image(picture: Picture, image_format: str | None = None) -> bytes:
+    """Encode a picture like its original (same format unless one is given)."""
+    image = restore_mode(picture)
     image_format = image_format or picture.format
     options: dict[str, object] = {}
     if image_format == "JPEG":

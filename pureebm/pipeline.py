@@ -13,10 +13,14 @@ and batch size, however the images are split across shards.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,13 +32,19 @@ from pureebm.params import LangevinParams
 from pureebm.registry import LoadedModel
 from pureebm.shards import Energy, ShardSet, write_shard
 
+T = TypeVar("T")
+
 
 @dataclass
 class PurifiedImage:
     name: str
-    rgb: np.ndarray  # H x W x 3 uint8
+    picture: Picture  # the input's mode, alpha and format, with the purified RGB pixels
     energy_before: float
     energy_after: float
+
+    @property
+    def rgb(self) -> np.ndarray:  # H x W x 3 uint8
+        return self.picture.rgb
 
 
 def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
@@ -83,6 +93,28 @@ def chunks(
         yield chunk
 
 
+class Phases(Counter[str]):
+    """Seconds spent in each phase of some work (decode, model, write, ...)."""
+
+    @contextlib.contextmanager
+    def time(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[phase] += time.perf_counter() - started
+
+    def timed(self, phase: str, items: Iterable[T]) -> Iterator[T]:
+        """``items``, with the time spent waiting for each counted under ``phase``."""
+        iterator = iter(items)
+        while True:
+            with self.time(phase):
+                item = next(iterator, None)
+            if item is None:
+                return
+            yield item
+
+
 def purify_pictures(
     model: LoadedModel,
     pictures: Iterable[tuple[str, Picture]],
@@ -91,15 +123,19 @@ def purify_pictures(
     device: str | torch.device | None = None,
     seed: int | None = None,
     start_index: int = 0,
+    phases: Phases | None = None,
 ) -> Iterator[PurifiedImage]:
     """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
 
     ``start_index`` is the position of the first picture in its container; it
     keeps the per-chunk seeds the same when a container is split into shards.
+    ``phases`` collects the seconds spent waiting for decoded pictures ("decode")
+    and purifying ("model").
     """
+    phases = Phases() if phases is None else phases
     budget = batch_size * model.manifest.image_size**2
     index = start_index
-    for chunk in chunks(pictures, batch_size, budget):
+    for chunk in chunks(phases.timed("decode", pictures), batch_size, budget):
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, (_, picture) in enumerate(chunk):
             by_shape.setdefault(picture.rgb.shape, []).append(i)
@@ -107,9 +143,12 @@ def purify_pictures(
         for positions in by_shape.values():
             pixels = [model_input(chunk[i][1].rgb, model.manifest.channels) for i in positions]
             group_seed = None if seed is None else seed + index + positions[0]
-            out, before, after = purify_same_size(model, pixels, params, group_seed, device)
+            with phases.time("model"):
+                out, before, after = purify_same_size(model, pixels, params, group_seed, device)
             for j, i in enumerate(positions):
-                results[i] = PurifiedImage(chunk[i][0], out[j], float(before[j]), float(after[j]))
+                name, picture = chunk[i]
+                purified = picture.with_pixels(out[j])
+                results[i] = PurifiedImage(name, purified, float(before[j]), float(after[j]))
         yield from (results[i] for i in range(len(chunk)))
         index += len(chunk)
 
@@ -142,7 +181,7 @@ def purify_container(
         names = container.image_names()
         purified = ShardSet([shard], [0, len(names)], names)
         try:
-            container.write(dst, purified.pixels)
+            container.write(dst, purified.picture)
         finally:
             purified.close()
         return list(purified.energies())

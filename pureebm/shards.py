@@ -1,8 +1,10 @@
 """Shard files: purified images streamed to disk as they come, read back one at a time.
 
 A shard file is an npz (a zip of ``.npy`` members) written member by member:
-``image_<i>.npy`` for the i-th purified image, then ``names.npy``,
-``energy_before.npy`` and ``energy_after.npy``. It is written aside and renamed
+``image_<i>.npy`` for the i-th purified image (``alpha_<i>.npy`` beside it if it
+has one), then ``names``, ``modes``, ``formats``, ``energy_before`` and
+``energy_after``: what is needed to encode each image like its original without
+decoding the original again. It is written aside and renamed
 when complete (pureebm.atomic), so a reader sees a whole shard or none, and neither the writer
 nor the reader ever holds more than one image. Both the CLI (one shard in a
 temporary folder) and the service's workers (one file per shard) use it, so
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from pureebm.atomic import atomic_path
+from pureebm.images import Picture
 
 if TYPE_CHECKING:  # the pipeline writes shards; shards only need the type
     from pureebm.pipeline import PurifiedImage
@@ -38,10 +41,17 @@ class ShardWriter:
     def __init__(self, archive: zipfile.ZipFile) -> None:
         self.archive = archive
         self.energies: list[Energy] = []
+        self.modes: list[str] = []
+        self.formats: list[str] = []
 
     def add(self, image: PurifiedImage) -> None:
-        self.write_array(f"image_{len(self.energies)}", image.rgb)
+        index, picture = len(self.energies), image.picture
+        self.write_array(f"image_{index}", picture.rgb)
+        if picture.alpha is not None:
+            self.write_array(f"alpha_{index}", picture.alpha)
         self.energies.append(Energy(image.name, image.energy_before, image.energy_after))
+        self.modes.append(picture.mode)
+        self.formats.append(picture.format)
 
     def write_array(self, key: str, array: np.ndarray) -> None:
         with self.archive.open(f"{key}.npy", "w", force_zip64=True) as member:
@@ -50,6 +60,8 @@ class ShardWriter:
     def finish(self) -> None:
         names, before, after = zip(*self.energies, strict=True) if self.energies else ([],) * 3
         self.write_array("names", np.array(names, dtype=str))
+        self.write_array("modes", np.array(self.modes, dtype=str))
+        self.write_array("formats", np.array(self.formats, dtype=str))
         self.write_array("energy_before", np.array(before, np.float32))
         self.write_array("energy_after", np.array(after, np.float32))
 
@@ -80,21 +92,22 @@ class ShardSet:
             raise ValueError("shard paths and bounds do not cover the images")
         self.paths, self.bounds = paths, bounds
         self.position = {name: i for i, name in enumerate(names)}
-        self.open: tuple[int, np.lib.npyio.NpzFile] | None = None
+        self.open: OpenShard | None = None
 
     def shard_of(self, position: int) -> int:
         return bisect.bisect_right(self.bounds, position) - 1
 
-    def file(self, shard: int) -> np.lib.npyio.NpzFile:
-        if self.open is None or self.open[0] != shard:
+    def file(self, shard: int) -> OpenShard:
+        if self.open is None or self.open.index != shard:
             self.close()
-            self.open = (shard, np.load(self.paths[shard], allow_pickle=False))
-        return self.open[1]
+            self.open = OpenShard(shard, np.load(self.paths[shard], allow_pickle=False))
+        return self.open
 
-    def pixels(self, name: str) -> np.ndarray:
+    def picture(self, name: str) -> Picture:
+        """The purified picture of a member, ready to encode like its original."""
         position = self.position[name]
         shard = self.shard_of(position)
-        return self.file(shard)[f"image_{position - self.bounds[shard]}"]
+        return self.file(shard).picture(position - self.bounds[shard])
 
     def energies(self) -> Iterator[Energy]:
         for path in self.paths:
@@ -105,8 +118,21 @@ class ShardSet:
 
     def close(self) -> None:
         if self.open is not None:
-            self.open[1].close()
+            self.open.npz.close()
             self.open = None
+
+
+class OpenShard:
+    """One shard file, its small per-image arrays read once."""
+
+    def __init__(self, index: int, npz: np.lib.npyio.NpzFile) -> None:
+        self.index, self.npz = index, npz
+        self.modes, self.formats = [str(m) for m in npz["modes"]], [str(f) for f in npz["formats"]]
+        self.keys = set(npz.files)
+
+    def picture(self, i: int) -> Picture:
+        alpha = self.npz[f"alpha_{i}"] if f"alpha_{i}" in self.keys else None
+        return Picture(self.npz[f"image_{i}"], alpha, self.modes[i], self.formats[i])
 
 
 def cut_shards(pixels: list[int], max_images: int, max_pixels: int) -> list[int]:

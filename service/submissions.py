@@ -4,6 +4,7 @@ beyond raising Problem."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
 import time
@@ -20,6 +21,8 @@ from service.problems import Problem
 from service.schemas import JobRecord, JobStatus, PurifyParams
 from service.settings import Settings
 from service.uploads import prepare_input
+
+log = logging.getLogger("pureebm.api")
 
 
 @dataclass
@@ -66,9 +69,11 @@ class Submitter:
         try:
             for sub in ("input", "shards", "result"):
                 (folder / sub).mkdir(parents=True)
+            started = time.perf_counter()
             prepared = await run_in_threadpool(
                 prepare_input, folder / "input", settings, files, archive
             )
+            validate_s = time.perf_counter() - started
             now = time.time()
             record = JobRecord(
                 id=job_id,
@@ -90,6 +95,15 @@ class Submitter:
             )
             store.save(record)
             store.enqueue(record)
+            log.info(
+                "job queued",
+                extra={
+                    "job_id": job_id,
+                    "images": record.images,
+                    "shards": record.shards,
+                    "validate_s": round(validate_s, 4),
+                },
+            )
             return record
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

@@ -57,13 +57,13 @@ def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
 
 def identity(container):
     """The lookup a purifier that changes nothing would give."""
-    pixels = {name: picture.rgb for name, picture in container.iter_images()}
-    return pixels.__getitem__
+    pictures = dict(container.iter_images())
+    return pictures.__getitem__
 
 
 def inverted(container):
-    pixels = {name: 255 - picture.rgb for name, picture in container.iter_images()}
-    return pixels.__getitem__
+    pictures = {name: p.with_pixels(255 - p.rgb) for name, p in container.iter_images()}
+    return pictures.__getitem__
 
 
 def read_all(path: Path, kind: str) -> list[tuple[str, bytes]]:
@@ -101,7 +101,7 @@ def test_archive_round_trip_keeps_paths_order_and_bytes(tmp_path, cifar, kind, s
 
 
 def restored_rgb(picture, rgb: np.ndarray) -> np.ndarray:
-    return decode_image(encode_image(picture, rgb, "PNG")).rgb
+    return decode_image(encode_image(picture.with_pixels(rgb), "PNG")).rgb
 
 
 def test_identity_round_trip_is_lossless_for_lossless_formats(tmp_path, cifar):

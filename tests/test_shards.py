@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pureebm.images import Picture
 from pureebm.pipeline import PurifiedImage
 from pureebm.shards import ShardSet, cut_shards, write_shard
 
@@ -17,12 +18,17 @@ def test_shards_are_cut_by_image_count_and_by_pixels() -> None:
     assert cut_shards([5], max_images=1, max_pixels=1) == [0, 1]
 
 
-def test_images_of_mixed_sizes_come_back_by_name_across_shards(tmp_path) -> None:
+def picture(rng: np.random.Generator, i: int) -> Picture:
+    """Mixed sizes; every third image has an alpha channel; modes and formats vary."""
+    height, width = 8 + i, 5 + 2 * i
+    rgb = rng.integers(0, 256, (height, width, 3), np.uint8)
+    alpha = rng.integers(0, 256, (height, width), np.uint8) if i % 3 == 0 else None
+    return Picture(rgb, alpha, "RGBA" if alpha is not None else "L", ["PNG", "JPEG"][i % 2])
+
+
+def test_pictures_of_mixed_sizes_come_back_by_name_across_shards(tmp_path) -> None:
     rng = np.random.default_rng(0)
-    images = [
-        PurifiedImage(f"dir/{i}.png", rng.integers(0, 256, (8 + i, 5 + 2 * i, 3), np.uint8), i, -i)
-        for i in range(7)
-    ]
+    images = [PurifiedImage(f"dir/{i}.png", picture(rng, i), i, -i) for i in range(7)]
     bounds = [0, 3, 4, 7]
     paths = [tmp_path / f"{s}.npz" for s in range(3)]
     for path, start, stop in zip(paths, bounds, bounds[1:], strict=False):
@@ -31,7 +37,13 @@ def test_images_of_mixed_sizes_come_back_by_name_across_shards(tmp_path) -> None
                 writer.add(image)
     shards = ShardSet(paths, bounds, [image.name for image in images])
     for image in reversed(images):  # any order works; container order opens each file once
-        np.testing.assert_array_equal(shards.pixels(image.name), image.rgb)
+        back = shards.picture(image.name)
+        np.testing.assert_array_equal(back.rgb, image.rgb)
+        assert (back.mode, back.format) == (image.picture.mode, image.picture.format)
+        if image.picture.alpha is None:
+            assert back.alpha is None
+        else:
+            np.testing.assert_array_equal(back.alpha, image.picture.alpha)
     shards.close()
     energies = list(shards.energies())
     assert [e.name for e in energies] == [image.name for image in images]
@@ -42,6 +54,8 @@ def test_images_of_mixed_sizes_come_back_by_name_across_shards(tmp_path) -> None
 def test_an_unfinished_shard_leaves_no_file(tmp_path) -> None:
     path = tmp_path / "0.npz"
     with pytest.raises(RuntimeError), write_shard(path) as writer:
-        writer.add(PurifiedImage("a", np.zeros((4, 4, 3), np.uint8), 0.0, 0.0))
+        writer.add(
+            PurifiedImage("a", Picture(np.zeros((4, 4, 3), np.uint8), None, "RGB", "PNG"), 0, 0)
+        )
         raise RuntimeError("the worker was stopped")
     assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,7 @@ from rq import get_current_job
 
 from pureebm.archives import open_container
 from pureebm.atomic import atomic_path
-from pureebm.pipeline import purify_pictures
+from pureebm.pipeline import Phases, purify_pictures
 from pureebm.registry import LoadedModel, Registry
 from pureebm.shards import ShardSet, write_shard
 from service import metrics
@@ -81,8 +81,9 @@ def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
         store.update(job_id, started_at=time.time())
     store.set_shard_progress(job_id, shard, 0)
     started = time.perf_counter()
+    phases = Phases()
     try:
-        images = run_shard(ctx, record, shard, start, stop)
+        images = run_shard(ctx, record, shard, start, stop, phases)
     except JobCanceled:
         log.info("shard stopped: job canceled", extra={"job_id": job_id, "shard": shard})
         return 0
@@ -93,12 +94,20 @@ def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
     metrics.record_shard(store.redis, ctx.name, images, seconds)
     log.info(
         "shard done",
-        extra={"job_id": job_id, "shard": shard, "images": images, "seconds": seconds},
+        extra={
+            "job_id": job_id,
+            "shard": shard,
+            "images": images,
+            "seconds": seconds,
+            **{f"{phase}_s": round(s, 4) for phase, s in phases.items()},
+        },
     )
     return images
 
 
-def run_shard(ctx: WorkerContext, record: JobRecord, shard: int, start: int, stop: int) -> int:
+def run_shard(
+    ctx: WorkerContext, record: JobRecord, shard: int, start: int, stop: int, phases: Phases
+) -> int:
     """Stream the shard's purified images to its file; returns how many there were."""
     store, settings = ctx.store, ctx.store.settings
     model = ctx.models.get(record.params.model or settings.default_model)
@@ -107,11 +116,12 @@ def run_shard(ctx: WorkerContext, record: JobRecord, shard: int, start: int, sto
     names = set(container.image_names()[start:stop])
     pictures = container.iter_images(names)
     batches = purify_pictures(
-        model, pictures, params, ctx.batch_size, ctx.device, record.params.seed, start
+        model, pictures, params, ctx.batch_size, ctx.device, record.params.seed, start, phases
     )
     with write_shard(store.shard_path(record.id, shard)) as writer:
         for done, item in enumerate(batches, 1):
-            writer.add(item)
+            with phases.time("write"):
+                writer.add(item)
             if done % ctx.batch_size == 0 or done == len(names):
                 store.set_shard_progress(record.id, shard, done)
                 current = store.get(record.id)
@@ -153,13 +163,14 @@ def finalize(job_id: str) -> str | None:
 
 def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     job_id = record.id
+    started = time.perf_counter()
     container = open_container(store.input_path(record), store.settings.limits)
     paths = [store.shard_path(job_id, shard) for shard in range(record.shards)]
     purified = ShardSet(paths, record.shard_bounds, container.image_names())
     result = store.result_path(record)
     try:
         with atomic_path(result) as partial:
-            container.write(partial, purified.pixels)
+            container.write(partial, purified.picture)
     finally:
         purified.close()
     model = ctx.models.registry.manifest(record.params.model or store.settings.default_model)
@@ -178,5 +189,9 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
         partial.write_text(json.dumps(report))
     store.update(job_id, finished_at=time.time())
     store.transition(job_id, JobStatus.running, JobStatus.finished)
-    log.info("job finished", extra={"job_id": job_id, "images": record.images})
+    seconds = time.perf_counter() - started
+    log.info(
+        "job finished",
+        extra={"job_id": job_id, "images": record.images, "finalize_s": round(seconds, 4)},
+    )
     return str(result)

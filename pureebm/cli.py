@@ -36,6 +36,9 @@ def add_purify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--report", type=Path, help="write per-image energies as JSON here")
+    p.add_argument("--channels-last", action="store_true", help="NHWC layout (GPU option)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU option)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the net (GPU option)")
     p.set_defaults(run=run_purify)
 
 
@@ -43,7 +46,7 @@ def run_purify(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from pureebm.archives import open_container
-    from pureebm.langevin import resolve_device
+    from pureebm.langevin import Speedups, resolve_device
     from pureebm.params import LangevinOverrides
     from pureebm.pipeline import PurifiedImage, purify_container
     from pureebm.registry import Registry
@@ -68,8 +71,17 @@ def run_purify(args: argparse.Namespace) -> None:
         def advance(_: PurifiedImage) -> None:
             bar.update(1)
 
+        speedups = Speedups(channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
         energies = purify_container(
-            container, args.output, model, params, args.batch_size, device, args.seed, advance
+            container,
+            args.output,
+            model,
+            params,
+            args.batch_size,
+            device,
+            args.seed,
+            advance,
+            speedups,
         )
     seconds = time.perf_counter() - started
     if args.report:

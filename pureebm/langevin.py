@@ -71,6 +71,37 @@ class Purified:
     sweep: dict[int, torch.Tensor] = field(default_factory=dict)  # T -> uint8 Psi_T(images)
 
 
+@dataclass(frozen=True)
+class Speedups:
+    """Engine options for GPUs, off unless chosen. Each gives the same purified
+    images within tolerance (tests/test_langevin.py); README has their timings."""
+
+    channels_last: bool = False  # NHWC memory layout for the convolutions
+    bf16: bool = False  # the energy net's forward and backward under bfloat16 autocast
+    compile: bool = False  # torch.compile the energy net (for images up to one tile)
+
+
+def energy_function(
+    model: nn.Module, device: torch.device, speedups: Speedups, tile_pixels: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """E(x) as the chain calls it: the net on ``device``, tiled for large images,
+    with the chosen speedups applied."""
+    net = model.to(device).eval().requires_grad_(False)
+    if speedups.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if hasattr(net, "geometry"):
+        net = TiledEnergy(torch.compile(net) if speedups.compile else net, tile_pixels)
+    elif speedups.compile:
+        net = torch.compile(net)
+    layout = torch.channels_last if speedups.channels_last else torch.contiguous_format
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, torch.bfloat16, enabled=speedups.bf16):
+            return net(x.contiguous(memory_format=layout)).float()
+
+    return energy
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` or "auto" picks CUDA when available, otherwise the CPU."""
     if device is None or str(device) == "auto":
@@ -88,6 +119,7 @@ def purify(
     on_batch: Callable[[int], None] | None = None,
     sweep: Collection[int] = (),
     tile_pixels: int = DEFAULT_TILE_PIXELS,
+    speedups: Speedups = Speedups(),
 ) -> Purified:
     """Apply Psi_T to uint8 images (N x C x H x W, all one size), ``batch_size`` at a time.
 
@@ -96,14 +128,13 @@ def purify(
     after each batch with the number of images it held. ``sweep`` lists further
     step counts t <= T whose images Psi_t are kept from the same chains. Images
     over ``tile_pixels`` are scored tile by tile (pureebm.tiles), with the same
-    result, so memory stays bounded for large images too.
+    result, so memory stays bounded for large images too. ``speedups`` are the
+    optional GPU options.
     """
     if any(t > params.steps for t in sweep):
         raise ValueError(f"sweep {sorted(sweep)} goes past T = {params.steps}")
     device = resolve_device(device)
-    model = model.to(device).eval().requires_grad_(False)
-    if hasattr(model, "geometry"):
-        model = TiledEnergy(model, tile_pixels)
+    energy = energy_function(model, device, speedups, tile_pixels)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device)
@@ -122,12 +153,12 @@ def purify(
             noise = torch.randn(x0.shape, generator=generator, device=device)
             x0 = x0 + params.init_noise * noise
         x_t = langevin_chain(
-            model, x0, params.steps, params.eps, params.tau, generator, on_step=keep
+            energy, x0, params.steps, params.eps, params.tau, generator, on_step=keep
         )
         purified = to_uint8(x_t)
         with torch.no_grad():
-            before.append(model(x0).float().cpu())
-            after.append(model(to_unit_range(purified)).float().cpu())
+            before.append(energy(x0).cpu())
+            after.append(energy(to_unit_range(purified)).cpu())
         outputs.append(purified.cpu())
         if on_batch is not None:
             on_batch(len(x0))

@@ -27,7 +27,7 @@ import torch
 
 from pureebm.archives import Container
 from pureebm.images import Picture
-from pureebm.langevin import purify
+from pureebm.langevin import Speedups, purify
 from pureebm.params import LangevinParams
 from pureebm.registry import LoadedModel
 from pureebm.shards import Energy, ShardSet, write_shard
@@ -61,6 +61,7 @@ def purify_same_size(
     params: LangevinParams,
     seed: int | None,
     device: str | torch.device | None,
+    speedups: Speedups = Speedups(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Purify images of one shape (H x W x C). Returns RGB outputs and energies."""
     x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
@@ -71,7 +72,9 @@ def purify_same_size(
         x = torch.nn.functional.pad(x.float(), (0, pad_w, 0, pad_h), mode="replicate").to(
             torch.uint8
         )
-    result = purify(model.net, x, params, batch_size=len(x), device=device, seed=seed)
+    result = purify(
+        model.net, x, params, batch_size=len(x), device=device, seed=seed, speedups=speedups
+    )
     out = result.images[:, :, :height, :width].permute(0, 2, 3, 1).numpy()
     if out.shape[3] == 1:
         out = np.repeat(out, 3, axis=3)
@@ -124,6 +127,7 @@ def purify_pictures(
     seed: int | None = None,
     start_index: int = 0,
     phases: Phases | None = None,
+    speedups: Speedups = Speedups(),
 ) -> Iterator[PurifiedImage]:
     """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
 
@@ -144,7 +148,9 @@ def purify_pictures(
             pixels = [model_input(chunk[i][1].rgb, model.manifest.channels) for i in positions]
             group_seed = None if seed is None else seed + index + positions[0]
             with phases.time("model"):
-                out, before, after = purify_same_size(model, pixels, params, group_seed, device)
+                out, before, after = purify_same_size(
+                    model, pixels, params, group_seed, device, speedups
+                )
             for j, i in enumerate(positions):
                 name, picture = chunk[i]
                 purified = picture.with_pixels(out[j])
@@ -162,6 +168,7 @@ def purify_container(
     device: str | torch.device | None = None,
     seed: int | None = None,
     on_image: Callable[[PurifiedImage], None] | None = None,
+    speedups: Speedups = Speedups(),
 ) -> list[Energy]:
     """Purify every image of ``container`` and write the same container to ``dst``.
 
@@ -174,7 +181,10 @@ def purify_container(
         shard = Path(work) / "purified.npz"
         with write_shard(shard) as writer:
             pictures = container.iter_images()
-            for item in purify_pictures(model, pictures, params, batch_size, device, seed):
+            batches = purify_pictures(
+                model, pictures, params, batch_size, device, seed, speedups=speedups
+            )
+            for item in batches:
                 writer.add(item)
                 if on_image is not None:
                     on_image(item)

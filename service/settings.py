@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_total_bytes: int = Field(16 << 30, ge=1)
     max_ratio: float = Field(250.0, gt=1)
 
+    # engine options for GPU workers (README: measured effect); all off by default
+    channels_last: bool = False
+    bf16: bool = False
+    compile: bool = False
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pureebm.langevin import langevin_chain, purify, to_uint8, to_unit_range
+from pureebm.langevin import Speedups, langevin_chain, purify, to_uint8, to_unit_range
 from pureebm.nets import ConvEBM
 from pureebm.params import LangevinParams
 
@@ -119,3 +119,26 @@ def test_a_sweep_keeps_each_step_of_the_same_chain(cifar) -> None:
     assert not torch.equal(run.sweep[3], run.sweep[6])
     with pytest.raises(ValueError, match="goes past"):
         purify(net, images, LangevinParams(steps=2), device="cpu", sweep=[3])
+
+
+@pytest.mark.parametrize(
+    "speedups, max_level, mean_level",
+    [
+        (Speedups(channels_last=True), 1, 0.01),
+        (Speedups(compile=True), 1, 0.01),
+        (Speedups(bf16=True), 8, 0.5),  # bfloat16 keeps 8 bits of mantissa
+    ],
+    ids=["channels_last", "compile", "bf16"],
+)
+def test_speedups_give_the_same_images_within_tolerance(cifar, speedups, max_level, mean_level):
+    torch.manual_seed(0)
+    net = ConvEBM(n_f=8)
+    images = torch.from_numpy(cifar["images"][:8]).permute(0, 3, 1, 2)
+    params = LangevinParams(steps=5, eps=0.02, tau=0.05)
+    plain = purify(net, images, params, seed=1)
+    fast = purify(net, images, params, seed=1, speedups=speedups)
+    difference = (plain.images.int() - fast.images.int()).abs()
+    assert difference.max() <= max_level and difference.float().mean() <= mean_level
+    torch.testing.assert_close(fast.energy_before, plain.energy_before, rtol=0.05, atol=1e-3)
+    if speedups.bf16:  # the option really ran: bfloat16 energies are not float32 ones
+        assert not torch.equal(fast.energy_before, plain.energy_before)

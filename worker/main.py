@@ -29,7 +29,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
-from pureebm.langevin import resolve_device
+from pureebm.langevin import Speedups, resolve_device
 from pureebm.registry import Registry
 from service.jobs import BATCH_QUEUE, SYNC_QUEUE, JobStore
 from service.logs import configure_logging
@@ -95,6 +95,9 @@ def run_worker(
         device=torch_device,
         batch_size=batch_size or default_batch_size(torch_device),
         name=name,
+        speedups=Speedups(
+            channels_last=settings.channels_last, bf16=settings.bf16, compile=settings.compile
+        ),
     )
     models.get(settings.default_model)  # load and verify before taking work
     LeasedWorker.lease_s = settings.worker_lease_s

@@ -18,6 +18,7 @@ from rq import get_current_job
 
 from pureebm.archives import open_container
 from pureebm.atomic import atomic_path
+from pureebm.langevin import Speedups
 from pureebm.pipeline import Phases, purify_pictures
 from pureebm.registry import LoadedModel, Registry
 from pureebm.shards import ShardSet, write_shard
@@ -59,6 +60,7 @@ class WorkerContext:
     device: torch.device
     batch_size: int
     name: str
+    speedups: Speedups
 
 
 CONTEXT: WorkerContext | None = None
@@ -116,7 +118,15 @@ def run_shard(
     names = set(container.image_names()[start:stop])
     pictures = container.iter_images(names)
     batches = purify_pictures(
-        model, pictures, params, ctx.batch_size, ctx.device, record.params.seed, start, phases
+        model,
+        pictures,
+        params,
+        ctx.batch_size,
+        ctx.device,
+        record.params.seed,
+        start,
+        phases,
+        ctx.speedups,
     )
     with write_shard(store.shard_path(record.id, shard)) as writer:
         for done, item in enumerate(batches, 1):

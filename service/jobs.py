@@ -59,13 +59,24 @@ if redis.call('exists', KEYS[1]) == 0 then return 0 end
 redis.call('hset', KEYS[1], unpack(ARGV))
 return 1
 """
+# It also appends "time:images done in all shards" to the job's recent samples, from
+# which the API computes a sliding-window rate.
 SET_PROGRESS_IF_EXISTS = """
 if redis.call('exists', KEYS[1]) == 0 then return 0 end
 redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
+local done = 0
+for _, v in ipairs(redis.call('hvals', KEYS[2])) do done = done + tonumber(v) end
+redis.call('rpush', KEYS[3], ARGV[3] .. ':' .. done)
+redis.call('ltrim', KEYS[3], -tonumber(ARGV[4]), -1)
 local expires_at = redis.call('expiretime', KEYS[1])
-if expires_at > 0 then redis.call('expireat', KEYS[2], expires_at) end
+if expires_at > 0 then
+  redis.call('expireat', KEYS[2], expires_at)
+  redis.call('expireat', KEYS[3], expires_at)
+end
 return 1
 """
+RATE_WINDOW_S = 30.0  # images/s and eta come from the progress of the last 30 s
+RATE_SAMPLES = 256  # at most this many recent samples are kept per job
 
 
 ENDED_RQ_STATES = (RQStatus.FINISHED, RQStatus.FAILED, RQStatus.CANCELED, RQStatus.STOPPED)
@@ -91,6 +102,10 @@ def job_key(job_id: str) -> str:
 
 def progress_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:progress"
+
+
+def samples_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:samples"
 
 
 def owner_key(owner: str) -> str:
@@ -210,24 +225,44 @@ class JobStore:
 
     # -- progress ---------------------------------------------------------------
 
-    def set_shard_progress(self, job_id: str, shard: int, done: int) -> None:
+    def set_shard_progress(
+        self, job_id: str, shard: int, done: int, now: float | None = None
+    ) -> None:
         """Images done in one shard. A retried shard starts again from 0, so the
         aggregate never counts an image twice."""
-        self.set_progress_if_exists(
-            keys=[job_key(job_id), progress_key(job_id)], args=[str(shard), done]
-        )
+        now = time.time() if now is None else now
+        keys = [job_key(job_id), progress_key(job_id), samples_key(job_id)]
+        self.set_progress_if_exists(keys=keys, args=[str(shard), done, repr(now), RATE_SAMPLES])
 
-    def progress(self, record: JobRecord) -> Progress:
+    def progress(self, record: JobRecord, now: float | None = None) -> Progress:
+        """Images done of the total; while the job runs, images/s and eta from the
+        last RATE_WINDOW_S seconds (a job that speeds up or slows down shows it at
+        once), over the whole run once it has ended."""
+        now = time.time() if now is None else now
         if record.status == JobStatus.finished:
             done = record.images
         else:
             done = sum(int(v) for v in self.redis.hvals(progress_key(record.id)))
-        rate = eta = None
-        if record.started_at and done:
-            elapsed = (record.finished_at or time.time()) - record.started_at
-            rate = done / max(elapsed, 1e-6)
-            eta = (record.images - done) / rate if record.status in ACTIVE else 0.0
+        if record.status in ACTIVE:
+            rate = self.recent_rate(record.id, now)
+            eta = (record.images - done) / rate if rate else None
+        else:
+            ran_s = (record.finished_at or now) - (record.started_at or now)
+            rate, eta = (done / max(ran_s, 1e-6) if record.started_at and done else None), 0.0
         return Progress(done=done, total=record.images, images_per_s=rate, eta_s=eta)
+
+    def recent_rate(self, job_id: str, now: float) -> float | None:
+        """Images/s between the oldest and the newest sample of the window, None
+        until there are two."""
+        samples = []
+        for raw in self.redis.lrange(samples_key(job_id), 0, -1):
+            at, done = raw.decode().split(":")
+            if float(at) >= now - RATE_WINDOW_S:
+                samples.append((float(at), int(done)))
+        if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+            return None
+        (t0, d0), (t1, d1) = samples[0], samples[-1]
+        return max(d1 - d0, 0) / (t1 - t0)
 
     # -- the queue --------------------------------------------------------------
 
@@ -279,7 +314,7 @@ class JobStore:
         """Remove the job's folder and every key that names it."""
         shutil.rmtree(self.folder(record.id), ignore_errors=True)
         with self.redis.pipeline() as pipe:
-            pipe.delete(job_key(record.id), progress_key(record.id))
+            pipe.delete(job_key(record.id), progress_key(record.id), samples_key(record.id))
             pipe.zrem(owner_key(record.owner), record.id)
             pipe.hdel(STATES_KEY, record.id)
             pipe.execute()

@@ -81,6 +81,25 @@ def test_progress_sums_shards_and_a_retried_shard_restarts(store: JobStore) -> N
     assert progress.images_per_s > 0 and progress.eta_s > 0
 
 
+def test_images_per_s_and_eta_follow_the_last_30_s_not_the_whole_run(store: JobStore) -> None:
+    start = time.time() - 1000
+    job = record("e" * 32, images=2000, started_at=start)
+    store.save(job)
+    for t in range(0, 600, 10):  # 1 image/s for ten minutes
+        store.set_shard_progress(job.id, 0, t, now=start + t)
+    for t in range(0, 61, 5):  # then 10 images/s in another shard for a minute
+        store.set_shard_progress(job.id, 1, 10 * t, now=start + 600 + t)
+    progress = store.progress(job, now=start + 661)
+    assert progress.done == 590 + 600
+    assert progress.images_per_s == pytest.approx(10.0)  # the whole run's average: 1.8
+    assert progress.eta_s == pytest.approx((2000 - 1190) / 10.0)
+    assert store.progress(job, now=start + 2000).images_per_s is None  # stalled: no news
+    store.update(job.id, finished_at=start + 700)
+    store.transition(job.id, JobStatus.queued, JobStatus.finished)
+    finished = store.progress(store.get(job.id))
+    assert finished.images_per_s == pytest.approx(2000 / 700) and finished.eta_s == 0.0
+
+
 def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> None:
     job = record("d" * 32, images=10)
     store.save(job)

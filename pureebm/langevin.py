@@ -158,7 +158,8 @@ def purify(
         purified = to_uint8(x_t)
         with torch.no_grad():
             before.append(energy(x0).cpu())
-            after.append(energy(to_unit_range(purified)).cpu())
+            unchanged = params.steps == 0 and params.init_noise == 0  # Psi_0(x) = x exactly
+            after.append(before[-1] if unchanged else energy(to_unit_range(purified)).cpu())
         outputs.append(purified.cpu())
         if on_batch is not None:
             on_batch(len(x0))

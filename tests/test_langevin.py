@@ -80,8 +80,12 @@ def test_purify_shapes_energies_and_no_parameter_gradients(cifar) -> None:
 def test_zero_steps_returns_the_input_exactly(cifar) -> None:
     images = torch.from_numpy(cifar["images"][:4]).permute(0, 3, 1, 2)
     assert torch.equal(to_uint8(to_unit_range(images)), images)
-    result = purify(ConvEBM(n_f=8), images, LangevinParams(steps=0), seed=0)
+    net = ConvEBM(n_f=8)
+    result = purify(net, images, LangevinParams(steps=0), seed=0)
     assert torch.equal(result.images, images)
+    with torch.no_grad():  # one energy per image serves as before and after
+        torch.testing.assert_close(result.energy_before, net(to_unit_range(images)))
+    assert torch.equal(result.energy_after, result.energy_before)
 
 
 def test_chain_moves_downhill_on_the_energy() -> None:

@@ -12,11 +12,12 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from rq import get_current_job
 
-from pureebm.archives import open_container
+from pureebm.archives import Container, open_container
 from pureebm.atomic import atomic_path
 from pureebm.langevin import Speedups
 from pureebm.pipeline import Phases, purify_pictures
@@ -61,6 +62,17 @@ class WorkerContext:
     batch_size: int
     name: str
     speedups: Speedups
+    inputs: OrderedDict[Path, Container] = field(default_factory=OrderedDict)
+
+    def open_input(self, record: JobRecord) -> Container:
+        """The job's input container, listed and checked once per worker: the shards
+        of one job reuse it instead of re-reading the archive's directory."""
+        path = self.store.input_path(record)
+        if path not in self.inputs:
+            self.inputs[path] = open_container(path, self.store.settings.limits)
+            while len(self.inputs) > 2:
+                self.inputs.popitem(last=False)
+        return self.inputs[path]
 
 
 CONTEXT: WorkerContext | None = None
@@ -114,7 +126,7 @@ def run_shard(
     store, settings = ctx.store, ctx.store.settings
     model = ctx.models.get(record.params.model or settings.default_model)
     params = record.params.resolve(model.manifest.langevin)
-    container = open_container(store.input_path(record), settings.limits)
+    container = ctx.open_input(record)
     names = set(container.image_names()[start:stop])
     pictures = container.iter_images(names)
     batches = purify_pictures(
@@ -174,7 +186,7 @@ def finalize(job_id: str) -> str | None:
 def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     job_id = record.id
     started = time.perf_counter()
-    container = open_container(store.input_path(record), store.settings.limits)
+    container = ctx.open_input(record)
     paths = [store.shard_path(job_id, shard) for shard in range(record.shards)]
     purified = ShardSet(paths, record.shard_bounds, container.image_names())
     result = store.result_path(record)

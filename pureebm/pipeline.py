@@ -17,8 +17,8 @@ import contextlib
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,6 +41,7 @@ class PurifiedImage:
     picture: Picture  # the input's mode, alpha and format, with the purified RGB pixels
     energy_before: float
     energy_after: float
+    sweep: dict[int, np.ndarray] = field(default_factory=dict)  # t -> Psi_t RGB, if asked
 
     @property
     def rgb(self) -> np.ndarray:  # H x W x 3 uint8
@@ -62,8 +63,10 @@ def purify_same_size(
     seed: int | None,
     device: str | torch.device | None,
     speedups: Speedups = Speedups(),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Purify images of one shape (H x W x C). Returns RGB outputs and energies."""
+    sweep: Collection[int] = (),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """Purify images of one shape (H x W x C). Returns RGB outputs, energies, and
+    the RGB images Psi_t of the same chains for each t in ``sweep``."""
     x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
     height, width = x.shape[2:]
     need = model.manifest.image_size
@@ -72,13 +75,14 @@ def purify_same_size(
         x = torch.nn.functional.pad(x.float(), (0, pad_w, 0, pad_h), mode="replicate").to(
             torch.uint8
         )
-    result = purify(
-        model.net, x, params, batch_size=len(x), device=device, seed=seed, speedups=speedups
-    )
-    out = result.images[:, :, :height, :width].permute(0, 2, 3, 1).numpy()
-    if out.shape[3] == 1:
-        out = np.repeat(out, 3, axis=3)
-    return out, result.energy_before.numpy(), result.energy_after.numpy()
+    result = purify(model.net, x, params, len(x), device, seed, speedups=speedups, sweep=sweep)
+
+    def rgb(images: torch.Tensor) -> np.ndarray:
+        out = images[:, :, :height, :width].permute(0, 2, 3, 1).numpy()
+        return np.repeat(out, 3, axis=3) if out.shape[3] == 1 else out
+
+    swept = {t: rgb(images) for t, images in result.sweep.items()}
+    return rgb(result.images), result.energy_before.numpy(), result.energy_after.numpy(), swept
 
 
 def chunks(
@@ -128,13 +132,15 @@ def purify_pictures(
     start_index: int = 0,
     phases: Phases | None = None,
     speedups: Speedups = Speedups(),
+    sweep: Collection[int] = (),
 ) -> Iterator[PurifiedImage]:
     """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
 
     ``start_index`` is the position of the first picture in its container; it
     keeps the per-chunk seeds the same when a container is split into shards.
     ``phases`` collects the seconds spent waiting for decoded pictures ("decode")
-    and purifying ("model").
+    and purifying ("model"). ``sweep`` lists step counts t <= T whose images
+    Psi_t each result also carries, from the same chain.
     """
     phases = Phases() if phases is None else phases
     budget = batch_size * model.manifest.image_size**2
@@ -148,13 +154,14 @@ def purify_pictures(
             pixels = [model_input(chunk[i][1].rgb, model.manifest.channels) for i in positions]
             group_seed = None if seed is None else seed + index + positions[0]
             with phases.time("model"):
-                out, before, after = purify_same_size(
-                    model, pixels, params, group_seed, device, speedups
+                out, before, after, swept = purify_same_size(
+                    model, pixels, params, group_seed, device, speedups, sweep
                 )
             for j, i in enumerate(positions):
                 name, picture = chunk[i]
                 purified = picture.with_pixels(out[j])
-                results[i] = PurifiedImage(name, purified, float(before[j]), float(after[j]))
+                steps = {t: images[j] for t, images in swept.items()}
+                results[i] = PurifiedImage(name, purified, float(before[j]), float(after[j]), steps)
         yield from (results[i] for i in range(len(chunk)))
         index += len(chunk)
 

@@ -69,17 +69,19 @@ def test_poison_success_on_a_hand_built_case():
     assert attacks.poison_success(predictions, true_labels, 7) == pytest.approx(2 / 3)
 
 
-def test_defences_jpeg_changes_pixels_and_pureebm_runs_the_pipeline(cifar, tiny_model):
+def test_defences_jpeg_changes_pixels_and_pureebm_sweeps_one_pipeline_chain(cifar, tiny_model):
     images = cifar["images"][:8]
     assert jpeg(images, 75).shape == images.shape and not np.array_equal(jpeg(images, 75), images)
-    params = LangevinParams(steps=3)
-    defended = pureebm(tiny_model, images, params, device="cpu")
-    pictures = ((str(i), Picture(image, None, "RGB", "NPZ")) for i, image in enumerate(images))
-    through_pipeline = [p.rgb for p in purify_pictures(tiny_model, pictures, params, seed=0)]
-    assert np.array_equal(defended, np.stack(through_pipeline))
-    assert not np.array_equal(defended, images)
+    params = LangevinParams(steps=99)  # the sweep sets T to its longest chain
+    defended = pureebm(tiny_model, images, params, [1, 3], device="cpu")
+    for steps in (1, 3):  # each equals a separate chain of that length through the pipeline
+        pictures = ((str(i), Picture(image, None, "RGB", "NPZ")) for i, image in enumerate(images))
+        alone = LangevinParams(steps=steps)
+        through_pipeline = [p.rgb for p in purify_pictures(tiny_model, pictures, alone, seed=0)]
+        assert np.array_equal(defended[steps], np.stack(through_pipeline))
+    assert not np.array_equal(defended[1], defended[3])
     small = np.ascontiguousarray(images[:, :20, :24])  # under the model's 32 pixels
-    assert pureebm(tiny_model, small, params, device="cpu").shape == small.shape
+    assert pureebm(tiny_model, small, params, [3], device="cpu")[3].shape == small.shape
 
 
 def test_mean_interval_is_students_t():
@@ -141,13 +143,14 @@ def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(
     )
     defender = Defender(config, images)
     poisoned = attacks.patch(images, labels, 3, 0.25, seed=0, clean_label=False)
-    assert np.array_equal(defender.defend("none", poisoned), poisoned.images)
-    purified = defender.defend("pureebm", poisoned)  # 'pureebm' alone: the model's T
+    defended = defender.defend_all(poisoned)
+    assert list(defended) == ["none", "pureebm", "jpeg:75"]
+    assert np.array_equal(defended["none"], poisoned.images)
+    purified = defended["pureebm"]  # 'pureebm' alone: the model's T
     assert not np.array_equal(purified, poisoned.images)
     untouched = np.setdiff1d(np.arange(len(images)), poisoned.poisoned)
     assert np.array_equal(purified[untouched], defender.clean["pureebm"][untouched])
-    jpeg_set = defender.defend("jpeg:75", poisoned)
-    assert np.array_equal(jpeg_set, jpeg(poisoned.images, 75))
+    assert np.array_equal(defended["jpeg:75"], jpeg(poisoned.images, 75))
 
 
 def test_evaluation_runs_on_28x28_grayscale_data(tmp_path, cifar, tiny_registry):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,18 +25,26 @@ def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
 
 
 def pureebm(
-    model: LoadedModel, images: np.ndarray, params: LangevinParams, device: str = "auto"
-) -> np.ndarray:
-    """Psi_T of every image through ``pureebm.pipeline``, the path the CLI and the
-    service's workers run (chunking, per-chunk seeds, padding of small images)."""
+    model: LoadedModel,
+    images: np.ndarray,
+    params: LangevinParams,
+    steps: Sequence[int],
+    device: str = "auto",
+) -> dict[int, np.ndarray]:
+    """Psi_t of every image for each t in ``steps``, from one chain of max(steps)
+    through ``pureebm.pipeline``, the path the CLI and the service's workers run
+    (chunking, per-chunk seeds, padding of small images)."""
+    params = params.model_copy(update={"steps": max(steps)})
     pictures = (
         (str(i), Picture(rgb=image, alpha=None, mode="RGB", format="NPZ"))
         for i, image in enumerate(images)
     )
-    out = np.empty_like(images)
-    bar = tqdm(total=len(images), desc=f"purify T={params.steps}", unit="img", leave=False)
-    for i, item in enumerate(purify_pictures(model, pictures, params, device=device, seed=0)):
-        out[i] = item.rgb
+    out = {t: np.empty_like(images) for t in steps}
+    bar = tqdm(total=len(images), desc=f"purify T={sorted(steps)}", unit="img", leave=False)
+    results = purify_pictures(model, pictures, params, device=device, seed=0, sweep=steps)
+    for i, item in enumerate(results):
+        for t in steps:
+            out[t][i] = item.sweep[t]
         bar.update(1)
     bar.close()
     return out

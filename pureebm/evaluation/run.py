@@ -89,28 +89,42 @@ class Defender:
         self.specs = list(
             dict.fromkeys([*config.defences, *(f"pureebm:{t}" for t in config.sweep)])
         )
-        self.clean = {spec: self.apply(spec, clean_train) for spec in self.specs}
+        self.clean = self.apply_all(clean_train)
 
-    def apply(self, spec: str, images: np.ndarray) -> np.ndarray:
-        name, _, arg = spec.partition(":")
-        steps = pureebm_steps(spec, self.default_steps)
-        if name == "none" or steps == 0:
-            return images
-        if name == "jpeg":
-            return defences.jpeg(images, int(arg or 75))
-        if steps is not None:
-            params = self.params.model_copy(update={"steps": steps})
-            if self.config.url:
-                return purify_through_service(self.config.url, images, steps, self.config.model)
-            return defences.pureebm(self.model, images, params, self.config.classifier.device)
-        raise ValueError(f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T])")
+    def apply_all(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every defence applied to ``images``; the PureEBM step counts share one
+        chain in-process (a sweep), or go one by one through a service."""
+        out: dict[str, np.ndarray] = {}
+        chains: dict[int, str] = {}
+        for spec in self.specs:
+            name, _, arg = spec.partition(":")
+            steps = pureebm_steps(spec, self.default_steps)
+            if name == "none" or steps == 0:
+                out[spec] = images
+            elif name == "jpeg":
+                out[spec] = defences.jpeg(images, int(arg or 75))
+            elif steps is None:
+                raise ValueError(f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T])")
+            elif self.config.url:
+                model = self.config.model
+                out[spec] = purify_through_service(self.config.url, images, steps, model)
+            else:
+                chains[steps] = spec
+        if chains:
+            device = self.config.classifier.device
+            swept = defences.pureebm(self.model, images, self.params, list(chains), device)
+            out |= {spec: swept[steps] for steps, spec in chains.items()}
+        return {spec: out[spec] for spec in self.specs}
 
-    def defend(self, spec: str, poisoned: attacks.Poisoned) -> np.ndarray:
-        if spec == "none" or pureebm_steps(spec, self.default_steps) == 0:
-            return poisoned.images
-        defended = self.clean[spec].copy()
+    def defend_all(self, poisoned: attacks.Poisoned) -> dict[str, np.ndarray]:
+        """Every defence of the poisoned training set: the clean images' results are
+        reused, only the poisoned ones are defended again."""
         changed = poisoned.poisoned
-        defended[changed] = self.apply(spec, poisoned.images[changed])
+        fresh = self.apply_all(poisoned.images[changed])
+        defended = {}
+        for spec in self.specs:
+            defended[spec] = self.clean[spec].copy()
+            defended[spec][changed] = fresh[spec]
         return defended
 
 
@@ -166,8 +180,7 @@ def evaluate(config: EvalConfig) -> dict:
                 **measure(clean_nets[seed], test_x, test_y, triggered, target),
             }
         )
-        for spec in defender.specs:
-            defended = defender.defend(spec, poisoned)
+        for spec, defended in defender.defend_all(poisoned).items():
             net = train_classifier(defended, poisoned.labels, replace(config.classifier, seed=seed))
             rows.append(
                 {**common, "defence": spec, **measure(net, test_x, test_y, triggered, target)}

@@ -51,8 +51,10 @@ def encoded(image: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def make_zip(path: Path, pool: np.ndarray, count: int, mixed: bool) -> None:
+def make_zip(path: Path, pool: np.ndarray, count: int, mixed: bool) -> int:
+    """Writes the zip; returns its images' total pixel count."""
     rng = np.random.default_rng(0)
+    pixels = 0
     with zipfile.ZipFile(path, "w") as archive:
         for i in range(count):
             image = pool[i % len(pool)]
@@ -63,6 +65,8 @@ def make_zip(path: Path, pool: np.ndarray, count: int, mixed: bool) -> None:
                 archive.writestr(f"photos/{i:06d}.jpg", encoded(image, "JPEG"))
             else:
                 archive.writestr(f"images/{i:06d}.png", encoded(image, "PNG"))
+            pixels += image.shape[0] * image.shape[1]
+    return pixels
 
 
 def log_records(path: Path) -> list[dict]:
@@ -143,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         src = work / "set.zip"
-        make_zip(src, pool, args.images, args.mixed)
+        pixels = make_zip(src, pool, args.images, args.mixed)
         started = time.perf_counter()
         purify_container(
             open_container(src), work / "engine.zip", model, params, batch, device, seed=0
@@ -160,8 +164,11 @@ def main() -> None:
         "steps": params.steps,
         "device": str(device),
         "batch_size": batch,
+        "megapixels": pixels / 1e6,
         "engine_images_per_s": n / engine_s,
         "service_images_per_s": n / service_s,
+        "engine_megapixels_per_s": pixels / 1e6 / engine_s,
+        "service_megapixels_per_s": pixels / 1e6 / service_s,
         "service_over_engine": engine_s / service_s,
         "engine_s": engine_s,
         "service_phases_s": phases,
@@ -170,8 +177,8 @@ def main() -> None:
     args.out.write_text(json.dumps(figures, indent=2))
     kind = "mixed-size JPEGs" if args.mixed else "CIFAR-10 PNGs"
     print(f"{n} {kind}, T={params.steps}, {device}, batch {batch}")
-    print(f"engine   {n / engine_s:8.2f} images/s  ({engine_s:.1f} s)")
-    print(f"service  {n / service_s:8.2f} images/s  ({service_s:.1f} s, upload to download)")
+    print(f"engine   {n / engine_s:8.2f} images/s  {pixels / 1e6 / engine_s:6.2f} Mpx/s")
+    print(f"service  {n / service_s:8.2f} images/s  {pixels / 1e6 / service_s:6.2f} Mpx/s")
     print(f"ratio    {engine_s / service_s:8.3f}  (service / engine throughput)")
     for phase, seconds in phases.items():
         print(f"  {phase:<14} {seconds:8.2f} s")

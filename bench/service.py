@@ -1,17 +1,18 @@
 """Engine vs service: the same zip purified in-process and end to end through the
 service, with where the service's time goes.
 
-    python -m bench.service [--images 4660] [--steps 0] [--mixed]
+    python -m bench.service [--images 4660] [--steps 0] [--mixed | --side 150]
 
 Builds a zip of N images: CIFAR-10 PNGs cycled from the shared set, or with
 --mixed, JPEGs of varied sizes (each a shared image upscaled to 32-256 px a side,
-like a folder of photographs). Purifies it (1) with the engine in this process
-(`pureebm purify`'s path) and (2) through `pureebm serve` started as a subprocess
-on the embedded default (Valkey, one worker, the API on 127.0.0.1). Prints images/s
-for both, their ratio, and the service's phases from its own timers (the API's
-and the worker's JSON log lines): upload, validate, queue wait, decode, model,
-shard write, finalise, download. --steps 0 leaves almost nothing but the work
-around the chain. Run it on an otherwise idle machine.
+like a folder of photographs), or with --side, JPEGs all of one size. Purifies
+it (1) with the engine in this process (`pureebm purify`'s path) and (2) through
+`pureebm serve` started as a subprocess on the embedded default (Valkey, one
+worker, the API on 127.0.0.1). Prints images/s and megapixels/s for both, their
+ratio, and the service's phases from its own timers (the API's and the worker's
+JSON log lines): upload, validate, queue wait, decode, model, shard write,
+finalise, download. --steps 0 leaves almost nothing but the work around the
+chain. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -51,17 +52,17 @@ def encoded(image: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def make_zip(path: Path, pool: np.ndarray, count: int, mixed: bool) -> int:
+def make_zip(path: Path, pool: np.ndarray, count: int, mixed: bool, side: int | None) -> int:
     """Writes the zip; returns its images' total pixel count."""
     rng = np.random.default_rng(0)
     pixels = 0
     with zipfile.ZipFile(path, "w") as archive:
         for i in range(count):
             image = pool[i % len(pool)]
-            if mixed:
-                side = int(rng.integers(32, 257))
-                width = int(side * rng.uniform(0.75, 1.33))
-                image = np.asarray(Image.fromarray(image).resize((width, side), Image.BILINEAR))
+            if mixed or side:
+                height = side or int(rng.integers(32, 257))
+                width = side or int(height * rng.uniform(0.75, 1.33))
+                image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
                 archive.writestr(f"photos/{i:06d}.jpg", encoded(image, "JPEG"))
             else:
                 archive.writestr(f"images/{i:06d}.png", encoded(image, "PNG"))
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="cycled from the shared set")
     parser.add_argument("--steps", type=int, help="default: the model's")
     parser.add_argument("--mixed", action="store_true", help="JPEGs of varied sizes")
+    parser.add_argument("--side", type=int, help="JPEGs all SIDE x SIDE (a same-size set)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/service.json"))
     args = parser.parse_args()
 
@@ -147,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         src = work / "set.zip"
-        pixels = make_zip(src, pool, args.images, args.mixed)
+        pixels = make_zip(src, pool, args.images, args.mixed, args.side)
         started = time.perf_counter()
         purify_container(
             open_container(src), work / "engine.zip", model, params, batch, device, seed=0
@@ -161,6 +163,7 @@ def main() -> None:
     figures = {
         "images": n,
         "mixed_sizes": args.mixed,
+        "side": args.side,
         "steps": params.steps,
         "device": str(device),
         "batch_size": batch,
@@ -176,6 +179,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
     kind = "mixed-size JPEGs" if args.mixed else "CIFAR-10 PNGs"
+    kind = f"{args.side}x{args.side} JPEGs" if args.side else kind
     print(f"{n} {kind}, T={params.steps}, {device}, batch {batch}")
     print(f"engine   {n / engine_s:8.2f} images/s  {pixels / 1e6 / engine_s:6.2f} Mpx/s")
     print(f"service  {n / service_s:8.2f} images/s  {pixels / 1e6 / service_s:6.2f} Mpx/s")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.archives import open_container
+from pureebm.archives import CODEC_THREADS, open_container, ordered_map
 from pureebm.images import (
     InputTooLarge,
     Limits,
@@ -270,3 +272,35 @@ def test_a_tar_with_a_repeated_member_name_is_refused(tmp_path, cifar):
             archive.addfile(info, io.BytesIO(data))
     with pytest.raises(UnsafeInput, match="appears twice"):
         open_container(path)
+
+
+def test_the_codec_pool_keeps_order_bounds_its_lookahead_and_raises_in_place():
+    consumed = 0
+    in_flight_max = 0
+    lock = threading.Lock()
+    running = 0
+
+    def slow_square(n: int) -> int:
+        nonlocal running, in_flight_max
+        with lock:
+            running += 1
+            in_flight_max = max(in_flight_max, running)
+        time.sleep(0.01 * (n % 3))  # later items often finish first
+        with lock:
+            running -= 1
+        if n == 7:
+            raise UnsupportedInput("item 7 is broken")
+        return n * n
+
+    def items():
+        nonlocal consumed
+        for n in range(20):
+            consumed += 1
+            yield n
+
+    results = ordered_map(slow_square, items())
+    assert [next(results) for _ in range(7)] == [n * n for n in range(7)]
+    assert consumed <= 7 + 2 * CODEC_THREADS  # never read far ahead of the caller
+    assert in_flight_max <= CODEC_THREADS
+    with pytest.raises(UnsupportedInput, match="item 7"):
+        next(results)

@@ -113,11 +113,11 @@ class Phases(Counter[str]):
 
     def timed(self, phase: str, items: Iterable[T]) -> Iterator[T]:
         """``items``, with the time spent waiting for each counted under ``phase``."""
-        iterator = iter(items)
+        iterator, end = iter(items), object()
         while True:
             with self.time(phase):
-                item = next(iterator, None)
-            if item is None:
+                item = next(iterator, end)
+            if item is end:
                 return
             yield item
 
@@ -195,10 +195,11 @@ def purify_container(
                 writer.add(item)
                 if on_image is not None:
                     on_image(item)
+        energies = writer.energies
         names = container.image_names()
         purified = ShardSet([shard], [0, len(names)], names)
         try:
             container.write(dst, purified.picture)
         finally:
             purified.close()
-        return list(purified.energies())
+        return energies

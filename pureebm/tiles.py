@@ -61,7 +61,7 @@ class TiledEnergy(nn.Module):
 
     def tiles(self, x: torch.Tensor) -> Iterator[tuple[slice, slice, slice, slice]]:
         """(output rows, output columns, crop rows, crop columns) for every block."""
-        out_h, out_w = self.net.energy_map(x[:1, :, :, :].to("meta")).shape[1:]
+        out_h, out_w = self.output_size(x)
         side = max(int(math.sqrt(self.max_tile_pixels)), self.field + self.stride)
         block = max((side - self.field) // self.stride, 1)
         geometry, (height, width) = self.net.geometry, x.shape[2:]
@@ -72,9 +72,13 @@ class TiledEnergy(nn.Module):
                 cols = slice(c0 - x0 // self.stride, c1 - x0 // self.stride)
                 yield rows, cols, slice(y0, y1), slice(x0, x1)
 
+    def output_size(self, x: torch.Tensor) -> tuple[int, int]:
+        """The energy map's height and width for x's size (shapes only, on "meta")."""
+        out_h, out_w = self.net.energy_map(x[:1].to("meta")).shape[1:]
+        return out_h, out_w
+
     def output_positions(self, x: torch.Tensor) -> int:
-        out_h, out_w = self.net.energy_map(x[:1, :, :, :].to("meta")).shape[1:]
-        return out_h * out_w
+        return math.prod(self.output_size(x))
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         total = torch.zeros(len(x), device=x.device, dtype=x.dtype)

@@ -326,8 +326,10 @@ class JobStore:
         now = time.time() if now is None else now
         settle_s = 2 * self.settings.worker_lease_s  # between saving a job and queueing it
         failed = 0
-        for job_id in self.redis.hkeys(STATES_KEY):
-            record = self.get(job_id.decode())
+        states = self.redis.hgetall(STATES_KEY)
+        active = [job_id.decode() for job_id, state in states.items() if state.decode() in ACTIVE]
+        for job_id in active:
+            record = self.get(job_id)
             if record is None or record.status not in ACTIVE or record.created_at > now - settle_s:
                 continue
             try:

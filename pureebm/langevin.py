@@ -7,6 +7,11 @@
 Paper defaults: T = 150, eps = 1.25e-2, tau = 1e-4, no initial noise, no clamping
 inside the chain. Only the gradient with respect to the image is computed; the
 network's parameters never receive a gradient here.
+
+Each image draws its own noise from its seed (``pureebm.noise``), and images of
+different sizes can share a zero-padded batch whose energy masks every layer to
+each image's size (``pureebm.nets.Valid``): an image's result is then the same
+(up to float summation order) whatever it is batched with.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pureebm.nets import Valid
+from pureebm.noise import ImageNoise
 from pureebm.params import LangevinParams
 from pureebm.tiles import DEFAULT_TILE_PIXELS, TiledEnergy
+
+Noise = Callable[[int], torch.Tensor]  # t -> N(0, I) of the chain's shape for step t
 
 
 def langevin_chain(
@@ -27,15 +36,16 @@ def langevin_chain(
     steps: int,
     eps: float,
     tau: float,
-    generator: torch.Generator | None = None,
+    noise: Noise,
     bounds: tuple[float, float] | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run T = ``steps`` Langevin updates from ``x``; returns x_T (detached).
 
-    ``bounds`` clamps x after every step; the purifier never does, EBM training
-    does to keep its sampling chains inside the data range. ``on_step(t, x_t)``
-    sees every state, x_0 included, so one chain serves a sweep over T.
+    ``noise(t)`` is step t's N(0, I) draw, t = 1 .. T. ``bounds`` clamps x after
+    every step; the purifier never does, EBM training does to keep its sampling
+    chains inside the data range. ``on_step(t, x_t)`` sees every state, x_0
+    included, so one chain serves a sweep over T.
     """
     drift = eps**2 / 2 / tau
     x = x.detach()
@@ -44,8 +54,7 @@ def langevin_chain(
     for t in range(1, steps + 1):
         x = x.requires_grad_(True)
         (grad_e,) = torch.autograd.grad(energy(x).sum(), x)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x.detach() - drift * grad_e + eps * noise
+        x = x.detach() - drift * grad_e + eps * noise(t)
         if bounds is not None:
             x = x.clamp(*bounds)
         if on_step is not None:
@@ -83,9 +92,9 @@ class Speedups:
 
 def energy_function(
     model: nn.Module, device: torch.device, speedups: Speedups, tile_pixels: int
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """E(x) as the chain calls it: the net on ``device``, tiled for large images,
-    with the chosen speedups applied."""
+) -> Callable[[torch.Tensor, Valid | None], torch.Tensor]:
+    """E(x, valid) as the chain calls it: the net on ``device``, tiled for large
+    images, with the chosen speedups applied; ``valid`` sizes for a padded batch."""
     net = model.to(device).eval().requires_grad_(False)
     if speedups.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -95,9 +104,10 @@ def energy_function(
         net = torch.compile(net)
     layout = torch.channels_last if speedups.channels_last else torch.contiguous_format
 
-    def energy(x: torch.Tensor) -> torch.Tensor:
+    def energy(x: torch.Tensor, valid: Valid | None = None) -> torch.Tensor:
         with torch.autocast(device.type, torch.bfloat16, enabled=speedups.bf16):
-            return net(x.contiguous(memory_format=layout)).float()
+            x = x.contiguous(memory_format=layout)
+            return (net(x) if valid is None else net(x, valid)).float()
 
     return energy
 
@@ -109,36 +119,48 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
+def image_seeds(seed: int | torch.Tensor | None, count: int) -> torch.Tensor:
+    """One seed per image: ``seed + i`` for image i, given seeds as they are, or random."""
+    if isinstance(seed, torch.Tensor):
+        if seed.shape != (count,):
+            raise ValueError(f"{len(seed)} seeds for {count} images")
+        return seed.to(torch.int64)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
+    return seed + torch.arange(count, dtype=torch.int64)
+
+
 def purify(
     model: nn.Module,
     images: torch.Tensor,
     params: LangevinParams = LangevinParams(),
     batch_size: int = 256,
     device: str | torch.device | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     on_batch: Callable[[int], None] | None = None,
     sweep: Collection[int] = (),
     tile_pixels: int = DEFAULT_TILE_PIXELS,
     speedups: Speedups = Speedups(),
+    sizes: torch.Tensor | None = None,
 ) -> Purified:
-    """Apply Psi_T to uint8 images (N x C x H x W, all one size), ``batch_size`` at a time.
+    """Apply Psi_T to uint8 images (N x C x H x W), ``batch_size`` at a time.
 
-    Peak memory is bounded by the batch size. With a seed, the same inputs,
-    batch size and device give bit-identical outputs. ``on_batch(n)`` is called
-    after each batch with the number of images it held. ``sweep`` lists further
-    step counts t <= T whose images Psi_t are kept from the same chains. Images
-    over ``tile_pixels`` are scored tile by tile (pureebm.tiles), with the same
-    result, so memory stays bounded for large images too. ``speedups`` are the
-    optional GPU options.
+    Image i draws its noise from ``seed + i`` (or ``seed[i]`` for a tensor of
+    seeds; random without a seed), so its result does not depend on the batch
+    it runs in. ``sizes`` (N x 2) makes ``images`` a zero-padded batch of
+    smaller images, image i valid in its top-left ``sizes[i]``; the energy nets
+    then mask every layer to each image's size. Peak memory is bounded by the
+    batch size. ``on_batch(n)`` is called after each batch with the number of
+    images it held. ``sweep`` lists further step counts t <= T whose images
+    Psi_t are kept from the same chains. Images over ``tile_pixels`` are scored
+    tile by tile (pureebm.tiles), with the same result, so memory stays bounded
+    for large images too. ``speedups`` are the optional GPU options.
     """
     if any(t > params.steps for t in sweep):
         raise ValueError(f"sweep {sorted(sweep)} goes past T = {params.steps}")
     device = resolve_device(device)
     energy = energy_function(model, device, speedups, tile_pixels)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+    seeds = image_seeds(seed, len(images)).to(device)
 
     outputs, before, after = [], [], []
     swept: dict[int, list[torch.Tensor]] = {t: [] for t in sweep}
@@ -148,18 +170,24 @@ def purify(
             swept[t].append(to_uint8(x_t).cpu())
 
     for start in range(0, len(images), batch_size):
-        x0 = to_unit_range(images[start : start + batch_size].to(device))
+        batch = slice(start, start + batch_size)
+        x0 = to_unit_range(images[batch].to(device))
+        valid = None if sizes is None else Valid(sizes[batch].to(device))
+
+        def batch_energy(x: torch.Tensor, valid: Valid | None = valid) -> torch.Tensor:
+            return energy(x, valid)
+
+        noise = ImageNoise(seeds[batch], tuple(x0.shape[1:]), params.steps, x0.dtype)
         if params.init_noise > 0:
-            noise = torch.randn(x0.shape, generator=generator, device=device)
-            x0 = x0 + params.init_noise * noise
+            x0 = x0 + params.init_noise * noise(0)
         x_t = langevin_chain(
-            energy, x0, params.steps, params.eps, params.tau, generator, on_step=keep
+            batch_energy, x0, params.steps, params.eps, params.tau, noise, on_step=keep
         )
         purified = to_uint8(x_t)
         with torch.no_grad():
-            before.append(energy(x0).cpu())
+            before.append(batch_energy(x0).cpu())
             unchanged = params.steps == 0 and params.init_noise == 0  # Psi_0(x) = x exactly
-            after.append(before[-1] if unchanged else energy(to_unit_range(purified)).cpu())
+            after.append(before[-1] if unchanged else batch_energy(to_unit_range(purified)).cpu())
         outputs.append(purified.cpu())
         if on_batch is not None:
             on_batch(len(x0))

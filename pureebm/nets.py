@@ -10,15 +10,52 @@ least 32x32 pixels, and both take any channel count. Each exposes the map before
 the mean (``energy_map``) and the (kernel, stride, padding) of its layers along
 its widest path (``geometry``), with which ``pureebm.tiles`` scores large images
 tile by tile.
+
+Both also score a zero-padded batch of images of different sizes exactly as each
+image alone (``forward(x, valid)``): after every layer, the features outside each
+image's valid region are set to zero, which is what that image's own zero padding
+would hold there, and the energy is the mean over the valid positions only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class Valid:
+    """Each image's valid height and width (N x 2) inside a zero-padded batch."""
+
+    sizes: torch.Tensor
+
+    def after(self, kernel: int, stride: int, padding: int) -> Valid:
+        """The valid sizes of a layer's output: floor((size + 2 padding - kernel) / stride) + 1."""
+        return Valid((self.sizes + 2 * padding - kernel) // stride + 1)
+
+    def region(self, height: int, width: int) -> torch.Tensor:
+        """N x 1 x height x width: True inside each image."""
+        rows = torch.arange(height, device=self.sizes.device)
+        cols = torch.arange(width, device=self.sizes.device)
+        inside_rows = rows.view(1, -1) < self.sizes[:, :1]
+        inside_cols = cols.view(1, -1) < self.sizes[:, 1:]
+        return (inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]
+
+    def mask(self, features: torch.Tensor) -> torch.Tensor:
+        return features * self.region(*features.shape[2:]).to(features.dtype)
+
+    def mean(self, energy_map: torch.Tensor) -> torch.Tensor:
+        """N x H x W -> N: the mean over each image's valid positions."""
+        inside = self.region(*energy_map.shape[1:])[:, 0].to(energy_map.dtype)
+        return (energy_map * inside).sum(dim=(1, 2)) / inside.sum(dim=(1, 2))
+
+
+def masked(features: torch.Tensor, valid: Valid | None) -> torch.Tensor:
+    return features if valid is None else valid.mask(features)
 
 
 class ConvEBM(nn.Module):
@@ -47,8 +84,16 @@ class ConvEBM(nn.Module):
     def energy_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)[:, 0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.energy_map(x).mean(dim=(1, 2))
+    def forward(self, x: torch.Tensor, valid: Valid | None = None) -> torch.Tensor:
+        if valid is None:
+            return self.energy_map(x).mean(dim=(1, 2))
+        h = valid.mask(x)
+        for layer in self.layers:
+            h = layer(h)
+            if isinstance(layer, nn.Conv2d):
+                valid = valid.after(layer.kernel_size[0], layer.stride[0], layer.padding[0])
+                h = valid.mask(h)
+        return valid.mean(h[:, 0])
 
 
 class ResidualBlock(nn.Module):
@@ -67,17 +112,19 @@ class ResidualBlock(nn.Module):
         learnable_shortcut = first or downsample or c_in != c_out
         self.shortcut = nn.Conv2d(c_in, c_out, 1) if learnable_shortcut else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: Valid | None = None) -> torch.Tensor:
+        """``valid``: the input's valid sizes in a padded batch (x is zero outside them)."""
+        pooled = valid.after(2, 2, 0) if valid is not None and self.downsample else valid
         h = x if self.first else F.relu(x)
-        h = self.conv2(F.relu(self.conv1(h)))
+        h = masked(self.conv2(F.relu(masked(self.conv1(h), valid))), valid)
         if self.downsample:
-            h = F.avg_pool2d(h, 2)
+            h = masked(F.avg_pool2d(h, 2), pooled)
         if self.first:
-            skip = self.shortcut(F.avg_pool2d(x, 2))
+            skip = masked(self.shortcut(F.avg_pool2d(x, 2)), pooled)
         else:
-            skip = self.shortcut(x)
+            skip = masked(self.shortcut(x), valid)
             if self.downsample:
-                skip = F.avg_pool2d(skip, 2)
+                skip = masked(F.avg_pool2d(skip, 2), pooled)
         return h + skip
 
 
@@ -102,8 +149,15 @@ class ResEBM(nn.Module):
         # the linear layer is affine, so it commutes with the spatial mean
         return self.linear(F.relu(self.blocks(x)).permute(0, 2, 3, 1)).squeeze(3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.energy_map(x).mean(dim=(1, 2))
+    def forward(self, x: torch.Tensor, valid: Valid | None = None) -> torch.Tensor:
+        if valid is None:
+            return self.energy_map(x).mean(dim=(1, 2))
+        h = valid.mask(x)
+        for block in self.blocks:
+            h = block(h, valid)
+            if block.downsample:
+                valid = valid.after(2, 2, 0)
+        return valid.mean(self.linear(F.relu(h).permute(0, 2, 3, 1)).squeeze(3))
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvEBM, "resnet": ResEBM}

@@ -6,9 +6,13 @@ image size on a side is edge-padded up to it and cropped back afterwards.
 
 Work is done in chunks of at most ``batch_size`` images and at most
 ``batch_size`` x image_size^2 pixels (so memory stays bounded for large images),
-in container order. Each chunk's noise is seeded with ``seed + index of its first
-image``, so a purification is reproducible on the same device for the same seed
-and batch size, however the images are split across shards.
+in container order. Within a chunk, images of similar sizes share one batch:
+largest first, each bucket is zero-padded to its tallest and widest image as
+long as padding stays under a fifth of its pixels (``buckets``), and the energy
+net masks every layer to each image's own size. Image i of a container draws
+its noise from ``seed + i``. So every image's result is the one it gets when
+purified alone with that seed (up to float summation order), however the
+images are bucketed, chunked or split across shards.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ from pureebm.langevin import Speedups, purify
 from pureebm.params import LangevinParams
 from pureebm.registry import LoadedModel
 from pureebm.shards import Energy, ShardSet, write_shard
+from pureebm.tiles import DEFAULT_TILE_PIXELS
 
 T = TypeVar("T")
+
+BUCKET_SLACK = 1.25  # a shared canvas holds at most 25% more pixels than its images
 
 
 @dataclass
@@ -56,30 +63,71 @@ def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
     return luma.clip(0, 255).astype(np.uint8)[..., None]
 
 
-def purify_same_size(
+def pad_to_size(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Edge-pad an H x W x C image to at least ``size`` on each side (bottom, right)."""
+    pad_h, pad_w = max(size - pixels.shape[0], 0), max(size - pixels.shape[1], 0)
+    if not pad_h and not pad_w:
+        return pixels
+    return np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def buckets(
+    shapes: list[tuple[int, int]], max_canvas_pixels: int, slack: float = BUCKET_SLACK
+) -> list[list[int]]:
+    """Group images (by index) into buckets that share one zero-padded canvas.
+
+    Images of one shape always go together. Shapes are taken largest first; a
+    shape's images join the open bucket while the bucket's canvas (its tallest
+    height x widest width, times its images) stays within ``slack`` x the pixels
+    of its images and within ``max_canvas_pixels``.
+    """
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        by_shape.setdefault(shape, []).append(i)
+    groups: list[list[int]] = []
+    height = width = pixels = 0
+    for (h, w), same in sorted(by_shape.items(), reverse=True):
+        if groups:
+            canvas_h, canvas_w = max(height, h), max(width, w)
+            canvas = canvas_h * canvas_w * (len(groups[-1]) + len(same))
+            joined = pixels + h * w * len(same)
+            if canvas <= slack * joined and canvas_h * canvas_w <= max_canvas_pixels:
+                groups[-1] += same
+                height, width, pixels = canvas_h, canvas_w, joined
+                continue
+        groups.append(list(same))
+        height, width, pixels = h, w, h * w * len(same)
+    return groups
+
+
+def purify_bucket(
     model: LoadedModel,
     pixels: list[np.ndarray],
     params: LangevinParams,
-    seed: int | None,
+    seeds: torch.Tensor | None,
     device: str | torch.device | None,
     speedups: Speedups = Speedups(),
     sweep: Collection[int] = (),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-    """Purify images of one shape (H x W x C). Returns RGB outputs, energies, and
-    the RGB images Psi_t of the same chains for each t in ``sweep``."""
-    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
-    height, width = x.shape[2:]
-    need = model.manifest.image_size
-    pad_h, pad_w = max(need - height, 0), max(need - width, 0)
-    if pad_h or pad_w:
-        x = torch.nn.functional.pad(x.float(), (0, pad_w, 0, pad_h), mode="replicate").to(
-            torch.uint8
-        )
-    result = purify(model.net, x, params, len(x), device, seed, speedups=speedups, sweep=sweep)
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict[int, list[np.ndarray]]]:
+    """Purify images (H x W x C, sizes may differ) in one zero-padded batch, each
+    masked to its own size. Returns RGB outputs, energies, and the RGB images
+    Psi_t of the same chains for each t in ``sweep``."""
+    padded = [pad_to_size(p, model.manifest.image_size) for p in pixels]
+    shapes = [p.shape[:2] for p in padded]
+    height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
+    canvas = np.zeros((len(padded), height, width, padded[0].shape[2]), np.uint8)
+    for image, p in zip(canvas, padded, strict=True):
+        image[: p.shape[0], : p.shape[1]] = p
+    sizes = None if len(set(shapes)) == 1 else torch.tensor(shapes)
+    x = torch.from_numpy(canvas).permute(0, 3, 1, 2)
+    result = purify(
+        model.net, x, params, len(x), device, seeds, speedups=speedups, sweep=sweep, sizes=sizes
+    )
 
-    def rgb(images: torch.Tensor) -> np.ndarray:
-        out = images[:, :, :height, :width].permute(0, 2, 3, 1).numpy()
-        return np.repeat(out, 3, axis=3) if out.shape[3] == 1 else out
+    def rgb(images: torch.Tensor) -> list[np.ndarray]:
+        out = images.permute(0, 2, 3, 1).numpy()
+        crops = [image[: p.shape[0], : p.shape[1]] for image, p in zip(out, pixels, strict=True)]
+        return [np.repeat(c, 3, axis=2) if c.shape[2] == 1 else c for c in crops]
 
     swept = {t: rgb(images) for t, images in result.sweep.items()}
     return rgb(result.images), result.energy_before.numpy(), result.energy_after.numpy(), swept
@@ -136,8 +184,10 @@ def purify_pictures(
 ) -> Iterator[PurifiedImage]:
     """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
 
-    ``start_index`` is the position of the first picture in its container; it
-    keeps the per-chunk seeds the same when a container is split into shards.
+    Picture i of a container draws its noise from ``seed + i`` (``start_index``
+    is the position of the first picture, so shards keep the container's seeds).
+    Within a chunk, pictures of similar sizes share a zero-padded batch
+    (``buckets``), masked so that each result is the picture's own.
     ``phases`` collects the seconds spent waiting for decoded pictures ("decode")
     and purifying ("model"). ``sweep`` lists step counts t <= T whose images
     Psi_t each result also carries, from the same chain.
@@ -146,16 +196,14 @@ def purify_pictures(
     budget = batch_size * model.manifest.image_size**2
     index = start_index
     for chunk in chunks(phases.timed("decode", pictures), batch_size, budget):
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, (_, picture) in enumerate(chunk):
-            by_shape.setdefault(picture.rgb.shape, []).append(i)
+        inputs = [model_input(picture.rgb, model.manifest.channels) for _, picture in chunk]
+        shapes = [pad_to_size(p, model.manifest.image_size).shape[:2] for p in inputs]
         results: dict[int, PurifiedImage] = {}
-        for positions in by_shape.values():
-            pixels = [model_input(chunk[i][1].rgb, model.manifest.channels) for i in positions]
-            group_seed = None if seed is None else seed + index + positions[0]
+        for positions in buckets(shapes, DEFAULT_TILE_PIXELS):
+            seeds = None if seed is None else seed + index + torch.tensor(positions)
             with phases.time("model"):
-                out, before, after, swept = purify_same_size(
-                    model, pixels, params, group_seed, device, speedups, sweep
+                out, before, after, swept = purify_bucket(
+                    model, [inputs[i] for i in positions], params, seeds, device, speedups, sweep
                 )
             for j, i in enumerate(positions):
                 name, picture = chunk[i]

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from pureebm.nets import Valid
+
 Geometry = Sequence[tuple[int, int, int]]  # (kernel, stride, padding) along the widest path
 DEFAULT_TILE_PIXELS = 512 * 512
 
@@ -54,9 +56,10 @@ class TiledEnergy(nn.Module):
         self.field = last - first + 1
         self.stride = math.prod(stride for _, stride, _ in net.geometry)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[2] * x.shape[3] <= self.max_tile_pixels:
-            return self.net(x)
+    def forward(self, x: torch.Tensor, valid: Valid | None = None) -> torch.Tensor:
+        """A padded batch (``valid`` sizes) is scored whole: its canvas is one tile at most."""
+        if valid is not None or x.shape[2] * x.shape[3] <= self.max_tile_pixels:
+            return self.net(x, valid)
         return TiledEnergyFunction.apply(x, self)
 
     def tiles(self, x: torch.Tensor) -> Iterator[tuple[slice, slice, slice, slice]]:

@@ -179,8 +179,11 @@ class Trainer:
         rejuvenate = rejuvenate < c.rejuvenation
         if rejuvenate.any():
             states[rejuvenate] = self.fresh_states(int(rejuvenate.sum()))
+        def noise(step: int) -> torch.Tensor:
+            return torch.randn(states.shape, generator=self.generator, device=self.device)
+
         samples = langevin_chain(
-            self.net, states, c.mcmc_steps, c.eps, c.tau, self.generator, bounds=(-1.0, 1.0)
+            self.net, states, c.mcmc_steps, c.eps, c.tau, noise, bounds=(-1.0, 1.0)
         )
         self.bank[idx] = samples
 

@@ -12,6 +12,12 @@ from pureebm.params import LangevinParams
 EPS, TAU = 1.25e-2, 1e-4
 
 
+def gaussian_steps(shape: tuple[int, ...], seed: int, dtype=torch.float64):
+    """Step noise for langevin_chain from one torch generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda t: torch.randn(shape, generator=generator, dtype=dtype)
+
+
 def test_quadratic_energy_reaches_the_discrete_stationary_variance() -> None:
     """E(x) = |x|^2 / (2 s2) makes each step x' = (1 - a) x + eps * xi with
     a = eps^2 / (2 tau s2), whose stationary variance is eps^2 / (a (2 - a)),
@@ -20,9 +26,9 @@ def test_quadratic_energy_reaches_the_discrete_stationary_variance() -> None:
     a = EPS**2 / (2 * TAU * s2)
     discrete = EPS**2 / (a * (2 - a))
     continuous = TAU * s2
-    generator = torch.Generator().manual_seed(0)
     x0 = torch.zeros(200_000, 1, dtype=torch.float64)
-    x = langevin_chain(lambda x: (x**2).sum(1) / (2 * s2), x0, 250, EPS, TAU, generator)
+    noise = gaussian_steps(x0.shape, 0)
+    x = langevin_chain(lambda x: (x**2).sum(1) / (2 * s2), x0, 250, EPS, TAU, noise)
     variance = x.var().item()
     assert variance == pytest.approx(discrete, rel=0.015)
     assert abs(variance - continuous) / continuous > 0.03
@@ -30,9 +36,8 @@ def test_quadratic_energy_reaches_the_discrete_stationary_variance() -> None:
 
 def test_flat_energy_increments_are_gaussian_with_variance_steps_eps2() -> None:
     steps = 40
-    generator = torch.Generator().manual_seed(1)
     x0 = torch.randn(100_000, 2, dtype=torch.float64)
-    x = langevin_chain(lambda x: 0.0 * x.sum(1), x0, steps, EPS, TAU, generator)
+    x = langevin_chain(lambda x: 0.0 * x.sum(1), x0, steps, EPS, TAU, gaussian_steps(x0.shape, 1))
     increments = (x - x0).flatten()
     z = increments / (steps * EPS**2) ** 0.5
     assert increments.var().item() == pytest.approx(steps * EPS**2, rel=0.02)
@@ -42,9 +47,8 @@ def test_flat_energy_increments_are_gaussian_with_variance_steps_eps2() -> None:
 
 
 def test_the_update_rule_matches_one_hand_computed_step() -> None:
-    generator = torch.Generator().manual_seed(5)
     x0 = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
-    x1 = langevin_chain(lambda x: (x**2).sum(1), x0, 1, EPS, TAU, generator)
+    x1 = langevin_chain(lambda x: (x**2).sum(1), x0, 1, EPS, TAU, gaussian_steps(x0.shape, 5))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     expected = x0 - EPS**2 / 2 * (2 * x0) / TAU + EPS * noise
     torch.testing.assert_close(x1, expected)
@@ -90,11 +94,9 @@ def test_zero_steps_returns_the_input_exactly(cifar) -> None:
 
 def test_chain_moves_downhill_on_the_energy() -> None:
     """With tiny noise the drift dominates: the energy must fall."""
-    generator = torch.Generator().manual_seed(0)
     x0 = torch.full((64, 3), 2.0)
-    x = langevin_chain(
-        lambda x: (x**2).sum(1), x0, 100, 1e-3, 1e-4, generator
-    )  # x *= 0.99 per step
+    noise = gaussian_steps(x0.shape, 0, torch.float32)
+    x = langevin_chain(lambda x: (x**2).sum(1), x0, 100, 1e-3, 1e-4, noise)  # x *= 0.99 per step
     assert (x**2).sum(1).mean() < (x0**2).sum(1).mean() * 0.5
 
 
@@ -111,8 +113,6 @@ def test_cuda_matches_cpu_statistics(cifar) -> None:
 def test_a_sweep_keeps_each_step_of_the_same_chain(cifar) -> None:
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:6]).permute(0, 3, 1, 2)
-    # one batch: later batches continue the generator, so only the first one's
-    # noise is the same in a shorter chain
     run = purify(
         net, images, LangevinParams(steps=6), batch_size=6, device="cpu", seed=2, sweep=[0, 3, 6]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pureebm.nets import ConvEBM, ResEBM, build_energy_net
+from pureebm.nets import ConvEBM, ResEBM, Valid, build_energy_net
 
 
 def test_resnet_has_about_1_05_million_parameters() -> None:
@@ -31,3 +31,28 @@ def test_conv_width_doubles_through_the_strided_layers() -> None:
 def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown architecture"):
         build_energy_net("transformer")
+
+
+@pytest.mark.parametrize("architecture", ["conv", "resnet"])
+def test_a_masked_padded_batch_scores_each_image_as_alone(architecture) -> None:
+    torch.manual_seed(0)
+    net = build_energy_net(architecture, n_f=8).double()
+    sizes = [(32, 32), (45, 33), (37, 50), (64, 41)]
+    images = [torch.randn(1, 3, h, w, dtype=torch.float64) for h, w in sizes]
+    canvas = torch.full((len(sizes), 3, 64, 50), 5.0, dtype=torch.float64)  # junk outside
+    for slot, image in zip(canvas, images, strict=True):
+        slot[:, : image.shape[2], : image.shape[3]] = image[0]
+    canvas.requires_grad_(True)
+    energies = net(canvas, Valid(torch.tensor(sizes)))
+    (gradient,) = torch.autograd.grad(energies.sum(), canvas)
+    for i, ((h, w), image) in enumerate(zip(sizes, images, strict=True)):
+        image.requires_grad_(True)
+        alone = net(image)
+        (alone_gradient,) = torch.autograd.grad(alone.sum(), image)
+        torch.testing.assert_close(energies[i], alone[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gradient[i, :, :h, :w], alone_gradient[0], rtol=1e-9, atol=1e-12)
+        outside = gradient[i].clone()
+        outside[:, :h, :w] = 0
+        assert outside.abs().max() == 0
+    with torch.no_grad():  # without masks the junk would change the energies
+        assert not torch.allclose(net(canvas)[:3], energies[:3])

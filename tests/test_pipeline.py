@@ -8,7 +8,7 @@ import pytest
 from pureebm.archives import open_container
 from pureebm.images import Picture
 from pureebm.params import LangevinParams
-from pureebm.pipeline import chunks, purify_container, purify_pictures
+from pureebm.pipeline import buckets, chunks, purify_container, purify_pictures
 
 PARAMS = LangevinParams(steps=4)
 
@@ -26,6 +26,43 @@ def test_results_keep_order_names_and_sizes_across_mixed_shapes(tiny_model, cifa
     assert [o.rgb.shape for o in out] == [p.rgb.shape for _, p in items]
     assert all(o.rgb.dtype == np.uint8 for o in out)
     assert all(np.isfinite([o.energy_before, o.energy_after]).all() for o in out)
+
+
+def test_every_image_of_a_mixed_batch_comes_out_as_purified_alone(tiny_model, cifar):
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(10):
+        h, w = (int(v) for v in rng.integers(20, 72, size=2))
+        tiled = np.tile(cifar["images"][i], (3, 3, 1))[:h, :w]
+        items.append((f"img{i}", Picture(np.ascontiguousarray(tiled), None, "RGB", "PNG")))
+    items.append(("twin", items[0][1]))  # a shape that repeats
+    shapes = [(max(p.rgb.shape[0], 32), max(p.rgb.shape[1], 32)) for _, p in items]
+    shared = [g for g in buckets(shapes, 512 * 512) if len({shapes[i] for i in g}) > 1]
+    assert len(shared) >= 2  # the test really pads and masks
+    mixed = list(purify_pictures(tiny_model, items, PARAMS, batch_size=64, seed=5))
+    for index, (item, result) in enumerate(zip(items, mixed, strict=True)):
+        alone = next(purify_pictures(tiny_model, [item], PARAMS, seed=5 + index))
+        difference = np.abs(result.rgb.astype(int) - alone.rgb.astype(int))
+        assert difference.max() <= 1 and difference.mean() < 0.01
+        assert result.energy_before == pytest.approx(alone.energy_before, rel=1e-4, abs=1e-5)
+        assert result.energy_after == pytest.approx(alone.energy_after, rel=1e-4, abs=1e-5)
+    assert not np.array_equal(mixed[0].rgb, mixed[-1].rgb)  # the twin drew its own noise
+
+
+def test_buckets_share_canvases_within_the_slack():
+    shapes = [(32, 32), (100, 80), (32, 32), (96, 80), (40, 36), (500, 500), (33, 32)]
+    groups = buckets(shapes, max_canvas_pixels=512 * 512, slack=1.25)
+    assert sorted(i for group in groups for i in group) == list(range(len(shapes)))
+    for group in groups:
+        canvas = max(shapes[i][0] for i in group) * max(shapes[i][1] for i in group)
+        assert canvas * len(group) <= 1.25 * sum(shapes[i][0] * shapes[i][1] for i in group)
+    together = {frozenset(group) for group in groups}
+    assert frozenset({1, 3}) in together  # 100x80 and 96x80: 2% padding
+    assert frozenset({5}) in together  # nothing else is close to 500x500
+    assert any({0, 2} <= group for group in together)  # equal shapes always share
+    assert len(groups) < len(shapes)
+    alone = buckets(shapes, max_canvas_pixels=32 * 32, slack=1.25)
+    assert alone == [[5], [1], [3], [4], [6], [0, 2]]
 
 
 def test_splitting_into_shards_gives_the_same_pixels(tiny_model, cifar):

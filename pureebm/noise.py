@@ -41,7 +41,8 @@ def philox4x32(
     m0, m1 = PHILOX_MULTIPLIERS
     for _ in range(rounds):
         p0, p1 = c0 * m0, c2 * m1
-        c0, c1, c2, c3 = ((p1 >> 32) & WORD) ^ c1 ^ k0, p1 & WORD, ((p0 >> 32) & WORD) ^ c3 ^ k1, p0 & WORD
+        hi0, lo0, hi1, lo1 = (p0 >> 32) & WORD, p0 & WORD, (p1 >> 32) & WORD, p1 & WORD
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         k0, k1 = (k0 + PHILOX_WEYL[0]) & WORD, (k1 + PHILOX_WEYL[1]) & WORD
     return c0, c1, c2, c3
 
@@ -62,7 +63,9 @@ def gaussian(
     )
     per_row = len(steps) * len(seeds) * channels * quads
     rows_at_once = max(1, MAX_COUNTERS // max(per_row, 1))
-    out = torch.empty(len(steps), len(seeds), channels, height, quads * 4, device=device, dtype=dtype)
+    out = torch.empty(
+        len(steps), len(seeds), channels, height, quads * 4, dtype=dtype, device=device
+    )
     for y0 in range(0, height, rows_at_once):
         y1 = min(y0 + rows_at_once, height)
         counter = (

@@ -179,6 +179,7 @@ class Trainer:
         rejuvenate = rejuvenate < c.rejuvenation
         if rejuvenate.any():
             states[rejuvenate] = self.fresh_states(int(rejuvenate.sum()))
+
         def noise(step: int) -> torch.Tensor:
             return torch.randn(states.shape, generator=self.generator, device=self.device)
 

@@ -1,24 +1,32 @@
-"""Shard files: purified images streamed to disk as they come, read back one at a time.
+"""Shard files: purified images streamed to disk as they come, read back without copies.
 
-A shard file is an npz (a zip of ``.npy`` members) written member by member:
-``image_<i>.npy`` for the i-th purified image (``alpha_<i>.npy`` beside it if it
-has one), then ``names``, ``modes``, ``formats``, ``energy_before`` and
-``energy_after``: what is needed to encode each image like its original without
-decoding the original again. It is written aside and renamed
-when complete (pureebm.atomic), so a reader sees a whole shard or none, and neither the writer
-nor the reader ever holds more than one image. Both the CLI (one shard in a
-temporary folder) and the service's workers (one file per shard) use it, so
-memory is bounded by the largest image, not by the size of a job.
+A shard file is an uncompressed (stored) zip written member by member:
+
+- ``pixels.bin``: every image's RGB bytes (H x W x 3), each followed by its alpha
+  bytes (H x W) if it has one, back to back, streamed as images come;
+- then small ``.npy`` arrays: ``names``, ``shapes`` (N x 2), ``offsets`` (where
+  each image's bytes start, plus the end), ``has_alpha``, ``modes``, ``formats``,
+  ``energy_before`` and ``energy_after``: what is needed to encode each image like
+  its original without decoding the original again.
+
+A stored zip member is contiguous in the file, so a reader maps ``pixels.bin``
+into memory once and each image is a view into it (no copy, no per-image member).
+The file is written aside and renamed when complete (pureebm.atomic), so a reader
+sees a whole shard or none, and neither the writer nor the reader ever holds more
+than one image. Both the CLI (one shard in a temporary folder) and the service's
+workers (one file per shard) use it, so memory is bounded by the largest image,
+not by the size of a job.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -27,6 +35,9 @@ from pureebm.images import Picture
 
 if TYPE_CHECKING:  # the pipeline writes shards; shards only need the type
     from pureebm.pipeline import PurifiedImage
+
+PIXELS = "pixels.bin"
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip member's local header, before its name
 
 
 class Energy(NamedTuple):
@@ -40,15 +51,23 @@ class ShardWriter:
 
     def __init__(self, archive: zipfile.ZipFile) -> None:
         self.archive = archive
+        self.pixels: IO[bytes] = archive.open(PIXELS, "w", force_zip64=True)
         self.energies: list[Energy] = []
+        self.shapes: list[tuple[int, int]] = []
+        self.offsets, self.has_alpha = [0], []
         self.modes: list[str] = []
         self.formats: list[str] = []
 
     def add(self, image: PurifiedImage) -> None:
-        index, picture = len(self.energies), image.picture
-        self.write_array(f"image_{index}", picture.rgb)
+        picture = image.picture
+        self.pixels.write(np.ascontiguousarray(picture.rgb, np.uint8).data)
+        size = picture.rgb.nbytes
         if picture.alpha is not None:
-            self.write_array(f"alpha_{index}", picture.alpha)
+            self.pixels.write(np.ascontiguousarray(picture.alpha, np.uint8).data)
+            size += picture.alpha.nbytes
+        self.offsets.append(self.offsets[-1] + size)
+        self.shapes.append(picture.rgb.shape[:2])
+        self.has_alpha.append(picture.alpha is not None)
         self.energies.append(Energy(image.name, image.energy_before, image.energy_after))
         self.modes.append(picture.mode)
         self.formats.append(picture.format)
@@ -58,8 +77,12 @@ class ShardWriter:
             np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
 
     def finish(self) -> None:
+        self.pixels.close()
         names, before, after = zip(*self.energies, strict=True) if self.energies else ([],) * 3
         self.write_array("names", np.array(names, dtype=str))
+        self.write_array("shapes", np.array(self.shapes, np.int64).reshape(-1, 2))
+        self.write_array("offsets", np.array(self.offsets, np.int64))
+        self.write_array("has_alpha", np.array(self.has_alpha, bool))
         self.write_array("modes", np.array(self.modes, dtype=str))
         self.write_array("formats", np.array(self.formats, dtype=str))
         self.write_array("energy_before", np.array(before, np.float32))
@@ -75,8 +98,11 @@ def write_shard(path: Path) -> Iterator[ShardWriter]:
         zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
     ):
         writer = ShardWriter(archive)
-        yield writer
-        writer.finish()
+        try:
+            yield writer
+            writer.finish()
+        finally:
+            writer.pixels.close()
 
 
 class ShardSet:
@@ -100,7 +126,7 @@ class ShardSet:
     def file(self, shard: int) -> OpenShard:
         if self.open is None or self.open.index != shard:
             self.close()
-            self.open = OpenShard(shard, np.load(self.paths[shard], allow_pickle=False))
+            self.open = OpenShard(shard, self.paths[shard])
         return self.open
 
     def picture(self, name: str) -> Picture:
@@ -117,22 +143,41 @@ class ShardSet:
                     yield Energy(str(name), float(before), float(after))
 
     def close(self) -> None:
-        if self.open is not None:
-            self.open.npz.close()
-            self.open = None
+        self.open = None  # the memory map closes with its last view
 
 
 class OpenShard:
-    """One shard file, its small per-image arrays read once."""
+    """One shard file: its index arrays, and its pixels mapped into memory."""
 
-    def __init__(self, index: int, npz: np.lib.npyio.NpzFile) -> None:
-        self.index, self.npz = index, npz
-        self.modes, self.formats = [str(m) for m in npz["modes"]], [str(f) for f in npz["formats"]]
-        self.keys = set(npz.files)
+    def __init__(self, index: int, path: Path) -> None:
+        self.index = index
+        with np.load(path, allow_pickle=False) as npz:
+            self.shapes, self.offsets = npz["shapes"], npz["offsets"]
+            self.has_alpha = npz["has_alpha"]
+            self.modes, self.formats = (
+                [str(m) for m in npz["modes"]],
+                [str(f) for f in npz["formats"]],
+            )
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(PIXELS)
+        with path.open("rb") as f:
+            f.seek(info.header_offset)
+            header = LOCAL_HEADER.unpack(f.read(LOCAL_HEADER.size))
+        start = info.header_offset + LOCAL_HEADER.size + header[-2] + header[-1]
+        self.pixels = (
+            np.memmap(path, np.uint8, "r", offset=start, shape=(info.file_size,))
+            if info.file_size
+            else np.empty(0, np.uint8)
+        )
 
     def picture(self, i: int) -> Picture:
-        alpha = self.npz[f"alpha_{i}"] if f"alpha_{i}" in self.keys else None
-        return Picture(self.npz[f"image_{i}"], alpha, self.modes[i], self.formats[i])
+        (height, width), start = self.shapes[i], self.offsets[i]
+        rgb_end = start + height * width * 3
+        rgb = self.pixels[start:rgb_end].reshape(height, width, 3)
+        alpha = None
+        if self.has_alpha[i]:
+            alpha = self.pixels[rgb_end : self.offsets[i + 1]].reshape(height, width)
+        return Picture(rgb, alpha, self.modes[i], self.formats[i])
 
 
 def cut_shards(pixels: list[int], max_images: int, max_pixels: int) -> list[int]:

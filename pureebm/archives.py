@@ -51,20 +51,41 @@ class Member:
 
 
 CODEC_THREADS = min(4, os.cpu_count() or 1)
+INLINE_BYTES = 8 << 10  # smaller items are done in the caller's thread (see ordered_map)
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], size: Callable[[T], int] | None = None
+) -> Iterator[R]:
     """``fn`` over ``items`` in a thread pool (Pillow releases the GIL while it decodes
-    and encodes), results in order; ``items`` is consumed in the caller's thread, and
-    at most 2 x CODEC_THREADS results are in flight, so memory stays bounded."""
+    and encodes), results in order, an item's error raised in its place.
+
+    An item under INLINE_BYTES (as ``size`` counts it) is done in the caller's
+    thread instead: for a small image Pillow's Python-level parsing dominates and
+    holds the GIL, so a trip through the pool only adds contention (measured on 2
+    cores: 32 x 32 PNGs decode twice as fast inline; 256 x 256 JPEGs 1.5x faster
+    in the pool). ``size`` is the encoded size for decoding, the raw size for
+    encoding. ``items`` is consumed in the caller's thread,
+    and at most 2 x CODEC_THREADS results are in flight, so memory stays bounded."""
     with ThreadPoolExecutor(CODEC_THREADS) as pool:
         pending: deque[Future[R]] = deque()
         for item in items:
-            pending.append(pool.submit(fn, item))
+            if size is not None and size(item) < INLINE_BYTES:
+                pending.append(Future())
+                try:
+                    pending[-1].set_result(fn(item))
+                except Exception as e:  # raised in its place, after the results before it
+                    pending[-1].set_exception(e)
+            else:
+                pending.append(pool.submit(fn, item))
             if len(pending) >= 2 * CODEC_THREADS:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def picture_bytes(picture: Picture) -> int:
+    return picture.rgb.nbytes
 
 
 def check_member_name(name: str) -> str:
@@ -97,7 +118,7 @@ class Container:
         def decode(item: tuple[str, bytes]) -> tuple[str, Picture]:
             return item[0], decode_image(item[1], self.limits)
 
-        return ordered_map(decode, self.image_bytes(names))
+        return ordered_map(decode, self.image_bytes(names), size=lambda item: len(item[1]))
 
     def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
         """The named images' encoded bytes, in container order."""
@@ -172,7 +193,7 @@ class Folder(Container):
     def write(self, dst: Path, purified: Lookup) -> None:
         dst.mkdir(parents=True, exist_ok=True)
         images = (m for m in self.members if m.kind == "image")
-        encoded = ordered_map(encode_image, (purified(m.name) for m in images))
+        encoded = ordered_map(encode_image, (purified(m.name) for m in images), picture_bytes)
         for member in self.members:
             target = dst / member.name
             if member.kind == "dir":
@@ -220,7 +241,7 @@ class ZipContainer(Container):
 
     def write(self, dst: Path, purified: Lookup) -> None:
         images = (m for m in self.members if m.kind == "image")
-        encoded = ordered_map(encode_image, (purified(m.name) for m in images))
+        encoded = ordered_map(encode_image, (purified(m.name) for m in images), picture_bytes)
         with zipfile.ZipFile(self.path) as src, zipfile.ZipFile(dst, "w") as out:
             for info, member in zip(src.infolist(), self.members, strict=True):
                 if member.kind == "image":
@@ -290,7 +311,7 @@ class TarContainer(Container):
         mode = f"w:{self.compression}" if self.compression else "w"
         with tarfile.open(self.path, "r:*") as src, tarfile.open(dst, mode) as out:
             images = (m for m in self.members if m.kind == "image")
-            encoded = ordered_map(encode_image, (purified(m.name) for m in images))
+            encoded = ordered_map(encode_image, (purified(m.name) for m in images), picture_bytes)
             for info in src:
                 if info.isdir():
                     out.addfile(info)

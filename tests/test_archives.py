@@ -304,3 +304,21 @@ def test_the_codec_pool_keeps_order_bounds_its_lookahead_and_raises_in_place():
     assert in_flight_max <= CODEC_THREADS
     with pytest.raises(UnsupportedInput, match="item 7"):
         next(results)
+
+
+def test_small_items_run_inline_and_keep_their_place() -> None:
+    threads: list[str] = []
+
+    def record(n: int) -> int:
+        threads.append(threading.current_thread().name)
+        if n == 3:
+            raise UnsupportedInput("item 3 is broken")
+        return -n
+
+    sizes = [1 << 20, 1, 1 << 20, 1, 1]  # large items go to the pool, small ones stay
+    results = ordered_map(record, range(5), size=lambda n: sizes[n])
+    assert [next(results) for _ in range(3)] == [0, -1, -2]
+    with pytest.raises(UnsupportedInput, match="item 3"):
+        next(results)
+    assert threads.count(threading.current_thread().name) >= 2  # items 1 and 3 at least
+    assert any(name != threading.current_thread().name for name in threads)

@@ -1,7 +1,7 @@
 """Engine vs service: the same zip purified in-process and end to end through the
 service, with where the service's time goes.
 
-    python -m bench.service [--images 4660] [--steps 0] [--mixed | --side 150]
+    python -m bench.service [--images 4660] [--steps 0] [--mixed | --side 150] [--repeat 3]
 
 Builds a zip of N images: CIFAR-10 PNGs cycled from the shared set, or with
 --mixed, JPEGs of varied sizes (each a shared image upscaled to 32-256 px a side,
@@ -11,8 +11,11 @@ it (1) with the engine in this process (`pureebm purify`'s path) and (2) through
 worker, the API on 127.0.0.1). Prints images/s and megapixels/s for both, their
 ratio, and the service's phases from its own timers (the API's and the worker's
 JSON log lines): upload, validate, queue wait, decode, model, shard write,
-finalise, download. --steps 0 leaves almost nothing but the work around the
-chain. Run it on an otherwise idle machine.
+finalise, download; and the engine's phases from the same timers. --steps 0
+leaves almost nothing but the work around the chain. --repeat N alternates
+engine and service runs N times and reports each figure's median and range
+(a shared 2-core machine varies by 10-20% from run to run). Run it on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import io
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,12 +41,19 @@ from PIL import Image
 from pureebm.archives import open_container
 from pureebm.client import PureEBMClient
 from pureebm.langevin import resolve_device
-from pureebm.pipeline import purify_container
+from pureebm.pipeline import Phases, purify_container
 from pureebm.registry import Registry
 from service.settings import Settings
 from tests.stack import Stack, free_port
 from worker.main import default_batch_size
 
+RATES = (
+    "engine_images_per_s",
+    "service_images_per_s",
+    "service_over_engine",
+    "engine_megapixels_per_s",
+    "service_megapixels_per_s",
+)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
 
 
@@ -133,6 +144,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="default: the model's")
     parser.add_argument("--mixed", action="store_true", help="JPEGs of varied sizes")
     parser.add_argument("--side", type=int, help="JPEGs all SIDE x SIDE (a same-size set)")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate engine and service runs")
     parser.add_argument("--out", type=Path, default=Path("bench/out/service.json"))
     args = parser.parse_args()
 
@@ -146,46 +158,73 @@ def main() -> None:
         params = params.model_copy(update={"steps": args.steps})
     batch = default_batch_size(device)  # what the service's worker uses on this device
 
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         src = work / "set.zip"
         pixels = make_zip(src, pool, args.images, args.mixed, args.side)
-        started = time.perf_counter()
-        purify_container(
-            open_container(src), work / "engine.zip", model, params, batch, device, seed=0
-        )
-        engine_s = time.perf_counter() - started
-        phases = through_service(src, work / "service.zip", work, args.steps)
-        with zipfile.ZipFile(work / "engine.zip") as a, zipfile.ZipFile(work / "service.zip") as b:
-            assert a.namelist() == b.namelist(), "the service changed the members"
+        for _ in range(args.repeat):
+            engine_phases = Phases()
+            started = time.perf_counter()
+            purify_container(
+                open_container(src),
+                work / "engine.zip",
+                model,
+                params,
+                batch,
+                device,
+                seed=0,
+                phases=engine_phases,
+            )
+            engine_s = time.perf_counter() - started
+            phases = through_service(src, work / "service.zip", work, args.steps)
+            with (
+                zipfile.ZipFile(work / "engine.zip") as a,
+                zipfile.ZipFile(work / "service.zip") as b,
+            ):
+                assert a.namelist() == b.namelist(), "the service changed the members"
+            n, service_s = args.images, phases["total_s"]
+            runs.append(
+                {
+                    "engine_images_per_s": n / engine_s,
+                    "service_images_per_s": n / service_s,
+                    "engine_megapixels_per_s": pixels / 1e6 / engine_s,
+                    "service_megapixels_per_s": pixels / 1e6 / service_s,
+                    "service_over_engine": engine_s / service_s,
+                    "engine_s": engine_s,
+                    "engine_phases_s": {f"{k}_s": v for k, v in engine_phases.items()},
+                    "service_phases_s": phases,
+                }
+            )
 
-    n, service_s = args.images, phases["total_s"]
+    def summary(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
     figures = {
-        "images": n,
+        "images": args.images,
         "mixed_sizes": args.mixed,
         "side": args.side,
         "steps": params.steps,
         "device": str(device),
         "batch_size": batch,
         "megapixels": pixels / 1e6,
-        "engine_images_per_s": n / engine_s,
-        "service_images_per_s": n / service_s,
-        "engine_megapixels_per_s": pixels / 1e6 / engine_s,
-        "service_megapixels_per_s": pixels / 1e6 / service_s,
-        "service_over_engine": engine_s / service_s,
-        "engine_s": engine_s,
-        "service_phases_s": phases,
+        "repeats": args.repeat,
+        **{key: summary([run[key] for run in runs]) for key in RATES},
+        "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
     kind = "mixed-size JPEGs" if args.mixed else "CIFAR-10 PNGs"
     kind = f"{args.side}x{args.side} JPEGs" if args.side else kind
-    print(f"{n} {kind}, T={params.steps}, {device}, batch {batch}")
-    print(f"engine   {n / engine_s:8.2f} images/s  {pixels / 1e6 / engine_s:6.2f} Mpx/s")
-    print(f"service  {n / service_s:8.2f} images/s  {pixels / 1e6 / service_s:6.2f} Mpx/s")
-    print(f"ratio    {engine_s / service_s:8.3f}  (service / engine throughput)")
-    for phase, seconds in phases.items():
-        print(f"  {phase:<14} {seconds:8.2f} s")
+    print(f"{args.images} {kind}, T={params.steps}, {device}, batch {batch}, {args.repeat} runs")
+    for key in RATES:
+        f = figures[key]
+        print(f"{key:<26} median {f['median']:8.3f}  range {f['min']:.3f} - {f['max']:.3f}")
+    for side in ("engine_phases_s", "service_phases_s"):
+        print(side)
+        for phase in runs[0][side]:
+            values = [run[side].get(phase, 0.0) for run in runs]
+            print(f"  {phase:<14} {statistics.median(values):8.2f} s")
 
 
 if __name__ == "__main__":

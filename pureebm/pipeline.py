@@ -224,30 +224,36 @@ def purify_container(
     seed: int | None = None,
     on_image: Callable[[PurifiedImage], None] | None = None,
     speedups: Speedups = Speedups(),
+    phases: Phases | None = None,
 ) -> list[Energy]:
     """Purify every image of ``container`` and write the same container to ``dst``.
 
     Purified pixels stream to a shard file beside ``dst`` and are read back one
     at a time while the container is written, so memory does not grow with the
     number of images. Returns each image's energies in container order.
+    ``phases`` collects seconds as the service's worker counts them: "decode",
+    "model", "write" (the shard file) and "finalize" (the container).
     """
+    phases = Phases() if phases is None else phases
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
         shard = Path(work) / "purified.npz"
         with write_shard(shard) as writer:
             pictures = container.iter_images()
             batches = purify_pictures(
-                model, pictures, params, batch_size, device, seed, speedups=speedups
+                model, pictures, params, batch_size, device, seed, 0, phases, speedups
             )
             for item in batches:
-                writer.add(item)
+                with phases.time("write"):
+                    writer.add(item)
                 if on_image is not None:
                     on_image(item)
         energies = writer.energies
         names = container.image_names()
         purified = ShardSet([shard], [0, len(names)], names)
         try:
-            container.write(dst, purified.picture)
+            with phases.time("finalize"):
+                container.write(dst, purified.picture)
         finally:
             purified.close()
         return energies

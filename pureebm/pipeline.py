@@ -18,7 +18,9 @@ images are bucketed, chunked or split across shards.
 from __future__ import annotations
 
 import contextlib
+import queue
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -170,6 +172,52 @@ class Phases(Counter[str]):
             yield item
 
 
+def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``depth`` ahead of the caller.
+
+    Reading and decoding the next batch then overlaps the model's work on this
+    one (on a GPU the caller mostly waits for the device). An error is raised in
+    its place; closing this iterator stops the thread and closes ``items``.
+    """
+    ready: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def hand_over(entry: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                ready.put(entry, timeout=0.1)
+                return True
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not hand_over((item, None)):
+                    return
+            hand_over((end, None))
+        except BaseException as e:  # raised in the caller's thread, in its place
+            hand_over((None, e))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        producer.join()
+
+
 def purify_pictures(
     model: LoadedModel,
     pictures: Iterable[tuple[str, Picture]],
@@ -188,14 +236,16 @@ def purify_pictures(
     is the position of the first picture, so shards keep the container's seeds).
     Within a chunk, pictures of similar sizes share a zero-padded batch
     (``buckets``), masked so that each result is the picture's own.
-    ``phases`` collects the seconds spent waiting for decoded pictures ("decode")
-    and purifying ("model"). ``sweep`` lists step counts t <= T whose images
+    Pictures are read and decoded by a background thread up to two batches
+    ahead. ``phases`` collects the seconds spent waiting for decoded pictures
+    ("decode") and purifying ("model"). ``sweep`` lists step counts t <= T whose images
     Psi_t each result also carries, from the same chain.
     """
     phases = Phases() if phases is None else phases
     budget = batch_size * model.manifest.image_size**2
     index = start_index
-    for chunk in chunks(phases.timed("decode", pictures), batch_size, budget):
+    ahead = prefetched(pictures, 2 * batch_size)
+    for chunk in chunks(phases.timed("decode", ahead), batch_size, budget):
         inputs = [model_input(picture.rgb, model.manifest.channels) for _, picture in chunk]
         shapes = [pad_to_size(p, model.manifest.image_size).shape[:2] for p in inputs]
         results: dict[int, PurifiedImage] = {}

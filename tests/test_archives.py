@@ -322,3 +322,28 @@ def test_small_items_run_inline_and_keep_their_place() -> None:
         next(results)
     assert threads.count(threading.current_thread().name) >= 2  # items 1 and 3 at least
     assert any(name != threading.current_thread().name for name in threads)
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar", ".tar.gz"])
+def test_an_archives_shards_are_read_through_one_handle(tmp_path, cifar, suffix):
+    members = {f"img/{i:02d}.png": png(cifar["images"][i]) for i in range(12)}
+    members["notes.txt"] = b"not an image"
+    src = tmp_path / f"in{suffix}"
+    if suffix == ".zip":
+        write_zip(src, members)
+    else:
+        write_tar(src, members, "w:gz" if suffix == ".tar.gz" else "w")
+    container = open_container(src)
+    names = container.image_names()
+    opened: list[object] = []
+    open_reader = container.open_reader
+    container.open_reader = lambda: opened.append(1) or open_reader()
+
+    shards = [set(names[0:4]), set(names[4:8]), set(names[8:12]), set(names[2:5])]  # last: back
+    for shard in shards:
+        read = dict(container.image_bytes(shard))
+        assert read == {name: members[name] for name in sorted(shard)}
+    assert len(opened) == 1  # not re-listed or reopened per shard
+    assert len(dict(container.image_bytes(None))) == 12  # a whole pass has its own handle
+    container.close()
+    assert container.reader is None

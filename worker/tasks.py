@@ -71,7 +71,7 @@ class WorkerContext:
         if path not in self.inputs:
             self.inputs[path] = open_container(path, self.store.settings.limits)
             while len(self.inputs) > 1:  # an npz input is held in memory
-                self.inputs.popitem(last=False)
+                self.inputs.popitem(last=False)[1].close()
         return self.inputs[path]
 
 

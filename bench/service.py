@@ -89,13 +89,16 @@ def log_records(path: Path) -> list[dict]:
     return records
 
 
-def through_service(src: Path, dst: Path, workdir: Path, steps: int | None) -> dict[str, float]:
+def through_service(
+    src: Path, dst: Path, workdir: Path, steps: int | None, model: str
+) -> dict[str, float]:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PUREEBM_")},
         "PUREEBM_PORT": str(port),
         "PUREEBM_DATA_DIR": str(workdir / "data"),
         "PUREEBM_LOG_LEVEL": "INFO",
+        "PUREEBM_DEFAULT_MODEL": model,
     }
     log_path = workdir / "serve.log"
     with log_path.open("wb") as log:
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--images", type=int, default=256, help="cycled from the shared set")
     parser.add_argument("--steps", type=int, help="default: the model's")
+    parser.add_argument("--model", help="NAME[:VERSION] (default: the service's default model)")
     parser.add_argument("--mixed", action="store_true", help="JPEGs of varied sizes")
     parser.add_argument("--side", type=int, help="JPEGs all SIDE x SIDE (a same-size set)")
     parser.add_argument("--repeat", type=int, default=1, help="alternate engine and service runs")
@@ -151,8 +155,9 @@ def main() -> None:
     with np.load(args.data, allow_pickle=False) as npz:
         pool = npz["images"]
     device = resolve_device("auto")
-    settings = Settings()  # the same registry and default model as the service
-    model = Registry(settings.registry).load(settings.default_model, device)
+    settings = Settings()  # the same registry as the service
+    model_ref = args.model or settings.default_model
+    model = Registry(settings.registry).load(model_ref, device)
     params = model.manifest.langevin
     if args.steps is not None:
         params = params.model_copy(update={"steps": args.steps})
@@ -177,7 +182,7 @@ def main() -> None:
                 phases=engine_phases,
             )
             engine_s = time.perf_counter() - started
-            phases = through_service(src, work / "service.zip", work, args.steps)
+            phases = through_service(src, work / "service.zip", work, args.steps, model_ref)
             with (
                 zipfile.ZipFile(work / "engine.zip") as a,
                 zipfile.ZipFile(work / "service.zip") as b,
@@ -204,6 +209,7 @@ def main() -> None:
         "images": args.images,
         "mixed_sizes": args.mixed,
         "side": args.side,
+        "model": f"{model.manifest.name}:{model.manifest.version}",
         "steps": params.steps,
         "device": str(device),
         "batch_size": batch,
@@ -216,7 +222,10 @@ def main() -> None:
     args.out.write_text(json.dumps(figures, indent=2))
     kind = "mixed-size JPEGs" if args.mixed else "CIFAR-10 PNGs"
     kind = f"{args.side}x{args.side} JPEGs" if args.side else kind
-    print(f"{args.images} {kind}, T={params.steps}, {device}, batch {batch}, {args.repeat} runs")
+    print(
+        f"{args.images} {kind}, {figures['model']}, T={params.steps}, {device}, batch {batch}, "
+        f"{args.repeat} runs"
+    )
     for key in RATES:
         f = figures[key]
         print(f"{key:<26} median {f['median']:8.3f}  range {f['min']:.3f} - {f['max']:.3f}")

@@ -59,3 +59,11 @@ def test_an_images_noise_does_not_depend_on_its_batch_canvas_or_blocks(monkeypat
     assert per_step.steps_at_once == 1
     for t in range(3):
         torch.testing.assert_close(per_step(t), canvas[t], rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_noise_is_the_same_on_cuda_and_cpu() -> None:
+    seeds, steps = torch.tensor([3, 2**40 + 5]), torch.arange(2)
+    cpu = gaussian(seeds, steps, (3, 17, 19))
+    cuda = gaussian(seeds.cuda(), steps, (3, 17, 19)).cpu()
+    torch.testing.assert_close(cuda, cpu, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -59,7 +60,15 @@ class ShardWriter:
         self.formats: list[str] = []
 
     def add(self, image: PurifiedImage) -> None:
-        picture = image.picture
+        self.add_picture(image.name, image.picture, image.energy_before, image.energy_after)
+
+    def add_picture(
+        self,
+        name: str,
+        picture: Picture,
+        energy_before: float = math.nan,
+        energy_after: float = math.nan,
+    ) -> None:
         self.pixels.write(np.ascontiguousarray(picture.rgb, np.uint8).data)
         size = picture.rgb.nbytes
         if picture.alpha is not None:
@@ -68,9 +77,13 @@ class ShardWriter:
         self.offsets.append(self.offsets[-1] + size)
         self.shapes.append(picture.rgb.shape[:2])
         self.has_alpha.append(picture.alpha is not None)
-        self.energies.append(Energy(image.name, image.energy_before, image.energy_after))
+        self.energies.append(Energy(name, energy_before, energy_after))
         self.modes.append(picture.mode)
         self.formats.append(picture.format)
+
+    @property
+    def pixel_bytes(self) -> int:
+        return self.offsets[-1]
 
     def write_array(self, key: str, array: np.ndarray) -> None:
         with self.archive.open(f"{key}.npy", "w", force_zip64=True) as member:
@@ -147,7 +160,8 @@ class ShardSet:
 
 
 class OpenShard:
-    """One shard file: its index arrays, and its pixels mapped into memory."""
+    """One shard file: its index arrays, and its pixels mapped into memory; the
+    i-th picture it holds is ``picture(i)``."""
 
     def __init__(self, index: int, path: Path) -> None:
         self.index = index
@@ -169,6 +183,9 @@ class OpenShard:
             if info.file_size
             else np.empty(0, np.uint8)
         )
+
+    def __len__(self) -> int:
+        return len(self.shapes)
 
     def picture(self, i: int) -> Picture:
         (height, width), start = self.shapes[i], self.offsets[i]

@@ -11,8 +11,9 @@ that depends on all of them assembles the result. Redis keys:
     pureebm:idem:<owner>:<key>  the job id created under an Idempotency-Key
     pureebm:states              hash: job id -> status (for /metrics)
 
-Job folder (``<data_dir>/jobs/<id>/``): ``input/<file>``, ``shards/<i>.npz``,
-``result/<name>`` and ``report.json``.
+Job folder (``<data_dir>/jobs/<id>/``): ``input/<file>``, ``decoded.npz`` (the
+images the API decoded while validating, up to ``max_decoded_bytes``),
+``shards/<i>.npz``, ``result/<name>`` and ``report.json``.
 """
 
 from __future__ import annotations
@@ -141,6 +142,10 @@ class JobStore:
 
     def input_path(self, record: JobRecord) -> Path:
         return self.folder(record.id) / "input" / record.input_file
+
+    def decoded_path(self, job_id: str) -> Path:
+        """The input's images as the API decoded them (a shard file; a prefix of them)."""
+        return self.folder(job_id) / "decoded.npz"
 
     def shard_path(self, job_id: str, shard: int) -> Path:
         return self.folder(job_id) / "shards" / f"{shard:05d}.npz"

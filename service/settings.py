@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_files: int = Field(1000, ge=1)
     max_pixels: int = Field(16_000_000, ge=1)
     max_job_pixels: int = Field(10_000_000_000, ge=1)  # all images of one job together
+    # decoded images the API keeps per job for the workers (raw bytes; later ones are
+    # decoded again by the workers)
+    max_decoded_bytes: int = Field(4 << 30, ge=0)
     max_members: int = Field(200_000, ge=1)
     max_member_bytes: int = Field(512 << 20, ge=1)
     max_total_bytes: int = Field(16 << 30, ge=1)

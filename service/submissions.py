@@ -71,7 +71,12 @@ class Submitter:
                 (folder / sub).mkdir(parents=True)
             started = time.perf_counter()
             prepared = await run_in_threadpool(
-                prepare_input, folder / "input", settings, files, archive
+                prepare_input,
+                folder / "input",
+                store.decoded_path(job_id),
+                settings,
+                files,
+                archive,
             )
             validate_s = time.perf_counter() - started
             now = time.time()

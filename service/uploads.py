@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pureebm.archives import Container, open_container
 from pureebm.images import FormatError, InputTooLarge, UnsafeInput, UnsupportedInput
+from pureebm.shards import write_shard
 from service.problems import Problem
 from service.settings import Settings
 
@@ -94,29 +95,50 @@ def result_name(kind: str, input_name: str) -> str:
     return f"{stem}.purified{suffix or {'zip': '.zip', 'tar': '.tar', 'npz': '.npz'}[kind]}"
 
 
-def validate_images(container: Container, max_job_pixels: int) -> list[int]:
+def validate_images(
+    container: Container, max_job_pixels: int, decoded: Path, max_decoded_bytes: int
+) -> list[int]:
     """Decode every image once so a bad one is refused now, not in a worker, and
     refuse a job whose images add up to more than ``max_job_pixels``. Returns each
-    image's pixel count, in container order."""
+    image's pixel count, in container order.
+
+    The decoded images are kept for the workers in ``decoded`` (a shard file, read
+    back through a memory map) while they fit in ``max_decoded_bytes``, so each
+    image is decoded once per job; workers decode the ones after that again.
+    """
     names, pixels, total = container.image_names(), [], 0
     pictures = container.iter_images()
-    while True:
-        try:
-            item = next(pictures, None)
-        except FormatError as e:
-            raise type(e)(f"{names[len(pixels)]}: {e}") from e
-        if item is None:
-            return pixels
-        pixels.append(item[1].rgb.shape[0] * item[1].rgb.shape[1])
-        total += pixels[-1]
-        if total > max_job_pixels:
-            raise InputTooLarge(f"the images add up to over the {max_job_pixels}-pixel job limit")
+    caching = True  # the cache holds a prefix of the images: positions 0 .. len(cache) - 1
+    with write_shard(decoded) as cache:
+        while True:
+            try:
+                item = next(pictures, None)
+            except FormatError as e:
+                raise type(e)(f"{names[len(pixels)]}: {e}") from e
+            if item is None:
+                return pixels
+            name, picture = item
+            pixels.append(picture.rgb.shape[0] * picture.rgb.shape[1])
+            total += pixels[-1]
+            if total > max_job_pixels:
+                raise InputTooLarge(
+                    f"the images add up to over the {max_job_pixels}-pixel job limit"
+                )
+            size = picture.rgb.nbytes + (0 if picture.alpha is None else picture.alpha.nbytes)
+            caching = caching and cache.pixel_bytes + size <= max_decoded_bytes
+            if caching:
+                cache.add_picture(name, picture)
 
 
 def prepare_input(
-    folder: Path, settings: Settings, files: list[UploadFile] | None, archive: UploadFile | None
+    folder: Path,
+    decoded: Path,
+    settings: Settings,
+    files: list[UploadFile] | None,
+    archive: UploadFile | None,
 ) -> PreparedInput:
-    """Store the upload in ``folder`` and check it completely; raises FormatError or Problem."""
+    """Store the upload in ``folder`` and check it completely, keeping decoded images
+    in ``decoded`` (see ``validate_images``); raises FormatError or Problem."""
     if bool(files) == bool(archive):
         raise Problem(400, "send either one or more `files` or one `archive`, not both or neither")
     if archive is not None:
@@ -151,5 +173,7 @@ def prepare_input(
         if len(container.image_names()) != len(files):
             raise UnsupportedInput("every file in `files` must be an image")
         kind, name = "files", "files"
-    pixels = validate_images(container, settings.max_job_pixels)
+    pixels = validate_images(
+        container, settings.max_job_pixels, decoded, settings.max_decoded_bytes
+    )
     return PreparedInput(kind, stored, name, size, result_name(kind, name), pixels)

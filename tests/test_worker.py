@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
+import numpy as np
+from PIL import Image
 from rq.job import Job
 
-from tests.stack import Stack, check_every_image_once, png, submit_zip
+from pureebm.images import Picture
+from pureebm.params import LangevinParams
+from pureebm.pipeline import purify_pictures
+from tests.stack import Stack, check_every_image_once, png, submit_zip, zip_bytes
 
 IMAGES = 24  # six shards of four
+PARAMS = LangevinParams(steps=3)
 
 
 def shard_workers(stack: Stack, job_id: str) -> set[str]:
@@ -28,3 +37,41 @@ def test_two_workers_share_one_jobs_shards(tmp_path, tiny_registry, cifar):
         assert len(shard_workers(stack, job_id)) == 2
     finally:
         stack.stop()
+
+
+def test_workers_purify_the_images_the_api_decoded(tmp_path, tiny_registry, tiny_model, cifar):
+    """The API keeps the first images it decoded (up to max_decoded_bytes) and the
+    workers purify those pixels without decoding the input again; the rest they
+    decode from the input. Proof: the kept images' members are replaced in the
+    stored input after validation, and their results do not change."""
+    images = cifar["images"][:8]
+    members = {f"img/{i}.png": png(images[i]) for i in range(8)}
+    stack = Stack(tmp_path, tiny_registry, max_decoded_bytes=3 * images[0].nbytes)
+    try:
+        with stack.client() as client:
+            created = client.post(
+                "/v1/jobs",
+                files={"archive": ("set.zip", zip_bytes(members))},
+                data={"steps": "3", "seed": "7"},
+            )
+            assert created.status_code == 202, created.text
+            job_id = created.json()["id"]
+            folder = stack.data_dir / "jobs" / job_id
+            tampered = {
+                n: png(255 - images[i]) if i < 3 else members[n] for i, n in enumerate(members)
+            }
+            (folder / "input" / "set.zip").write_bytes(zip_bytes(tampered))
+            stack.start_worker()
+            job = stack.wait_job(client, job_id)
+            assert job["status"] == "finished", job["error"]
+            result = client.get(f"/v1/jobs/{job_id}/result").content
+    finally:
+        stack.stop()
+    pictures = [(n, Picture(images[i], None, "RGB", "PNG")) for i, n in enumerate(members)]
+    expected = {
+        item.name: item.rgb for item in purify_pictures(tiny_model, pictures, PARAMS, 4, "cpu", 7)
+    }
+    with zipfile.ZipFile(io.BytesIO(result)) as archive:
+        for name in members:
+            got = np.asarray(Image.open(io.BytesIO(archive.read(name))))
+            assert np.abs(got.astype(int) - expected[name].astype(int)).max() <= 1, name

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from rq import get_current_job
 
 from pureebm.archives import Container, open_container
 from pureebm.atomic import atomic_path
+from pureebm.images import Picture
 from pureebm.langevin import Speedups
 from pureebm.pipeline import Phases, purify_pictures
 from pureebm.registry import LoadedModel, Registry
-from pureebm.shards import ShardSet, write_shard
+from pureebm.shards import OpenShard, ShardSet, write_shard
 from service import metrics
 from service.jobs import JobStore
 from service.schemas import ACTIVE, JobRecord, JobStatus
@@ -55,6 +57,27 @@ class ModelCache:
 
 
 @dataclass
+class JobInput:
+    """A job's input as a worker reads it: the container, and the images the API
+    decoded while validating it (a prefix of them, in container order)."""
+
+    container: Container
+    decoded: OpenShard | None
+
+    def pictures(self, start: int, stop: int) -> Iterator[tuple[str, Picture]]:
+        """Images [start, stop) in container order: the API's decoded pixels where it
+        kept them (each image is then decoded once per job), else decoded here."""
+        names = self.container.image_names()
+        kept = start
+        if self.decoded is not None:
+            kept = max(start, min(stop, len(self.decoded)))
+            for position in range(start, kept):
+                yield names[position], self.decoded.picture(position)
+        if kept < stop:
+            yield from self.container.iter_images(set(names[kept:stop]))
+
+
+@dataclass
 class WorkerContext:
     store: JobStore
     models: ModelCache
@@ -62,16 +85,20 @@ class WorkerContext:
     batch_size: int
     name: str
     speedups: Speedups
-    inputs: OrderedDict[Path, Container] = field(default_factory=OrderedDict)
+    inputs: OrderedDict[Path, JobInput] = field(default_factory=OrderedDict)
 
-    def open_input(self, record: JobRecord) -> Container:
-        """The job's input container, listed and checked once per worker: the shards
-        of one job reuse it instead of re-reading the archive's directory."""
+    def open_input(self, record: JobRecord) -> JobInput:
+        """The job's input, listed and checked once per worker: the shards of one job
+        reuse it instead of re-reading the archive's directory."""
         path = self.store.input_path(record)
         if path not in self.inputs:
-            self.inputs[path] = open_container(path, self.store.settings.limits)
+            decoded = self.store.decoded_path(record.id)
+            self.inputs[path] = JobInput(
+                open_container(path, self.store.settings.limits),
+                OpenShard(0, decoded) if decoded.exists() else None,
+            )
             while len(self.inputs) > 1:  # an npz input is held in memory
-                self.inputs.popitem(last=False)[1].close()
+                self.inputs.popitem(last=False)[1].container.close()
         return self.inputs[path]
 
 
@@ -126,9 +153,7 @@ def run_shard(
     store, settings = ctx.store, ctx.store.settings
     model = ctx.models.get(record.params.model or settings.default_model)
     params = record.params.resolve(model.manifest.langevin)
-    container = ctx.open_input(record)
-    names = set(container.image_names()[start:stop])
-    pictures = container.iter_images(names)
+    pictures = ctx.open_input(record).pictures(start, stop)
     batches = purify_pictures(
         model,
         pictures,
@@ -144,12 +169,12 @@ def run_shard(
         for done, item in enumerate(batches, 1):
             with phases.time("write"):
                 writer.add(item)
-            if done % ctx.batch_size == 0 or done == len(names):
+            if done % ctx.batch_size == 0 or done == stop - start:
                 store.set_shard_progress(record.id, shard, done)
                 current = store.get(record.id)
                 if current is None or current.status not in ACTIVE:
                     raise JobCanceled(record.id)
-    return len(names)
+    return stop - start
 
 
 def fail(store: JobStore, record: JobRecord, error: str) -> None:
@@ -186,7 +211,7 @@ def finalize(job_id: str) -> str | None:
 def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     job_id = record.id
     started = time.perf_counter()
-    container = ctx.open_input(record)
+    container = ctx.open_input(record).container
     paths = [store.shard_path(job_id, shard) for shard in range(record.shards)]
     purified = ShardSet(paths, record.shard_bounds, container.image_names())
     result = store.result_path(record)

@@ -85,7 +85,7 @@ def ordered_map(
 
 
 def picture_bytes(picture: Picture) -> int:
-    return picture.rgb.nbytes
+    return picture.nbytes
 
 
 def check_member_name(name: str) -> str:
@@ -215,8 +215,10 @@ class Archive(Container, Generic[Handle]):
 
     A whole pass opens a handle of its own. Named reads (a worker's shards) share
     one handle, kept open until ``close``: a job's shards then do not each
-    re-read a zip's directory (half a second for 50,000 members) or decompress a
-    tar.gz from its start, since a worker takes a job's shards in order.
+    re-read a zip's directory (half a second for 50,000 members), and shards
+    taken in order (as one worker takes a job's shards) move forward through a
+    tar.gz instead of decompressing it from its start each time; going back is
+    correct, only slower.
     """
 
     reader: Handle | None = None
@@ -235,9 +237,13 @@ class Archive(Container, Generic[Handle]):
             return
         if self.reader is None:
             self.reader = self.open_reader()
-        for name in self.image_names():
-            if name in names:
-                yield name, self.read_member(self.reader, name)
+        try:
+            for name in self.image_names():
+                if name in names:
+                    yield name, self.read_member(self.reader, name)
+        except Exception:
+            self.close()  # a handle that failed mid-read is not used again
+            raise
 
     def close(self) -> None:
         if self.reader is not None:

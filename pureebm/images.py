@@ -75,6 +75,11 @@ class Picture:
         """The same picture (mode, alpha, format) holding other RGB pixels."""
         return dataclasses.replace(self, rgb=rgb)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its decoded pixels, alpha included."""
+        return self.rgb.nbytes + (0 if self.alpha is None else self.alpha.nbytes)
+
 
 def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
     """Decode image bytes; raises UnsupportedInput or InputTooLarge with the reason."""

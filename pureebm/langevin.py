@@ -119,48 +119,46 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def image_seeds(seed: int | torch.Tensor | None, count: int) -> torch.Tensor:
-    """One seed per image: ``seed + i`` for image i, given seeds as they are, or random."""
-    if isinstance(seed, torch.Tensor):
-        if seed.shape != (count,):
-            raise ValueError(f"{len(seed)} seeds for {count} images")
-        return seed.to(torch.int64)
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()))
-    return seed + torch.arange(count, dtype=torch.int64)
-
-
 def purify(
     model: nn.Module,
     images: torch.Tensor,
     params: LangevinParams = LangevinParams(),
     batch_size: int = 256,
     device: str | torch.device | None = None,
-    seed: int | torch.Tensor | None = None,
+    seed: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     sweep: Collection[int] = (),
     tile_pixels: int = DEFAULT_TILE_PIXELS,
     speedups: Speedups = Speedups(),
     sizes: torch.Tensor | None = None,
+    indices: torch.Tensor | None = None,
 ) -> Purified:
     """Apply Psi_T to uint8 images (N x C x H x W), ``batch_size`` at a time.
 
-    Image i draws its noise from ``seed + i`` (or ``seed[i]`` for a tensor of
-    seeds; random without a seed), so its result does not depend on the batch
-    it runs in. ``sizes`` (N x 2) makes ``images`` a zero-padded batch of
-    smaller images, image i valid in its top-left ``sizes[i]``; the energy nets
-    then mask every layer to each image's size. Peak memory is bounded by the
-    batch size. ``on_batch(n)`` is called after each batch with the number of
-    images it held. ``sweep`` lists further step counts t <= T whose images
-    Psi_t are kept from the same chains. Images over ``tile_pixels`` are scored
-    tile by tile (pureebm.tiles), with the same result, so memory stays bounded
-    for large images too. ``speedups`` are the optional GPU options.
+    Image i draws its noise from (``seed``, ``indices[i]``) (pureebm.noise; the
+    indices default to 0 .. N - 1, and no seed means a random one), so its
+    result does not depend on the batch it runs in. ``sizes`` (N x 2) makes
+    ``images`` a zero-padded batch of smaller images, image i valid in its
+    top-left ``sizes[i]``; the energy nets then mask every layer to each image's
+    size, and the canvas, scored whole, must fit in ``tile_pixels``. Peak memory
+    is bounded by the batch size. ``on_batch(n)`` is called after each batch with
+    the number of images it held. ``sweep`` lists further step counts t <= T
+    whose images Psi_t are kept from the same chains. Images over
+    ``tile_pixels`` are scored tile by tile (pureebm.tiles), with the same
+    result, so memory stays bounded for large images too. ``speedups`` are the
+    optional GPU options.
     """
     if any(t > params.steps for t in sweep):
         raise ValueError(f"sweep {sorted(sweep)} goes past T = {params.steps}")
+    if sizes is not None and images.shape[2] * images.shape[3] > tile_pixels:
+        raise ValueError("a padded batch is scored whole: its canvas must fit in one tile")
     device = resolve_device(device)
     energy = energy_function(model, device, speedups, tile_pixels)
-    seeds = image_seeds(seed, len(images)).to(device)
+    seed = int(torch.randint(0, 2**62, ())) if seed is None else seed
+    indices = torch.arange(len(images)) if indices is None else indices
+    if indices.shape != (len(images),):
+        raise ValueError(f"{tuple(indices.shape)} indices for {len(images)} images")
+    indices = indices.to(device)
 
     outputs, before, after = [], [], []
     swept: dict[int, list[torch.Tensor]] = {t: [] for t in sweep}
@@ -177,7 +175,7 @@ def purify(
         def batch_energy(x: torch.Tensor, valid: Valid | None = valid) -> torch.Tensor:
             return energy(x, valid)
 
-        noise = ImageNoise(seeds[batch], tuple(x0.shape[1:]), params.steps, x0.dtype)
+        noise = ImageNoise(seed, indices[batch], tuple(x0.shape[1:]), params.steps, x0.dtype)
         if params.init_noise > 0:
             x0 = x0 + params.init_noise * noise(0)
         x_t = langevin_chain(

@@ -49,7 +49,9 @@ class Valid:
         return features * self.region(*features.shape[2:]).to(features.dtype)
 
     def mean(self, energy_map: torch.Tensor) -> torch.Tensor:
-        """N x H x W -> N: the mean over each image's valid positions."""
+        """N x H x W -> N: the mean over each image's valid positions (in float32 at
+        least, so that a count stays exact under bfloat16 autocast)."""
+        energy_map = energy_map.float() if energy_map.dtype != torch.float64 else energy_map
         inside = self.region(*energy_map.shape[1:])[:, 0].to(energy_map.dtype)
         return (energy_map * inside).sum(dim=(1, 2)) / inside.sum(dim=(1, 2))
 

@@ -1,19 +1,21 @@
 """Gaussian noise that belongs to each image, not to the batch it runs in.
 
-Image noise at chain step t, channel c and pixel (y, x) is a fixed function of
-the image's seed and of (t, c, y, x): the counter-based generator Philox4x32-10
-(Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; the one
-behind cuRAND and torch's CUDA generator), keyed by the seed and counted by
-position, turned into normals by Box-Muller:
+The noise of image i of a job with seed s, at chain step t, channel c and pixel
+(y, x), is a fixed function of (s, i, t, c, y, x): the counter-based generator
+Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
+SC 2011; the one behind cuRAND and torch's CUDA generator), keyed by the 64-bit
+seed and counted by position, turned into normals by Box-Muller:
 
-    (w0, w1, w2, w3) = Philox4x32-10(counter = (x // 4, y, c, t), key = seed)
+    (w0, w1, w2, w3) = Philox4x32-10(counter = (x // 4, y, c + 2^16 t, i), key = s)
     u_a = (w_a + 1) / 2^32  in (0, 1]
     z[x = 4 (x // 4) + {0, 1}] = sqrt(-2 ln u_0) * (cos, sin)(2 pi u_1)
     z[x = 4 (x // 4) + {2, 3}] = sqrt(-2 ln u_2) * (cos, sin)(2 pi u_3)
 
 So an image gets the same noise whatever batch, padded canvas, shard or batch
-size it is purified in, and a whole batch's noise is a few vectorised integer
-operations (no per-image generator calls, which would starve a GPU).
+size it is purified in, jobs with different seeds share no stream, and a whole
+batch's noise is a few vectorised integer operations (no per-image generator
+calls, which would starve a GPU). Channels and steps are below 2^16, image
+indices below 2^32.
 """
 
 from __future__ import annotations
@@ -48,31 +50,36 @@ def philox4x32(
 
 
 def gaussian(
-    seeds: torch.Tensor,
+    seed: int,
+    indices: torch.Tensor,
     steps: torch.Tensor,
     shape: tuple[int, int, int],
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """N(0, 1) noise of shape (len(steps), len(seeds), C, H, W) on ``seeds``' device."""
+    """N(0, 1) noise of shape (len(steps), len(indices), C, H, W) for images ``indices``
+    of the job with ``seed``, on ``indices``' device."""
     channels, height, width = shape
-    device = seeds.device
+    if channels >= 1 << 16 or (len(steps) and int(steps.max()) >= 1 << 16):
+        raise ValueError("channels and steps must be below 2^16")
+    device = indices.device
     quads = -(-width // 4)
-    key = (
-        (seeds & WORD).view(1, -1, 1, 1, 1),
-        ((seeds >> 32) & WORD).view(1, -1, 1, 1, 1),
-    )
-    per_row = len(steps) * len(seeds) * channels * quads
+    seed &= (1 << 64) - 1
+    key = (torch.tensor(seed & WORD, device=device), torch.tensor(seed >> 32, device=device))
+    per_row = len(steps) * len(indices) * channels * quads
     rows_at_once = max(1, MAX_COUNTERS // max(per_row, 1))
     out = torch.empty(
-        len(steps), len(seeds), channels, height, quads * 4, dtype=dtype, device=device
+        len(steps), len(indices), channels, height, quads * 4, dtype=dtype, device=device
     )
+    steps_and_channels = (
+        steps.to(device=device, dtype=torch.int64).view(-1, 1, 1, 1, 1) << 16
+    ) + torch.arange(channels, device=device).view(1, 1, -1, 1, 1)
     for y0 in range(0, height, rows_at_once):
         y1 = min(y0 + rows_at_once, height)
         counter = (
             torch.arange(quads, device=device).view(1, 1, 1, 1, -1),
             torch.arange(y0, y1, device=device).view(1, 1, 1, -1, 1),
-            torch.arange(channels, device=device).view(1, 1, -1, 1, 1),
-            steps.to(device=device, dtype=torch.int64).view(-1, 1, 1, 1, 1),
+            steps_and_channels,
+            (indices.to(torch.int64) & WORD).view(1, -1, 1, 1, 1),
         )
         words = [(w + 1).to(torch.float64) / 2.0**32 for w in philox4x32(counter, key)]
         pairs = []
@@ -84,19 +91,26 @@ def gaussian(
 
 
 class ImageNoise:
-    """Step t's noise for a batch of images (one seed each), drawn a block of steps
-    at a time: ``noise(t)`` is N x C x H x W; t = 0 is the initial noise."""
+    """Step t's noise for a batch of images of one job: ``noise(t)`` is N x C x H x W
+    (t = 0: the initial noise), drawn a block of steps at a time."""
 
     def __init__(
-        self, seeds: torch.Tensor, shape: tuple[int, int, int], last_step: int, dtype: torch.dtype
+        self,
+        seed: int,
+        indices: torch.Tensor,
+        shape: tuple[int, int, int],
+        last_step: int,
+        dtype: torch.dtype,
     ) -> None:
-        self.seeds, self.shape, self.last_step, self.dtype = seeds, shape, last_step, dtype
+        self.seed, self.indices, self.shape = seed, indices, shape
+        self.last_step, self.dtype = last_step, dtype
         self.first, self.block = 0, torch.empty(0)
-        self.steps_at_once = max(1, MAX_COUNTERS // max(len(seeds) * math.prod(shape) // 4, 1))
+        self.steps_at_once = max(1, MAX_COUNTERS // max(len(indices) * math.prod(shape) // 4, 1))
 
     def __call__(self, step: int) -> torch.Tensor:
         if not self.first <= step < self.first + len(self.block):
             stop = max(min(step + self.steps_at_once, self.last_step + 1), step + 1)
             steps = torch.arange(step, stop)
-            self.first, self.block = step, gaussian(self.seeds, steps, self.shape, self.dtype)
+            block = gaussian(self.seed, self.indices, steps, self.shape, self.dtype)
+            self.first, self.block = step, block
         return self.block[step - self.first]

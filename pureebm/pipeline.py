@@ -7,22 +7,21 @@ image size on a side is edge-padded up to it and cropped back afterwards.
 Work is done in chunks of at most ``batch_size`` images and at most
 ``batch_size`` x image_size^2 pixels (so memory stays bounded for large images),
 in container order. Within a chunk, images of similar sizes share one batch:
-largest first, each bucket is zero-padded to its tallest and widest image as
+tallest first, each bucket is zero-padded to its tallest and widest image as
 long as padding stays under a fifth of its pixels (``buckets``), and the energy
 net masks every layer to each image's own size. Image i of a container draws
-its noise from ``seed + i``. So every image's result is the one it gets when
-purified alone with that seed (up to float summation order), however the
-images are bucketed, chunked or split across shards.
+its noise from (``seed``, i) (pureebm.noise). So every image's result is the one
+it gets when purified alone as image i with that seed (up to float summation
+order), however the images are bucketed, chunked or split across shards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +64,11 @@ def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
     return luma.clip(0, 255).astype(np.uint8)[..., None]
 
 
+def padded_shape(shape: tuple[int, ...], size: int) -> tuple[int, int]:
+    """An image's height and width once edge-padded to at least ``size`` a side."""
+    return max(shape[0], size), max(shape[1], size)
+
+
 def pad_to_size(pixels: np.ndarray, size: int) -> np.ndarray:
     """Edge-pad an H x W x C image to at least ``size`` on each side (bottom, right)."""
     pad_h, pad_w = max(size - pixels.shape[0], 0), max(size - pixels.shape[1], 0)
@@ -78,7 +82,7 @@ def buckets(
 ) -> list[list[int]]:
     """Group images (by index) into buckets that share one zero-padded canvas.
 
-    Images of one shape always go together. Shapes are taken largest first; a
+    Images of one shape always go together. Shapes are taken tallest first; a
     shape's images join the open bucket while the bucket's canvas (its tallest
     height x widest width, times its images) stays within ``slack`` x the pixels
     of its images and within ``max_canvas_pixels``.
@@ -106,14 +110,16 @@ def purify_bucket(
     model: LoadedModel,
     pixels: list[np.ndarray],
     params: LangevinParams,
-    seeds: torch.Tensor | None,
+    seed: int | None,
+    indices: torch.Tensor,
     device: str | torch.device | None,
     speedups: Speedups = Speedups(),
     sweep: Collection[int] = (),
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict[int, list[np.ndarray]]]:
     """Purify images (H x W x C, sizes may differ) in one zero-padded batch, each
-    masked to its own size. Returns RGB outputs, energies, and the RGB images
-    Psi_t of the same chains for each t in ``sweep``."""
+    masked to its own size; ``indices`` are their places in the job (their noise,
+    with ``seed``). Returns RGB outputs, energies, and the RGB images Psi_t of the
+    same chains for each t in ``sweep``."""
     padded = [pad_to_size(p, model.manifest.image_size) for p in pixels]
     shapes = [p.shape[:2] for p in padded]
     height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
@@ -123,7 +129,17 @@ def purify_bucket(
     sizes = None if len(set(shapes)) == 1 else torch.tensor(shapes)
     x = torch.from_numpy(canvas).permute(0, 3, 1, 2)
     result = purify(
-        model.net, x, params, len(x), device, seeds, speedups=speedups, sweep=sweep, sizes=sizes
+        model.net,
+        x,
+        params,
+        len(x),
+        device,
+        seed,
+        None,
+        sweep,
+        speedups=speedups,
+        sizes=sizes,
+        indices=indices,
     )
 
     def rgb(images: torch.Tensor) -> list[np.ndarray]:
@@ -172,32 +188,40 @@ class Phases(Counter[str]):
             yield item
 
 
-def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
-    """``items``, produced by a background thread up to ``depth`` ahead of the caller.
+def prefetched(items: Iterable[T], budget: int, cost: Callable[[T], int]) -> Iterator[T]:
+    """``items``, produced by a background thread ahead of the caller while the items
+    handed over but not yet taken cost at most ``budget`` (plus one item).
 
     Reading and decoding the next batch then overlaps the model's work on this
     one (on a GPU the caller mostly waits for the device). An error is raised in
-    its place; closing this iterator stops the thread and closes ``items``.
+    its place. Closing this iterator (or its garbage collection) stops the thread
+    and closes ``items``.
     """
-    ready: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=depth)
+    ready: deque[tuple[object, BaseException | None]] = deque()
+    space = threading.Condition()
+    waiting = 0  # cost of the items in ``ready``
     stop, end = threading.Event(), object()
 
-    def hand_over(entry: tuple[object, BaseException | None]) -> bool:
-        while not stop.is_set():
-            with contextlib.suppress(queue.Full):
-                ready.put(entry, timeout=0.1)
-                return True
-        return False
+    def hand_over(entry: tuple[object, BaseException | None], price: int) -> bool:
+        nonlocal waiting
+        with space:
+            space.wait_for(lambda: stop.is_set() or waiting < budget or not ready)
+            if stop.is_set():
+                return False
+            ready.append(entry)
+            waiting += price
+            space.notify_all()
+            return True
 
     def produce() -> None:
         iterator = iter(items)
         try:
             for item in iterator:
-                if not hand_over((item, None)):
+                if not hand_over((item, None), cost(item)):
                     return
-            hand_over((end, None))
+            hand_over((end, None), 0)
         except BaseException as e:  # raised in the caller's thread, in its place
-            hand_over((None, e))
+            hand_over((None, e), 0)
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
@@ -207,15 +231,27 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
     producer.start()
     try:
         while True:
-            item, error = ready.get()
+            with space:
+                space.wait_for(lambda: bool(ready))
+                item, error = ready.popleft()
+                if item is not end and error is None:
+                    waiting -= cost(item)  # type: ignore[arg-type]
+                space.notify_all()
             if error is not None:
                 raise error
             if item is end:
                 return
             yield item  # type: ignore[misc]
     finally:
-        stop.set()
-        producer.join()
+        with space:
+            stop.set()
+            space.notify_all()
+        if threading.current_thread() is not producer:
+            producer.join()
+
+
+def picture_pixels(item: tuple[str, Picture]) -> int:
+    return item[1].rgb.shape[0] * item[1].rgb.shape[1]
 
 
 def purify_pictures(
@@ -232,8 +268,8 @@ def purify_pictures(
 ) -> Iterator[PurifiedImage]:
     """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
 
-    Picture i of a container draws its noise from ``seed + i`` (``start_index``
-    is the position of the first picture, so shards keep the container's seeds).
+    Picture i of a container draws its noise from (``seed``, i) (``start_index``
+    is the position of the first picture, so shards keep the container's noise).
     Within a chunk, pictures of similar sizes share a zero-padded batch
     (``buckets``), masked so that each result is the picture's own.
     Pictures are read and decoded by a background thread up to two batches
@@ -243,25 +279,30 @@ def purify_pictures(
     """
     phases = Phases() if phases is None else phases
     budget = batch_size * model.manifest.image_size**2
+    ahead = prefetched(pictures, 2 * budget, picture_pixels)  # up to two batches ahead
     index = start_index
-    ahead = prefetched(pictures, 2 * batch_size)
-    for chunk in chunks(phases.timed("decode", ahead), batch_size, budget):
-        inputs = [model_input(picture.rgb, model.manifest.channels) for _, picture in chunk]
-        shapes = [pad_to_size(p, model.manifest.image_size).shape[:2] for p in inputs]
-        results: dict[int, PurifiedImage] = {}
-        for positions in buckets(shapes, DEFAULT_TILE_PIXELS):
-            seeds = None if seed is None else seed + index + torch.tensor(positions)
-            with phases.time("model"):
-                out, before, after, swept = purify_bucket(
-                    model, [inputs[i] for i in positions], params, seeds, device, speedups, sweep
-                )
-            for j, i in enumerate(positions):
-                name, picture = chunk[i]
-                purified = picture.with_pixels(out[j])
-                steps = {t: images[j] for t, images in swept.items()}
-                results[i] = PurifiedImage(name, purified, float(before[j]), float(after[j]), steps)
-        yield from (results[i] for i in range(len(chunk)))
-        index += len(chunk)
+    try:
+        for chunk in chunks(phases.timed("decode", ahead), batch_size, budget):
+            inputs = [model_input(picture.rgb, model.manifest.channels) for _, picture in chunk]
+            shapes = [padded_shape(p.shape, model.manifest.image_size) for p in inputs]
+            results: dict[int, PurifiedImage] = {}
+            for positions in buckets(shapes, DEFAULT_TILE_PIXELS):
+                picked = [inputs[i] for i in positions]
+                indices = index + torch.tensor(positions)
+                with phases.time("model"):
+                    out, before, after, swept = purify_bucket(
+                        model, picked, params, seed, indices, device, speedups, sweep
+                    )
+                for j, i in enumerate(positions):
+                    name, picture = chunk[i]
+                    purified = picture.with_pixels(out[j])
+                    steps = {t: images[j] for t, images in swept.items()}
+                    energies = float(before[j]), float(after[j])
+                    results[i] = PurifiedImage(name, purified, *energies, steps)
+            yield from (results[i] for i in range(len(chunk)))
+            index += len(chunk)
+    finally:
+        ahead.close()  # also when the caller stops early or fails: stops the reading thread
 
 
 def purify_container(
@@ -288,11 +329,11 @@ def purify_container(
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
         shard = Path(work) / "purified.npz"
-        with write_shard(shard) as writer:
-            pictures = container.iter_images()
-            batches = purify_pictures(
-                model, pictures, params, batch_size, device, seed, 0, phases, speedups
-            )
+        pictures = container.iter_images()
+        batches = purify_pictures(
+            model, pictures, params, batch_size, device, seed, 0, phases, speedups
+        )
+        with write_shard(shard) as writer, contextlib.closing(batches):
             for item in batches:
                 with phases.time("write"):
                     writer.add(item)

@@ -13,9 +13,10 @@ A stored zip member is contiguous in the file, so a reader maps ``pixels.bin``
 into memory once and each image is a view into it (no copy, no per-image member).
 The file is written aside and renamed when complete (pureebm.atomic), so a reader
 sees a whole shard or none, and neither the writer nor the reader ever holds more
-than one image. Both the CLI (one shard in a temporary folder) and the service's
-workers (one file per shard) use it, so memory is bounded by the largest image,
-not by the size of a job.
+than one image. The CLI (one shard in a temporary folder), the service's workers
+(one file per shard) and the API (the images it decoded while validating, for
+the workers) use it, so memory is bounded by the largest image, not by the size
+of a job (mapped pages are the kernel's page cache, reclaimed under pressure).
 """
 
 from __future__ import annotations
@@ -69,11 +70,11 @@ class ShardWriter:
         energy_before: float = math.nan,
         energy_after: float = math.nan,
     ) -> None:
-        self.pixels.write(np.ascontiguousarray(picture.rgb, np.uint8).data)
-        size = picture.rgb.nbytes
-        if picture.alpha is not None:
-            self.pixels.write(np.ascontiguousarray(picture.alpha, np.uint8).data)
-            size += picture.alpha.nbytes
+        size = 0
+        for plane in (picture.rgb,) if picture.alpha is None else (picture.rgb, picture.alpha):
+            data = np.ascontiguousarray(plane, np.uint8)
+            self.pixels.write(data.data)
+            size += data.nbytes
         self.offsets.append(self.offsets[-1] + size)
         self.shapes.append(picture.rgb.shape[:2])
         self.has_alpha.append(picture.alpha is not None)
@@ -113,9 +114,11 @@ def write_shard(path: Path) -> Iterator[ShardWriter]:
         writer = ShardWriter(archive)
         try:
             yield writer
-            writer.finish()
-        finally:
-            writer.pixels.close()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                writer.pixels.close()
+            raise
+        writer.finish()
 
 
 class ShardSet:
@@ -123,7 +126,8 @@ class ShardSet:
 
     ``bounds`` are the positions where shards start, plus the total: shard ``s``
     holds images ``bounds[s]`` to ``bounds[s + 1] - 1`` in container order. One
-    shard file is open at a time; reading in container order opens each once.
+    shard file is opened at a time (a picture already handed out keeps its map
+    alive); reading in container order opens each once.
     """
 
     def __init__(self, paths: list[Path], bounds: list[int], names: list[str]) -> None:
@@ -139,7 +143,7 @@ class ShardSet:
     def file(self, shard: int) -> OpenShard:
         if self.open is None or self.open.index != shard:
             self.close()
-            self.open = OpenShard(shard, self.paths[shard])
+            self.open = OpenShard(self.paths[shard], shard)
         return self.open
 
     def picture(self, name: str) -> Picture:
@@ -161,9 +165,9 @@ class ShardSet:
 
 class OpenShard:
     """One shard file: its index arrays, and its pixels mapped into memory; the
-    i-th picture it holds is ``picture(i)``."""
+    i-th picture it holds is ``picture(i)``. ``index`` is its place in a ShardSet."""
 
-    def __init__(self, index: int, path: Path) -> None:
+    def __init__(self, path: Path, index: int = 0) -> None:
         self.index = index
         with np.load(path, allow_pickle=False) as npz:
             self.shapes, self.offsets = npz["shapes"], npz["offsets"]
@@ -177,6 +181,9 @@ class OpenShard:
         with path.open("rb") as f:
             f.seek(info.header_offset)
             header = LOCAL_HEADER.unpack(f.read(LOCAL_HEADER.size))
+        stored = header[0] == b"PK\x03\x04" and info.compress_type == zipfile.ZIP_STORED
+        if not stored or info.flag_bits & 0x1 or info.file_size != self.offsets[-1]:
+            raise ValueError(f"{path} is not a shard file (its pixels are not stored as written)")
         start = info.header_offset + LOCAL_HEADER.size + header[-2] + header[-1]
         self.pixels = (
             np.memmap(path, np.uint8, "r", offset=start, shape=(info.file_size,))

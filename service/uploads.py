@@ -108,8 +108,8 @@ def validate_images(
     """
     names, pixels, total = container.image_names(), [], 0
     pictures = container.iter_images()
-    caching = True  # the cache holds a prefix of the images: positions 0 .. len(cache) - 1
-    with write_shard(decoded) as cache:
+    caching = True  # the kept images are a prefix: positions 0 .. len(kept) - 1
+    with write_shard(decoded) as kept:
         while True:
             try:
                 item = next(pictures, None)
@@ -124,10 +124,9 @@ def validate_images(
                 raise InputTooLarge(
                     f"the images add up to over the {max_job_pixels}-pixel job limit"
                 )
-            size = picture.rgb.nbytes + (0 if picture.alpha is None else picture.alpha.nbytes)
-            caching = caching and cache.pixel_bytes + size <= max_decoded_bytes
+            caching = caching and kept.pixel_bytes + picture.nbytes <= max_decoded_bytes
             if caching:
-                cache.add_picture(name, picture)
+                kept.add_picture(name, picture)
 
 
 def prepare_input(
@@ -173,7 +172,7 @@ def prepare_input(
         if len(container.image_names()) != len(files):
             raise UnsupportedInput("every file in `files` must be an image")
         kind, name = "files", "files"
-    pixels = validate_images(
-        container, settings.max_job_pixels, decoded, settings.max_decoded_bytes
-    )
+    # an npz holds raw pixels already, which workers load whole: keeping them is no gain
+    keep_bytes = 0 if container.kind == "npz" else settings.max_decoded_bytes
+    pixels = validate_images(container, settings.max_job_pixels, decoded, keep_bytes)
     return PreparedInput(kind, stored, name, size, result_name(kind, name), pixels)

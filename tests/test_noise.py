@@ -28,7 +28,7 @@ def test_philox_matches_the_known_answers(counter, key, expected) -> None:
 
 
 def test_noise_is_standard_normal_and_uncorrelated() -> None:
-    z = gaussian(torch.arange(8), torch.arange(1, 5), (3, 32, 32), torch.float64)
+    z = gaussian(0, torch.arange(8), torch.arange(1, 5), (3, 32, 32), torch.float64)
     assert z.shape == (4, 8, 3, 32, 32)
     flat = z.flatten()
     assert abs(flat.mean().item()) < 0.01
@@ -49,21 +49,31 @@ def test_noise_is_standard_normal_and_uncorrelated() -> None:
 
 
 def test_an_images_noise_does_not_depend_on_its_batch_canvas_or_blocks(monkeypatch) -> None:
-    alone = gaussian(torch.tensor([7]), torch.arange(3), (3, 33, 34))
-    canvas = gaussian(torch.tensor([5, 7, 9]), torch.arange(3), (3, 40, 41))
+    alone = gaussian(11, torch.tensor([7]), torch.arange(3), (3, 33, 34))
+    canvas = gaussian(11, torch.tensor([5, 7, 9]), torch.arange(3), (3, 40, 41))
     torch.testing.assert_close(canvas[:, 1, :, :33, :34], alone[:, 0], rtol=0, atol=0)
     assert not torch.equal(canvas[:, 0], canvas[:, 1])
 
     monkeypatch.setattr(noise_module, "MAX_COUNTERS", 16)  # a few rows, one step at a time
-    per_step = ImageNoise(torch.tensor([5, 7, 9]), (3, 40, 41), 2, torch.float32)
+    per_step = ImageNoise(11, torch.tensor([5, 7, 9]), (3, 40, 41), 2, torch.float32)
     assert per_step.steps_at_once == 1
     for t in range(3):
         torch.testing.assert_close(per_step(t), canvas[t], rtol=0, atol=0)
 
 
+def test_jobs_with_neighbouring_seeds_share_no_noise() -> None:
+    a = gaussian(100, torch.arange(4), torch.arange(2), (3, 8, 8)).flatten(1)
+    b = gaussian(101, torch.arange(4), torch.arange(2), (3, 8, 8)).flatten(1)
+    for i in range(4):
+        for j in range(4):
+            assert not torch.equal(a[:, i], b[:, j])
+    huge = gaussian(2**63 - 1, torch.tensor([2**32 - 1]), torch.tensor([2000]), (3, 4, 4))
+    assert torch.isfinite(huge).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_noise_is_the_same_on_cuda_and_cpu() -> None:
-    seeds, steps = torch.tensor([3, 2**40 + 5]), torch.arange(2)
-    cpu = gaussian(seeds, steps, (3, 17, 19))
-    cuda = gaussian(seeds.cuda(), steps, (3, 17, 19)).cpu()
+    indices, steps = torch.tensor([3, 2**31 + 5]), torch.arange(2)
+    cpu = gaussian(2**40 + 5, indices, steps, (3, 17, 19))
+    cuda = gaussian(2**40 + 5, indices.cuda(), steps, (3, 17, 19)).cpu()
     torch.testing.assert_close(cuda, cpu, rtol=1e-5, atol=1e-5)

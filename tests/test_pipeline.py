@@ -44,7 +44,7 @@ def test_every_image_of_a_mixed_batch_comes_out_as_purified_alone(tiny_model, ci
     assert len(shared) >= 2  # the test really pads and masks
     mixed = list(purify_pictures(tiny_model, items, PARAMS, batch_size=64, seed=5))
     for index, (item, result) in enumerate(zip(items, mixed, strict=True)):
-        alone = next(purify_pictures(tiny_model, [item], PARAMS, seed=5 + index))
+        alone = next(purify_pictures(tiny_model, [item], PARAMS, seed=5, start_index=index))
         difference = np.abs(result.rgb.astype(int) - alone.rgb.astype(int))
         assert difference.max() <= 1 and difference.mean() < 0.01
         assert result.energy_before == pytest.approx(alone.energy_before, rel=1e-4, abs=1e-5)
@@ -127,7 +127,7 @@ def test_prefetching_keeps_order_reads_boundedly_ahead_and_stops_when_closed():
         finally:
             closed.set()
 
-    ahead = prefetched(source(), depth=4)
+    ahead = prefetched(source(), budget=4, cost=lambda n: 1)
     assert [next(ahead) for _ in range(10)] == list(range(10))
     time.sleep(0.2)
     assert len(produced) <= 10 + 4 + 2  # the queue, the item being handed over, one more
@@ -136,7 +136,14 @@ def test_prefetching_keeps_order_reads_boundedly_ahead_and_stops_when_closed():
     assert closed.wait(5)
     assert not any(t.name == "prefetch" for t in threading.enumerate())
 
-    failing = prefetched(source(), depth=4)
+    failing = prefetched(source(), budget=4, cost=lambda n: 1)
     assert [next(failing) for _ in range(50)] == list(range(50))
     with pytest.raises(ValueError, match="item 50"):
         next(failing)
+
+    produced.clear()
+    large = prefetched(source(), budget=10, cost=lambda n: 100)  # each item over the budget
+    assert [next(large) for _ in range(3)] == [0, 1, 2]
+    time.sleep(0.2)
+    assert len(produced) <= 3 + 2  # one waiting to be taken, one being produced
+    large.close()

@@ -57,6 +57,8 @@ class LeasedWorker(SimpleWorker):
         finally:
             stop.set()
             beat.join()
+        if all(q.count == 0 for q in self.queues):  # idle: keep no job's files open
+            tasks.context().release_all()
         self.set_state(WorkerStatus.IDLE)
 
     def renew_lease(self, job: Job, execution: Execution, stop: threading.Event) -> None:

@@ -7,6 +7,7 @@ file and no image is lost or doubled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -76,6 +77,10 @@ class JobInput:
         if kept < stop:
             yield from self.container.iter_images(set(names[kept:stop]))
 
+    def close(self) -> None:
+        self.container.close()
+        self.decoded = None  # the memory map closes with its last view
+
 
 @dataclass
 class WorkerContext:
@@ -95,11 +100,22 @@ class WorkerContext:
             decoded = self.store.decoded_path(record.id)
             self.inputs[path] = JobInput(
                 open_container(path, self.store.settings.limits),
-                OpenShard(0, decoded) if decoded.exists() else None,
+                OpenShard(decoded) if decoded.exists() else None,
             )
             while len(self.inputs) > 1:  # an npz input is held in memory
-                self.inputs.popitem(last=False)[1].container.close()
+                self.inputs.popitem(last=False)[1].close()
         return self.inputs[path]
+
+    def release_all(self) -> None:
+        while self.inputs:
+            self.inputs.popitem()[1].close()
+
+    def release(self, record: JobRecord) -> None:
+        """Close a job's input once the job needs no more shards from this worker, so
+        that deleting its folder frees the disk."""
+        job_input = self.inputs.pop(self.store.input_path(record), None)
+        if job_input is not None:
+            job_input.close()
 
 
 CONTEXT: WorkerContext | None = None
@@ -117,6 +133,8 @@ def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
     store = ctx.store
     record = store.get(job_id)
     if record is None or record.status not in ACTIVE:
+        if record is not None:
+            ctx.release(record)
         return 0
     if store.transition(job_id, JobStatus.queued, JobStatus.running):
         store.update(job_id, started_at=time.time())
@@ -127,6 +145,7 @@ def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
         images = run_shard(ctx, record, shard, start, stop, phases)
     except JobCanceled:
         log.info("shard stopped: job canceled", extra={"job_id": job_id, "shard": shard})
+        ctx.release(record)
         return 0
     except Exception as e:
         store.update(job_id, error=f"shard {shard}: {e}")
@@ -165,7 +184,7 @@ def run_shard(
         phases,
         ctx.speedups,
     )
-    with write_shard(store.shard_path(record.id, shard)) as writer:
+    with write_shard(store.shard_path(record.id, shard)) as writer, contextlib.closing(batches):
         for done, item in enumerate(batches, 1):
             with phases.time("write"):
                 writer.add(item)
@@ -193,19 +212,23 @@ def finalize(job_id: str) -> str | None:
     ctx = context()
     store = ctx.store
     record = store.get(job_id)
-    if record is None or record.status not in ACTIVE:
-        return None
-    missing = [s for s in range(record.shards) if not store.shard_path(job_id, s).exists()]
-    if missing:
-        fail(store, record, record.error or f"shards {missing} did not finish")
+    if record is None:
         return None
     try:
+        if record.status not in ACTIVE:
+            return None
+        missing = [s for s in range(record.shards) if not store.shard_path(job_id, s).exists()]
+        if missing:
+            fail(store, record, record.error or f"shards {missing} did not finish")
+            return None
         return assemble(ctx, store, record)
     except Exception as e:
         current = get_current_job()
         if current is None or not current.retries_left:
             fail(store, record, f"finalising failed: {e}")
         raise
+    finally:
+        ctx.release(record)  # the job needs nothing more from this worker
 
 
 def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:

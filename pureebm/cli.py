@@ -1,5 +1,5 @@
-"""The `pureebm` command line: purify data, list models, train an EBM, evaluate defences,
-talk to a running service. Each subcommand imports what it needs when it runs, so
+"""The `pureebm` command line: purify data, list models, train an EBM or calibrate one,
+evaluate defences, talk to a running service. Each subcommand imports what it needs when it runs, so
 `pureebm --help` answers at once.
 
 `serve`, `worker` and `keygen` belong to the service and the worker: they register
@@ -181,6 +181,37 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"registered {manifest.name}:{manifest.version} in {config.registry}")
 
 
+def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="choose a model's eps, tau and T again on held-out images; registers a new version",
+    )
+    p.add_argument("model", help="NAME or NAME:VERSION")
+    p.add_argument("data", help="images the model was not trained on (any supported format)")
+    p.add_argument("--images", type=int, default=64, help="use the last N images of DATA")
+    p.add_argument("--psnr-floor", type=float, default=TrainConfig(data=[]).psnr_floor)
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    from pureebm.archives import load_image_array
+    from pureebm.registry import Registry
+    from pureebm.train import recalibrate
+
+    heldout = load_image_array(args.data)[-args.images :]
+    manifest, calibration = recalibrate(
+        Registry(args.registry), args.model, heldout, args.psnr_floor, args.device
+    )
+    p = manifest.langevin
+    print(
+        f"registered {manifest.name}:{manifest.version}: T={p.steps} eps={p.eps:g} tau={p.tau:g} "
+        f"(PSNR {calibration.psnr_db:.1f} dB, mean r {calibration.residual:.2f} "
+        f"on {len(heldout)} images)"
+    )
+
+
 def add_submit_parser(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="purify through a running service")
     submit.add_argument("input", type=Path, help="an image or an archive (zip, tar, npz)")
@@ -302,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         add_purify_parser,
         add_models_parser,
         add_train_parser,
+        add_calibrate_parser,
         add_submit_parser,
         add_eval_parser,
     ):

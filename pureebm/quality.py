@@ -15,12 +15,13 @@ smooth low-frequency waves.
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from pureebm.langevin import purify
 from pureebm.params import LangevinParams
@@ -124,24 +125,59 @@ class Calibration:
     residual: float  # mean r over the structured perturbations
     table: list[dict[str, float]]  # every (eps, tau, T) tried
 
+    def record(self, psnr_floor: float, images: int) -> dict:
+        """What a registry entry keeps beside its weights (calibration.json)."""
+        return {
+            "recommended": self.params.model_dump(),
+            "psnr_db": self.psnr_db,
+            "residual": self.residual,
+            "psnr_floor": psnr_floor,
+            "images": images,
+            "table": self.table,
+        }
+
 
 CALIBRATION_PERTURBATIONS = ("sign 8/255", "2x2 blocks 8/255", "4x4 blocks 8/255", "smooth 8/255")
+CALIBRATION_STEPS = (1, 2, 3, 5, 7, 10, 14, 20, 28, 40)
+MAX_EPS = 0.1  # LangevinParams' bound
+
+
+def calibration_settings(eps: float, tau: float) -> list[tuple[float, float]]:
+    """The (eps, tau) pairs the calibration tries for a model trained at (eps, tau).
+
+    A step moves x by delta = eps^2 / (2 tau) times -grad E and adds noise of
+    std eps = sqrt(2 tau delta). The calibration varies the two apart: the drift
+    delta from 1/16 to 64 times the given one (T, swept from 1 to 40, sets how
+    far the chain goes), and at each drift the temperature tau down 256-fold,
+    which scales the noise down 16-fold. Near a clean image most of what noise adds is
+    content lost (a perturbation's share r is measured with shared noise, so
+    noise does not remove it), hence the low temperatures.
+    """
+    drift = eps**2 / (2 * tau)
+    settings = []
+    for drift_factor in (1 / 16, 1 / 4, 1, 4, 16, 64):
+        for temperature_factor in (1, 1 / 16, 1 / 256):
+            t = float(f"{tau * temperature_factor:.6g}")
+            e = float(f"{math.sqrt(2 * t * drift * drift_factor):.6g}")
+            if e <= MAX_EPS:
+                settings.append((e, t))
+    return settings
 
 
 def calibrate(
     net: nn.Module,
     clean: torch.Tensor,
-    eps_grid: Sequence[float],
-    tau_grid: Sequence[float],
-    steps: Sequence[int],
+    settings: Sequence[tuple[float, float]],
+    steps: Sequence[int] = CALIBRATION_STEPS,
     psnr_floor: float = 30.0,
     device: torch.device | str = "cpu",
 ) -> Calibration:
     """The (eps, tau, T) that removes most of the perturbations while keeping content.
 
-    Among the settings whose clean PSNR is at least ``psnr_floor`` it picks the
-    one with the smallest mean r over ``CALIBRATION_PERTURBATIONS``; when none
-    reaches the floor, the floor drops 1 dB at a time.
+    Each (eps, tau) in ``settings`` runs one chain swept over ``steps``. Among the
+    settings whose clean PSNR is at least ``psnr_floor`` it picks the one with
+    the smallest mean r over ``CALIBRATION_PERTURBATIONS``; when none reaches the
+    floor, the floor drops 1 dB at a time.
     """
     if not any(t > 0 for t in steps):
         raise ValueError("calibration needs at least one T > 0")
@@ -151,7 +187,7 @@ def calibrate(
         if k in CALIBRATION_PERTURBATIONS
     }
     table = []
-    for eps, tau in itertools.product(eps_grid, tau_grid):
+    for eps, tau in tqdm(settings, desc="calibrate", unit="setting", leave=False):
         params = LangevinParams(steps=max(steps), eps=eps, tau=tau)
         rows = card(langevin_purifier(net, params, steps, device), clean, perturbations)
         for t in steps:

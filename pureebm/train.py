@@ -55,7 +55,7 @@ from pureebm.langevin import langevin_chain, purify, resolve_device, to_unit_ran
 from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
 from pureebm.params import LangevinParams, Manifest, TrainConfig, TrainingRecord
 from pureebm.plots import amplified_difference, image_rows, line_chart
-from pureebm.quality import Calibration, calibrate
+from pureebm.quality import Calibration, calibrate, calibration_settings
 from pureebm.registry import Registry
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -299,9 +299,7 @@ class Trainer:
         calibration = calibrate(
             self.net,
             clean,
-            eps_grid=[round(c.eps * f, 6) for f in (0.8, 1.6, 3.2)],
-            tau_grid=[round(c.tau * f, 8) for f in (1.0, 0.25, 0.0625)],
-            steps=[5, 10, 20, 40, 80],
+            calibration_settings(c.eps, c.tau),
             psnr_floor=c.psnr_floor,
             device=self.device,
         )
@@ -318,38 +316,91 @@ class Trainer:
             description += f", including {c.skimage_crops} crops of scikit-image photographs"
         calibration = self.calibrate()
         p = self.purify_params
-        manifest = Registry(c.registry).add(
+        manifest = add_calibrated_entry(
+            Registry(c.registry),
             self.net,
-            name=c.name,
-            architecture=c.architecture,
-            arch_kwargs={"n_c": self.n_c, "n_f": c.n_f},
-            image_size=self.image_size,
-            channels=self.n_c,
-            langevin=LangevinParams(steps=p.steps, eps=p.eps, tau=p.tau),
-            training=TrainingRecord(
-                data=description,
-                command=c.command,
-                iterations=self.step,
-                wall_time_s=round(self.wall_time, 1),
-                hardware=hardware_description(self.device),
+            dict(
+                name=c.name,
+                architecture=c.architecture,
+                arch_kwargs={"n_c": self.n_c, "n_f": c.n_f},
+                image_size=self.image_size,
+                channels=self.n_c,
+                langevin=LangevinParams(steps=p.steps, eps=p.eps, tau=p.tau),
+                training=TrainingRecord(
+                    data=description,
+                    command=c.command,
+                    iterations=self.step,
+                    wall_time_s=round(self.wall_time, 1),
+                    hardware=hardware_description(self.device),
+                ),
+                description=self.recipe_description(),
             ),
-            description=self.recipe_description(),
+            self.showcase,
+            calibration.record(c.psnr_floor, c.calibrate_images) if calibration else None,
+            self.device,
         )
-        entry = Path(c.registry) / manifest.name / str(manifest.version)
-        write_samples_png(self.net, self.showcase, p, self.device, entry / "samples.png")
-        if calibration is not None:
-            record = {
-                "recommended": calibration.params.model_dump(),
-                "psnr_db": calibration.psnr_db,
-                "residual": calibration.residual,
-                "psnr_floor": c.psnr_floor,
-                "images": c.calibrate_images,
-                "table": calibration.table,
-            }
-            (entry / "calibration.json").write_text(json.dumps(record, indent=2))
         if (self.out / "curves.png").exists():
+            entry = Path(c.registry) / manifest.name / str(manifest.version)
             shutil.copyfile(self.out / "curves.png", entry / "curves.png")
         return manifest
+
+
+def add_calibrated_entry(
+    registry: Registry,
+    net: nn.Module,
+    fields: dict,
+    showcase: torch.Tensor,
+    calibration: dict | None,
+    device: torch.device,
+) -> Manifest:
+    """Register ``net`` with its manifest ``fields``, a samples.png of ``showcase``
+    purified at the entry's defaults, and its calibration record if it has one."""
+    manifest = registry.add(net, **fields)
+    entry = registry.root / manifest.name / str(manifest.version)
+    write_samples_png(net, showcase, manifest.langevin, device, entry / "samples.png")
+    if calibration is not None:
+        (entry / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    return manifest
+
+
+def recalibrate(
+    registry: Registry,
+    ref: str,
+    heldout: np.ndarray,
+    psnr_floor: float = 30.0,
+    device: str | torch.device = "auto",
+) -> tuple[Manifest, Calibration]:
+    """Calibrate an entry's (eps, tau, T) again on held-out images (N x H x W x C
+    uint8, images the model was not trained on) around its current defaults and
+    register the result as the entry's next version: the same weights and
+    training record, the new defaults, and the new calibration.json."""
+    device = resolve_device(device)
+    model = registry.load(ref, device)
+    old = model.manifest
+    clean = as_training_images(heldout, channels=old.channels).permute(0, 3, 1, 2).contiguous()
+    calibration = calibrate(
+        model.net,
+        clean,
+        calibration_settings(old.langevin.eps, old.langevin.tau),
+        psnr_floor=psnr_floor,
+        device=device,
+    )
+    fields = old.model_dump(exclude={"version", "sha256", "created_at", "langevin"})
+    fields["langevin"] = calibration.params
+    fields["description"] = f"{old.description}; recalibrated from {old.name}:{old.version}"
+    showcase = clean[torch.linspace(0, len(clean) - 1, 8).long()]
+    manifest = add_calibrated_entry(
+        registry,
+        model.net,
+        fields,
+        showcase,
+        calibration.record(psnr_floor, len(clean)),
+        device,
+    )
+    curves = registry.root / old.name / str(old.version) / "curves.png"
+    if curves.exists():
+        shutil.copyfile(curves, registry.root / manifest.name / str(manifest.version) / curves.name)
+    return manifest, calibration
 
 
 def as_training_images(images: np.ndarray, channels: int | None = None) -> torch.Tensor:

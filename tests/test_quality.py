@@ -10,6 +10,7 @@ from pureebm.langevin import to_unit_range
 from pureebm.params import LangevinParams
 from pureebm.quality import (
     calibrate,
+    calibration_settings,
     card,
     langevin_purifier,
     perturb,
@@ -71,7 +72,7 @@ def test_the_card_measures_the_closed_form_decay_of_a_quadratic_energy(cifar):
 def test_calibration_removes_most_above_the_floor_and_lowers_an_unreachable_floor(cifar):
     clean = torch.from_numpy(cifar["images"][:8]).permute(0, 3, 1, 2)
     net = PullToImage(to_unit_range(clean).mean(0, keepdim=True))
-    grid = dict(eps_grid=[0.005, 0.01], tau_grid=[5e-4], steps=[2, 5, 10], device="cpu")
+    grid = dict(settings=[(0.005, 5e-4), (0.01, 5e-4)], steps=[2, 5, 10], device="cpu")
     chosen = calibrate(net, clean, psnr_floor=25.0, **grid)
     above = [row for row in chosen.table if row["psnr_db"] >= 25.0]
     assert chosen.psnr_db >= 25.0
@@ -80,3 +81,30 @@ def test_calibration_removes_most_above_the_floor_and_lowers_an_unreachable_floo
     unreachable = calibrate(net, clean, psnr_floor=200.0, **grid)
     assert unreachable.psnr_db == max(row["psnr_db"] for row in unreachable.table)
     assert psnr(clean, clean).min() >= 100
+
+
+def test_calibration_settings_vary_the_drift_and_the_noise_apart():
+    """delta = eps^2 / (2 tau) spans 1/16 to 64 times the given drift, and each
+    drift comes at temperatures tau, tau/16 and tau/256 (noise eps, eps/4, eps/16)."""
+    settings = calibration_settings(0.02, 0.0625)
+    drifts = sorted({round(e * e / (2 * t) / 0.0032, 3) for e, t in settings})
+    assert drifts == [0.062, 0.25, 1.0, 4.0, 16.0, 64.0]
+    at_given_drift = sorted(e for e, t in settings if round(e * e / (2 * t), 6) == 0.0032)
+    assert at_given_drift == pytest.approx([0.00125, 0.005, 0.02])
+    assert all(e <= 0.1 for e, _ in settings)  # the one over LangevinParams' bound is left out
+    assert len(settings) == 17
+
+
+def test_lower_temperature_keeps_more_content_and_removes_the_same(cifar):
+    """On a quadratic energy at one drift per step, r is the same closed form
+    (1 - a)^T at every temperature, and PSNR rises as the noise falls."""
+    clean = torch.from_numpy(cifar["images"][:8]).permute(0, 3, 1, 2)
+    net = PullToImage(to_unit_range(clean).mean(0, keepdim=True))
+    d = {"d": sign_pattern(clean.shape[1:], 4, 16 / 255, 3)}
+    rows = {}
+    for eps, tau in ((0.01, 5e-4), (0.0025, 5e-4 / 16)):  # a = 0.1 both
+        purifier = langevin_purifier(net, LangevinParams(steps=3, eps=eps, tau=tau), [3], "cpu")
+        rows[eps] = card(purifier, clean, d)["3"]
+    for row in rows.values():
+        assert row["r d"][0] == pytest.approx(0.9**3, abs=0.03)
+    assert rows[0.0025]["psnr_db"][0] > rows[0.01]["psnr_db"][0]

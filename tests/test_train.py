@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from pureebm.images import Picture
 from pureebm.langevin import to_unit_range
 from pureebm.params import LangevinParams, TrainConfig
 from pureebm.pipeline import purify_pictures
+from pureebm.quality import calibration_settings
 from pureebm.registry import Registry
 from pureebm.train import CHECKPOINT, Trainer, learning_rate, train
 from tests.conftest import DATA
@@ -144,7 +146,7 @@ def test_calibration_at_registration_records_the_recommended_settings(tmp_path):
     assert record["recommended"]["steps"] == manifest.langevin.steps
     assert record["recommended"]["eps"] == manifest.langevin.eps
     assert record["recommended"]["tau"] == manifest.langevin.tau
-    assert len(record["table"]) == 3 * 3 * 5
+    assert len(record["table"]) == len(calibration_settings(0.0125, 1.0)) * 10
 
 
 def test_small_grey_images_train_a_one_channel_model_that_purifies_them(tmp_path, cifar):
@@ -175,3 +177,31 @@ def test_small_grey_images_train_a_one_channel_model_that_purifies_them(tmp_path
     out = list(purify_pictures(model, pictures, LangevinParams(steps=2), seed=0))
     assert all(item.rgb.shape == (28, 28, 3) for item in out)
     assert all(np.array_equal(item.rgb[..., 0], item.rgb[..., 1]) for item in out)
+
+
+def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path, tiny_registry):
+    """`pureebm calibrate` chooses (eps, tau, T) on held-out images and adds them as
+    the entry's next version; the weights and training record stay those of the
+    version it started from."""
+    from pureebm.cli import main
+
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_registry, root)
+    main(["calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root)])
+    registry = Registry(root)
+    old, new = registry.manifest("tiny:1"), registry.manifest("tiny")
+    assert new.version == 2
+    assert new.sha256 == old.sha256
+    assert new.training == old.training
+    record = json.loads((root / "tiny" / "2" / "calibration.json").read_text())
+    assert record["images"] == 4
+    assert new.langevin == LangevinParams(**record["recommended"])
+    chosen = [
+        row
+        for row in record["table"]
+        if (row["eps"], row["tau"], row["steps"])
+        == (new.langevin.eps, new.langevin.tau, new.langevin.steps)
+    ]
+    assert chosen and chosen[0]["residual"] == record["residual"]
+    assert (root / "tiny" / "2" / "samples.png").stat().st_size > 0
+    assert registry.load("tiny").manifest.version == 2

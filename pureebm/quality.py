@@ -143,7 +143,7 @@ MAX_EPS = 0.1  # LangevinParams' bound
 
 
 def calibration_settings(eps: float, tau: float) -> list[tuple[float, float]]:
-    """The (eps, tau) pairs the calibration tries for a model trained at (eps, tau).
+    """The (eps, tau) pairs the calibration tries, around a starting (eps, tau).
 
     A step moves x by delta = eps^2 / (2 tau) times -grad E and adds noise of
     std eps = sqrt(2 tau delta). The calibration varies the two apart: the drift

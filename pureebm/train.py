@@ -290,16 +290,20 @@ class Trainer:
 
     def calibrate(self) -> Calibration | None:
         """The card's recommended (eps, tau, T) on held-out images, around the
-        training eps and tau."""
+        drift that the training implies: the training chains' eps^2 / (2 tau)
+        under maximum likelihood; under DSM, where -grad E / tau fits the score
+        (x - x~) / sigma^2, tau * sigma_min^2, the drift that takes x~ back to x
+        in one step at the smallest noise level trained."""
         c = self.config
         if not c.calibrate_images:
             return None
         clean = self.heldout[-c.calibrate_images :].permute(0, 3, 1, 2).contiguous()
+        eps = math.sqrt(2) * c.tau * c.sigma_min if c.recipe == "dsm" else c.eps
         was_training = self.net.training
         calibration = calibrate(
             self.net,
             clean,
-            calibration_settings(c.eps, c.tau),
+            calibration_settings(eps, c.tau),
             psnr_floor=c.psnr_floor,
             device=self.device,
         )
@@ -337,11 +341,9 @@ class Trainer:
             ),
             self.showcase,
             calibration.record(c.psnr_floor, c.calibrate_images) if calibration else None,
+            self.out / "curves.png",
             self.device,
         )
-        if (self.out / "curves.png").exists():
-            entry = Path(c.registry) / manifest.name / str(manifest.version)
-            shutil.copyfile(self.out / "curves.png", entry / "curves.png")
         return manifest
 
 
@@ -351,15 +353,19 @@ def add_calibrated_entry(
     fields: dict,
     showcase: torch.Tensor,
     calibration: dict | None,
+    curves: Path,
     device: torch.device,
 ) -> Manifest:
     """Register ``net`` with its manifest ``fields``, a samples.png of ``showcase``
-    purified at the entry's defaults, and its calibration record if it has one."""
+    purified at the entry's defaults, its calibration record if it has one, and
+    its training curves if ``curves`` exists."""
     manifest = registry.add(net, **fields)
     entry = registry.root / manifest.name / str(manifest.version)
     write_samples_png(net, showcase, manifest.langevin, device, entry / "samples.png")
     if calibration is not None:
         (entry / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    if curves.exists():
+        shutil.copyfile(curves, entry / "curves.png")
     return manifest
 
 
@@ -395,11 +401,9 @@ def recalibrate(
         fields,
         showcase,
         calibration.record(psnr_floor, len(clean)),
+        registry.root / old.name / str(old.version) / "curves.png",
         device,
     )
-    curves = registry.root / old.name / str(old.version) / "curves.png"
-    if curves.exists():
-        shutil.copyfile(curves, registry.root / manifest.name / str(manifest.version) / curves.name)
     return manifest, calibration
 
 

@@ -16,7 +16,6 @@ from pureebm.images import Picture
 from pureebm.langevin import to_unit_range
 from pureebm.params import LangevinParams, TrainConfig
 from pureebm.pipeline import purify_pictures
-from pureebm.quality import calibration_settings
 from pureebm.registry import Registry
 from pureebm.train import CHECKPOINT, Trainer, learning_rate, train
 from tests.conftest import DATA
@@ -146,7 +145,9 @@ def test_calibration_at_registration_records_the_recommended_settings(tmp_path):
     assert record["recommended"]["steps"] == manifest.langevin.steps
     assert record["recommended"]["eps"] == manifest.langevin.eps
     assert record["recommended"]["tau"] == manifest.langevin.tau
-    assert len(record["table"]) == len(calibration_settings(0.0125, 1.0)) * 10
+    settings = {(row["eps"], row["tau"]) for row in record["table"]}
+    assert {row["tau"] for row in record["table"]} == {1.0, 0.0625, 0.00390625}
+    assert len(record["table"]) == len(settings) * 10  # T from 1 to 40 for every setting
 
 
 def test_small_grey_images_train_a_one_channel_model_that_purifies_them(tmp_path, cifar):

@@ -189,7 +189,14 @@ def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="NAME or NAME:VERSION")
     p.add_argument("data", help="images the model was not trained on (any supported format)")
     p.add_argument("--images", type=int, default=64, help="use the last N images of DATA")
-    p.add_argument("--psnr-floor", type=float, default=TrainConfig(data=[]).psnr_floor)
+    p.add_argument(
+        "--psnr-floor",
+        type=float,
+        default=TrainConfig(data=[]).psnr_floor,
+        help="the most removal that keeps this PSNR (dB) on the held-out images",
+    )
+    p.add_argument("--eps", type=float, help="with --tau: try only this setting (T is still swept)")
+    p.add_argument("--tau", type=float)
     p.add_argument("--registry", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--device", default="auto")
     p.set_defaults(run=run_calibrate)
@@ -200,9 +207,12 @@ def run_calibrate(args: argparse.Namespace) -> None:
     from pureebm.registry import Registry
     from pureebm.train import recalibrate
 
+    if (args.eps is None) != (args.tau is None):
+        sys.exit("pureebm: --eps and --tau go together")
+    settings = None if args.eps is None else [(args.eps, args.tau)]
     heldout = load_image_array(args.data)[-args.images :]
     manifest, calibration = recalibrate(
-        Registry(args.registry), args.model, heldout, args.psnr_floor, args.device
+        Registry(args.registry), args.model, heldout, args.psnr_floor, args.device, settings
     )
     p = manifest.langevin
     print(

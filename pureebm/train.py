@@ -375,22 +375,20 @@ def recalibrate(
     heldout: np.ndarray,
     psnr_floor: float = 30.0,
     device: str | torch.device = "auto",
+    settings: list[tuple[float, float]] | None = None,
 ) -> tuple[Manifest, Calibration]:
     """Calibrate an entry's (eps, tau, T) again on held-out images (N x H x W x C
-    uint8, images the model was not trained on) around its current defaults and
-    register the result as the entry's next version: the same weights and
-    training record, the new defaults, and the new calibration.json."""
+    uint8, images the model was not trained on) and register the result as the
+    entry's next version: the same weights and training record, the new
+    defaults, and the new calibration.json. ``settings`` are the (eps, tau) pairs
+    to try, by default ``calibration_settings`` around the entry's defaults."""
     device = resolve_device(device)
     model = registry.load(ref, device)
     old = model.manifest
     clean = as_training_images(heldout, channels=old.channels).permute(0, 3, 1, 2).contiguous()
-    calibration = calibrate(
-        model.net,
-        clean,
-        calibration_settings(old.langevin.eps, old.langevin.tau),
-        psnr_floor=psnr_floor,
-        device=device,
-    )
+    if settings is None:
+        settings = calibration_settings(old.langevin.eps, old.langevin.tau)
+    calibration = calibrate(model.net, clean, settings, psnr_floor=psnr_floor, device=device)
     fields = old.model_dump(exclude={"version", "sha256", "created_at", "langevin"})
     fields["langevin"] = calibration.params
     fields["description"] = f"{old.description}; recalibrated from {old.name}:{old.version}"

@@ -206,3 +206,12 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     assert chosen and chosen[0]["residual"] == record["residual"]
     assert (root / "tiny" / "2" / "samples.png").stat().st_size > 0
     assert registry.load("tiny").manifest.version == 2
+    # one pinned setting: only T is chosen, and the pinned (eps, tau) become the defaults
+    pinned = ["--eps", "0.01", "--tau", "0.0005"]
+    main(["calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root), *pinned])
+    third = registry.manifest("tiny:3")
+    assert (third.langevin.eps, third.langevin.tau) == (0.01, 0.0005)
+    record = json.loads((root / "tiny" / "3" / "calibration.json").read_text())
+    assert {(row["eps"], row["tau"]) for row in record["table"]} == {(0.01, 0.0005)}
+    with pytest.raises(SystemExit, match="go together"):
+        main(["calibrate", "tiny:1", str(DATA), "--registry", str(root), "--eps", "0.01"])

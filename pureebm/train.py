@@ -391,7 +391,8 @@ def recalibrate(
     calibration = calibrate(model.net, clean, settings, psnr_floor=psnr_floor, device=device)
     fields = old.model_dump(exclude={"version", "sha256", "created_at", "langevin"})
     fields["langevin"] = calibration.params
-    fields["description"] = f"{old.description}; recalibrated from {old.name}:{old.version}"
+    trained = old.description.split("; recalibrated from ")[0]
+    fields["description"] = f"{trained}; recalibrated from {old.name}:{old.version}"
     showcase = clean[torch.linspace(0, len(clean) - 1, 8).long()]
     manifest = add_calibrated_entry(
         registry,

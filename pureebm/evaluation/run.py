@@ -84,6 +84,7 @@ class Defender:
         manifest = (
             self.model.manifest if self.model else Registry(config.registry).manifest(config.model)
         )
+        self.model_ref = f"{manifest.name}:{manifest.version}"
         self.default_steps = manifest.langevin.steps
         self.params = manifest.langevin
         self.specs = list(
@@ -196,6 +197,7 @@ def evaluate(config: EvalConfig) -> dict:
             "train_images": len(train_x),
             "test_images": len(test_x),
             "poisoned_images": len(poisoned.poisoned),
+            "model": defender.model_ref,
             "purifier": defender.params.model_dump(),
             "rows": rows,
             "summary": summarise(rows),
@@ -300,7 +302,7 @@ def draw_results(result: dict, path: Path, title: str) -> None:
             errors = [summary[label][s][key + "_ci"] for s in specs]
             positions = np.arange(len(specs)) + (i - (len(labels) - 1) / 2) * width
             ax.bar(positions, values, width, yerr=errors, capsize=3, label=f"eps {label}")
-        ax.set_xticks(np.arange(len(specs)), specs)
+        ax.set_xticks(np.arange(len(specs)), [s.replace(" ", "\n") for s in specs], fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel(name)
         ax.grid(axis="y", alpha=0.3)

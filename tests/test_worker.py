@@ -30,7 +30,7 @@ def test_two_workers_share_one_jobs_shards(tmp_path, tiny_registry, cifar):
         stack.start_worker()
         with stack.client() as client:
             members = {f"part{i % 3}/{i:02d}.png": png(cifar["images"][i]) for i in range(IMAGES)}
-            job_id = submit_zip(client, members, steps=600)
+            job_id = submit_zip(client, members, steps=150)
             job = stack.wait_job(client, job_id)
             assert job["status"] == "finished", job["error"]
             check_every_image_once(client.get(f"/v1/jobs/{job_id}/result").content, members)

@@ -106,8 +106,9 @@ def run_models(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
         return
+    default_version = max((m.version for m in manifests if m.name == DEFAULT_MODEL), default=0)
     for m in manifests:
-        default = " (default)" if m.name == DEFAULT_MODEL else ""
+        default = " (default)" if (m.name, m.version) == (DEFAULT_MODEL, default_version) else ""
         print(
             f"{m.name}:{m.version}{default}  {m.architecture} {m.arch_kwargs}  "
             f"{m.image_size}px x{m.channels}  T={m.langevin.steps} eps={m.langevin.eps} "

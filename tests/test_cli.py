@@ -59,6 +59,12 @@ def test_purify_a_zip_keeps_members_and_changes_pixels(tmp_path, tiny_registry, 
 def test_models_lists_the_registry_and_errors_are_clear(tmp_path, tiny_registry):
     listing = pureebm("models", "--registry", str(tiny_registry))
     assert listing.returncode == 0 and listing.stdout.startswith("tiny:1")
+    shipped = pureebm("models").stdout.splitlines()  # the repo's registry
+    defaults = [line.split()[0] for line in shipped if "(default)" in line]
+    newest = max(
+        int(line.split()[0].split(":")[1]) for line in shipped if line.startswith("cifar10-conv:")
+    )
+    assert defaults == [f"cifar10-conv:{newest}"]  # the default name's highest version only
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 definitely not a zip")
     result = pureebm(

@@ -1,6 +1,6 @@
 """The `pureebm` command line: purify data, list models, train an EBM or calibrate one,
-evaluate defences, talk to a running service. Each subcommand imports what it needs when it runs, so
-`pureebm --help` answers at once.
+evaluate defences, talk to a running service. Each subcommand imports what it needs
+when it runs, so `pureebm --help` answers at once.
 
 `serve`, `worker` and `keygen` belong to the service and the worker: they register
 themselves under the `pureebm.commands` entry-point group (pyproject.toml), so

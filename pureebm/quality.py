@@ -149,9 +149,9 @@ def calibration_settings(eps: float, tau: float) -> list[tuple[float, float]]:
     std eps = sqrt(2 tau delta). The calibration varies the two apart: the drift
     delta from 1/16 to 64 times the given one (T, swept from 1 to 40, sets how
     far the chain goes), and at each drift the temperature tau down 256-fold,
-    which scales the noise down 16-fold. Near a clean image most of what noise adds is
-    content lost (a perturbation's share r is measured with shared noise, so
-    noise does not remove it), hence the low temperatures.
+    which scales the noise down 16-fold. The noise costs PSNR and removes no
+    perturbation (r is measured with the same noise on x and x + d), so at equal
+    drift the card prefers the lower temperatures.
     """
     drift = eps**2 / (2 * tau)
     settings = []

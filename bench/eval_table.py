@@ -78,7 +78,7 @@ def draw_tradeoff(summary: dict, path: Path, title: str) -> None:
         ax.set(
             xlabel="natural accuracy vs no defence (points, paired)",
             ylabel="poison success above the clean floor (points)",
-            title=f"eps {label}: better is to the right (accuracy) and lower (poison success)",
+            title=f"eps {label}: better is right and low",
         )
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=8)

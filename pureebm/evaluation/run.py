@@ -288,7 +288,7 @@ def draw_results(result: dict, path: Path, title: str) -> None:
 
     summary = result["summary"]
     labels = list(summary)
-    specs = list(next(iter(summary.values())))
+    specs = list(dict.fromkeys(spec for by_defence in summary.values() for spec in by_defence))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / len(labels)
     for ax, key, name in zip(
@@ -298,8 +298,9 @@ def draw_results(result: dict, path: Path, title: str) -> None:
         strict=True,
     ):
         for i, label in enumerate(labels):
-            values = [summary[label][s][key] for s in specs]
-            errors = [summary[label][s][key + "_ci"] for s in specs]
+            measured = summary[label]  # a defence may be missing at some strength
+            values = [measured[s][key] if s in measured else np.nan for s in specs]
+            errors = [measured[s][key + "_ci"] if s in measured else 0.0 for s in specs]
             positions = np.arange(len(specs)) + (i - (len(labels) - 1) / 2) * width
             ax.bar(positions, values, width, yerr=errors, capsize=3, label=f"eps {label}")
         ax.set_xticks(np.arange(len(specs)), [s.replace(" ", "\n") for s in specs], fontsize=8)

@@ -36,11 +36,10 @@ def merge(results: list[dict]) -> dict:
         for row in result["rows"]:
             key = (row["eps"], row["seed"], row["target"], row["defence"])
             if row["defence"] in SHARED:
-                if key in shared and shared[key] != row:
+                if shared.setdefault(key, row) != row:
                     raise SystemExit(f"runs differ on {key}: not the same attacks")
-                if key in shared:
-                    continue
-                shared[key] = row
+                if shared[key] is not row:
+                    continue  # kept from an earlier run
             rows.append({**row, "defence": model_label(row["defence"], result)})
     names = list(dict.fromkeys(r["defence"] for r in rows))
     rows.sort(key=lambda r: (r["eps"], names.index(r["defence"]), r["seed"], r["target"]))

@@ -102,11 +102,12 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
 def run_models(args: argparse.Namespace) -> None:
     from pureebm.registry import Registry
 
-    manifests = Registry(args.registry).list()
+    registry = Registry(args.registry)
+    manifests = registry.list()
     if args.json:
         print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
         return
-    default_version = max((m.version for m in manifests if m.name == DEFAULT_MODEL), default=0)
+    default_version = (registry.versions(DEFAULT_MODEL) or [None])[-1]  # a name means its newest
     for m in manifests:
         default = " (default)" if (m.name, m.version) == (DEFAULT_MODEL, default_version) else ""
         print(

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 Steps = Annotated[int, Field(ge=0, le=2000, description="Langevin steps T (0-2000)")]
-Eps = Annotated[float, Field(gt=0, le=0.1, description="step size eps, also the noise scale")]
+MAX_EPS = 0.1
+Eps = Annotated[float, Field(gt=0, le=MAX_EPS, description="step size eps, also the noise scale")]
 Tau = Annotated[float, Field(gt=0, le=1.0, description="temperature tau dividing the energy")]
 InitNoise = Annotated[float, Field(ge=0, le=0.5, description="std of initial noise [0-0.5]")]
 

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pureebm.langevin import purify
-from pureebm.params import LangevinParams
+from pureebm.params import MAX_EPS, LangevinParams
 
 
 def mean_interval(values: torch.Tensor) -> tuple[float, float]:
@@ -139,7 +139,6 @@ class Calibration:
 
 CALIBRATION_PERTURBATIONS = ("sign 8/255", "2x2 blocks 8/255", "4x4 blocks 8/255", "smooth 8/255")
 CALIBRATION_STEPS = (1, 2, 3, 5, 7, 10, 14, 20, 28, 40)
-MAX_EPS = 0.1  # LangevinParams' bound
 
 
 def calibration_settings(eps: float, tau: float) -> list[tuple[float, float]]:

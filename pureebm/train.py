@@ -59,6 +59,7 @@ from pureebm.quality import Calibration, calibrate, calibration_settings
 from pureebm.registry import Registry
 
 CHECKPOINT = "checkpoint.safetensors"
+RECALIBRATED_FROM = "; recalibrated from "  # how a recalibrated entry names its source
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -391,8 +392,8 @@ def recalibrate(
     calibration = calibrate(model.net, clean, settings, psnr_floor=psnr_floor, device=device)
     fields = old.model_dump(exclude={"version", "sha256", "created_at", "langevin"})
     fields["langevin"] = calibration.params
-    trained = old.description.split("; recalibrated from ")[0]
-    fields["description"] = f"{trained}; recalibrated from {old.name}:{old.version}"
+    trained = old.description.split(RECALIBRATED_FROM)[0]
+    fields["description"] = f"{trained}{RECALIBRATED_FROM}{old.name}:{old.version}"
     showcase = clean[torch.linspace(0, len(clean) - 1, 8).long()]
     manifest = add_calibrated_entry(
         registry,

@@ -288,12 +288,20 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "--defences",
         nargs="+",
         default=defaults.defences,
-        help="none, jpeg:QUALITY, pureebm (the model's T) or pureebm:STEPS; "
-        "a 'clean' row (trained on unpoisoned data) is always added",
+        help="none, jpeg:QUALITY, pureebm (the model's T), pureebm:STEPS, or filt:K[:STEPS] / "
+        "filt:auto[:STEPS] (purify only the highest-energy images); a 'clean' row (trained "
+        "on unpoisoned data) is always added, and each defence gets a '+test' row",
     )
     p.add_argument("--sweep", type=int, nargs="*", default=[], help="PureEBM steps to sweep")
-    p.add_argument("--classifier", choices=["small", "resnet18"], default="small")
-    p.add_argument("--epochs", type=int, default=defaults.classifier.epochs)
+    p.add_argument(
+        "--classifier",
+        choices=["cnn", "resnet18"],
+        default=defaults.classifier.architecture,
+        help="victim architecture",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=defaults.classifier.epochs, help="victim training epochs"
+    )
     p.add_argument("--model", default=defaults.model)
     p.add_argument("--registry", default=defaults.registry)
     p.add_argument("--url", help="purify through this running service instead of in-process")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
@@ -23,6 +23,23 @@ MAX_EPS = 0.1
 Eps = Annotated[float, Field(gt=0, le=MAX_EPS, description="step size eps, also the noise scale")]
 Tau = Annotated[float, Field(gt=0, le=1.0, description="temperature tau dividing the energy")]
 InitNoise = Annotated[float, Field(ge=0, le=0.5, description="std of initial noise [0-0.5]")]
+
+
+def check_filter(value: float | str) -> float | str:
+    if isinstance(value, float) and not 0 < value <= 1:
+        raise ValueError("filter is a fraction 0 < k <= 1 or 'auto'")
+    return value
+
+
+Filter = Annotated[
+    float | Literal["auto"],
+    AfterValidator(check_filter),
+    Field(
+        description="energy-ranked purification (pureebm.filtering): purify only the fraction "
+        "k (0 < k <= 1) of images of highest energy, or 'auto': those above the model's "
+        "calibrated threshold; the others pass through byte-identical",
+    ),
+]
 
 
 class LangevinParams(BaseModel):
@@ -43,6 +60,7 @@ class LangevinOverrides(BaseModel):
     eps: Eps | None = None
     tau: Tau | None = None
     init_noise: InitNoise = 0.0
+    filter: Filter | None = None
 
     def resolve(self, defaults: LangevinParams) -> LangevinParams:
         return LangevinParams(
@@ -70,6 +88,8 @@ class Manifest(BaseModel):
     channels: int = Field(ge=1, le=4)
     data_range: tuple[float, float] = (-1.0, 1.0)
     langevin: LangevinParams = LangevinParams()  # calibrated defaults for this model
+    # filter=auto purifies images whose energy is above this (pureebm.filtering)
+    energy_threshold: float | None = None
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     training: TrainingRecord
     created_at: datetime

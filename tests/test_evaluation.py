@@ -12,7 +12,7 @@ from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import train_classifier
 from pureebm.evaluation.config import EvalConfig, TrainSettings
 from pureebm.evaluation.defences import jpeg, pureebm
-from pureebm.evaluation.run import Defender, evaluate, mean_interval
+from pureebm.evaluation.run import Defender, auroc, evaluate, mean_interval, trigger_left
 from pureebm.images import Picture
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
@@ -73,15 +73,16 @@ def test_defences_jpeg_changes_pixels_and_pureebm_sweeps_one_pipeline_chain(cifa
     images = cifar["images"][:8]
     assert jpeg(images, 75).shape == images.shape and not np.array_equal(jpeg(images, 75), images)
     params = LangevinParams(steps=99)  # the sweep sets T to its longest chain
-    defended = pureebm(tiny_model, images, params, [1, 3], device="cpu")
+    defended, energies = pureebm(tiny_model, images, params, [1, 3], device="cpu")
     for steps in (1, 3):  # each equals a separate chain of that length through the pipeline
         pictures = ((str(i), Picture(image, None, "RGB", "NPZ")) for i, image in enumerate(images))
         alone = LangevinParams(steps=steps)
-        through_pipeline = [p.rgb for p in purify_pictures(tiny_model, pictures, alone, seed=0)]
-        assert np.array_equal(defended[steps], np.stack(through_pipeline))
+        results = list(purify_pictures(tiny_model, pictures, alone, seed=0))
+        assert np.array_equal(defended[steps], np.stack([p.rgb for p in results]))
+        assert np.allclose(energies, [p.energy_before for p in results], atol=1e-6)
     assert not np.array_equal(defended[1], defended[3])
     small = np.ascontiguousarray(images[:, :20, :24])  # under the model's 32 pixels
-    assert pureebm(tiny_model, small, params, [3], device="cpu")[3].shape == small.shape
+    assert pureebm(tiny_model, small, params, [3], device="cpu")[0][3].shape == small.shape
 
 
 def test_mean_interval_is_students_t():
@@ -109,14 +110,18 @@ def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_reg
         out=str(tmp_path / "out"),
     )
     result = evaluate(config)
-    # clean, none, jpeg:75, pureebm:3, pureebm:0 per target
-    assert len(result["rows"]) == 2 * 5
+    # clean, none, then jpeg:75, pureebm:3 and pureebm:0 each with its '+test' row, per target
+    assert len(result["rows"]) == 2 * 8
     for row in result["rows"]:
         assert 0 <= row["natural_accuracy"] <= 1 and 0 <= row["poison_success"] <= 1
         assert 0 <= row["base_rate"] <= 1
     rows = {(r["target"], r["defence"]): r for r in result["rows"]}
     for target in (1, 2):  # pureebm:0 is the undefended set, trained with the same seed
         assert rows[target, "pureebm:0"] == {**rows[target, "none"], "defence": "pureebm:0"}
+        assert rows[target, "none"]["trigger_left"] == 1.0
+        measured = {k: rows[target, "none"][k] for k in ("natural_accuracy", "poison_success")}
+        assert {k: rows[target, "pureebm:0 +test"][k] for k in measured} == measured
+        assert rows[target, "jpeg:75"]["psnr"] < 99 and rows[target, "jpeg:75"]["trigger_left"] > 0
     for name in ("results.json", "results.md", "results.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     summary = json.loads((tmp_path / "out" / "results.json").read_text())["summary"]
@@ -143,14 +148,50 @@ def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(
     )
     defender = Defender(config, images)
     poisoned = attacks.patch(images, labels, 3, 0.25, seed=0, clean_label=False)
-    defended = defender.defend_all(poisoned)
+    defended, _ = defender.defend_all(poisoned)
     assert list(defended) == ["none", "pureebm", "jpeg:75"]
     assert np.array_equal(defended["none"], poisoned.images)
     purified = defended["pureebm"]  # 'pureebm' alone: the model's T
     assert not np.array_equal(purified, poisoned.images)
     untouched = np.setdiff1d(np.arange(len(images)), poisoned.poisoned)
-    assert np.array_equal(purified[untouched], defender.clean["pureebm"][untouched])
+    assert np.array_equal(purified[untouched], defender.clean_defended["pureebm"][untouched])
     assert np.array_equal(defended["jpeg:75"], jpeg(poisoned.images, 75))
+
+
+def test_a_filter_purifies_exactly_the_highest_energy_images_and_passes_the_rest(
+    cifar, tiny_registry
+):
+    images, labels = cifar["images"][:24], cifar["labels"][:24]
+    config = EvalConfig(
+        train="",
+        defences=["filt:0.25:3", "pureebm:3"],
+        model="tiny",
+        registry=str(tiny_registry),
+        classifier=FAST,
+    )
+    defender = Defender(config, images)
+    poisoned = attacks.patch(images, labels, 3, 0.25, seed=0, clean_label=False)
+    defended, energy = defender.defend_all(poisoned)
+    highest = set(np.argsort(-energy)[:6].tolist())  # ceil(0.25 * 24)
+    filtered, purified = defended["filt:0.25:3"], defended["pureebm:3"]
+    for i in range(len(images)):
+        expected = purified[i] if i in highest else poisoned.images[i]
+        assert np.array_equal(filtered[i], expected)
+    assert not np.array_equal(filtered, poisoned.images)
+    # the set's energies: the clean images' with the poisoned ones scored again
+    untouched = np.setdiff1d(np.arange(len(images)), poisoned.poisoned)
+    assert np.array_equal(energy[untouched], defender.clean_energy[untouched])
+    assert not np.allclose(energy[poisoned.poisoned], defender.clean_energy[poisoned.poisoned])
+
+
+def test_auroc_and_trigger_share_on_hand_built_cases():
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0]), np.array([1.0])) == 0.5
+    assert auroc(np.array([1.0, 4.0]), np.array([2.0, 3.0])) == 0.5
+    clean = np.zeros((2, 4, 4, 3))
+    trigger = np.full((2, 4, 4, 3), 8)
+    assert trigger_left(clean, clean + trigger, trigger) == pytest.approx(1.0)
+    assert trigger_left(clean, clean + trigger / 4, trigger) == pytest.approx(0.25)
 
 
 def test_evaluation_runs_on_28x28_grayscale_data(tmp_path, cifar, tiny_registry):
@@ -173,6 +214,7 @@ def test_evaluation_runs_on_28x28_grayscale_data(tmp_path, cifar, tiny_registry)
         out=str(tmp_path / "out"),
     )
     result = evaluate(config)
-    assert {row["defence"] for row in result["rows"]} == {"clean", "none", "pureebm:2"}
+    defences = {"clean", "none", "pureebm:2", "pureebm:2 +test"}
+    assert {row["defence"] for row in result["rows"]} == defences
     for row in result["rows"]:
         assert 0 <= row["natural_accuracy"] <= 1 and 0 <= row["poison_success"] <= 1

@@ -9,11 +9,12 @@ from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
 
 @dataclass(frozen=True)
 class TrainSettings:
-    architecture: str = "small"  # "small" or "resnet18"
-    epochs: int = 30
+    architecture: str = "cnn"  # "cnn" or "resnet18"
+    epochs: int = 20
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = 0.2  # the one-cycle schedule's peak
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
     seed: int = 0
     device: str = "auto"
 
@@ -34,7 +35,7 @@ class EvalConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # attack and classifier seeds
     defences: list[str] = field(default_factory=lambda: ["none", "jpeg:75", "pureebm"])
     sweep: list[int] = field(default_factory=list)  # PureEBM steps to sweep, e.g. 0 50 150
-    classifier: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=8))
+    classifier: TrainSettings = field(default_factory=TrainSettings)
     model: str = DEFAULT_MODEL
     registry: str = str(DEFAULT_ROOT)
     url: str | None = None  # purify through a running service instead of in-process

@@ -1,4 +1,5 @@
-"""Defences applied to training images: JPEG re-compression and PureEBM purification."""
+"""Defences applied to training images: JPEG re-compression and PureEBM purification
+(every image, or the highest-energy ones only: pureebm.filtering)."""
 
 from __future__ import annotations
 
@@ -30,21 +31,24 @@ def pureebm(
     params: LangevinParams,
     steps: Sequence[int],
     device: str = "auto",
-) -> dict[int, np.ndarray]:
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Psi_t of every image for each t in ``steps``, from one chain of max(steps)
     through ``pureebm.pipeline``, the path the CLI and the service's workers run
-    (chunking, per-chunk seeds, padding of small images)."""
+    (chunking, per-image noise, padding of small images); and each image's
+    energy E(x) before purification."""
     params = params.model_copy(update={"steps": max(steps)})
     pictures = (
         (str(i), Picture(rgb=image, alpha=None, mode="RGB", format="NPZ"))
         for i, image in enumerate(images)
     )
     out = {t: np.empty_like(images) for t in steps}
+    energies = np.empty(len(images), np.float64)
     bar = tqdm(total=len(images), desc=f"purify T={sorted(steps)}", unit="img", leave=False)
     results = purify_pictures(model, pictures, params, device=device, seed=0, sweep=steps)
     for i, item in enumerate(results):
         for t in steps:
             out[t][i] = item.sweep[t]
+        energies[i] = item.energy_before
         bar.update(1)
     bar.close()
-    return out
+    return out, energies

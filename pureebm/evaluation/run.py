@@ -16,6 +16,7 @@ from pureebm.evaluation import attacks, defences
 from pureebm.evaluation.classifier import predict, train_classifier
 from pureebm.evaluation.config import ATTACKS, EvalConfig
 from pureebm.evaluation.data import load_labelled, stratified_split
+from pureebm.filtering import selected_positions
 from pureebm.registry import Registry
 
 
@@ -47,10 +48,26 @@ def make_attack(
     raise ValueError(f"unknown attack {config.attack!r} (known: {', '.join(ATTACKS)})")
 
 
-def pureebm_steps(spec: str, default: int) -> int | None:
-    """'pureebm:150' -> 150; 'pureebm' -> the model's default T; others -> None."""
-    name, _, steps = spec.partition(":")
-    return int(steps or default) if name == "pureebm" else None
+def chain_steps(spec: str, default: int) -> int | None:
+    """The Langevin steps a defence runs: 'pureebm:150' -> 150, 'pureebm' -> the
+    model's default T, 'filt:0.5:20' -> 20, 'filt:auto' -> the default T; None
+    for defences without a chain."""
+    name, _, rest = spec.partition(":")
+    if name == "pureebm":
+        return int(rest or default)
+    if name == "filt":
+        steps = rest.partition(":")[2]
+        return int(steps or default)
+    return None
+
+
+def filter_rule(spec: str) -> float | str | None:
+    """'filt:0.5[:T]' -> 0.5, 'filt:auto[:T]' -> 'auto'; None for other defences."""
+    name, _, rest = spec.partition(":")
+    if name != "filt":
+        return None
+    rule = rest.partition(":")[0]
+    return rule if rule == "auto" else float(rule)
 
 
 def t_quantile(dof: int) -> float:
@@ -71,11 +88,13 @@ class Defender:
     """Applies each defence to a training set.
 
     The defender does not know which images are poisoned, so a defence runs on
-    the whole set. Defences act on each image alone, so the clean training
-    images' results are computed once and only the poisoned images are defended
-    again for each attack: the same distribution of outputs as defending every
-    set in full, at a fraction of the cost. PureEBM runs through
-    ``pureebm.pipeline`` (or a running service), the path the product runs.
+    the whole set. Defences act on each image alone, except the filters, which
+    rank the whole set by energy: so the clean training images' results and
+    energies are computed once, only the poisoned images are defended again
+    for each attack, and a filter then ranks the whole poisoned set. The same
+    distribution of outputs as defending every set in full, at a fraction of
+    the cost. PureEBM runs through ``pureebm.pipeline`` (or a running
+    service), the path the product runs.
     """
 
     def __init__(self, config: EvalConfig, clean_train: np.ndarray) -> None:
@@ -85,48 +104,87 @@ class Defender:
             self.model.manifest if self.model else Registry(config.registry).manifest(config.model)
         )
         self.model_ref = f"{manifest.name}:{manifest.version}"
-        self.default_steps = manifest.langevin.steps
         self.params = manifest.langevin
+        self.threshold = manifest.energy_threshold
         self.specs = list(
             dict.fromkeys([*config.defences, *(f"pureebm:{t}" for t in config.sweep)])
         )
-        self.clean = self.apply_all(clean_train)
+        if config.url and any(filter_rule(spec) is not None for spec in self.specs):
+            raise ValueError("filters rank a whole set: they run in-process, without --url")
+        self.chains = {
+            spec: steps
+            for spec in self.specs
+            if (steps := chain_steps(spec, self.params.steps)) is not None
+        }
+        self.clean_train = clean_train
+        self.clean, self.clean_energy = self.transform(clean_train)
+        self.clean_defended = self.finish_all(self.clean, clean_train, self.clean_energy)
 
-    def apply_all(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Every defence applied to ``images``; the PureEBM step counts share one
-        chain in-process (a sweep), or go one by one through a service."""
+    def transform(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Every per-image defence of ``images`` (PureEBM keyed 'T=t' for each chain
+        length), and each image's energy (NaN without an in-process model). The
+        chains share one sweep in-process, or go one by one through a service."""
         out: dict[str, np.ndarray] = {}
-        chains: dict[int, str] = {}
         for spec in self.specs:
             name, _, arg = spec.partition(":")
-            steps = pureebm_steps(spec, self.default_steps)
-            if name == "none" or steps == 0:
+            if name == "none" or self.chains.get(spec) == 0:
                 out[spec] = images
             elif name == "jpeg":
                 out[spec] = defences.jpeg(images, int(arg or 75))
-            elif steps is None:
-                raise ValueError(f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T])")
-            elif self.config.url:
+            elif spec not in self.chains:
+                raise ValueError(
+                    f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T], filt:K|auto[:T])"
+                )
+        lengths = sorted(set(self.chains.values()))
+        energy = np.full(len(images), np.nan)
+        if self.config.url:
+            for steps in lengths:
                 model = self.config.model
-                out[spec] = purify_through_service(self.config.url, images, steps, model)
-            else:
-                chains[steps] = spec
-        if chains:
+                out[f"T={steps}"] = purify_through_service(self.config.url, images, steps, model)
+        elif lengths:
             device = self.config.classifier.device
-            swept = defences.pureebm(self.model, images, self.params, list(chains), device)
-            out |= {spec: swept[steps] for steps, spec in chains.items()}
-        return {spec: out[spec] for spec in self.specs}
+            swept, energy = defences.pureebm(self.model, images, self.params, lengths, device)
+            out |= {f"T={steps}": swept[steps] for steps in lengths}
+        return out, energy
 
-    def defend_all(self, poisoned: attacks.Poisoned) -> dict[str, np.ndarray]:
-        """Every defence of the poisoned training set: the clean images' results are
-        reused, only the poisoned ones are defended again."""
+    def finish(
+        self, spec: str, out: dict[str, np.ndarray], images: np.ndarray, energy: np.ndarray
+    ) -> np.ndarray:
+        """One defence's result for the set ``images`` from ``transform``'s output."""
+        if spec not in self.chains or self.chains[spec] == 0:
+            return out[spec]
+        purified = out[f"T={self.chains[spec]}"]
+        rule = filter_rule(spec)
+        if rule is None:
+            return purified
+        chosen = selected_positions(energy, rule, self.threshold)
+        result = images.copy()
+        result[chosen] = purified[chosen]
+        return result
+
+    def finish_all(
+        self, out: dict[str, np.ndarray], images: np.ndarray, energy: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        return {spec: self.finish(spec, out, images, energy) for spec in self.specs}
+
+    def apply_all(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every defence applied to ``images`` as one set (filters rank within it),
+        such as test images purified before the classifier sees them."""
+        out, energy = self.transform(images)
+        return self.finish_all(out, images, energy)
+
+    def defend_all(self, poisoned: attacks.Poisoned) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Every defence of the poisoned training set, and its energies: the clean
+        images' results are reused, only the poisoned ones are defended again."""
         changed = poisoned.poisoned
-        fresh = self.apply_all(poisoned.images[changed])
-        defended = {}
-        for spec in self.specs:
-            defended[spec] = self.clean[spec].copy()
-            defended[spec][changed] = fresh[spec]
-        return defended
+        fresh, fresh_energy = self.transform(poisoned.images[changed])
+        merged = {}
+        for key, clean in self.clean.items():
+            merged[key] = clean.copy()
+            merged[key][changed] = fresh[key]
+        energy = self.clean_energy.copy()
+        energy[changed] = fresh_energy
+        return self.finish_all(merged, poisoned.images, energy), energy
 
 
 def purify_through_service(url: str, images: np.ndarray, steps: int, model: str) -> np.ndarray:
@@ -150,7 +208,43 @@ def measure(net: nn.Module, test_x, test_y, triggered, target: int) -> dict[str,
     }
 
 
+MAX_PSNR = 99.0  # dB, for an unchanged set (JSON has no infinity)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return min(float(10 * np.log10(255**2 / mse)), MAX_PSNR) if mse > 0 else MAX_PSNR
+
+
+def trigger_left(defended_clean: np.ndarray, defended_poisoned: np.ndarray, trigger) -> float:
+    """|D(x + delta) - D(x)| / |delta| over the poisoned images (L2, same noise): the
+    share of the trigger a defence lets through (1 for no defence)."""
+    moved = np.linalg.norm((defended_poisoned.astype(np.float64) - defended_clean).ravel())
+    return float(moved / max(np.linalg.norm(trigger.astype(np.float64).ravel()), 1e-12))
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counted half (Mann-Whitney)."""
+    scores = np.concatenate([positive, negative])
+    order = scores.argsort(kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # average ranks of ties
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    n, m = len(positive), len(negative)
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
+
+
 def evaluate(config: EvalConfig) -> dict:
+    """Attack, defend, train and measure every (strength, seed, target).
+
+    Each defence gets two rows: its classifier on clean test images ('spec'),
+    and the same classifier on test images defended the same way ('spec +test',
+    a deployment that also purifies at inference). Rows also carry the fast
+    proxies: the trigger share a defence lets through and the PSNR it keeps on
+    clean training images (``proxy_agreement`` ranks them against the rows).
+    """
     started = time.perf_counter()
     images, labels = load_labelled(config.train)
     if config.test:
@@ -163,15 +257,18 @@ def evaluate(config: EvalConfig) -> dict:
     if config.limit:
         train_x, train_y = train_x[: config.limit], train_y[: config.limit]
     defender = Defender(config, train_x)
+    kept = {spec: psnr(defender.clean_defended[spec], train_x) for spec in defender.specs}
+    defended_test = defender.apply_all(test_x)
     # the classifier trained on clean data: the "clean" row, and Narcissus's surrogate
     clean_nets = {
         seed: train_classifier(train_x, train_y, replace(config.classifier, seed=seed))
         for seed in config.seeds
     }
-    rows = []
+    rows, attack_rows = [], []
     runs = [(e, s, t) for s in config.seeds for e in config.eps for t in config.targets]
     for eps, seed, target in tqdm(runs, desc="attacks", unit="attack"):
         poisoned = make_attack(config, train_x, train_y, target, eps, seed, clean_nets[seed])
+        changed = poisoned.poisoned
         triggered = poisoned.trigger(test_x)
         common = {"eps": eps, "seed": seed, "target": target}
         rows.append(
@@ -181,13 +278,40 @@ def evaluate(config: EvalConfig) -> dict:
                 **measure(clean_nets[seed], test_x, test_y, triggered, target),
             }
         )
-        for spec, defended in defender.defend_all(poisoned).items():
-            net = train_classifier(defended, poisoned.labels, replace(config.classifier, seed=seed))
+        defended, energy = defender.defend_all(poisoned)
+        others = np.setdiff1d(np.arange(len(train_x)), changed)
+        attack_rows.append({**common, "energy_auroc": auroc(energy[changed], energy[others])})
+        defended_triggered = defender.apply_all(triggered)
+        trigger = poisoned.images[changed].astype(np.int16) - train_x[changed]
+        for spec, training_set in defended.items():
+            settings = replace(config.classifier, seed=seed)
+            net = train_classifier(training_set, poisoned.labels, settings)
+            proxies = {
+                "trigger_left": trigger_left(
+                    defender.clean_defended[spec][changed], training_set[changed], trigger
+                ),
+                "psnr": kept[spec],
+            }
             rows.append(
-                {**common, "defence": spec, **measure(net, test_x, test_y, triggered, target)}
+                {
+                    **common,
+                    "defence": spec,
+                    **measure(net, test_x, test_y, triggered, target),
+                    **proxies,
+                }
             )
+            if spec != "none":
+                rows.append(
+                    {
+                        **common,
+                        "defence": f"{spec} +test",
+                        **measure(
+                            net, defended_test[spec], test_y, defended_triggered[spec], target
+                        ),
+                    }
+                )
             tqdm.write(
-                f"eps {eps * 255:.0f}/255 seed {seed} target {target} {spec:<12} "
+                f"eps {eps * 255:.0f}/255 seed {seed} target {target} {spec:<14} "
                 f"accuracy {rows[-1]['natural_accuracy']:.3f} "
                 f"poison success {rows[-1]['poison_success']:.3f}"
             )
@@ -196,16 +320,46 @@ def evaluate(config: EvalConfig) -> dict:
             "config": asdict(config),
             "train_images": len(train_x),
             "test_images": len(test_x),
-            "poisoned_images": len(poisoned.poisoned),
+            "poisoned_images": len(changed),
             "model": defender.model_ref,
             "purifier": defender.params.model_dump(),
             "rows": rows,
+            "attacks": attack_rows,
             "summary": summarise(rows),
-            "complete": len(rows) == len(runs) * (1 + len(defender.specs)),
+            "complete": len(attack_rows) == len(runs),
             "seconds": time.perf_counter() - started,
         }
+        result["proxy"] = proxy_agreement(result["summary"])
         write_outputs(config, result)
     return result
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Rank correlation (no ties expected among the settings compared)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+
+
+def proxy_agreement(summary: dict) -> dict[str, dict[str, float]]:
+    """How well the fast proxies rank the trained defences, per strength: Spearman's
+    rho of the trigger share let through against poison success, and of the PSNR
+    kept against natural accuracy, over every defence trained on (none included)."""
+    agreement = {}
+    for label, by_defence in summary.items():
+        trained = [s for spec, s in by_defence.items() if "trigger_left" in s]
+        agreement[label] = {
+            "settings": len(trained),
+            "trigger_left_vs_poison_success": spearman(
+                [s["trigger_left"] for s in trained], [s["poison_success"] for s in trained]
+            ),
+            "psnr_vs_natural_accuracy": spearman(
+                [s["psnr"] for s in trained], [s["natural_accuracy"] for s in trained]
+            ),
+        }
+    return agreement
+
+
+PROXIES = ("trigger_left", "psnr")
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -225,8 +379,9 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
         for spec in dict.fromkeys(r["defence"] for r in mine):
             runs = [r for r in mine if r["defence"] == spec]
             entry = {}
-            for key in ("natural_accuracy", "poison_success", "base_rate"):
-                entry[key], entry[key + "_ci"] = mean_interval([r[key] for r in runs])
+            for key in ("natural_accuracy", "poison_success", "base_rate", *PROXIES):
+                if all(key in r for r in runs):
+                    entry[key], entry[key + "_ci"] = mean_interval([r[key] for r in runs])
             for key in ("natural_accuracy", "poison_success"):
                 paired = [
                     r[key] - undefended[r["seed"], r["target"]][key]

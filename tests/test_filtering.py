@@ -1,0 +1,32 @@
+"""The energy-ranked selection: which images a filter purifies."""
+
+from __future__ import annotations
+
+import pytest
+
+from pureebm.filtering import FilterError, clean_threshold, selected_positions
+
+
+def test_a_fraction_selects_the_ceiling_of_k_n_highest_energies_in_position_order():
+    energies = [0.1, 0.9, 0.5, 0.7, 0.3]
+    assert selected_positions(energies, 0.4) == [1, 3]
+    assert selected_positions(energies, 0.5) == [1, 2, 3]  # ceil(2.5)
+    assert selected_positions(energies, 1.0) == [0, 1, 2, 3, 4]
+    assert selected_positions(energies, 0.01) == [1]
+    assert selected_positions([], 0.5) == []
+
+
+def test_ties_go_to_the_earlier_position():
+    assert selected_positions([1.0, 2.0, 2.0, 2.0], 0.5) == [1, 2]
+
+
+def test_auto_selects_energies_above_the_threshold():
+    assert selected_positions([0.1, 0.6, 0.5, 0.9], "auto", threshold=0.5) == [1, 3]
+    with pytest.raises(FilterError):
+        selected_positions([0.1], "auto")
+
+
+def test_the_auto_threshold_is_the_median_of_clean_energies():
+    clean = [0.4, 0.1, 0.3, 0.2, 0.5]
+    assert clean_threshold(clean) == 0.3
+    assert selected_positions(clean, "auto", clean_threshold(clean)) == [0, 4]

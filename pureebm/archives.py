@@ -5,7 +5,7 @@ A *container* is what a caller sends: a single image, a folder tree, a zip, a ta
 order and refuses anything unsafe or oversized (DESIGN.md section 7). Writing one
 back reproduces the container, the member paths and their order, swaps each
 image for its purified pixels (images.py encodes them), and copies every other
-member byte for byte.
+member byte for byte, and every image left unpurified (an energy filter's).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pureebm.images import (
 Kind = Literal["image", "folder", "zip", "tar", "npz"]
 T = TypeVar("T")
 R = TypeVar("R")
-Lookup = Callable[[str], Picture]  # member name -> its purified picture
+Lookup = Callable[[str], Picture | None]  # member name -> its purified picture, None: as sent
 
 
 @dataclass
@@ -84,8 +84,19 @@ def ordered_map(
             yield pending.popleft().result()
 
 
-def picture_bytes(picture: Picture) -> int:
-    return picture.nbytes
+def picture_bytes(picture: Picture | None) -> int:
+    return 0 if picture is None else picture.nbytes
+
+
+def encode_or_keep(picture: Picture | None) -> bytes | None:
+    return None if picture is None else encode_image(picture)
+
+
+def encoded_images(members: list[Member], purified: Lookup) -> Iterator[bytes | None]:
+    """The image members' purified encodings in container order, None for an image
+    left as it was sent, encoded in the codec pool ahead of the writer."""
+    pictures = (purified(m.name) for m in members if m.kind == "image")
+    return ordered_map(encode_or_keep, pictures, picture_bytes)
 
 
 def check_member_name(name: str) -> str:
@@ -125,7 +136,8 @@ class Container:
         raise NotImplementedError
 
     def write(self, dst: Path, purified: Lookup) -> None:
-        """Write the same container to ``dst`` with every image replaced."""
+        """Write the same container to ``dst`` with every image replaced by its
+        purified picture, or copied as it was where ``purified`` gives None."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -162,8 +174,13 @@ class SingleImage(Container):
             yield self.path.name, self.path.read_bytes()
 
     def write(self, dst: Path, purified: Lookup) -> None:
-        """Written in the format of ``dst``'s extension, else the original's."""
-        dst.write_bytes(encode_image(purified(self.path.name), image_format_of(dst.name)))
+        """Written in the format of ``dst``'s extension, else the original's; an image
+        left unpurified is copied as it was sent."""
+        picture = purified(self.path.name)
+        if picture is None:
+            shutil.copyfile(self.path, dst)
+        else:
+            dst.write_bytes(encode_image(picture, image_format_of(dst.name)))
 
 
 class Folder(Container):
@@ -195,16 +212,15 @@ class Folder(Container):
 
     def write(self, dst: Path, purified: Lookup) -> None:
         dst.mkdir(parents=True, exist_ok=True)
-        images = (m for m in self.members if m.kind == "image")
-        encoded = ordered_map(encode_image, (purified(m.name) for m in images), picture_bytes)
+        encoded = encoded_images(self.members, purified)
         for member in self.members:
             target = dst / member.name
             if member.kind == "dir":
                 target.mkdir(exist_ok=True)
-            elif member.kind == "file":
+            elif member.kind == "file" or (data := next(encoded)) is None:
                 shutil.copyfile(self.path / member.name, target)
             else:
-                target.write_bytes(next(encoded))
+                target.write_bytes(data)
 
 
 Handle = TypeVar("Handle", zipfile.ZipFile, tarfile.TarFile)
@@ -287,15 +303,13 @@ class ZipContainer(Archive[zipfile.ZipFile]):
         return read_zip_member(reader, name)
 
     def write(self, dst: Path, purified: Lookup) -> None:
-        images = (m for m in self.members if m.kind == "image")
-        encoded = ordered_map(encode_image, (purified(m.name) for m in images), picture_bytes)
+        encoded = encoded_images(self.members, purified)
         with zipfile.ZipFile(self.path) as src, zipfile.ZipFile(dst, "w") as out:
             for info, member in zip(src.infolist(), self.members, strict=True):
-                if member.kind == "image":
-                    data = next(encoded)
-                elif member.kind == "dir":
+                data = next(encoded) if member.kind == "image" else None
+                if member.kind == "dir":
                     data = b""
-                else:
+                elif data is None:
                     data = read_zip_member(src, info.filename)
                 out.writestr(info, data, compress_type=info.compress_type)
 
@@ -360,17 +374,16 @@ class TarContainer(Archive[tarfile.TarFile]):
     def write(self, dst: Path, purified: Lookup) -> None:
         mode = f"w:{self.compression}" if self.compression else "w"
         with tarfile.open(self.path, "r:*") as src, tarfile.open(dst, mode) as out:
-            images = (m for m in self.members if m.kind == "image")
-            encoded = ordered_map(encode_image, (purified(m.name) for m in images), picture_bytes)
+            encoded = encoded_images(self.members, purified)
             for info in src:
                 if info.isdir():
                     out.addfile(info)
                     continue
-                if image_format_of(info.name):
-                    data = next(encoded)
-                    info = copy_tarinfo(info, len(data))
-                else:
+                data = next(encoded) if image_format_of(info.name) else None
+                if data is None:
                     data = read_tar_member(src, info)
+                else:
+                    info = copy_tarinfo(info, len(data))
                 out.addfile(info, io.BytesIO(data))
 
 
@@ -475,8 +488,9 @@ class NpzContainer(Container):
     def write(self, dst: Path, purified: Lookup) -> None:
         images = self.arrays["images"].copy()
         for index, member in enumerate(self.members):
-            restored = np.asarray(restore_mode(purified(member.name)))
-            images[index] = restored.reshape(images[index].shape)
+            picture = purified(member.name)
+            if picture is not None:  # else the row stays as sent
+                images[index] = np.asarray(restore_mode(picture)).reshape(images[index].shape)
         arrays = {**self.arrays, "images": images}
         save = np.savez_compressed if self.compressed else np.savez
         with dst.open("wb") as f:

@@ -24,17 +24,23 @@ from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
 
 def add_purify_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("purify", help="purify an image, folder, zip, tar(.gz) or npz")
-    p.add_argument("input", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("input", type=Path, help="what to purify")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the purified copy")
     p.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION")
-    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT)
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT, help="model registry folder")
     p.add_argument("--steps", type=int, help="Langevin steps T (model default if unset)")
     p.add_argument("--eps", type=float, help="step size (model default if unset)")
     p.add_argument("--tau", type=float, help="temperature (model default if unset)")
-    p.add_argument("--init-noise", type=float, default=0.0)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--init-noise", type=float, default=0.0, help="std of initial noise")
+    p.add_argument(
+        "--filter",
+        type=filter_rule,
+        help="purify only the fraction K (0-1] of images of highest energy, or 'auto': those "
+        "above the model's calibrated threshold; the rest are copied as they are",
+    )
+    p.add_argument("--seed", type=int, help="random seed (drawn if unset)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--report", type=Path, help="write per-image energies as JSON here")
     p.add_argument("--channels-last", action="store_true", help="NHWC layout (GPU option)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU option)")
@@ -42,10 +48,24 @@ def add_purify_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_purify)
 
 
+def filter_rule(value: str) -> float | str:
+    """'auto' or a fraction 0 < K <= 1."""
+    if value == "auto":
+        return value
+    try:
+        rule = float(value)
+    except ValueError:
+        rule = 0.0
+    if not 0 < rule <= 1:
+        raise argparse.ArgumentTypeError("a fraction 0 < K <= 1, or 'auto'")
+    return rule
+
+
 def run_purify(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from pureebm.archives import open_container
+    from pureebm.filtering import threshold_of
     from pureebm.langevin import Speedups, resolve_device
     from pureebm.params import LangevinOverrides
     from pureebm.pipeline import PurifiedImage, purify_container
@@ -56,13 +76,16 @@ def run_purify(args: argparse.Namespace) -> None:
     overrides = LangevinOverrides(
         steps=args.steps, eps=args.eps, tau=args.tau, init_noise=args.init_noise
     )
+    if args.filter == "auto":
+        threshold_of(model.manifest)  # a model without a threshold is refused before any work
     params = overrides.resolve(model.manifest.langevin)
     container = open_container(args.input)
     total = len(container.image_names())
     print(
         f"{args.input}: {container.kind}, {total} images; model "
         f"{model.manifest.name}:{model.manifest.version} on {device}, T={params.steps} "
-        f"eps={params.eps:g} tau={params.tau:g}",
+        f"eps={params.eps:g} tau={params.tau:g}"
+        + (f", filter={args.filter}" if args.filter is not None else ""),
         file=sys.stderr,
     )
     started = time.perf_counter()
@@ -82,13 +105,15 @@ def run_purify(args: argparse.Namespace) -> None:
             args.seed,
             advance,
             speedups,
+            filter=args.filter,
         )
     seconds = time.perf_counter() - started
+    purified = sum(row.purified for row in energies)
     if args.report:
         args.report.write_text(json.dumps([row._asdict() for row in energies], indent=1))
     print(
-        f"purified {total} images in {seconds:.1f} s ({total / seconds:.2f} images/s) "
-        f"-> {args.output}"
+        f"purified {purified} of {total} images in {seconds:.1f} s "
+        f"({total / seconds:.2f} images/s) -> {args.output}"
     )
 
 
@@ -363,12 +388,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from pureebm.client import PureEBMError
+    from pureebm.filtering import FilterError
     from pureebm.images import FormatError
     from pureebm.registry import RegistryError
 
     try:
         args.run(args)
-    except (FormatError, RegistryError) as e:
+    except (FormatError, RegistryError, FilterError) as e:
         sys.exit(f"pureebm: {e}")
     except PureEBMError as e:
         sys.exit(f"pureebm: the service answered {e}")

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from pureebm.archives import Container
+from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Speedups, purify
 from pureebm.params import LangevinParams
@@ -261,15 +262,16 @@ def purify_pictures(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     seed: int | None = None,
-    start_index: int = 0,
+    positions: Sequence[int] | None = None,
     phases: Phases | None = None,
     speedups: Speedups = Speedups(),
     sweep: Collection[int] = (),
 ) -> Iterator[PurifiedImage]:
     """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
 
-    Picture i of a container draws its noise from (``seed``, i) (``start_index``
-    is the position of the first picture, so shards keep the container's noise).
+    The picture at position p of a container draws its noise from (``seed``, p);
+    ``positions`` are the pictures' positions (0, 1, ... when None), so shards
+    and filtered subsets keep the container's noise.
     Within a chunk, pictures of similar sizes share a zero-padded batch
     (``buckets``), masked so that each result is the picture's own.
     Pictures are read and decoded by a background thread up to two batches
@@ -280,20 +282,22 @@ def purify_pictures(
     phases = Phases() if phases is None else phases
     budget = batch_size * model.manifest.image_size**2
     ahead = prefetched(pictures, 2 * budget, picture_pixels)  # up to two batches ahead
-    index = start_index
+    index = 0
     try:
         for chunk in chunks(phases.timed("decode", ahead), batch_size, budget):
             inputs = [model_input(picture.rgb, model.manifest.channels) for _, picture in chunk]
             shapes = [padded_shape(p.shape, model.manifest.image_size) for p in inputs]
             results: dict[int, PurifiedImage] = {}
-            for positions in buckets(shapes, DEFAULT_TILE_PIXELS):
-                picked = [inputs[i] for i in positions]
-                indices = index + torch.tensor(positions)
+            for bucket in buckets(shapes, DEFAULT_TILE_PIXELS):
+                picked = [inputs[i] for i in bucket]
+                indices = torch.tensor(
+                    [index + i if positions is None else positions[index + i] for i in bucket]
+                )
                 with phases.time("model"):
                     out, before, after, swept = purify_bucket(
                         model, picked, params, seed, indices, device, speedups, sweep
                     )
-                for j, i in enumerate(positions):
+                for j, i in enumerate(bucket):
                     name, picture = chunk[i]
                     purified = picture.with_pixels(out[j])
                     steps = {t: images[j] for t, images in swept.items()}
@@ -303,6 +307,20 @@ def purify_pictures(
             index += len(chunk)
     finally:
         ahead.close()  # also when the caller stops early or fails: stops the reading thread
+
+
+def energies_of(
+    model: LoadedModel,
+    pictures: Iterable[tuple[str, Picture]],
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    phases: Phases | None = None,
+) -> Iterator[float]:
+    """E(x) of each picture, in order: a chain of T = 0 steps (one forward pass, no
+    noise), the ranking an energy filter cuts (pureebm.filtering)."""
+    scoring = LangevinParams(steps=0)
+    for item in purify_pictures(model, pictures, scoring, batch_size, device, 0, phases=phases):
+        yield item.energy_before
 
 
 def purify_container(
@@ -316,9 +334,12 @@ def purify_container(
     on_image: Callable[[PurifiedImage], None] | None = None,
     speedups: Speedups = Speedups(),
     phases: Phases | None = None,
+    filter: float | str | None = None,
 ) -> list[Energy]:
     """Purify every image of ``container`` and write the same container to ``dst``.
 
+    With ``filter`` (pureebm.filtering), every image is scored first and only the
+    selected ones are purified; the others are written back as they were sent.
     Purified pixels stream to a shard file beside ``dst`` and are read back one
     at a time while the container is written, so memory does not grow with the
     number of images. Returns each image's energies in container order.
@@ -326,12 +347,18 @@ def purify_container(
     "model", "write" (the shard file) and "finalize" (the container).
     """
     phases = Phases() if phases is None else phases
+    names = container.image_names()
+    scores, chosen = None, None
+    if filter is not None:
+        scores = list(energies_of(model, container.iter_images(), batch_size, device, phases))
+        chosen = selected_positions(scores, filter, model.manifest.energy_threshold)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
         shard = Path(work) / "purified.npz"
-        pictures = container.iter_images()
+        wanted = None if chosen is None else {names[p] for p in chosen}
+        pictures = container.iter_images(wanted)
         batches = purify_pictures(
-            model, pictures, params, batch_size, device, seed, 0, phases, speedups
+            model, pictures, params, batch_size, device, seed, chosen, phases, speedups
         )
         with write_shard(shard) as writer, contextlib.closing(batches):
             for item in batches:
@@ -339,12 +366,10 @@ def purify_container(
                     writer.add(item)
                 if on_image is not None:
                     on_image(item)
-        energies = writer.energies
-        names = container.image_names()
-        purified = ShardSet([shard], [0, len(names)], names)
+        purified = ShardSet([shard], [0, len(writer.energies)], names, chosen)
         try:
             with phases.time("finalize"):
                 container.write(dst, purified.picture)
+            return list(purified.energies(scores))
         finally:
             purified.close()
-        return energies

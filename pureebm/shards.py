@@ -46,6 +46,7 @@ class Energy(NamedTuple):
     name: str
     energy_before: float
     energy_after: float
+    purified: bool = True  # False: left as it was sent by an energy filter
 
 
 class ShardWriter:
@@ -92,7 +93,9 @@ class ShardWriter:
 
     def finish(self) -> None:
         self.pixels.close()
-        names, before, after = zip(*self.energies, strict=True) if self.energies else ([],) * 3
+        names = [e.name for e in self.energies]
+        before = [e.energy_before for e in self.energies]
+        after = [e.energy_after for e in self.energies]
         self.write_array("names", np.array(names, dtype=str))
         self.write_array("shapes", np.array(self.shapes, np.int64).reshape(-1, 2))
         self.write_array("offsets", np.array(self.offsets, np.int64))
@@ -122,19 +125,29 @@ def write_shard(path: Path) -> Iterator[ShardWriter]:
 
 
 class ShardSet:
-    """Purified pixels by member name, from shard files that split the images at ``bounds``.
+    """Purified pixels by member name, from shard files that split the purified images
+    at ``bounds``.
 
-    ``bounds`` are the positions where shards start, plus the total: shard ``s``
-    holds images ``bounds[s]`` to ``bounds[s + 1] - 1`` in container order. One
+    ``purified`` lists the container positions of the purified images in order
+    (all of them when None; an energy filter's selection otherwise), and
+    ``bounds`` are where each shard starts in that list, plus its length: shard
+    ``s`` holds purified images ``bounds[s]`` to ``bounds[s + 1] - 1``. One
     shard file is opened at a time (a picture already handed out keeps its map
     alive); reading in container order opens each once.
     """
 
-    def __init__(self, paths: list[Path], bounds: list[int], names: list[str]) -> None:
-        if len(paths) != len(bounds) - 1 or bounds[-1] != len(names):
-            raise ValueError("shard paths and bounds do not cover the images")
-        self.paths, self.bounds = paths, bounds
-        self.position = {name: i for i, name in enumerate(names)}
+    def __init__(
+        self,
+        paths: list[Path],
+        bounds: list[int],
+        names: list[str],
+        purified: list[int] | None = None,
+    ) -> None:
+        purified = list(range(len(names))) if purified is None else purified
+        if len(paths) != len(bounds) - 1 or bounds[-1] != len(purified):
+            raise ValueError("shard paths and bounds do not cover the purified images")
+        self.paths, self.bounds, self.names = paths, bounds, names
+        self.rank = {names[position]: i for i, position in enumerate(purified)}
         self.open: OpenShard | None = None
 
     def shard_of(self, position: int) -> int:
@@ -146,18 +159,30 @@ class ShardSet:
             self.open = OpenShard(self.paths[shard], shard)
         return self.open
 
-    def picture(self, name: str) -> Picture:
-        """The purified picture of a member, ready to encode like its original."""
-        position = self.position[name]
-        shard = self.shard_of(position)
-        return self.file(shard).picture(position - self.bounds[shard])
+    def picture(self, name: str) -> Picture | None:
+        """The purified picture of a member, ready to encode like its original; None
+        for an image that was not purified."""
+        rank = self.rank.get(name)
+        if rank is None:
+            return None
+        shard = self.shard_of(rank)
+        return self.file(shard).picture(rank - self.bounds[shard])
 
-    def energies(self) -> Iterator[Energy]:
+    def energies(self, scores: list[float] | None = None) -> Iterator[Energy]:
+        """Every image's energies in container order. An image a filter left out
+        (``scores``: every image's energy, from the filter's ranking) keeps its
+        score before and after."""
+        purified = {}
         for path in self.paths:
             with np.load(path, allow_pickle=False) as f:
                 rows = zip(f["names"], f["energy_before"], f["energy_after"], strict=True)
                 for name, before, after in rows:
-                    yield Energy(str(name), float(before), float(after))
+                    purified[str(name)] = Energy(str(name), float(before), float(after))
+        for position, name in enumerate(self.names):
+            if name in purified:
+                yield purified[name]
+            elif scores is not None:
+                yield Energy(name, scores[position], scores[position], purified=False)
 
     def close(self) -> None:
         self.open = None  # the memory map closes with its last view

@@ -74,7 +74,13 @@ def test_zip_with_folders_and_a_text_member_round_trips(stack, cifar, tiny_model
     expected = []
     for start in range(0, 10, 4):
         expected += purify_pictures(
-            tiny_model, pictures[start : start + 4], LangevinParams(steps=5), 4, "cpu", 7, start
+            tiny_model,
+            pictures[start : start + 4],
+            LangevinParams(steps=5),
+            4,
+            "cpu",
+            7,
+            range(start, 10),
         )
     for item in expected:
         assert not np.array_equal(outputs[item.name], decode(members[item.name]))

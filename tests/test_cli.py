@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import zipfile
@@ -19,14 +20,18 @@ def pureebm(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_purify_a_zip_keeps_members_and_changes_pixels(tmp_path, tiny_registry, cifar):
-    src = tmp_path / "data.zip"
-    with zipfile.ZipFile(src, "w") as archive:
-        for i in range(6):
+def write_zip(path, cifar, count: int) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(count):
             buffer = io.BytesIO()
             Image.fromarray(cifar["images"][i]).save(buffer, format="PNG")
             archive.writestr(f"class{cifar['labels'][i]}/{i}.png", buffer.getvalue())
         archive.writestr("README.txt", b"not an image")
+
+
+def test_purify_a_zip_keeps_members_and_changes_pixels(tmp_path, tiny_registry, cifar):
+    src = tmp_path / "data.zip"
+    write_zip(src, cifar, 6)
     out, report = tmp_path / "clean.zip", tmp_path / "report.json"
     result = pureebm(
         "purify",
@@ -45,7 +50,7 @@ def test_purify_a_zip_keeps_members_and_changes_pixels(tmp_path, tiny_registry, 
         str(report),
     )
     assert result.returncode == 0, result.stderr
-    assert "purified 6 images" in result.stdout and "images/s" in result.stdout
+    assert "purified 6 of 6 images" in result.stdout and "images/s" in result.stdout
     with zipfile.ZipFile(src) as a, zipfile.ZipFile(out) as b:
         assert a.namelist() == b.namelist()
         assert b.read("README.txt") == b"not an image"
@@ -53,7 +58,47 @@ def test_purify_a_zip_keeps_members_and_changes_pixels(tmp_path, tiny_registry, 
             before = np.asarray(Image.open(io.BytesIO(a.read(name))))
             after = np.asarray(Image.open(io.BytesIO(b.read(name))))
             assert before.shape == after.shape and not np.array_equal(before, after)
-    assert len(__import__("json").loads(report.read_text())) == 6
+    assert len(json.loads(report.read_text())) == 6
+
+
+def test_a_filter_purifies_the_highest_energy_half_and_copies_the_rest(
+    tmp_path, tiny_registry, cifar
+):
+    src = tmp_path / "data.zip"
+    write_zip(src, cifar, 7)
+    outputs = {}
+    for name, extra in (("all", []), ("half", ["--filter", "0.5"])):
+        outputs[name], report = tmp_path / f"{name}.zip", tmp_path / f"{name}.json"
+        common = ["--registry", str(tiny_registry), "--model", "tiny:1", "--steps", "3"]
+        args = ["purify", str(src), "-o", str(outputs[name]), *common, "--seed", "4"]
+        result = pureebm(*args, "--report", str(report), *extra)
+        assert result.returncode == 0, result.stderr
+    rows = json.loads(report.read_text())
+    assert "purified 4 of 7 images" in result.stdout  # ceil(0.5 * 7)
+    assert len(rows) == 7 and sum(row["purified"] for row in rows) == 4
+    ranked = sorted(rows, key=lambda row: -row["energy_before"])
+    assert {row["name"] for row in ranked[:4]} == {row["name"] for row in rows if row["purified"]}
+    with (
+        zipfile.ZipFile(src) as a,
+        zipfile.ZipFile(outputs["all"]) as every,
+        zipfile.ZipFile(outputs["half"]) as half,
+    ):
+        assert a.namelist() == half.namelist()
+        for row in rows:  # each image once: purified as without a filter, or as sent
+            expected = every if row["purified"] else a
+            assert half.read(row["name"]) == expected.read(row["name"])
+            assert row["purified"] == (half.read(row["name"]) != a.read(row["name"]))
+
+
+def test_filter_auto_needs_a_calibrated_threshold(tmp_path, tiny_registry, cifar):
+    src = tmp_path / "data.zip"
+    write_zip(src, cifar, 2)
+    args = ["--registry", str(tiny_registry), "--model", "tiny:1", "--filter", "auto"]
+    result = pureebm("purify", str(src), "-o", str(tmp_path / "out.zip"), *args)
+    assert result.returncode != 0 and "no calibrated energy threshold" in result.stderr
+    assert not (tmp_path / "out.zip").exists()
+    bad = pureebm("purify", str(src), "-o", str(tmp_path / "out.zip"), "--filter", "1.5")
+    assert bad.returncode == 2 and "0 < K <= 1" in bad.stderr
 
 
 def test_models_lists_the_registry_and_errors_are_clear(tmp_path, tiny_registry):

@@ -44,7 +44,7 @@ def test_every_image_of_a_mixed_batch_comes_out_as_purified_alone(tiny_model, ci
     assert len(shared) >= 2  # the test really pads and masks
     mixed = list(purify_pictures(tiny_model, items, PARAMS, batch_size=64, seed=5))
     for index, (item, result) in enumerate(zip(items, mixed, strict=True)):
-        alone = next(purify_pictures(tiny_model, [item], PARAMS, seed=5, start_index=index))
+        alone = next(purify_pictures(tiny_model, [item], PARAMS, seed=5, positions=[index]))
         difference = np.abs(result.rgb.astype(int) - alone.rgb.astype(int))
         assert difference.max() <= 1 and difference.mean() < 0.01
         assert result.energy_before == pytest.approx(alone.energy_before, rel=1e-4, abs=1e-5)
@@ -73,7 +73,9 @@ def test_splitting_into_shards_gives_the_same_pixels(tiny_model, cifar):
     whole = list(purify_pictures(tiny_model, items, PARAMS, batch_size=4, seed=11))
     first = list(purify_pictures(tiny_model, items[:4], PARAMS, batch_size=4, seed=11))
     second = list(
-        purify_pictures(tiny_model, items[4:], PARAMS, batch_size=4, seed=11, start_index=4)
+        purify_pictures(
+            tiny_model, items[4:], PARAMS, batch_size=4, seed=11, positions=range(4, len(items))
+        )
     )
     for a, b in zip(whole, first + second, strict=True):
         np.testing.assert_array_equal(a.rgb, b.rgb)

@@ -51,6 +51,7 @@ from tqdm import tqdm
 from pureebm.archives import load_image_array
 from pureebm.atomic import atomic_path
 from pureebm.augment import flip_and_crop
+from pureebm.filtering import clean_threshold
 from pureebm.langevin import langevin_chain, purify, resolve_device, to_unit_range
 from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
 from pureebm.params import LangevinParams, Manifest, TrainConfig, TrainingRecord
@@ -344,6 +345,7 @@ class Trainer:
             calibration.record(c.psnr_floor, c.calibrate_images) if calibration else None,
             self.out / "curves.png",
             self.device,
+            self.heldout[-c.calibrate_images :].permute(0, 3, 1, 2) if c.calibrate_images else None,
         )
         return manifest
 
@@ -356,10 +358,16 @@ def add_calibrated_entry(
     calibration: dict | None,
     curves: Path,
     device: torch.device,
+    heldout: torch.Tensor | None = None,
 ) -> Manifest:
     """Register ``net`` with its manifest ``fields``, a samples.png of ``showcase``
     purified at the entry's defaults, its calibration record if it has one, and
-    its training curves if ``curves`` exists."""
+    its training curves if ``curves`` exists. ``heldout`` clean images (N x C x
+    H x W uint8) set the energy threshold of ``filter=auto``."""
+    if heldout is not None and len(heldout):
+        energies = purify(net, heldout, LangevinParams(steps=0), device=device).energy_before
+        fields = {**fields, "energy_threshold": clean_threshold(energies.tolist())}
+        net.requires_grad_(True)
     manifest = registry.add(net, **fields)
     entry = registry.root / manifest.name / str(manifest.version)
     write_samples_png(net, showcase, manifest.langevin, device, entry / "samples.png")
@@ -390,7 +398,9 @@ def recalibrate(
     if settings is None:
         settings = calibration_settings(old.langevin.eps, old.langevin.tau)
     calibration = calibrate(model.net, clean, settings, psnr_floor=psnr_floor, device=device)
-    fields = old.model_dump(exclude={"version", "sha256", "created_at", "langevin"})
+    fields = old.model_dump(
+        exclude={"version", "sha256", "created_at", "langevin", "energy_threshold"}
+    )
     fields["langevin"] = calibration.params
     trained = old.description.split(RECALIBRATED_FROM)[0]
     fields["description"] = f"{trained}{RECALIBRATED_FROM}{old.name}:{old.version}"
@@ -403,6 +413,7 @@ def recalibrate(
         calibration.record(psnr_floor, len(clean)),
         registry.root / old.name / str(old.version) / "curves.png",
         device,
+        clean,
     )
     return manifest, calibration
 

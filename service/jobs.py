@@ -3,7 +3,15 @@
 A job is split into shards of at most ``shard_size`` images and ``shard_pixels``
 pixels (``pureebm.shards.cut_shards``). Each shard is one RQ job
 (``worker.tasks.purify_shard``) and a finalising RQ job (``worker.tasks.finalize``)
-that depends on all of them assembles the result. Redis keys:
+that depends on all of them assembles the result.
+
+A job with an energy filter runs two phases, since every image's energy is
+needed before any is purified: one scoring RQ job per shard
+(``worker.tasks.score_shard``), then a selecting job (``worker.tasks.select``)
+that depends on them, ranks the energies, writes the selection and only then
+queues the purification shards (the selected images of each shard) and the
+finalising job. Every file a phase writes appears atomically, so either phase
+can be retried. Redis keys:
 
     pureebm:job:<id>            hash: the JobRecord fields
     pureebm:job:<id>:progress   hash: shard index -> images done in that shard
@@ -13,7 +21,9 @@ that depends on all of them assembles the result. Redis keys:
 
 Job folder (``<data_dir>/jobs/<id>/``): ``input/<file>``, ``decoded.npz`` (the
 images the API decoded while validating, up to ``max_decoded_bytes``),
-``shards/<i>.npz``, ``result/<name>`` and ``report.json``.
+``shards/<i>.npz``, ``result/<name>`` and ``report.json``; with a filter also
+``shards/score-<i>.npy`` (each shard's energies) and ``selection.npz`` (the chosen
+positions, and where each purification shard starts among them).
 """
 
 from __future__ import annotations
@@ -125,6 +135,17 @@ def finalize_job_id(job_id: str) -> str:
     return f"{job_id}-finalize"
 
 
+def score_job_id(job_id: str, shard: int) -> str:
+    return f"{job_id}-score-{shard}"
+
+
+def select_job_id(job_id: str) -> str:
+    return f"{job_id}-select"
+
+
+RQ_SHARD_JOBS = (score_job_id, shard_job_id)  # a filter's shards are at most the scoring ones
+
+
 class JobStore:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
@@ -149,6 +170,12 @@ class JobStore:
 
     def shard_path(self, job_id: str, shard: int) -> Path:
         return self.folder(job_id) / "shards" / f"{shard:05d}.npz"
+
+    def score_path(self, job_id: str, shard: int) -> Path:
+        return self.folder(job_id) / "shards" / f"score-{shard:05d}.npy"
+
+    def selection_path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "selection.npz"
 
     def result_path(self, record: JobRecord) -> Path:
         return self.folder(record.id) / "result" / record.result_name
@@ -231,7 +258,7 @@ class JobStore:
     # -- progress ---------------------------------------------------------------
 
     def set_shard_progress(
-        self, job_id: str, shard: int, done: int, now: float | None = None
+        self, job_id: str, shard: int | str, done: int, now: float | None = None
     ) -> None:
         """Images done in one shard. A retried shard starts again from 0, so the
         aggregate never counts an image twice."""
@@ -245,16 +272,16 @@ class JobStore:
         once), over the whole run once it has ended."""
         now = time.time() if now is None else now
         if record.status == JobStatus.finished:
-            done = record.images
+            done = record.work
         else:
             done = sum(int(v) for v in self.redis.hvals(progress_key(record.id)))
         if record.status in ACTIVE:
             rate = self.recent_rate(record.id, now)
-            eta = (record.images - done) / rate if rate else None
+            eta = (record.work - done) / rate if rate else None
         else:
             ran_s = (record.finished_at or now) - (record.started_at or now)
             rate, eta = (done / max(ran_s, 1e-6) if record.started_at and done else None), 0.0
-        return Progress(done=done, total=record.images, images_per_s=rate, eta_s=eta)
+        return Progress(done=done, total=record.work, images_per_s=rate, eta_s=eta)
 
     def recent_rate(self, job_id: str, now: float) -> float | None:
         """Images/s between the oldest and the newest sample of the window, None
@@ -273,36 +300,65 @@ class JobStore:
 
     def enqueue(self, record: JobRecord) -> None:
         """One RQ job per shard, and a finalising job that runs once all have ended;
-        both are retried ``shard_retries`` times."""
-        queue = Queue(SYNC_QUEUE if record.sync else BATCH_QUEUE, connection=self.redis)
-        ttl = self.settings.retention_s
-        retry = Retry(max=self.settings.shard_retries) if self.settings.shard_retries else None
-        shards = []
-        for shard, (start, stop) in enumerate(itertools.pairwise(record.shard_bounds)):
-            shards.append(
-                queue.enqueue(
-                    "worker.tasks.purify_shard",
-                    record.id,
-                    shard,
-                    start,
-                    stop,
-                    job_id=shard_job_id(record.id, shard),
-                    retry=retry,
-                    job_timeout=self.settings.shard_timeout_s,
-                    result_ttl=ttl,
-                    failure_ttl=ttl,
-                )
+        with a filter, scoring shards and the selecting job that queues the rest.
+        Each is retried ``shard_retries`` times."""
+        if record.params.filter is None:
+            self.enqueue_purification(record, record.shard_bounds)
+            return
+        scoring = [
+            self.queue(record).enqueue(
+                "worker.tasks.score_shard",
+                record.id,
+                shard,
+                start,
+                stop,
+                job_id=score_job_id(record.id, shard),
+                **self.rq_options(),
             )
-        queue.enqueue(
+            for shard, (start, stop) in enumerate(itertools.pairwise(record.shard_bounds))
+        ]
+        self.queue(record).enqueue(
+            "worker.tasks.select",
+            record.id,
+            job_id=select_job_id(record.id),
+            depends_on=Dependency(jobs=scoring, allow_failure=True),
+            **self.rq_options(),
+        )
+
+    def enqueue_purification(self, record: JobRecord, bounds: list[int]) -> None:
+        """Purification shards cut at ``bounds`` (container positions, or positions in
+        a filter's selection), and the finalising job that depends on them."""
+        shards = [
+            self.queue(record).enqueue(
+                "worker.tasks.purify_shard",
+                record.id,
+                shard,
+                start,
+                stop,
+                job_id=shard_job_id(record.id, shard),
+                **self.rq_options(),
+            )
+            for shard, (start, stop) in enumerate(itertools.pairwise(bounds))
+        ]
+        self.queue(record).enqueue(
             "worker.tasks.finalize",
             record.id,
             job_id=finalize_job_id(record.id),
-            depends_on=Dependency(jobs=shards, allow_failure=True),
-            retry=retry,
-            job_timeout=self.settings.shard_timeout_s,
-            result_ttl=ttl,
-            failure_ttl=ttl,
+            depends_on=Dependency(jobs=shards, allow_failure=True) if shards else None,
+            **self.rq_options(),
         )
+
+    def queue(self, record: JobRecord) -> Queue:
+        return Queue(SYNC_QUEUE if record.sync else BATCH_QUEUE, connection=self.redis)
+
+    def rq_options(self) -> dict:
+        ttl, retries = self.settings.retention_s, self.settings.shard_retries
+        return {
+            "retry": Retry(max=retries) if retries else None,
+            "job_timeout": self.settings.shard_timeout_s,
+            "result_ttl": ttl,
+            "failure_ttl": ttl,
+        }
 
     def cancel(self, record: JobRecord) -> None:
         """Stop a queued or running job: queued shards never start, running ones stop
@@ -310,8 +366,8 @@ class JobStore:
         for status in ACTIVE:
             if self.transition(record.id, status, JobStatus.canceled):
                 break
-        ids = [shard_job_id(record.id, i) for i in range(record.shards)]
-        for rq_id in [*ids, finalize_job_id(record.id)]:
+        ids = [make(record.id, i) for i in range(record.shards) for make in RQ_SHARD_JOBS]
+        for rq_id in [*ids, select_job_id(record.id), finalize_job_id(record.id)]:
             with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
                 Job.fetch(rq_id, connection=self.redis).cancel()
 
@@ -327,7 +383,9 @@ class JobStore:
     def fail_stalled(self, now: float | None = None) -> int:
         """Fail active jobs that nothing will move on: their finalising RQ job (the one
         that ends every job) is gone or has ended without ending the job, for instance
-        a worker killed during its last attempt, or Redis restarted without the queue."""
+        a worker killed during its last attempt, or Redis restarted without the queue.
+        A filtered job is also moving while its selecting job (which queues the
+        finalising one before it ends) is pending."""
         now = time.time() if now is None else now
         settle_s = 2 * self.settings.worker_lease_s  # between saving a job and queueing it
         failed = 0
@@ -337,11 +395,10 @@ class JobStore:
             record = self.get(job_id)
             if record is None or record.status not in ACTIVE or record.created_at > now - settle_s:
                 continue
-            try:
-                finalizer = Job.fetch(finalize_job_id(record.id), connection=self.redis)
-                ended = finalizer.get_status() in ENDED_RQ_STATES
-            except NoSuchJobError:
-                ended = True
+            enders = [finalize_job_id(record.id)]
+            if record.params.filter is not None:
+                enders.append(select_job_id(record.id))
+            ended = all(self.rq_job_ended(rq_id) for rq_id in enders)
             if ended and self.transition(record.id, record.status, JobStatus.failed):
                 self.update(
                     record.id,
@@ -350,6 +407,12 @@ class JobStore:
                 )
                 failed += 1
         return failed
+
+    def rq_job_ended(self, rq_id: str) -> bool:
+        try:
+            return Job.fetch(rq_id, connection=self.redis).get_status() in ENDED_RQ_STATES
+        except NoSuchJobError:
+            return True
 
     def delete_expired(self, now: float | None = None) -> int:
         """The retention cleaner: delete jobs past ``expires_at`` and orphaned folders."""

@@ -43,6 +43,7 @@ class JobRecord(BaseModel):
     images: int
     shard_bounds: list[int]  # where each shard starts in container order, then the total
     params: PurifyParams
+    selected: int | None = None  # with a filter: how many images its ranking chose
     sync: bool = False
     created_at: float
     started_at: float | None = None
@@ -53,6 +54,14 @@ class JobRecord(BaseModel):
     @property
     def shards(self) -> int:
         return len(self.shard_bounds) - 1
+
+    @property
+    def work(self) -> int:
+        """Image passes the job makes: one per image, and with a filter one more per
+        image it purifies (all of them, until its ranking has chosen)."""
+        if self.params.filter is None:
+            return self.images
+        return self.images + (self.images if self.selected is None else self.selected)
 
 
 class Progress(BaseModel):
@@ -96,6 +105,7 @@ class ImageEnergy(BaseModel):
     name: str
     energy_before: float
     energy_after: float
+    purified: bool = True  # False: an energy filter passed it through as sent
 
 
 class Report(BaseModel):
@@ -107,6 +117,8 @@ class Report(BaseModel):
     eps: float
     tau: float
     seed: int
+    filter: float | str | None = None
+    purified: int  # images purified (all of them without a filter)
     images: list[ImageEnergy]
 
 

@@ -178,9 +178,11 @@ class Stack:
         self.valkey.stop()
 
 
-def submit_zip(client: httpx.Client, members: dict[str, bytes], steps: int) -> str:
+def submit_zip(client: httpx.Client, members: dict[str, bytes], steps: int, **fields: str) -> str:
     response = client.post(
-        "/v1/jobs", files={"archive": ("set.zip", zip_bytes(members))}, data={"steps": str(steps)}
+        "/v1/jobs",
+        files={"archive": ("set.zip", zip_bytes(members))},
+        data={"steps": str(steps), **fields},
     )
     assert response.status_code == 202, response.text
     return response.json()["id"]

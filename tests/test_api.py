@@ -381,3 +381,52 @@ def test_readyz_fails_without_workers(tmp_path: Path, tiny_registry):
             assert response.status_code == 503
     finally:
         stack.stop()
+
+
+def test_a_filtered_job_purifies_the_highest_energy_images_and_passes_the_rest(stack, cifar):
+    """Two phases over shards of 4: every image scored, the top ceil(0.5 x 9) = 5
+    purified exactly as an unfiltered job with the same seed purifies them, the
+    other 4 (and the non-image member) back byte for byte."""
+    members = {f"img/{i}.png": png(cifar["images"][i]) for i in range(9)}
+    members["labels.csv"] = b"name,label\n"
+    with stack.client() as client:
+        jobs, results = {}, {}
+        for name, extra in (("all", {}), ("half", {"filter": "0.5"})):
+            created = client.post(
+                "/v1/jobs",
+                files={"archive": ("data.zip", zip_bytes(members))},
+                data={"steps": "3", "seed": "3", **extra},
+            )
+            assert created.status_code == 202, created.text
+            jobs[name] = stack.wait_job(client, created.json()["id"])
+            assert jobs[name]["status"] == "finished", jobs[name]
+            results[name] = client.get(jobs[name]["links"]["result"]).content
+        report = client.get(jobs["half"]["links"]["report"]).json()
+        auto = client.post(
+            "/v1/jobs",
+            files={"archive": ("data.zip", zip_bytes(members))},
+            data={"filter": "auto"},
+        )
+        out_of_range = client.post(
+            "/v1/jobs",
+            files={"archive": ("data.zip", zip_bytes(members))},
+            data={"filter": "1.5"},
+        )
+    assert jobs["half"]["params"]["filter"] == 0.5
+    assert jobs["half"]["progress"]["done"] == jobs["half"]["progress"]["total"] == 9 + 5
+    assert report["filter"] == 0.5 and report["purified"] == 5
+    assert [row["name"] for row in report["images"]] == list(members)[:-1]
+    ranked = sorted(report["images"], key=lambda row: -row["energy_before"])
+    chosen = {row["name"] for row in ranked[:5]}
+    assert chosen == {row["name"] for row in report["images"] if row["purified"]}
+    with (
+        zipfile.ZipFile(io.BytesIO(results["all"])) as every,
+        zipfile.ZipFile(io.BytesIO(results["half"])) as half,
+    ):
+        assert half.namelist() == list(members)
+        assert half.read("labels.csv") == members["labels.csv"]
+        for name in list(members)[:-1]:
+            expected = every.read(name) if name in chosen else members[name]
+            assert half.read(name) == expected
+    assert auto.status_code == 400 and "threshold" in auto.json()["detail"]
+    assert out_of_range.status_code == 422

@@ -5,11 +5,13 @@ reason), never stay `running`."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 
 import httpx
 from rq import Queue, Worker
@@ -61,6 +63,49 @@ def test_a_worker_killed_mid_shard_loses_nothing(tmp_path, tiny_registry, cifar)
         shards = [Job.fetch(f"{job_id}-shard-{i}", connection=stack.redis) for i in range(6)]
         retried = [j for j in shards if j.retries_left is not None and j.retries_left < 3]
         assert len(retried) == 1  # exactly the shard the killed worker held
+    finally:
+        stack.stop()
+
+
+def test_a_worker_killed_mid_shard_of_a_filtered_job_loses_nothing(tmp_path, tiny_registry, cifar):
+    """Both phases survive: the killed purification shard is retried elsewhere, and
+    the result holds each image once, purified exactly where the report says."""
+    stack = Stack(tmp_path, tiny_registry)
+    try:
+        victim = stack.start_worker()
+        with stack.client() as client:
+            members = cifar_members(cifar)
+            job_id = submit_zip(client, members, steps=1500, filter="0.5")
+            wait_until_busy_with(stack, victim, "-shard-0")
+            kill(victim)
+            stack.start_worker()
+            job = stack.wait_job(client, job_id, timeout=300)
+            assert job["status"] == "finished", job["error"]
+            result = client.get(f"/v1/jobs/{job_id}/result").content
+            report = client.get(f"/v1/jobs/{job_id}/report").json()
+        assert report["purified"] == IMAGES // 2
+        with zipfile.ZipFile(io.BytesIO(result)) as archive:
+            assert archive.namelist() == list(members)
+            for row in report["images"]:
+                unchanged = archive.read(row["name"]) == members[row["name"]]
+                assert unchanged != row["purified"], row
+    finally:
+        stack.stop()
+
+
+def test_a_scoring_shard_that_fails_every_time_fails_the_filtered_job(
+    tmp_path, tiny_registry, cifar
+):
+    stack = Stack(tmp_path, tiny_registry, shard_retries=1)
+    try:
+        with stack.client() as client:
+            job_id = submit_zip(client, cifar_members(cifar, 8), steps=1, filter="0.5")
+            shutil.rmtree(stack.data_dir / "jobs" / job_id / "input")
+            (stack.data_dir / "jobs" / job_id / "decoded.npz").unlink(missing_ok=True)
+            stack.start_worker()
+            job = stack.wait_job(client, job_id)
+            assert job["status"] == "failed"
+            assert "scoring shard" in job["error"], job["error"]
     finally:
         stack.stop()
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from pureebm.archives import load_image_array
 from pureebm.images import Picture
-from pureebm.langevin import to_unit_range
+from pureebm.langevin import purify, to_unit_range
 from pureebm.params import LangevinParams, TrainConfig
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import Registry
-from pureebm.train import CHECKPOINT, Trainer, learning_rate, train
+from pureebm.train import CHECKPOINT, Trainer, as_training_images, learning_rate, train
 from tests.conftest import DATA
 
 
@@ -205,7 +206,13 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     ]
     assert chosen and chosen[0]["residual"] == record["residual"]
     assert (root / "tiny" / "2" / "samples.png").stat().st_size > 0
-    assert registry.load("tiny").manifest.version == 2
+    model = registry.load("tiny")
+    assert model.manifest.version == 2
+    # filter=auto's threshold: the median energy of the same held-out images
+    heldout = as_training_images(load_image_array(DATA)[-4:]).permute(0, 3, 1, 2)
+    energies = purify(model.net, heldout, LangevinParams(steps=0)).energy_before
+    assert new.energy_threshold == pytest.approx(float(np.median(energies.numpy())), rel=1e-5)
+    assert old.energy_threshold is None
     # one pinned setting: only T is chosen, and the pinned (eps, tau) become the defaults
     pinned = ["--eps", "0.01", "--tau", "0.0005"]
     main(["calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root), *pinned])

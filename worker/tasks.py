@@ -1,8 +1,9 @@
-"""The RQ job functions a worker runs: purify one shard, then assemble the result.
+"""The RQ job functions a worker runs: purify one shard, then assemble the result;
+with an energy filter, score each shard and select first.
 
-Both are idempotent: a shard's output file appears atomically (written aside,
-then renamed), so a shard retried after its worker died rewrites the same
-file and no image is lost or doubled.
+All are idempotent: every output file appears atomically (written aside, then
+renamed), so a task retried after its worker died rewrites the same file and
+no image is lost or doubled.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rq import get_current_job
 
 from pureebm.archives import Container, open_container
 from pureebm.atomic import atomic_path
+from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Speedups
-from pureebm.pipeline import Phases, purify_pictures
+from pureebm.pipeline import Phases, energies_of, purify_pictures
 from pureebm.registry import LoadedModel, Registry
 from pureebm.shards import OpenShard, ShardSet, write_shard
 from service import metrics
@@ -65,17 +68,19 @@ class JobInput:
     container: Container
     decoded: OpenShard | None
 
-    def pictures(self, start: int, stop: int) -> Iterator[tuple[str, Picture]]:
-        """Images [start, stop) in container order: the API's decoded pixels where it
-        kept them (each image is then decoded once per job), else decoded here."""
+    def pictures(self, positions: Sequence[int]) -> Iterator[tuple[str, Picture]]:
+        """The images at ``positions`` (ascending) in container order: the API's decoded
+        pixels where it kept them (each image is then decoded once per job), else
+        decoded here."""
         names = self.container.image_names()
-        kept = start
-        if self.decoded is not None:
-            kept = max(start, min(stop, len(self.decoded)))
-            for position in range(start, kept):
-                yield names[position], self.decoded.picture(position)
-        if kept < stop:
-            yield from self.container.iter_images(set(names[kept:stop]))
+        decoded = 0 if self.decoded is None else len(self.decoded)
+        rest = [names[p] for p in positions if p >= decoded]
+        for position in positions:
+            if position >= decoded:
+                break
+            yield names[position], self.decoded.picture(position)  # type: ignore[union-attr]
+        if rest:
+            yield from self.container.iter_images(set(rest))
 
     def close(self) -> None:
         self.container.close()
@@ -127,17 +132,97 @@ def context() -> WorkerContext:
     return CONTEXT
 
 
-def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
-    """Purify images [start, stop) of the job's input into shards/<shard>.npz."""
+def active_record(ctx: WorkerContext, job_id: str) -> JobRecord | None:
+    """The job if it still runs (marked running from here on), else None."""
+    record = ctx.store.get(job_id)
+    if record is None or record.status not in ACTIVE:
+        if record is not None:
+            ctx.release(record)
+        return None
+    if ctx.store.transition(job_id, JobStatus.queued, JobStatus.running):
+        ctx.store.update(job_id, started_at=time.time())
+    return record
+
+
+def stop_if_canceled(store: JobStore, job_id: str) -> None:
+    current = store.get(job_id)
+    if current is None or current.status not in ACTIVE:
+        raise JobCanceled(job_id)
+
+
+def score_shard(job_id: str, shard: int, start: int, stop: int) -> int:
+    """A filtered job's first phase: the energies of images [start, stop), written to
+    shards/score-<shard>.npy."""
+    ctx = context()
+    record = active_record(ctx, job_id)
+    if record is None:
+        return 0
+    store, progress = ctx.store, f"score-{shard}"
+    store.set_shard_progress(job_id, progress, 0)
+    model = ctx.models.get(record.params.model)
+    pictures = ctx.open_input(record).pictures(range(start, stop))
+    energies = []
+    try:
+        for energy in energies_of(model, pictures, ctx.batch_size, ctx.device):
+            energies.append(energy)
+            if len(energies) % ctx.batch_size == 0 or len(energies) == stop - start:
+                store.set_shard_progress(job_id, progress, len(energies))
+                stop_if_canceled(store, job_id)
+    except JobCanceled:
+        ctx.release(record)
+        return 0
+    except Exception as e:
+        store.update(job_id, error=f"scoring shard {shard}: {e}")
+        raise
+    with atomic_path(store.score_path(job_id, shard)) as partial, partial.open("wb") as f:
+        np.save(f, np.array(energies, np.float64), allow_pickle=False)
+    return len(energies)
+
+
+def select(job_id: str) -> int | None:
+    """Rank a filtered job's energies, write its selection (the chosen positions, and
+    where each purification shard starts among them: the chosen images of each
+    scoring shard, so every shard keeps the pixel budget), then queue the
+    purification. Fails the job, on its last attempt, if a scoring shard is missing."""
     ctx = context()
     store = ctx.store
     record = store.get(job_id)
     if record is None or record.status not in ACTIVE:
-        if record is not None:
-            ctx.release(record)
+        return None
+    try:
+        missing = [s for s in range(record.shards) if not store.score_path(job_id, s).exists()]
+        if missing:
+            fail(store, record, record.error or f"scoring shards {missing} did not finish")
+            return None
+        energies = np.concatenate(
+            [np.load(store.score_path(job_id, s)) for s in range(record.shards)]
+        )
+        manifest = ctx.models.get(record.params.model).manifest
+        chosen = np.array(
+            selected_positions(energies, record.params.filter, manifest.energy_threshold), np.int64
+        )
+        per_shard = np.diff(np.searchsorted(chosen, record.shard_bounds))
+        bounds = np.concatenate([[0], np.cumsum(per_shard[per_shard > 0])]).astype(np.int64)
+        with atomic_path(store.selection_path(job_id)) as partial, partial.open("wb") as f:
+            np.savez(f, positions=chosen, bounds=bounds, energies=energies)
+        store.update(job_id, selected=len(chosen))
+        store.enqueue_purification(record, bounds.tolist())
+        return len(chosen)
+    except Exception as e:
+        current = get_current_job()
+        if current is None or not current.retries_left:
+            fail(store, record, f"selecting failed: {e}")
+        raise
+
+
+def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
+    """Purify images [start, stop) of the job's input (of its filter's selection, with
+    a filter) into shards/<shard>.npz."""
+    ctx = context()
+    store = ctx.store
+    record = active_record(ctx, job_id)
+    if record is None:
         return 0
-    if store.transition(job_id, JobStatus.queued, JobStatus.running):
-        store.update(job_id, started_at=time.time())
     store.set_shard_progress(job_id, shard, 0)
     started = time.perf_counter()
     phases = Phases()
@@ -169,10 +254,12 @@ def run_shard(
     ctx: WorkerContext, record: JobRecord, shard: int, start: int, stop: int, phases: Phases
 ) -> int:
     """Stream the shard's purified images to its file; returns how many there were."""
-    store, settings = ctx.store, ctx.store.settings
-    model = ctx.models.get(record.params.model or settings.default_model)
+    store = ctx.store
+    model = ctx.models.get(record.params.model)
     params = record.params.resolve(model.manifest.langevin)
-    pictures = ctx.open_input(record).pictures(start, stop)
+    positions = selection(store, record)[0][start:stop] if record.params.filter else None
+    positions = range(start, stop) if positions is None else positions.tolist()
+    pictures = ctx.open_input(record).pictures(positions)
     batches = purify_pictures(
         model,
         pictures,
@@ -180,7 +267,7 @@ def run_shard(
         ctx.batch_size,
         ctx.device,
         record.params.seed,
-        start,
+        positions,
         phases,
         ctx.speedups,
     )
@@ -190,10 +277,15 @@ def run_shard(
                 writer.add(item)
             if done % ctx.batch_size == 0 or done == stop - start:
                 store.set_shard_progress(record.id, shard, done)
-                current = store.get(record.id)
-                if current is None or current.status not in ACTIVE:
-                    raise JobCanceled(record.id)
+                stop_if_canceled(store, record.id)
     return stop - start
+
+
+def selection(store: JobStore, record: JobRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A filtered job's chosen positions, its purification shards' bounds among them,
+    and every image's energy."""
+    with np.load(store.selection_path(record.id), allow_pickle=False) as saved:
+        return saved["positions"], saved["bounds"], saved["energies"]
 
 
 def fail(store: JobStore, record: JobRecord, error: str) -> None:
@@ -217,7 +309,10 @@ def finalize(job_id: str) -> str | None:
     try:
         if record.status not in ACTIVE:
             return None
-        missing = [s for s in range(record.shards) if not store.shard_path(job_id, s).exists()]
+        shards = record.shards
+        if record.params.filter is not None:
+            shards = len(selection(store, record)[1]) - 1
+        missing = [s for s in range(shards) if not store.shard_path(job_id, s).exists()]
         if missing:
             fail(store, record, record.error or f"shards {missing} did not finish")
             return None
@@ -235,24 +330,30 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     job_id = record.id
     started = time.perf_counter()
     container = ctx.open_input(record).container
-    paths = [store.shard_path(job_id, shard) for shard in range(record.shards)]
-    purified = ShardSet(paths, record.shard_bounds, container.image_names())
+    bounds, chosen, scores = record.shard_bounds, None, None
+    if record.params.filter is not None:
+        positions, shard_bounds, energies = selection(store, record)
+        bounds, chosen, scores = shard_bounds.tolist(), positions.tolist(), energies.tolist()
+    paths = [store.shard_path(job_id, shard) for shard in range(len(bounds) - 1)]
+    purified = ShardSet(paths, bounds, container.image_names(), chosen)
     result = store.result_path(record)
     try:
         with atomic_path(result) as partial:
             container.write(partial, purified.picture)
     finally:
         purified.close()
-    model = ctx.models.registry.manifest(record.params.model or store.settings.default_model)
-    params = record.params.resolve(model.langevin)
+    params = record.params
+    rows = [row._asdict() for row in purified.energies(scores)]
     report = {
         "job": job_id,
-        "model": f"{model.name}:{model.version}",
+        "model": params.model,
         "steps": params.steps,
         "eps": params.eps,
         "tau": params.tau,
-        "seed": record.params.seed,
-        "images": [row._asdict() for row in purified.energies()],
+        "seed": params.seed,
+        "filter": params.filter,
+        "purified": sum(row["purified"] for row in rows),
+        "images": rows,
     }
     report_path = store.report_path(job_id)
     with atomic_path(report_path) as partial:

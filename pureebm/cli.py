@@ -22,12 +22,8 @@ from pureebm.params import TrainConfig
 from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
 
 
-def add_purify_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("purify", help="purify an image, folder, zip, tar(.gz) or npz")
-    p.add_argument("input", type=Path, help="what to purify")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the purified copy")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION")
-    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT, help="model registry folder")
+def add_purifier_options(p: argparse.ArgumentParser) -> None:
+    """The purification parameters `purify` and `submit` share (PurifyParams' fields)."""
     p.add_argument("--steps", type=int, help="Langevin steps T (model default if unset)")
     p.add_argument("--eps", type=float, help="step size (model default if unset)")
     p.add_argument("--tau", type=float, help="temperature (model default if unset)")
@@ -39,6 +35,18 @@ def add_purify_parser(sub: argparse._SubParsersAction) -> None:
         "above the model's calibrated threshold; the rest are copied as they are",
     )
     p.add_argument("--seed", type=int, help="random seed (drawn if unset)")
+
+
+PURIFIER_OPTIONS = ("steps", "eps", "tau", "init_noise", "filter", "seed")
+
+
+def add_purify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("purify", help="purify an image, folder, zip, tar(.gz) or npz")
+    p.add_argument("input", type=Path, help="what to purify")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the purified copy")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION")
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT, help="model registry folder")
+    add_purifier_options(p)
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--report", type=Path, help="write per-image energies as JSON here")
@@ -252,17 +260,11 @@ def run_calibrate(args: argparse.Namespace) -> None:
 def add_submit_parser(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="purify through a running service")
     submit.add_argument("input", type=Path, help="an image or an archive (zip, tar, npz)")
-    submit.add_argument("-o", "--output", type=Path, required=True)
-    submit.add_argument("--url", default="http://127.0.0.1:8000")
+    submit.add_argument("-o", "--output", type=Path, required=True, help="the purified copy")
+    submit.add_argument("--url", default="http://127.0.0.1:8000", help="the service")
     submit.add_argument("--api-key", help="default: PUREEBM_API_KEY")
-    for name, kind in (
-        ("model", str),
-        ("steps", int),
-        ("eps", float),
-        ("tau", float),
-        ("seed", int),
-    ):
-        submit.add_argument(f"--{name}", type=kind)
+    submit.add_argument("--model", help="NAME or NAME:VERSION (default: the service's)")
+    add_purifier_options(submit)
     submit.set_defaults(run=run_submit)
 
 
@@ -273,7 +275,7 @@ def run_submit(args: argparse.Namespace) -> None:
 
     from pureebm.client import PureEBMClient
 
-    params = {k: getattr(args, k) for k in ("model", "steps", "eps", "tau", "seed")}
+    params = {k: getattr(args, k) for k in ("model", *PURIFIER_OPTIONS)}
     api_key = args.api_key or os.environ.get("PUREEBM_API_KEY")
     started = time.perf_counter()
     with PureEBMClient(args.url, api_key) as client, tqdm(unit="img", desc="purify") as bar:
@@ -282,13 +284,18 @@ def run_submit(args: argparse.Namespace) -> None:
         print(f"job {job['id']}: {job['progress']['total']} images", file=sys.stderr)
 
         def show(job: dict) -> None:
+            bar.total = job["progress"]["total"]  # a filter's second phase is sized once chosen
             bar.set_postfix_str(job["status"])
             bar.update(job["progress"]["done"] - bar.n)
 
         client.wait(job["id"], on_progress=show)
         client.download(job["id"], args.output)
+        report = client.report(job["id"])
     seconds = time.perf_counter() - started
-    print(f"purified {bar.total} images in {seconds:.1f} s -> {args.output}")
+    print(
+        f"purified {report['purified']} of {len(report['images'])} images in {seconds:.1f} s "
+        f"-> {args.output}"
+    )
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:

@@ -44,6 +44,21 @@ def test_client_purifies_an_npz_and_reports_progress(stack, tmp_path, cifar):
         np.testing.assert_array_equal(out["labels"], cifar["labels"][:9])
 
 
+def test_client_filters_an_npz_by_energy(stack, tmp_path, cifar):
+    """filter=0.3 of 9 rows: the 3 of highest energy purified, the 6 others as sent."""
+    src, dst = tmp_path / "d.npz", tmp_path / "d.filtered.npz"
+    np.savez(src, images=cifar["images"][:9], labels=cifar["labels"][:9])
+    with PureEBMClient(stack.url, KEY_A) as client:
+        job = client.purify(src, dst, steps=4, seed=3, filter=0.3)
+        report = client.report(job["id"])
+    assert job["params"]["filter"] == 0.3 and report["purified"] == 3
+    with np.load(dst) as out:
+        for row, original, purified in zip(
+            report["images"], cifar["images"][:9], out["images"], strict=True
+        ):
+            assert np.array_equal(original, purified) != row["purified"]
+
+
 def submit_command(src, dst, url: str, key: str, *extra: str) -> subprocess.CompletedProcess:
     argv = ["submit", str(src), "-o", str(dst), "--url", url, "--api-key", key, *extra]
     return subprocess.run(
@@ -56,8 +71,11 @@ def test_submit_command_uploads_follows_and_downloads(stack, tmp_path, cifar):
     src.write_bytes(zip_bytes({f"{i}.png": png(cifar["images"][i]) for i in range(5)}))
     result = submit_command(src, dst, stack.url, KEY_A, "--steps", "3")
     assert result.returncode == 0, result.stderr
-    assert "purified 5 images" in result.stdout
+    assert "purified 5 of 5 images" in result.stdout
     assert zipfile.ZipFile(dst).namelist() == [f"{i}.png" for i in range(5)]
+    filtered = submit_command(src, dst, stack.url, KEY_A, "--steps", "3", "--filter", "0.4")
+    assert filtered.returncode == 0, filtered.stderr
+    assert "purified 2 of 5 images" in filtered.stdout
     bad = submit_command(src, dst, stack.url, "wrong")
     assert bad.returncode != 0 and "403" in bad.stderr
 

@@ -310,11 +310,12 @@ def evaluate(config: EvalConfig) -> dict:
                         ),
                     }
                 )
-            tqdm.write(
-                f"eps {eps * 255:.0f}/255 seed {seed} target {target} {spec:<14} "
-                f"accuracy {rows[-1]['natural_accuracy']:.3f} "
-                f"poison success {rows[-1]['poison_success']:.3f}"
-            )
+            for row in rows[-1 if spec == "none" else -2 :]:  # the defence's row and '+test'
+                tqdm.write(
+                    f"eps {eps * 255:.0f}/255 seed {seed} target {target} "
+                    f"{row['defence']:<20} accuracy {row['natural_accuracy']:.3f} "
+                    f"poison success {row['poison_success']:.3f}"
+                )
         # written after every attack, so an interrupted run keeps what it measured
         result = {
             "config": asdict(config),

@@ -208,6 +208,7 @@ def measure(net: nn.Module, test_x, test_y, triggered, target: int) -> dict[str,
     }
 
 
+SURROGATE_SEED = 1000  # the surrogate's seed is the victims' seed plus this
 MAX_PSNR = 99.0  # dB, for an unchanged set (JSON has no infinity)
 
 
@@ -259,15 +260,26 @@ def evaluate(config: EvalConfig) -> dict:
     defender = Defender(config, train_x)
     kept = {spec: psnr(defender.clean_defended[spec], train_x) for spec in defender.specs}
     defended_test = defender.apply_all(test_x)
-    # the classifier trained on clean data: the "clean" row, and Narcissus's surrogate
+    # the classifier trained on clean data: the "clean" row
     clean_nets = {
         seed: train_classifier(train_x, train_y, replace(config.classifier, seed=seed))
         for seed in config.seeds
     }
+    # Narcissus's surrogate: trained on the clean set too, but not the clean row's
+    # classifier, else the trigger is a white-box adversarial example against that
+    # row and its "floor" is the attack's success, not what a clean victim suffers.
+    surrogates = clean_nets  # only Narcissus uses one
+    if config.attack == "narcissus":
+        surrogates = {
+            seed: train_classifier(
+                train_x, train_y, replace(config.classifier, seed=seed + SURROGATE_SEED)
+            )
+            for seed in config.seeds
+        }
     rows, attack_rows = [], []
     runs = [(e, s, t) for s in config.seeds for e in config.eps for t in config.targets]
     for eps, seed, target in tqdm(runs, desc="attacks", unit="attack"):
-        poisoned = make_attack(config, train_x, train_y, target, eps, seed, clean_nets[seed])
+        poisoned = make_attack(config, train_x, train_y, target, eps, seed, surrogates[seed])
         changed = poisoned.poisoned
         triggered = poisoned.trigger(test_x)
         common = {"eps": eps, "seed": seed, "target": target}

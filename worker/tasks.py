@@ -257,8 +257,8 @@ def run_shard(
     store = ctx.store
     model = ctx.models.get(record.params.model)
     params = record.params.resolve(model.manifest.langevin)
-    positions = selection(store, record)[0][start:stop] if record.params.filter else None
-    positions = range(start, stop) if positions is None else positions.tolist()
+    chosen = purification_plan(store, record)[1]
+    positions = range(start, stop) if chosen is None else chosen[start:stop]
     pictures = ctx.open_input(record).pictures(positions)
     batches = purify_pictures(
         model,
@@ -281,11 +281,16 @@ def run_shard(
     return stop - start
 
 
-def selection(store: JobStore, record: JobRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A filtered job's chosen positions, its purification shards' bounds among them,
-    and every image's energy."""
+def purification_plan(
+    store: JobStore, record: JobRecord
+) -> tuple[list[int], list[int] | None, list[float] | None]:
+    """Where the purification shards start (among the purified images), the container
+    positions of the images they purify (None: all of them) and, with a filter,
+    every image's energy (its selection file, written by ``select``)."""
+    if record.params.filter is None:
+        return record.shard_bounds, None, None
     with np.load(store.selection_path(record.id), allow_pickle=False) as saved:
-        return saved["positions"], saved["bounds"], saved["energies"]
+        return saved["bounds"].tolist(), saved["positions"].tolist(), saved["energies"].tolist()
 
 
 def fail(store: JobStore, record: JobRecord, error: str) -> None:
@@ -309,9 +314,7 @@ def finalize(job_id: str) -> str | None:
     try:
         if record.status not in ACTIVE:
             return None
-        shards = record.shards
-        if record.params.filter is not None:
-            shards = len(selection(store, record)[1]) - 1
+        shards = len(purification_plan(store, record)[0]) - 1
         missing = [s for s in range(shards) if not store.shard_path(job_id, s).exists()]
         if missing:
             fail(store, record, record.error or f"shards {missing} did not finish")
@@ -330,10 +333,7 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     job_id = record.id
     started = time.perf_counter()
     container = ctx.open_input(record).container
-    bounds, chosen, scores = record.shard_bounds, None, None
-    if record.params.filter is not None:
-        positions, shard_bounds, energies = selection(store, record)
-        bounds, chosen, scores = shard_bounds.tolist(), positions.tolist(), energies.tolist()
+    bounds, chosen, scores = purification_plan(store, record)
     paths = [store.shard_path(job_id, shard) for shard in range(len(bounds) - 1)]
     purified = ShardSet(paths, bounds, container.image_names(), chosen)
     result = store.result_path(record)

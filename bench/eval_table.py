@@ -22,11 +22,15 @@ SHARED = ("none", "clean")
 
 
 def model_label(spec: str, result: dict) -> str:
-    """'pureebm:4' -> 'pureebm:4 cifar10-conv:2'; 'pureebm' gets its run's default T."""
-    if not spec.startswith("pureebm"):
-        return spec
-    steps = spec.partition(":")[2] or result["purifier"]["steps"]
-    return f"pureebm:{steps} {result['model']}"
+    """'pureebm:4' -> 'pureebm:4 cifar10-conv:2'; 'pureebm' gets its run's default T;
+    'filt:0.5:3' -> 'filt:0.5:3 cifar10-conv:2'; a ' +test' suffix stays last."""
+    defence, plus, test = spec.partition(" +")
+    if defence.startswith("pureebm"):
+        steps = defence.partition(":")[2] or result["purifier"]["steps"]
+        defence = f"pureebm:{steps} {result['model']}"
+    elif defence.startswith("filt"):
+        defence = f"{defence} {result['model']}"
+    return f"{defence}{plus}{test}"
 
 
 def merge(results: list[dict]) -> dict:
@@ -68,7 +72,8 @@ def draw_tradeoff(summary: dict, path: Path, title: str) -> None:
                 x, xerr = s["natural_accuracy_vs_none"], s["natural_accuracy_vs_none_ci"]
                 y = s["poison_success_vs_none"] - floor
                 yerr = s["poison_success_vs_none_ci"]
-            ax.errorbar(100 * x, 100 * y, xerr=100 * xerr, yerr=100 * yerr, fmt="o", capsize=3)
+            marker = "s" if spec.endswith("+test") else "o"  # squares: test images defended too
+            ax.errorbar(100 * x, 100 * y, xerr=100 * xerr, yerr=100 * yerr, fmt=marker, capsize=3)
             ax.annotate(
                 spec, (100 * x, 100 * y), fontsize=7, xytext=(4, 4), textcoords="offset points"
             )
@@ -98,10 +103,14 @@ def main() -> None:
     table = markdown_table(merged)
     (args.out / "results.md").write_text(table + "\n")
     c = results[0]["config"]
+    strengths = sorted(
+        {(eps, r["config"]["poison_fraction"]) for r in results for eps in r["config"]["eps"]}
+    )
+    poisons = ", ".join(f"{eps * 255:.0f}/255 at {share:.0%} poisons" for eps, share in strengths)
     title = (
-        f"{c['attack']} attack, {c['poison_fraction']:.1%} poisons, targets {c['targets']}, "
-        f"seeds {c['seeds']}, {c['classifier']['architecture']} classifier "
-        f"({c['classifier']['epochs']} epochs); mean +- 95% interval"
+        f"{c['attack']} attack ({poisons}), targets {c['targets']}, seeds {c['seeds']}, "
+        f"{c['classifier']['architecture']} classifier ({c['classifier']['epochs']} epochs); "
+        "mean +- 95% interval; squares: test images defended too"
     )
     draw_results(merged, args.out / "results.png", title)
     draw_tradeoff(merged["summary"], args.out / "tradeoff.png", title)

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pureebm.evaluation.run import draw_results, markdown_table, summarise
+from pureebm.evaluation.run import draw_results, markdown_table, proxy_agreement, summarise
 
 SHARED = ("none", "clean")
 
@@ -47,11 +47,14 @@ def merge(results: list[dict]) -> dict:
             rows.append({**row, "defence": model_label(row["defence"], result)})
     names = list(dict.fromkeys(r["defence"] for r in rows))
     rows.sort(key=lambda r: (r["eps"], names.index(r["defence"]), r["seed"], r["target"]))
+    summary = summarise(rows)
     return {
         "runs": [r["config"] for r in results],
         "purifiers": {r["model"]: r["purifier"] for r in results},
         "rows": rows,
-        "summary": summarise(rows),
+        "attacks": [a for r in results for a in r.get("attacks", [])],
+        "summary": summary,
+        "proxy": proxy_agreement(summary),
         "seconds": sum(r["seconds"] for r in results),
     }
 

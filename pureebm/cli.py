@@ -32,7 +32,8 @@ def add_purifier_options(p: argparse.ArgumentParser) -> None:
         "--filter",
         type=filter_rule,
         help="purify only the fraction K (0-1] of images of highest energy, or 'auto': those "
-        "above the model's calibrated threshold; the rest are copied as they are",
+        "above the model's calibrated threshold; the rest are copied as they are (default: "
+        "the model's; 1: every image)",
     )
     p.add_argument("--seed", type=int, help="random seed (drawn if unset)")
 
@@ -73,7 +74,7 @@ def run_purify(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from pureebm.archives import open_container
-    from pureebm.filtering import threshold_of
+    from pureebm.filtering import resolve_filter
     from pureebm.langevin import Speedups, resolve_device
     from pureebm.params import LangevinOverrides
     from pureebm.pipeline import PurifiedImage, purify_container
@@ -84,8 +85,7 @@ def run_purify(args: argparse.Namespace) -> None:
     overrides = LangevinOverrides(
         steps=args.steps, eps=args.eps, tau=args.tau, init_noise=args.init_noise
     )
-    if args.filter == "auto":
-        threshold_of(model.manifest)  # a model without a threshold is refused before any work
+    energy_filter = resolve_filter(args.filter, model.manifest)  # refused before any work
     params = overrides.resolve(model.manifest.langevin)
     container = open_container(args.input)
     total = len(container.image_names())
@@ -93,7 +93,7 @@ def run_purify(args: argparse.Namespace) -> None:
         f"{args.input}: {container.kind}, {total} images; model "
         f"{model.manifest.name}:{model.manifest.version} on {device}, T={params.steps} "
         f"eps={params.eps:g} tau={params.tau:g}"
-        + (f", filter={args.filter}" if args.filter is not None else ""),
+        + (f", filter={energy_filter}" if energy_filter is not None else ""),
         file=sys.stderr,
     )
     started = time.perf_counter()
@@ -113,7 +113,7 @@ def run_purify(args: argparse.Namespace) -> None:
             args.seed,
             advance,
             speedups,
-            filter=args.filter,
+            filter=energy_filter,
         )
     seconds = time.perf_counter() - started
     purified = sum(row.purified for row in energies)
@@ -146,7 +146,7 @@ def run_models(args: argparse.Namespace) -> None:
         print(
             f"{m.name}:{m.version}{default}  {m.architecture} {m.arch_kwargs}  "
             f"{m.image_size}px x{m.channels}  T={m.langevin.steps} eps={m.langevin.eps} "
-            f"tau={m.langevin.tau}  trained {m.training.iterations} it in "
+            f"tau={m.langevin.tau}{f' filter={m.filter}' if m.filter is not None else ''}  trained {m.training.iterations} it in "
             f"{m.training.wall_time_s:.0f} s on {m.training.hardware}"
         )
 

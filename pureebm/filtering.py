@@ -39,6 +39,16 @@ def threshold_of(manifest: Manifest) -> float:
     return manifest.energy_threshold
 
 
+def resolve_filter(requested: float | str | None, manifest: Manifest) -> float | str | None:
+    """The filter a job runs: the caller's, else the model's default. k = 1 (every
+    image) is no filter, so no scoring pass is made; "auto" on a model without a
+    threshold is refused (FilterError)."""
+    rule = manifest.filter if requested is None else requested
+    if rule == "auto":
+        threshold_of(manifest)
+    return None if rule == 1 else rule
+
+
 def clean_threshold(energies: Sequence[float]) -> float:
     """The "auto" threshold from held-out clean images' energies."""
     return float(np.quantile(np.asarray(energies, np.float64), THRESHOLD_QUANTILE))

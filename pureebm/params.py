@@ -88,6 +88,7 @@ class Manifest(BaseModel):
     channels: int = Field(ge=1, le=4)
     data_range: tuple[float, float] = (-1.0, 1.0)
     langevin: LangevinParams = LangevinParams()  # calibrated defaults for this model
+    filter: Filter | None = None  # the default energy filter (pureebm.filtering); None: none
     # filter=auto purifies images whose energy is above this (pureebm.filtering)
     energy_threshold: float | None = None
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

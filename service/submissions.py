@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from pureebm.filtering import FilterError, threshold_of
+from pureebm.filtering import FilterError, resolve_filter
 from pureebm.registry import Registry
 from pureebm.shards import cut_shards
 from service.jobs import JobStore
@@ -53,11 +53,10 @@ class Submitter:
             )
         # an unknown model is a RegistryError: 400
         manifest = self.registry.manifest(params.model or settings.default_model)
-        if params.filter == "auto":
-            try:
-                threshold_of(manifest)
-            except FilterError as e:
-                raise Problem(400, str(e)) from e
+        try:
+            energy_filter = resolve_filter(params.filter, manifest)
+        except FilterError as e:
+            raise Problem(400, str(e)) from e
         # Pinned now, so that every shard runs the same model version and the job shows
         # what it ran with, even if a newer version is registered meanwhile.
         langevin = params.resolve(manifest.langevin)
@@ -67,6 +66,7 @@ class Submitter:
                 "steps": langevin.steps,
                 "eps": langevin.eps,
                 "tau": langevin.tau,
+                "filter": energy_filter,
                 "seed": secrets.randbelow(2**31) if params.seed is None else params.seed,
             }
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pureebm.filtering import FilterError, clean_threshold, selected_positions
+from pureebm.filtering import FilterError, clean_threshold, resolve_filter, selected_positions
+from pureebm.registry import Registry
 
 
 def test_a_fraction_selects_the_ceiling_of_k_n_highest_energies_in_position_order():
@@ -30,3 +31,16 @@ def test_the_auto_threshold_is_the_median_of_clean_energies():
     clean = [0.4, 0.1, 0.3, 0.2, 0.5]
     assert clean_threshold(clean) == 0.3
     assert selected_positions(clean, "auto", clean_threshold(clean)) == [0, 4]
+
+
+def test_a_job_runs_the_callers_filter_else_the_models_and_k_1_is_none(tiny_registry):
+    plain = Registry(tiny_registry).manifest("tiny")
+    filtered = plain.model_copy(update={"filter": 0.5})
+    assert resolve_filter(None, plain) is None
+    assert resolve_filter(None, filtered) == 0.5
+    assert resolve_filter(0.25, filtered) == 0.25
+    assert resolve_filter(1.0, filtered) is None  # every image: no ranking pass
+    with pytest.raises(FilterError, match="no calibrated energy threshold"):
+        resolve_filter("auto", plain)
+    calibrated = plain.model_copy(update={"energy_threshold": 0.1})
+    assert resolve_filter("auto", calibrated) == "auto"

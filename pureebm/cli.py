@@ -146,7 +146,8 @@ def run_models(args: argparse.Namespace) -> None:
         print(
             f"{m.name}:{m.version}{default}  {m.architecture} {m.arch_kwargs}  "
             f"{m.image_size}px x{m.channels}  T={m.langevin.steps} eps={m.langevin.eps} "
-            f"tau={m.langevin.tau}{f' filter={m.filter}' if m.filter is not None else ''}  trained {m.training.iterations} it in "
+            f"tau={m.langevin.tau}{'' if m.filter is None else f' filter={m.filter}'}  "
+            f"trained {m.training.iterations} it in "
             f"{m.training.wall_time_s:.0f} s on {m.training.hardware}"
         )
 

@@ -232,9 +232,15 @@ def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
         help="the most removal that keeps this PSNR (dB) on the held-out images",
     )
     p.add_argument("--eps", type=float, help="with --tau: try only this setting (T is still swept)")
-    p.add_argument("--tau", type=float)
-    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--tau", type=float, help="with --eps: the temperature of that setting")
+    p.add_argument("--steps", type=int, help="try only this T (a setting chosen elsewhere)")
+    p.add_argument(
+        "--filter",
+        type=filter_rule,
+        help="the new version's default energy filter (a fraction K or 'auto'; default: none)",
+    )
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT, help="model registry folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(run=run_calibrate)
 
 
@@ -248,11 +254,19 @@ def run_calibrate(args: argparse.Namespace) -> None:
     settings = None if args.eps is None else [(args.eps, args.tau)]
     heldout = load_image_array(args.data)[-args.images :]
     manifest, calibration = recalibrate(
-        Registry(args.registry), args.model, heldout, args.psnr_floor, args.device, settings
+        Registry(args.registry),
+        args.model,
+        heldout,
+        args.psnr_floor,
+        args.device,
+        settings,
+        steps=None if args.steps is None else [args.steps],
+        energy_filter=args.filter,
     )
     p = manifest.langevin
     print(
         f"registered {manifest.name}:{manifest.version}: T={p.steps} eps={p.eps:g} tau={p.tau:g} "
+        f"filter={manifest.filter} energy threshold {manifest.energy_threshold:.4g} "
         f"(PSNR {calibration.psnr_db:.1f} dB, mean r {calibration.residual:.2f} "
         f"on {len(heldout)} images)"
     )

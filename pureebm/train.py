@@ -39,6 +39,7 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -56,7 +57,7 @@ from pureebm.langevin import langevin_chain, purify, resolve_device, to_unit_ran
 from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
 from pureebm.params import LangevinParams, Manifest, TrainConfig, TrainingRecord
 from pureebm.plots import amplified_difference, image_rows, line_chart
-from pureebm.quality import Calibration, calibrate, calibration_settings
+from pureebm.quality import CALIBRATION_STEPS, Calibration, calibrate, calibration_settings
 from pureebm.registry import Registry
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -385,23 +386,30 @@ def recalibrate(
     psnr_floor: float = 30.0,
     device: str | torch.device = "auto",
     settings: list[tuple[float, float]] | None = None,
+    steps: Sequence[int] | None = None,
+    energy_filter: float | str | None = None,
 ) -> tuple[Manifest, Calibration]:
     """Calibrate an entry's (eps, tau, T) again on held-out images (N x H x W x C
     uint8, images the model was not trained on) and register the result as the
     entry's next version: the same weights and training record, the new
-    defaults, and the new calibration.json. ``settings`` are the (eps, tau) pairs
-    to try, by default ``calibration_settings`` around the entry's defaults."""
+    defaults (``energy_filter`` its default filter), the energy threshold of
+    filter=auto, and the new calibration.json. ``settings`` are the (eps, tau)
+    pairs to try, by default ``calibration_settings`` around the entry's
+    defaults; ``steps`` the T to try, by default ``CALIBRATION_STEPS``."""
     device = resolve_device(device)
     model = registry.load(ref, device)
     old = model.manifest
     clean = as_training_images(heldout, channels=old.channels).permute(0, 3, 1, 2).contiguous()
     if settings is None:
         settings = calibration_settings(old.langevin.eps, old.langevin.tau)
-    calibration = calibrate(model.net, clean, settings, psnr_floor=psnr_floor, device=device)
+    calibration = calibrate(
+        model.net, clean, settings, steps or CALIBRATION_STEPS, psnr_floor, device
+    )
     fields = old.model_dump(
-        exclude={"version", "sha256", "created_at", "langevin", "energy_threshold"}
+        exclude={"version", "sha256", "created_at", "langevin", "energy_threshold", "filter"}
     )
     fields["langevin"] = calibration.params
+    fields["filter"] = energy_filter
     trained = old.description.split(RECALIBRATED_FROM)[0]
     fields["description"] = f"{trained}{RECALIBRATED_FROM}{old.name}:{old.version}"
     showcase = clean[torch.linspace(0, len(clean) - 1, 8).long()]

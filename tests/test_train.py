@@ -220,5 +220,13 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     assert (third.langevin.eps, third.langevin.tau) == (0.01, 0.0005)
     record = json.loads((root / "tiny" / "3" / "calibration.json").read_text())
     assert {(row["eps"], row["tau"]) for row in record["table"]} == {(0.01, 0.0005)}
+    # a setting chosen by the defence evaluation: T pinned too, with a default filter
+    main(
+        ["calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root), *pinned]
+        + ["--steps", "3", "--filter", "0.5"]
+    )
+    fourth = registry.manifest("tiny:4")
+    assert (fourth.langevin.steps, fourth.filter) == (3, 0.5)
+    assert fourth.energy_threshold == new.energy_threshold  # the same held-out images
     with pytest.raises(SystemExit, match="go together"):
         main(["calibrate", "tiny:1", str(DATA), "--registry", str(root), "--eps", "0.01"])

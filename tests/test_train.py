@@ -221,10 +221,8 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     record = json.loads((root / "tiny" / "3" / "calibration.json").read_text())
     assert {(row["eps"], row["tau"]) for row in record["table"]} == {(0.01, 0.0005)}
     # a setting chosen by the defence evaluation: T pinned too, with a default filter
-    main(
-        ["calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root), *pinned]
-        + ["--steps", "3", "--filter", "0.5"]
-    )
+    chosen = [*pinned, "--steps", "3", "--filter", "0.5"]
+    main(["calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root), *chosen])
     fourth = registry.manifest("tiny:4")
     assert (fourth.langevin.steps, fourth.filter) == (3, 0.5)
     assert fourth.energy_threshold == new.energy_threshold  # the same held-out images

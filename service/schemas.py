@@ -118,7 +118,7 @@ class Report(BaseModel):
     tau: float
     seed: int
     filter: float | str | None = None
-    purified: int  # images purified (all of them without a filter)
+    purified: int | None = None  # images purified (all without a filter); None: an older report
     images: list[ImageEnergy]
 
 

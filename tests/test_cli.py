@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,6 +12,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
+from tests.conftest import DATA
 from tests.stack import bomb_png
 
 
@@ -135,3 +137,23 @@ def test_a_decompression_bomb_is_one_clear_line_not_a_traceback(tmp_path, tiny_r
     )
     assert result.returncode != 0 and "decompression bomb" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_a_models_default_filter_applies_unless_the_caller_asks_for_every_image(
+    tmp_path, tiny_registry, cifar
+):
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_registry, root)
+    pinned = ["--eps", "0.01", "--tau", "0.0005", "--steps", "3", "--filter", "0.5"]
+    registered = pureebm(
+        "calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root), *pinned
+    )
+    assert registered.returncode == 0, registered.stderr
+    src = tmp_path / "data.zip"
+    write_zip(src, cifar, 7)
+    common = ["-o", str(tmp_path / "out.zip"), "--registry", str(root), "--model", "tiny"]
+    default = pureebm("purify", str(src), *common)
+    assert default.returncode == 0, default.stderr
+    assert "purified 4 of 7 images" in default.stdout  # the model's filter 0.5
+    every = pureebm("purify", str(src), *common, "--filter", "1")
+    assert "purified 7 of 7 images" in every.stdout, every.stderr

@@ -4,6 +4,7 @@
   (langevin.py states the update rule).
 - ``LangevinOverrides``: the same fields, unset ones taken from a model's defaults;
   ``resolve`` is the one place where a request meets a model's calibration.
+- ``DiffusionSchedule``: a DDPM entry's noise schedule (diffusion.py states the chain).
 - ``Manifest``: what a registry entry records (registry.py reads and writes it).
 - ``TrainConfig``: every option of `pureebm train` (train.py runs it).
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
@@ -62,13 +63,22 @@ class LangevinOverrides(BaseModel):
     init_noise: InitNoise = 0.0
     filter: Filter | None = None
 
-    def resolve(self, defaults: LangevinParams) -> LangevinParams:
-        return LangevinParams(
+    def resolve(self, manifest: Manifest) -> LangevinParams:
+        """The job's parameters on ``manifest``'s model; ValueError for steps past
+        what a DDPM was trained on."""
+        defaults = manifest.langevin
+        params = LangevinParams(
             steps=defaults.steps if self.steps is None else self.steps,
             eps=defaults.eps if self.eps is None else self.eps,
             tau=defaults.tau if self.tau is None else self.tau,
             init_noise=self.init_noise,
         )
+        if manifest.diffusion is not None and params.steps > manifest.diffusion.trained_below:
+            raise ValueError(
+                f"steps (t*) = {params.steps}: {manifest.name}:{manifest.version} is trained "
+                f"on t <= {manifest.diffusion.trained_below} only"
+            )
+        return params
 
 
 class TrainingRecord(BaseModel):
@@ -79,6 +89,22 @@ class TrainingRecord(BaseModel):
     hardware: str
 
 
+class DiffusionSchedule(BaseModel):
+    """A DDPM's noise schedule (diffusers' DDPMScheduler) and what it was trained on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    num_train_timesteps: int = Field(1000, ge=1, le=10_000)
+    beta_start: float = Field(1e-4, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    trained_below: int = Field(250, ge=1, description="t_max: the net saw t <= this only")
+    score_step: int = Field(50, ge=1, description="t_s of the per-image denoising score")
+
+
+DIFFUSION_ARCHITECTURE = "unet"  # a diffusers UNet2DModel; its config is the arch_kwargs
+
+
 class Manifest(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(ge=1)
@@ -87,7 +113,10 @@ class Manifest(BaseModel):
     image_size: int = Field(ge=1)
     channels: int = Field(ge=1, le=4)
     data_range: tuple[float, float] = (-1.0, 1.0)
-    langevin: LangevinParams = LangevinParams()  # calibrated defaults for this model
+    # the purifier's defaults; for a DDPM (``diffusion`` set) only steps counts: it is t*
+    langevin: LangevinParams = LangevinParams()
+    diffusion: DiffusionSchedule | None = None  # set exactly for architecture "unet"
+    weights: str = Field("model.safetensors", pattern=r"^[a-z0-9_.-]+\.safetensors$")
     filter: Filter | None = None  # the default energy filter (pureebm.filtering); None: none
     # filter=auto purifies images whose energy is above this (pureebm.filtering)
     energy_threshold: float | None = None
@@ -96,18 +125,31 @@ class Manifest(BaseModel):
     created_at: datetime
     description: str = ""
 
+    @model_validator(mode="after")
+    def check_family(self) -> Manifest:
+        if (self.architecture == DIFFUSION_ARCHITECTURE) != (self.diffusion is not None):
+            raise ValueError(
+                f"a schedule ('diffusion') goes with architecture {DIFFUSION_ARCHITECTURE!r} only"
+            )
+        if self.diffusion is not None and self.langevin.steps > self.diffusion.trained_below:
+            raise ValueError("a DDPM's default steps (t*) must be within its trained t")
+        return self
+
 
 @dataclass
 class TrainConfig:
     data: list[str]
     name: str = "ebm"
-    recipe: str = "ml"  # "ml", "dsm" or "dsm+ml"
+    recipe: str = "ml"  # "ml", "dsm", "dsm+ml" or "ddpm"
     pretrain_iterations: int = 0  # DSM updates before ML ones under "dsm+ml"
     sigma_min: float = 0.05  # DSM noise levels, in [-1, 1] units
     sigma_max: float = 0.3
     noise_blocks: list[int] = field(default_factory=lambda: [1])  # DSM noise grain, pixels
     architecture: str = "conv"
     n_f: int = 32
+    unet: dict[str, Any] | None = None  # "ddpm": the UNet2DModel config (default: CPU_UNET)
+    t_star: int = 75  # "ddpm": the entry's default purification depth t*
+    trained_below: int = 250  # "ddpm": t_max, the last timestep trained
     iterations: int = 1000
     batch_size: int = 64
     bank_size: int = 10_000

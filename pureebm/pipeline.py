@@ -1,15 +1,18 @@
 """Purify decoded pictures and whole containers with a registry model.
 
 Size policy: images are purified at their own resolution (both energy nets are
-fully convolutional up to a spatial mean). An image smaller than the model's
-image size on a side is edge-padded up to it and cropped back afterwards.
+fully convolutional up to a spatial mean, the DDPM's U-Net up to its
+downsampling). An image smaller than the model's image size on a side is
+edge-padded up to it, for a DDPM also up to a multiple of its downsampling
+(``pureebm.diffusion.size_multiple``), and cropped back afterwards.
 
 Work is done in chunks of at most ``batch_size`` images and at most
 ``batch_size`` x image_size^2 pixels (so memory stays bounded for large images),
 in container order. Within a chunk, images of similar sizes share one batch:
 tallest first, each bucket is zero-padded to its tallest and widest image as
 long as padding stays under a fifth of its pixels (``buckets``), and the energy
-net masks every layer to each image's own size. Image i of a container draws
+net masks every layer to each image's own size. A U-Net cannot be masked, so a
+DDPM's batches hold images of one padded size only. Image i of a container draws
 its noise from (``seed``, i) (pureebm.noise). So every image's result is the one
 it gets when purified alone as image i with that seed (up to float summation
 order), however the images are bucketed, chunked or split across shards.
@@ -30,6 +33,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from pureebm import diffusion
 from pureebm.archives import Container
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
@@ -65,14 +69,16 @@ def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
     return luma.clip(0, 255).astype(np.uint8)[..., None]
 
 
-def padded_shape(shape: tuple[int, ...], size: int) -> tuple[int, int]:
-    """An image's height and width once edge-padded to at least ``size`` a side."""
-    return max(shape[0], size), max(shape[1], size)
+def padded_shape(shape: tuple[int, ...], size: int, multiple: int = 1) -> tuple[int, int]:
+    """An image's height and width once edge-padded to at least ``size`` a side, and
+    up to a multiple of ``multiple``."""
+    return tuple(-(-max(side, size) // multiple) * multiple for side in shape[:2])  # type: ignore[return-value]
 
 
-def pad_to_size(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Edge-pad an H x W x C image to at least ``size`` on each side (bottom, right)."""
-    pad_h, pad_w = max(size - pixels.shape[0], 0), max(size - pixels.shape[1], 0)
+def pad_to_size(pixels: np.ndarray, size: int, multiple: int = 1) -> np.ndarray:
+    """Edge-pad an H x W x C image (bottom, right) to ``padded_shape``."""
+    height, width = padded_shape(pixels.shape, size, multiple)
+    pad_h, pad_w = height - pixels.shape[0], width - pixels.shape[1]
     if not pad_h and not pad_w:
         return pixels
     return np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
@@ -120,8 +126,11 @@ def purify_bucket(
     """Purify images (H x W x C, sizes may differ) in one zero-padded batch, each
     masked to its own size; ``indices`` are their places in the job (their noise,
     with ``seed``). Returns RGB outputs, energies, and the RGB images Psi_t of the
-    same chains for each t in ``sweep``."""
-    padded = [pad_to_size(p, model.manifest.image_size) for p in pixels]
+    same chains for each t in ``sweep``. A DDPM's images must share one padded size
+    and its energies are denoising errors (pureebm.diffusion)."""
+    schedule = model.manifest.diffusion
+    multiple = 1 if schedule is None else diffusion.size_multiple(model.manifest.arch_kwargs)
+    padded = [pad_to_size(p, model.manifest.image_size, multiple) for p in pixels]
     shapes = [p.shape[:2] for p in padded]
     height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
     canvas = np.zeros((len(padded), height, width, padded[0].shape[2]), np.uint8)
@@ -129,19 +138,26 @@ def purify_bucket(
         image[: p.shape[0], : p.shape[1]] = p
     sizes = None if len(set(shapes)) == 1 else torch.tensor(shapes)
     x = torch.from_numpy(canvas).permute(0, 3, 1, 2)
-    result = purify(
-        model.net,
-        x,
-        params,
-        len(x),
-        device,
-        seed,
-        None,
-        sweep,
-        speedups=speedups,
-        sizes=sizes,
-        indices=indices,
-    )
+    if schedule is not None:
+        if sweep or sizes is not None:
+            raise ValueError("a DDPM batch holds images of one size and has no sweep")
+        result = diffusion.purify(
+            model.net, x, schedule, params.steps, len(x), device, seed, indices
+        )
+    else:
+        result = purify(
+            model.net,
+            x,
+            params,
+            len(x),
+            device,
+            seed,
+            None,
+            sweep,
+            speedups=speedups,
+            sizes=sizes,
+            indices=indices,
+        )
 
     def rgb(images: torch.Tensor) -> list[np.ndarray]:
         out = images.permute(0, 2, 3, 1).numpy()
@@ -280,15 +296,18 @@ def purify_pictures(
     Psi_t each result also carries, from the same chain.
     """
     phases = Phases() if phases is None else phases
+    multiple, slack = 1, BUCKET_SLACK
+    if model.manifest.diffusion is not None:  # one padded size per batch
+        multiple, slack = diffusion.size_multiple(model.manifest.arch_kwargs), 1.0
     budget = batch_size * model.manifest.image_size**2
     ahead = prefetched(pictures, 2 * budget, picture_pixels)  # up to two batches ahead
     index = 0
     try:
         for chunk in chunks(phases.timed("decode", ahead), batch_size, budget):
             inputs = [model_input(picture.rgb, model.manifest.channels) for _, picture in chunk]
-            shapes = [padded_shape(p.shape, model.manifest.image_size) for p in inputs]
+            shapes = [padded_shape(p.shape, model.manifest.image_size, multiple) for p in inputs]
             results: dict[int, PurifiedImage] = {}
-            for bucket in buckets(shapes, DEFAULT_TILE_PIXELS):
+            for bucket in buckets(shapes, DEFAULT_TILE_PIXELS, slack):
                 picked = [inputs[i] for i in bucket]
                 indices = torch.tensor(
                     [index + i if positions is None else positions[index + i] for i in bucket]

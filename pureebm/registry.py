@@ -1,8 +1,16 @@
 """The model registry folder (DESIGN.md section 3).
 
     <root>/<name>/<version>/manifest.json
-    <root>/<name>/<version>/model.safetensors
+    <root>/<name>/<version>/model.safetensors                 an energy net (pureebm.nets)
 
+A DDPM entry (architecture "unet", pureebm.diffusion) is diffusers' own folder
+beside the manifest, so ``UNet2DModel.from_pretrained`` opens it too:
+
+    <root>/<name>/<version>/config.json                       the U-Net's config
+    <root>/<name>/<version>/diffusion_pytorch_model.safetensors
+
+The manifest is the source of truth: the U-Net is built from its arch_kwargs
+(config.json is their copy) and ``weights`` names the file its sha256 covers.
 Weights are safetensors only, so a registry file cannot run code. Loading checks
 the weights' sha256 against the manifest and refuses unknown architectures.
 Reading manifests needs no torch (the API reads them); loading weights does.
@@ -33,6 +41,8 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = "cifar10-conv"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_CONFIG = "config.json"
 
 
 class RegistryError(Exception):
@@ -105,7 +115,7 @@ class Registry:
         return [self.manifest(f"{n}:{v}") for n in names for v in self.versions(n)]
 
     def weights_path(self, manifest: Manifest) -> Path:
-        return self.root / manifest.name / str(manifest.version) / WEIGHTS
+        return self.root / manifest.name / str(manifest.version) / manifest.weights
 
     def verified_manifest(self, ref: str) -> Manifest:
         """The manifest, once its weights file is there and matches its sha256 (the
@@ -126,7 +136,8 @@ class Registry:
         from pureebm.nets import ARCHITECTURES, build_energy_net
 
         manifest = self.verified_manifest(ref)
-        if manifest.architecture not in ARCHITECTURES:
+        diffusion = manifest.diffusion is not None
+        if not diffusion and manifest.architecture not in ARCHITECTURES:
             raise RegistryError(
                 f"{manifest.name}:{manifest.version}: unknown architecture "
                 f"{manifest.architecture!r}"
@@ -136,7 +147,12 @@ class Registry:
             state = load_file(weights, device=str(device))
         except (SafetensorError, OSError) as e:
             raise RegistryError(f"weights file {weights} is unreadable: {e}") from e
-        net = build_energy_net(manifest.architecture, **manifest.arch_kwargs)
+        if diffusion:
+            from pureebm.diffusion import build_unet
+
+            net = build_unet(manifest.arch_kwargs)
+        else:
+            net = build_energy_net(manifest.architecture, **manifest.arch_kwargs)
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
@@ -154,15 +170,23 @@ class Registry:
         name = fields["name"]
         version = (self.versions(name) or [0])[-1] + 1
         (self.root / name).mkdir(parents=True, exist_ok=True)
+        diffusion = fields.get("diffusion") is not None
+        weights = DIFFUSERS_WEIGHTS if diffusion else WEIGHTS
         with atomic_path(self.root / name / str(version)) as staging:
             staging.mkdir()
             state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            save_file(state, staging / WEIGHTS)
+            save_file(state, staging / weights, metadata={"format": "pt"})
+            if diffusion:
+                config = {"_class_name": "UNet2DModel", **fields["arch_kwargs"]}
+                (staging / DIFFUSERS_CONFIG).write_text(json.dumps(config, indent=2))
             manifest = Manifest(
-                **fields,
-                version=version,
-                sha256=sha256_of(staging / WEIGHTS),
-                created_at=datetime.now(UTC),
+                **{
+                    **fields,
+                    "version": version,
+                    "weights": weights,
+                    "sha256": sha256_of(staging / weights),
+                    "created_at": datetime.now(UTC),
+                }
             )
             (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
         return manifest

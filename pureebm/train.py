@@ -23,6 +23,14 @@ to approximate E[x | x~] for coarse-grained noise too, so that the gradient flow
 of E removes blocky perturbations, not only pixel noise.
 "dsm+ml" runs ``pretrain_iterations`` DSM updates, then ML updates.
 
+DDPM ("ddpm", ``DiffusionTrainer``): a diffusers U-Net learns to predict the noise
+(Ho et al., 2020) on the first t_max steps of the schedule only, the part that
+purification runs (pureebm.diffusion; PureGen found t_max = 250 of 1000 better
+than all of them), each update:
+
+    t ~ U{1 .. t_max},  z ~ N(0, I),  x_t = sqrt(abar_t) x + sqrt(1 - abar_t) z
+    L = mean || eps_theta(x_t, t) - z ||^2
+
 Unclamped chains with lr 2e-4 diverged here (the energy gap grew without bound
 after ~700 updates); the clamp, the clip and the paper's lr 1e-4 prevent that.
 
@@ -49,15 +57,31 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from pureebm import diffusion
 from pureebm.archives import load_image_array
 from pureebm.atomic import atomic_path
 from pureebm.augment import flip_and_crop
 from pureebm.filtering import clean_threshold
 from pureebm.langevin import langevin_chain, purify, resolve_device, to_unit_range
 from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
-from pureebm.params import LangevinParams, Manifest, TrainConfig, TrainingRecord
+from pureebm.params import (
+    DIFFUSION_ARCHITECTURE,
+    DiffusionSchedule,
+    LangevinParams,
+    Manifest,
+    TrainConfig,
+    TrainingRecord,
+)
 from pureebm.plots import amplified_difference, image_rows, line_chart
-from pureebm.quality import CALIBRATION_STEPS, Calibration, calibrate, calibration_settings
+from pureebm.quality import (
+    CALIBRATION_PERTURBATIONS,
+    CALIBRATION_STEPS,
+    Calibration,
+    calibrate,
+    calibration_settings,
+    card,
+    standard_perturbations,
+)
 from pureebm.registry import Registry
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -102,15 +126,18 @@ class Trainer:
         self.data = images.permute(0, 3, 1, 2).contiguous().to(self.device)
         self.n_c, self.image_size = self.data.shape[1], self.data.shape[2]
 
-        self.net = build_energy_net(config.architecture, n_c=self.n_c, n_f=config.n_f)
-        self.net = self.net.to(self.device)
+        self.net = self.build_net().to(self.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
-        self.bank = self.fresh_states(min(config.bank_size, len(self.data)))
+        uses_bank = config.recipe != "ddpm"  # the curves of "dsm" still show a bank
+        self.bank = self.fresh_states(min(config.bank_size, len(self.data)) if uses_bank else 0)
         self.step = 0
         self.wall_time = 0.0
         self.history: list[dict[str, float]] = []
         self.showcase = self.data[torch.linspace(0, len(self.data) - 1, 8).long()].cpu()
         self.purify_params = LangevinParams(eps=config.eps, tau=config.tau)
+
+    def build_net(self) -> nn.Module:
+        return build_energy_net(self.config.architecture, n_c=self.n_c, n_f=self.config.n_f)
 
     def fresh_states(self, n: int) -> torch.Tensor:
         """n random data images plus N(0, bank_noise^2), in [-1, 1]."""
@@ -142,8 +169,10 @@ class Trainer:
         nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         self.optimizer.step()
 
-    def update(self) -> tuple[float, float]:
-        return self.dsm_update() if self.uses_dsm() else self.ml_update()
+    def update(self) -> dict[str, float]:
+        """One update; returns the figures the curves plot."""
+        loss, gap = self.dsm_update() if self.uses_dsm() else self.ml_update()
+        return {"loss": loss, "energy_gap": gap}
 
     def dsm_update(self) -> tuple[float, float]:
         """Returns the DSM loss and the energy gap E(x~) - E(x) at the sampled sigmas."""
@@ -202,11 +231,11 @@ class Trainer:
         bar = tqdm(total=c.iterations, initial=self.step, desc="train", unit="it")
         while self.step < c.iterations:
             started = time.perf_counter()
-            loss, gap = self.update()
+            figures = self.update()
             self.wall_time += time.perf_counter() - started
             self.step += 1
-            self.history.append({"step": self.step, "loss": loss, "energy_gap": gap})
-            bar.set_postfix(loss=f"{loss:.3g}", gap=f"{gap:.3g}")
+            self.history.append({"step": self.step, **figures})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in figures.items()})
             bar.update(1)
             if self.step % c.checkpoint_every == 0 or self.step == c.iterations:
                 self.save_checkpoint()
@@ -314,13 +343,23 @@ class Trainer:
         self.purify_params = calibration.params
         return calibration
 
-    def register(self) -> Manifest:
+    def training_record(self) -> TrainingRecord:
         c = self.config
         description = f"{', '.join(c.data)}: {len(self.data)} images"
         if c.holdout:
             description += f" (last {c.holdout} held out)"
         if c.skimage_crops:
             description += f", including {c.skimage_crops} crops of scikit-image photographs"
+        return TrainingRecord(
+            data=description,
+            command=c.command,
+            iterations=self.step,
+            wall_time_s=round(self.wall_time, 1),
+            hardware=hardware_description(self.device),
+        )
+
+    def register(self) -> Manifest:
+        c = self.config
         calibration = self.calibrate()
         p = self.purify_params
         manifest = add_calibrated_entry(
@@ -333,13 +372,7 @@ class Trainer:
                 image_size=self.image_size,
                 channels=self.n_c,
                 langevin=LangevinParams(steps=p.steps, eps=p.eps, tau=p.tau),
-                training=TrainingRecord(
-                    data=description,
-                    command=c.command,
-                    iterations=self.step,
-                    wall_time_s=round(self.wall_time, 1),
-                    hardware=hardware_description(self.device),
-                ),
+                training=self.training_record(),
                 description=self.recipe_description(),
             ),
             self.showcase,
@@ -348,6 +381,131 @@ class Trainer:
             self.device,
             self.heldout[-c.calibrate_images :].permute(0, 3, 1, 2) if c.calibrate_images else None,
         )
+        return manifest
+
+
+class DiffusionTrainer(Trainer):
+    """The "ddpm" recipe (module docstring): the noise-prediction loss on t <= t_max, the
+    same checkpoints, curves and progress as an EBM's; the entry's card is PureDDPM's
+    PSNR and r on held-out images at a few t* around the default."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.schedule = DiffusionSchedule(trained_below=config.trained_below)
+        self.abar = diffusion.alphas_cumprod(self.schedule).float()
+        super().__init__(config)
+        self.abar = self.abar.to(self.device)
+        self.purify_params = LangevinParams(steps=config.t_star)
+
+    def unet_config(self) -> dict:
+        return {
+            **(self.config.unet or diffusion.CPU_UNET),
+            "in_channels": self.n_c,
+            "out_channels": self.n_c,
+        }
+
+    def build_net(self) -> nn.Module:
+        unet = diffusion.build_unet(self.unet_config())
+        self.arch_kwargs = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+        return unet
+
+    def update(self) -> dict[str, float]:
+        x0 = self.data_batch()
+        t = torch.randint(
+            1,
+            self.schedule.trained_below + 1,
+            (len(x0),),
+            generator=self.generator,
+            device=self.device,
+        )
+        z = torch.randn(x0.shape, generator=self.generator, device=self.device)
+        abar = self.abar[t - 1].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * z
+        loss = (self.net(x_t, t - 1).sample - z).pow(2).mean()
+        self.optimize(loss, 1.0)
+        return {"loss": loss.item()}
+
+    def purified(self, images: torch.Tensor, steps: int) -> torch.Tensor:
+        was_training = self.net.training
+        out = diffusion.purify(self.net, images, self.schedule, steps, device=self.device, seed=0)
+        self.net.train(was_training)
+        return out.images
+
+    def write_figures(self, prefix: Path) -> None:
+        pairs = self.purified(self.showcase, self.config.t_star)
+        image_rows(
+            [self.showcase, pairs, amplified_difference(pairs, self.showcase)],
+            prefix.with_name(prefix.name + "-pairs.png"),
+        )
+        line_chart(
+            {"loss": [h["loss"] for h in self.history]},
+            self.out / "curves.png",
+            x=[h["step"] for h in self.history],
+            title=f"{self.config.name}: noise-prediction loss (t <= {self.schedule.trained_below})",
+        )
+
+    def recipe_description(self) -> str:
+        c = self.config
+        channels = self.arch_kwargs["block_out_channels"]
+        return (
+            f"DDPM U-Net {channels}, noise prediction on t <= {c.trained_below}, "
+            f"batch {c.batch_size}"
+        )
+
+    def register(self) -> Manifest:
+        c = self.config
+        registry = Registry(c.registry)
+        clean = self.heldout[-max(c.calibrate_images, 1) :].permute(0, 3, 1, 2).contiguous()
+        fields = dict(
+            name=c.name,
+            architecture=DIFFUSION_ARCHITECTURE,
+            arch_kwargs=self.arch_kwargs,
+            image_size=self.image_size,
+            channels=self.n_c,
+            langevin=LangevinParams(steps=c.t_star),
+            diffusion=self.schedule,
+            training=self.training_record(),
+            description=self.recipe_description(),
+        )
+        if c.calibrate_images:
+            self.net.eval()
+            scores = diffusion.purify(
+                self.net, clean, self.schedule, 0, device=self.device
+            ).energy_before
+            fields["energy_threshold"] = clean_threshold(scores.tolist())
+        manifest = registry.add(self.net, **fields)
+        entry = registry.root / manifest.name / str(manifest.version)
+        showcase = self.purified(self.showcase, c.t_star)
+        image_rows(
+            [self.showcase, showcase, amplified_difference(showcase, self.showcase)],
+            entry / "samples.png",
+        )
+        if c.calibrate_images:
+            depths = sorted(
+                {
+                    max(1, c.t_star // 3),
+                    max(1, 2 * c.t_star // 3),
+                    c.t_star,
+                    min(2 * c.t_star, c.trained_below),
+                }
+            )
+            tqdm.write(f"quality card: PureDDPM at t* = {depths} on {len(clean)} held-out images")
+            perturbations = {
+                k: v
+                for k, v in standard_perturbations(clean.shape[1:]).items()
+                if k in CALIBRATION_PERTURBATIONS
+            }
+
+            def purifier(images: torch.Tensor) -> dict[int, torch.Tensor]:
+                return {t: self.purified(images, t) for t in depths}
+
+            record = {
+                "recommended": {"steps": c.t_star},
+                "images": len(clean),
+                "card": card(purifier, clean, perturbations),
+            }
+            (entry / "calibration.json").write_text(json.dumps(record, indent=2))
+        if (self.out / "curves.png").exists():
+            shutil.copyfile(self.out / "curves.png", entry / "curves.png")
         return manifest
 
 
@@ -481,7 +639,7 @@ def write_samples_png(
 
 
 def train(config: TrainConfig, resume: bool = False) -> Manifest:
-    trainer = Trainer(config)
+    trainer = DiffusionTrainer(config) if config.recipe == "ddpm" else Trainer(config)
     if resume and trainer.load_checkpoint():
         tqdm.write(f"resumed {config.out_dir} at step {trainer.step}")
     return trainer.run()

@@ -59,7 +59,10 @@ class Submitter:
             raise Problem(400, str(e)) from e
         # Pinned now, so that every shard runs the same model version and the job shows
         # what it ran with, even if a newer version is registered meanwhile.
-        langevin = params.resolve(manifest.langevin)
+        try:
+            langevin = params.resolve(manifest)
+        except ValueError as e:
+            raise Problem(422, str(e)) from e
         params = params.model_copy(
             update={
                 "model": f"{manifest.name}:{manifest.version}",

@@ -46,3 +46,43 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_registry: Path):
     return Registry(tiny_registry).load("tiny")
+
+
+TINY_UNET = {  # a diffusers UNet2DModel small enough for the CPU tests
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 4,
+    "add_attention": False,
+}
+
+
+@pytest.fixture(scope="session")
+def ddpm_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry holding 'tiny-ddpm:1', a tiny U-Net trained for a few real updates."""
+    root = tmp_path_factory.mktemp("ddpm-registry")
+    config = TrainConfig(
+        data=[str(DATA)],
+        name="tiny-ddpm",
+        recipe="ddpm",
+        unet=TINY_UNET,
+        iterations=3,
+        batch_size=8,
+        warmup=1,
+        checkpoint_every=3,
+        out_dir=str(root.parent / "tiny-ddpm-run"),
+        registry=str(root),
+        command="pytest fixture",
+        calibrate_images=8,
+    )
+    train(config)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ddpm_model(ddpm_registry: Path):
+    return Registry(ddpm_registry).load("tiny-ddpm")

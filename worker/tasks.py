@@ -256,7 +256,7 @@ def run_shard(
     """Stream the shard's purified images to its file; returns how many there were."""
     store = ctx.store
     model = ctx.models.get(record.params.model)
-    params = record.params.resolve(model.manifest.langevin)
+    params = record.params.resolve(model.manifest)
     chosen = purification_plan(store, record)[1]
     positions = range(start, stop) if chosen is None else chosen[start:stop]
     pictures = ctx.open_input(record).pictures(positions)

@@ -1,0 +1,170 @@
+"""PureDDPM against its closed forms: the forward marginal, the posterior step, the
+chain under an oracle denoiser; seeds; mixed sizes; the registry entry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from diffusers import DDPMScheduler, UNet2DModel
+
+from pureebm import diffusion
+from pureebm.images import Picture
+from pureebm.noise import ImageNoise
+from pureebm.params import DiffusionSchedule, LangevinOverrides, LangevinParams
+from pureebm.pipeline import purify_pictures
+from pureebm.registry import Registry, RegistryError
+
+SCHEDULE = DiffusionSchedule()
+
+
+def linear_abar() -> np.ndarray:
+    """abar_t of the paper's schedule, written out here: betas linear 1e-4 .. 0.02."""
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    return np.cumprod(1 - betas)
+
+
+def test_schedule_is_the_linear_one() -> None:
+    abar = diffusion.alphas_cumprod(SCHEDULE).numpy()
+    np.testing.assert_allclose(abar, linear_abar(), rtol=1e-6)
+
+
+def test_forward_marginal_matches_q_xt_given_x0_over_many_seeds() -> None:
+    t, x0 = 75, torch.full((1, 3, 8, 8), 0.4)
+    abar = diffusion.alphas_cumprod(SCHEDULE)
+    samples = torch.cat(
+        [
+            diffusion.diffuse(
+                x0, abar, t, ImageNoise(seed, torch.zeros(1), (3, 8, 8), 0, x0.dtype)(0)
+            )
+            for seed in range(2000)
+        ]
+    )
+    a = linear_abar()[t - 1]
+    n = samples.numel()
+    # the sample mean within 5 standard errors, the variance within 5% (n = 384,000)
+    assert abs(samples.mean().item() - a**0.5 * 0.4) < 5 * ((1 - a) / n) ** 0.5
+    assert samples.var().item() == pytest.approx(1 - a, rel=0.05)
+    # and the same draw as diffusers' add_noise (timestep t - 1)
+    z = torch.randn(1, 3, 8, 8)
+    scheduler = diffusion.scheduler_of(SCHEDULE)
+    expected = scheduler.add_noise(x0, z, torch.tensor([t - 1]))
+    torch.testing.assert_close(diffusion.diffuse(x0, abar, t, z), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [1, 2, 40, 250])
+def test_reverse_step_is_the_posterior_q_xprev_given_xt_x0hat(t: int) -> None:
+    abar = diffusion.alphas_cumprod(SCHEDULE)
+    x_t, eps, z = torch.randn(3, 2, 3, 8, 8).unbind(0)
+    # closed form, written out from abar here
+    a = linear_abar()
+    a_t, a_prev = a[t - 1], a[t - 2] if t > 1 else 1.0
+    beta = 1 - a_t / a_prev
+    x0_hat = ((x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5).clamp(-1, 1)
+    mean = (a_prev**0.5 * beta * x0_hat + (a_t / a_prev) ** 0.5 * (1 - a_prev) * x_t) / (1 - a_t)
+    std = (beta * (1 - a_prev) / (1 - a_t)) ** 0.5
+    expected = mean + (std * z if t > 1 else 0)
+    got = diffusion.reverse_step(x_t, eps, abar, t, z)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+    # diffusers' DDPMScheduler.step, with the noise it draws from the same generator
+    scheduler = DDPMScheduler(beta_schedule="linear")
+    out = scheduler.step(eps, t - 1, x_t, generator=torch.Generator().manual_seed(7)).prev_sample
+    drawn = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(
+        diffusion.reverse_step(x_t, eps, abar, t, drawn), out, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_chain_with_the_oracle_denoiser_of_one_image_returns_that_image() -> None:
+    """For data that is one image c, eps*(x_t, t) = (x_t - sqrt(abar_t) c) / sqrt(1 - abar_t)
+    makes x0_hat = c at every step, and the last step (t = 1) returns x0_hat."""
+    abar = diffusion.alphas_cumprod(SCHEDULE)
+    c = torch.rand(2, 3, 8, 8) * 1.6 - 0.8
+
+    def oracle(x: torch.Tensor, t: int) -> torch.Tensor:
+        a = float(abar[t - 1])
+        return (x - a**0.5 * c) / (1 - a) ** 0.5
+
+    start = torch.rand(2, 3, 8, 8) * 2 - 1  # any image: the chain forgets it
+    noise = ImageNoise(3, torch.arange(2), (3, 8, 8), 75, torch.float32)
+    out = diffusion.ddpm_chain(oracle, start, 75, abar, noise)
+    torch.testing.assert_close(out, c, rtol=1e-4, atol=1e-4)
+
+
+def pictures(rng: np.random.Generator, shapes: list[tuple[int, int]]) -> list[tuple[str, Picture]]:
+    return [
+        (f"{i}.png", Picture(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), None, "RGB", "PNG"))
+        for i, (h, w) in enumerate(shapes)
+    ]
+
+
+def run(model, items, steps: int, seed: int, **kwargs) -> list:
+    return list(purify_pictures(model, items, LangevinParams(steps=steps), seed=seed, **kwargs))
+
+
+def test_same_seed_same_output_other_seed_other_output(ddpm_model) -> None:
+    items = pictures(np.random.default_rng(0), [(32, 32)] * 3)
+    first, again, other = (run(ddpm_model, items, 5, seed) for seed in (1, 1, 2))
+    for a, b, c in zip(first, again, other, strict=True):
+        np.testing.assert_array_equal(a.rgb, b.rgb)
+        assert not np.array_equal(a.rgb, c.rgb)
+        assert a.energy_before == b.energy_before == c.energy_before  # the score needs no seed
+
+
+def test_padded_mixed_size_batch_gives_each_image_its_own_result(ddpm_model) -> None:
+    shapes = [(32, 32), (20, 45), (32, 32), (7, 70), (40, 33)]
+    items = pictures(np.random.default_rng(1), shapes)
+    together = run(ddpm_model, items, 4, seed=5, batch_size=8)
+    for i, item in enumerate(items):
+        (alone,) = run(ddpm_model, [item], 4, seed=5, positions=[i])
+        assert alone.rgb.shape == (*shapes[i], 3)
+        assert np.abs(alone.rgb.astype(int) - together[i].rgb).max() <= 1  # float order only
+        assert alone.energy_before == pytest.approx(together[i].energy_before, rel=1e-4)
+
+
+def test_purification_moves_images_and_scores_them(ddpm_model) -> None:
+    items = pictures(np.random.default_rng(2), [(32, 32)] * 2)
+    unchanged = run(ddpm_model, items, 0, seed=0)
+    moved = run(ddpm_model, items, 10, seed=0)
+    for (_, picture), same, purified in zip(items, unchanged, moved, strict=True):
+        np.testing.assert_array_equal(same.rgb, picture.rgb)
+        assert np.abs(purified.rgb.astype(int) - picture.rgb).mean() > 1
+        assert np.isfinite(purified.energy_after) and purified.energy_after > 0
+
+
+def test_steps_past_the_trained_timesteps_are_refused(ddpm_model) -> None:
+    manifest = ddpm_model.manifest
+    limit = manifest.diffusion.trained_below
+    assert LangevinOverrides(steps=limit).resolve(manifest).steps == limit
+    with pytest.raises(ValueError, match="trained"):
+        LangevinOverrides(steps=limit + 1).resolve(manifest)
+
+
+def test_entry_is_a_diffusers_folder_with_a_checked_sha256(ddpm_registry, tmp_path) -> None:
+    entry = ddpm_registry / "tiny-ddpm" / "1"
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["architecture"] == "unet" and manifest["langevin"]["steps"] == 75
+    card = json.loads((entry / "calibration.json").read_text())["card"]
+    assert set(card) == {"25", "50", "75", "150"} and "psnr_db" in card["75"]
+    assert (entry / "samples.png").stat().st_size > 0
+    # diffusers opens the same folder, and gets the same net
+    unet = UNet2DModel.from_pretrained(entry, use_safetensors=True)
+    loaded = Registry(ddpm_registry).load("tiny-ddpm")
+    for (name, a), (_, b) in zip(
+        unet.state_dict().items(), loaded.net.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    # a changed weight file is refused
+    copy = tmp_path / "registry"
+    shutil.copytree(ddpm_registry, copy)
+    weights = copy / "tiny-ddpm" / "1" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match="sha256"):
+        Registry(copy).load("tiny-ddpm")

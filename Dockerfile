@@ -11,7 +11,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY pureebm ./pureebm
 COPY service ./service
 COPY worker ./worker
-RUN pip install -c constraints.txt .
+RUN pip install -c constraints.txt ".[ddpm]"
 
 COPY models ./models
 RUN useradd --create-home --uid 1000 pureebm && mkdir -p /data && chown pureebm /data

@@ -3,8 +3,13 @@ chain under an oracle denoiser; seeds; mixed sizes; the registry entry."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +17,16 @@ import torch
 
 pytest.importorskip("diffusers")
 from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
 
 from pureebm import diffusion
+from pureebm.client import PureEBMClient
 from pureebm.images import Picture
 from pureebm.noise import ImageNoise
 from pureebm.params import DiffusionSchedule, LangevinOverrides, LangevinParams
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import Registry, RegistryError
+from tests.stack import KEY_A, Stack, png, zip_bytes
 
 SCHEDULE = DiffusionSchedule()
 
@@ -168,3 +176,89 @@ def test_entry_is_a_diffusers_folder_with_a_checked_sha256(ddpm_registry, tmp_pa
     weights.write_bytes(bytes(data))
     with pytest.raises(RegistryError, match="sha256"):
         Registry(copy).load("tiny-ddpm")
+
+
+@pytest.fixture(scope="module")
+def both_registry(tmp_path_factory, tiny_registry, ddpm_registry) -> Path:
+    """One registry holding the tiny EBM and the tiny DDPM."""
+    root = tmp_path_factory.mktemp("both")
+    for source, name in ((tiny_registry, "tiny"), (ddpm_registry, "tiny-ddpm")):
+        shutil.copytree(source / name, root / name)
+    return root
+
+
+def test_a_ddpm_job_runs_through_the_service_the_client_and_the_cli(
+    both_registry, ddpm_model, tmp_path, cifar
+):
+    """A zip of mixed sizes, purified by the DDPM through the API (shards of 4), by
+    the client and by `pureebm purify`: the same pixels member by member."""
+    rng = np.random.default_rng(4)
+    shapes = [(32, 32)] * 5 + [(24, 40), (32, 32), (50, 17)]
+    images = [
+        cifar["images"][i][:h, :w]
+        if h <= 32 and w <= 32
+        else rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for i, (h, w) in enumerate(shapes)
+    ]
+    members = {f"img/{i}.png": png(image) for i, image in enumerate(images)}
+    members["labels.csv"] = b"name,label\n"
+    source = tmp_path / "data.zip"
+    source.write_bytes(zip_bytes(members))
+    (tmp_path / "stack").mkdir()
+    stack = Stack(tmp_path / "stack", both_registry)
+    try:
+        stack.start_worker()
+        with stack.client() as client:
+            refused = client.post(
+                "/v1/jobs",
+                files={"archive": ("data.zip", source.read_bytes())},
+                data={"model": "tiny-ddpm", "steps": "251"},
+            )
+            assert refused.status_code == 422 and "trained" in refused.text
+        with PureEBMClient(stack.url, KEY_A) as client:
+            job = client.purify(source, tmp_path / "api.zip", model="tiny-ddpm", steps=6, seed=3)
+            assert job["status"] == "finished" and job["params"]["model"] == "tiny-ddpm:1"
+            report = client.report(job["id"])
+    finally:
+        stack.stop()
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pureebm",
+            "purify",
+            str(source),
+            "-o",
+            str(tmp_path / "cli.zip"),
+            "--model",
+            "tiny-ddpm",
+            "--registry",
+            str(both_registry),
+            "--steps",
+            "6",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    pictures = [
+        (n, Picture(np.asarray(Image.open(io.BytesIO(members[n]))), None, "RGB", "PNG"))
+        for n in members
+        if n.endswith(".png")
+    ]
+    expected = {item.name: item for item in run(ddpm_model, pictures, 6, seed=3)}
+    scores = {row["name"]: row for row in report["images"]}
+    for path in (tmp_path / "api.zip", tmp_path / "cli.zip"):
+        with zipfile.ZipFile(path) as archive:
+            assert archive.namelist() == list(members)
+            assert archive.read("labels.csv") == members["labels.csv"]
+            for name, item in expected.items():
+                out = np.asarray(Image.open(io.BytesIO(archive.read(name))))
+                assert out.shape == item.rgb.shape
+                assert np.abs(out.astype(int) - item.rgb).max() <= 1, name
+    for name, item in expected.items():
+        assert scores[name]["energy_before"] == pytest.approx(item.energy_before, rel=1e-4)

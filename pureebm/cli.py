@@ -24,7 +24,11 @@ from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
 
 def add_purifier_options(p: argparse.ArgumentParser) -> None:
     """The purification parameters `purify` and `submit` share (PurifyParams' fields)."""
-    p.add_argument("--steps", type=int, help="Langevin steps T (model default if unset)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="Langevin steps T of an EBM, or t* of a DDPM (model default if unset)",
+    )
     p.add_argument("--eps", type=float, help="step size (model default if unset)")
     p.add_argument("--tau", type=float, help="temperature (model default if unset)")
     p.add_argument("--init-noise", type=float, default=0.0, help="std of initial noise")
@@ -130,8 +134,8 @@ def run_purify(args: argparse.Namespace) -> None:
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the model registry")
-    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT, help="model registry folder")
+    p.add_argument("--json", action="store_true", help="every manifest in full, as JSON")
     p.set_defaults(run=run_models)
 
 
@@ -342,9 +346,14 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="poison, defend, train classifiers, measure")
     p.add_argument("train", help="labelled training set: npz (images, labels) or class folders")
     p.add_argument("--test", help="labelled test set (default: a stratified split of TRAIN)")
-    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help="share of TRAIN held out as the test split (without --test)",
+    )
     p.add_argument("--limit", type=int, help="use only the first N training images")
-    p.add_argument("--attack", choices=ATTACKS, default=defaults.attack)
+    p.add_argument("--attack", choices=ATTACKS, default=defaults.attack, help="the poisoning")
     p.add_argument(
         "--eps",
         type=fraction,
@@ -352,16 +361,30 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         default=defaults.eps,
         help="L-inf bounds of the Narcissus trigger, e.g. 8/255 16/255",
     )
-    p.add_argument("--poison-fraction", type=float, default=defaults.poison_fraction)
-    p.add_argument("--targets", type=int, nargs="+", default=defaults.targets)
-    p.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds)
+    p.add_argument(
+        "--poison-fraction",
+        type=float,
+        default=defaults.poison_fraction,
+        help="poisoned images as a share of the whole training set",
+    )
+    p.add_argument(
+        "--targets", type=int, nargs="+", default=defaults.targets, help="attacked classes"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=defaults.seeds,
+        help="attack and classifier seeds (each target runs every seed)",
+    )
     p.add_argument(
         "--defences",
         nargs="+",
         default=defaults.defences,
-        help="none, jpeg:QUALITY, pureebm (the model's T), pureebm:STEPS, or filt:K[:STEPS] / "
-        "filt:auto[:STEPS] (purify only the highest-energy images); a 'clean' row (trained "
-        "on unpoisoned data) is always added, and each defence gets a '+test' row",
+        help="none, jpeg:QUALITY, pureebm (the model's T), pureebm:STEPS, filt:K[:STEPS] / "
+        "filt:auto[:STEPS] (purify only the highest-energy images), or pureddpm[:T*] (with "
+        "--ddpm-model); a 'clean' row (trained on unpoisoned data) is always added, and each "
+        "defence gets a '+test' row",
     )
     p.add_argument("--sweep", type=int, nargs="*", default=[], help="PureEBM steps to sweep")
     p.add_argument(
@@ -373,12 +396,15 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epochs", type=int, default=defaults.classifier.epochs, help="victim training epochs"
     )
-    p.add_argument("--model", default=defaults.model)
-    p.add_argument("--registry", default=defaults.registry)
+    p.add_argument("--model", default=defaults.model, help="the EBM of pureebm and filt rows")
+    p.add_argument("--ddpm-model", help="the DDPM of pureddpm rows (NAME or NAME:VERSION)")
+    p.add_argument("--registry", default=defaults.registry, help="model registry folder")
     p.add_argument("--url", help="purify through this running service instead of in-process")
-    p.add_argument("--out", default=defaults.out)
-    p.add_argument("--split-seed", type=int, default=defaults.split_seed)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=defaults.out, help="folder for results.json/.md/.png")
+    p.add_argument(
+        "--split-seed", type=int, default=defaults.split_seed, help="seed of the test split"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(run=run_eval)
 
 
@@ -407,6 +433,7 @@ def run_eval(args: argparse.Namespace) -> None:
             architecture=args.classifier, epochs=args.epochs, device=args.device
         ),
         model=args.model,
+        ddpm_model=args.ddpm_model,
         registry=args.registry,
         url=args.url,
         out=args.out,
@@ -417,7 +444,7 @@ def run_eval(args: argparse.Namespace) -> None:
     print(f"({result['seconds']:.0f} s; results.json, results.md, results.png in {config.out})")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pureebm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add_parser in (
@@ -431,7 +458,11 @@ def main(argv: list[str] | None = None) -> None:
         add_parser(sub)
     for entry in sorted(entry_points(group="pureebm.commands"), key=lambda e: e.name):
         entry.load()(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     from pureebm.client import PureEBMError
     from pureebm.filtering import FilterError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -157,3 +158,16 @@ def test_a_models_default_filter_applies_unless_the_caller_asks_for_every_image(
     assert "purified 4 of 7 images" in default.stdout  # the model's filter 0.5
     every = pureebm("purify", str(src), *common, "--filter", "1")
     assert "purified 7 of 7 images" in every.stdout, every.stderr
+
+
+def test_every_option_of_every_command_has_a_help_text() -> None:
+    from pureebm.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, command in commands.choices.items()
+        for action in command._actions
+        if not action.help
+    ]
+    assert not missing, missing

@@ -37,6 +37,7 @@ class EvalConfig:
     sweep: list[int] = field(default_factory=list)  # PureEBM steps to sweep, e.g. 0 50 150
     classifier: TrainSettings = field(default_factory=TrainSettings)
     model: str = DEFAULT_MODEL
+    ddpm_model: str | None = None  # the DDPM of 'pureddpm[:T]' rows
     registry: str = str(DEFAULT_ROOT)
     url: str | None = None  # purify through a running service instead of in-process
     out: str = "runs/eval"

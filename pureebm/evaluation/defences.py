@@ -1,10 +1,10 @@
-"""Defences applied to training images: JPEG re-compression and PureEBM purification
-(every image, or the highest-energy ones only: pureebm.filtering)."""
+"""Defences applied to training images: JPEG re-compression, PureEBM purification
+(every image, or the highest-energy ones only: pureebm.filtering) and PureDDPM."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -25,6 +25,28 @@ def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
     return out
 
 
+def as_pictures(images: np.ndarray) -> Iterator[tuple[str, Picture]]:
+    return (
+        (str(i), Picture(rgb=image, alpha=None, mode="RGB", format="NPZ"))
+        for i, image in enumerate(images)
+    )
+
+
+def pureddpm(
+    model: LoadedModel, images: np.ndarray, steps: int, device: str = "auto"
+) -> np.ndarray:
+    """Every image through a DDPM entry at t* = ``steps``, by ``pureebm.pipeline``."""
+    out = np.empty_like(images)
+    results = purify_pictures(
+        model, as_pictures(images), LangevinParams(steps=steps), device=device, seed=0
+    )
+    for i, item in enumerate(
+        tqdm(results, total=len(images), desc=f"pureddpm t*={steps}", unit="img", leave=False)
+    ):
+        out[i] = item.rgb
+    return out
+
+
 def pureebm(
     model: LoadedModel,
     images: np.ndarray,
@@ -37,14 +59,12 @@ def pureebm(
     (chunking, per-image noise, padding of small images); and each image's
     energy E(x) before purification."""
     params = params.model_copy(update={"steps": max(steps)})
-    pictures = (
-        (str(i), Picture(rgb=image, alpha=None, mode="RGB", format="NPZ"))
-        for i, image in enumerate(images)
-    )
     out = {t: np.empty_like(images) for t in steps}
     energies = np.empty(len(images), np.float64)
     bar = tqdm(total=len(images), desc=f"purify T={sorted(steps)}", unit="img", leave=False)
-    results = purify_pictures(model, pictures, params, device=device, seed=0, sweep=steps)
+    results = purify_pictures(
+        model, as_pictures(images), params, device=device, seed=0, sweep=steps
+    )
     for i, item in enumerate(results):
         for t in steps:
             out[t][i] = item.sweep[t]

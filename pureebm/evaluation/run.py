@@ -116,6 +116,11 @@ class Defender:
             for spec in self.specs
             if (steps := chain_steps(spec, self.params.steps)) is not None
         }
+        self.ddpm = None
+        if any(spec.partition(":")[0] == "pureddpm" for spec in self.specs):
+            if config.ddpm_model is None or config.url:
+                raise ValueError("pureddpm rows need --ddpm-model, in-process")
+            self.ddpm = Registry(config.registry).load(config.ddpm_model)
         self.clean_train = clean_train
         self.clean, self.clean_energy = self.transform(clean_train)
         self.clean_defended = self.finish_all(self.clean, clean_train, self.clean_energy)
@@ -131,9 +136,15 @@ class Defender:
                 out[spec] = images
             elif name == "jpeg":
                 out[spec] = defences.jpeg(images, int(arg or 75))
+            elif name == "pureddpm" and self.ddpm is not None:
+                t_star = int(arg or self.ddpm.manifest.langevin.steps)
+                out[spec] = defences.pureddpm(
+                    self.ddpm, images, t_star, self.config.classifier.device
+                )
             elif spec not in self.chains:
                 raise ValueError(
-                    f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T], filt:K|auto[:T])"
+                    f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T], filt:K|auto[:T], "
+                    "pureddpm[:T])"
                 )
         lengths = sorted(set(self.chains.values()))
         energy = np.full(len(images), np.nan)

@@ -40,9 +40,29 @@ def add_purifier_options(p: argparse.ArgumentParser) -> None:
         "the model's; 1: every image)",
     )
     p.add_argument("--seed", type=int, help="random seed (drawn if unset)")
+    p.add_argument(
+        "--ddpm-model",
+        help="Reps: alternate the EBM (--model) with this DDPM entry (NAME or NAME:VERSION)",
+    )
+    p.add_argument(
+        "--rounds", type=int, help="Reps: R rounds of [T EBM steps, then the DDPM] (default 1)"
+    )
+    p.add_argument(
+        "--ddpm-steps", type=int, help="Reps: t* of each DDPM phase (the DDPM's default if unset)"
+    )
 
 
-PURIFIER_OPTIONS = ("steps", "eps", "tau", "init_noise", "filter", "seed")
+PURIFIER_OPTIONS = (
+    "steps",
+    "eps",
+    "tau",
+    "init_noise",
+    "filter",
+    "seed",
+    "ddpm_model",
+    "rounds",
+    "ddpm_steps",
+)
 
 
 def add_purify_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,26 +101,39 @@ def run_purify(args: argparse.Namespace) -> None:
     from pureebm.filtering import resolve_filter
     from pureebm.langevin import Speedups, resolve_device
     from pureebm.params import LangevinOverrides
-    from pureebm.pipeline import PurifiedImage, purify_container
+    from pureebm.pipeline import PurifiedImage, Reps, purify_container
     from pureebm.registry import Registry
 
     device = resolve_device(args.device)
-    model = Registry(args.registry).load(args.model, device)
-    overrides = LangevinOverrides(
-        steps=args.steps, eps=args.eps, tau=args.tau, init_noise=args.init_noise
-    )
-    energy_filter = resolve_filter(args.filter, model.manifest)  # refused before any work
+    registry = Registry(args.registry)
+    model = registry.load(args.model, device)
+    ddpm = None if args.ddpm_model is None else registry.load(args.ddpm_model, device)
     try:
+        overrides = LangevinOverrides(
+            steps=args.steps,
+            eps=args.eps,
+            tau=args.tau,
+            init_noise=args.init_noise,
+            ddpm_model=args.ddpm_model,
+            rounds=1 if args.rounds is None else args.rounds,
+            ddpm_steps=args.ddpm_steps,
+        )
         params = overrides.resolve(model.manifest)
-    except ValueError as e:
+        combination = overrides.resolve_reps(model.manifest, ddpm and ddpm.manifest)
+    except ValueError as e:  # pydantic's ValidationError included
         sys.exit(f"pureebm: {e}")
+    energy_filter = resolve_filter(args.filter, model.manifest)  # refused before any work
+    reps = None
+    if ddpm is not None and combination is not None:
+        reps = Reps(ddpm, combination.rounds, combination.ddpm_steps)
     container = open_container(args.input)
     total = len(container.image_names())
     print(
         f"{args.input}: {container.kind}, {total} images; model "
         f"{model.manifest.name}:{model.manifest.version} on {device}, T={params.steps} "
         f"eps={params.eps:g} tau={params.tau:g}"
-        + (f", filter={energy_filter}" if energy_filter is not None else ""),
+        + (f", filter={energy_filter}" if energy_filter is not None else "")
+        + (f", Reps {reps.rounds} x [T, DDPM t*={reps.ddpm_steps}]" if reps else ""),
         file=sys.stderr,
     )
     started = time.perf_counter()
@@ -121,6 +154,7 @@ def run_purify(args: argparse.Namespace) -> None:
             advance,
             speedups,
             filter=energy_filter,
+            reps=reps,
         )
     seconds = time.perf_counter() - started
     purified = sum(row.purified for row in energies)

@@ -20,6 +20,7 @@ indices below 2^32.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -114,3 +115,10 @@ class ImageNoise:
             block = gaussian(self.seed, self.indices, steps, self.shape, self.dtype)
             self.first, self.block = step, block
         return self.block[step - self.first]
+
+
+def derived_seed(seed: int, *labels: int) -> int:
+    """The seed of a sub-stream of ``seed`` (a Reps round's phase, say): 62 bits of the
+    sha256 of the numbers, so no two label paths share a stream."""
+    text = "/".join(str(n) for n in (seed, *labels)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 2

@@ -3,7 +3,8 @@
 - ``LangevinParams``: the purifier's T, eps, tau and initial noise, with their bounds
   (langevin.py states the update rule).
 - ``LangevinOverrides``: the same fields, unset ones taken from a model's defaults;
-  ``resolve`` is the one place where a request meets a model's calibration.
+  ``resolve`` is the one place where a request meets a model's calibration, and
+  ``resolve_reps`` where it meets a second (DDPM) entry: ``RepsParams``.
 - ``DiffusionSchedule``: a DDPM entry's noise schedule (diffusion.py states the chain).
 - ``Manifest``: what a registry entry records (registry.py reads and writes it).
 - ``TrainConfig``: every option of `pureebm train` (train.py runs it).
@@ -54,6 +55,17 @@ class LangevinParams(BaseModel):
     init_noise: InitNoise = 0.0
 
 
+class RepsParams(BaseModel):
+    """PureGen's combination (pureebm.pipeline.Reps): R rounds of [the EBM's T Langevin
+    steps, then the DDPM at t* = ``ddpm_steps``]."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ddpm_model: str  # NAME:VERSION of the DDPM entry
+    rounds: int
+    ddpm_steps: int
+
+
 class LangevinOverrides(BaseModel):
     """Langevin parameters a caller may set; unset ones come from the model."""
 
@@ -62,6 +74,38 @@ class LangevinOverrides(BaseModel):
     tau: Tau | None = None
     init_noise: InitNoise = 0.0
     filter: Filter | None = None
+    ddpm_model: str | None = Field(
+        None,
+        pattern=NAME_PATTERN.removesuffix("$") + "(:[0-9]+)?$",
+        description="Reps: a DDPM entry (NAME or NAME:VERSION) to alternate with the EBM",
+    )
+    rounds: int = Field(
+        1, ge=1, le=20, description="Reps: R rounds of [EBM steps, then DDPM steps] (1-20)"
+    )
+    ddpm_steps: int | None = Field(
+        None, ge=0, le=1000, description="Reps: t* of each DDPM phase (the DDPM's default)"
+    )
+
+    def resolve_reps(self, ebm: Manifest, ddpm: Manifest | None) -> RepsParams | None:
+        """The combination on these two entries (``ddpm``: the entry ``ddpm_model``
+        names); None without one. ValueError for a pair that does not combine."""
+        if ddpm is None:
+            if self.rounds != 1 or self.ddpm_steps is not None:
+                raise ValueError("rounds and ddpm_steps need a ddpm_model (Reps)")
+            return None
+        if ebm.diffusion is not None or ddpm.diffusion is None:
+            raise ValueError("Reps combines an EBM (model) with a DDPM (ddpm_model)")
+        if ebm.channels != ddpm.channels:
+            raise ValueError(f"the EBM has {ebm.channels} channels, the DDPM {ddpm.channels}")
+        steps = ddpm.langevin.steps if self.ddpm_steps is None else self.ddpm_steps
+        if steps > ddpm.diffusion.trained_below:
+            raise ValueError(
+                f"ddpm_steps (t*) = {steps}: {ddpm.name}:{ddpm.version} is trained on "
+                f"t <= {ddpm.diffusion.trained_below} only"
+            )
+        return RepsParams(
+            ddpm_model=f"{ddpm.name}:{ddpm.version}", rounds=self.rounds, ddpm_steps=steps
+        )
 
     def resolve(self, manifest: Manifest) -> LangevinParams:
         """The job's parameters on ``manifest``'s model; ValueError for steps past

@@ -37,7 +37,8 @@ from pureebm import diffusion
 from pureebm.archives import Container
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
-from pureebm.langevin import Speedups, purify
+from pureebm.langevin import Purified, Speedups, purify
+from pureebm.noise import derived_seed
 from pureebm.params import LangevinParams
 from pureebm.registry import LoadedModel
 from pureebm.shards import Energy, ShardSet, write_shard
@@ -46,6 +47,20 @@ from pureebm.tiles import DEFAULT_TILE_PIXELS
 T = TypeVar("T")
 
 BUCKET_SLACK = 1.25  # a shared canvas holds at most 25% more pixels than its images
+
+
+@dataclass(frozen=True)
+class Reps:
+    """PureGen's combination of the two purifiers, R rounds of
+
+        x <- Psi_DDPM(Psi_EBM(x))    (the EBM's T Langevin steps, then the DDPM at t* = L)
+
+    each phase drawing its own noise (seed ``derived_seed(seed, round, phase)``),
+    with the image rounded to 8 bits between phases. Energies are the EBM's."""
+
+    ddpm: LoadedModel
+    rounds: int
+    ddpm_steps: int
 
 
 @dataclass
@@ -113,6 +128,59 @@ def buckets(
     return groups
 
 
+def size_multiple(model: LoadedModel) -> int:
+    """What a side must be a multiple of: a DDPM's downsampling, else 1."""
+    if model.manifest.diffusion is None:
+        return 1
+    return diffusion.size_multiple(model.manifest.arch_kwargs)
+
+
+def purify_reps(
+    ebm: LoadedModel,
+    reps: Reps,
+    images: torch.Tensor,
+    params: LangevinParams,
+    seed: int | None,
+    indices: torch.Tensor,
+    device: str | torch.device | None,
+    speedups: Speedups,
+) -> Purified:
+    """``Reps`` on uint8 images of one size (N x C x H x W)."""
+    schedule = reps.ddpm.manifest.diffusion
+    assert schedule is not None
+    seed = int(torch.randint(0, 2**62, ())) if seed is None else seed
+    before = None
+    for round_ in range(reps.rounds):
+        ebm_seed, ddpm_seed = derived_seed(seed, round_, 0), derived_seed(seed, round_, 1)
+        langevin = purify(
+            ebm.net,
+            images,
+            params,
+            len(images),
+            device,
+            ebm_seed,
+            None,
+            (),
+            speedups=speedups,
+            indices=indices,
+        )
+        before = langevin.energy_before if before is None else before
+        images = diffusion.purify(
+            reps.ddpm.net,
+            langevin.images,
+            schedule,
+            reps.ddpm_steps,
+            len(images),
+            device,
+            ddpm_seed,
+            indices,
+        ).images
+    scored = purify(
+        ebm.net, images, LangevinParams(steps=0), len(images), device, 0, speedups=speedups
+    )
+    return Purified(images, before, scored.energy_before)
+
+
 def purify_bucket(
     model: LoadedModel,
     pixels: list[np.ndarray],
@@ -122,6 +190,7 @@ def purify_bucket(
     device: str | torch.device | None,
     speedups: Speedups = Speedups(),
     sweep: Collection[int] = (),
+    reps: Reps | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict[int, list[np.ndarray]]]:
     """Purify images (H x W x C, sizes may differ) in one zero-padded batch, each
     masked to its own size; ``indices`` are their places in the job (their noise,
@@ -129,7 +198,7 @@ def purify_bucket(
     same chains for each t in ``sweep``. A DDPM's images must share one padded size
     and its energies are denoising errors (pureebm.diffusion)."""
     schedule = model.manifest.diffusion
-    multiple = 1 if schedule is None else diffusion.size_multiple(model.manifest.arch_kwargs)
+    multiple = size_multiple(model if reps is None else reps.ddpm)
     padded = [pad_to_size(p, model.manifest.image_size, multiple) for p in pixels]
     shapes = [p.shape[:2] for p in padded]
     height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
@@ -138,9 +207,11 @@ def purify_bucket(
         image[: p.shape[0], : p.shape[1]] = p
     sizes = None if len(set(shapes)) == 1 else torch.tensor(shapes)
     x = torch.from_numpy(canvas).permute(0, 3, 1, 2)
-    if schedule is not None:
-        if sweep or sizes is not None:
-            raise ValueError("a DDPM batch holds images of one size and has no sweep")
+    if (schedule is not None or reps is not None) and (sweep or sizes is not None):
+        raise ValueError("a DDPM batch holds images of one size and has no sweep")
+    if reps is not None:
+        result = purify_reps(model, reps, x, params, seed, indices, device, speedups)
+    elif schedule is not None:
         result = diffusion.purify(
             model.net, x, schedule, params.steps, len(x), device, seed, indices
         )
@@ -282,6 +353,7 @@ def purify_pictures(
     phases: Phases | None = None,
     speedups: Speedups = Speedups(),
     sweep: Collection[int] = (),
+    reps: Reps | None = None,
 ) -> Iterator[PurifiedImage]:
     """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
 
@@ -293,12 +365,13 @@ def purify_pictures(
     Pictures are read and decoded by a background thread up to two batches
     ahead. ``phases`` collects the seconds spent waiting for decoded pictures
     ("decode") and purifying ("model"). ``sweep`` lists step counts t <= T whose images
-    Psi_t each result also carries, from the same chain.
+    Psi_t each result also carries, from the same chain. ``reps`` combines ``model``
+    (an EBM) with a DDPM.
     """
     phases = Phases() if phases is None else phases
-    multiple, slack = 1, BUCKET_SLACK
-    if model.manifest.diffusion is not None:  # one padded size per batch
-        multiple, slack = diffusion.size_multiple(model.manifest.arch_kwargs), 1.0
+    multiple = size_multiple(model if reps is None else reps.ddpm)
+    one_size = model.manifest.diffusion is not None or reps is not None  # a U-Net has no mask
+    slack = 1.0 if one_size else BUCKET_SLACK
     budget = batch_size * model.manifest.image_size**2
     ahead = prefetched(pictures, 2 * budget, picture_pixels)  # up to two batches ahead
     index = 0
@@ -314,7 +387,7 @@ def purify_pictures(
                 )
                 with phases.time("model"):
                     out, before, after, swept = purify_bucket(
-                        model, picked, params, seed, indices, device, speedups, sweep
+                        model, picked, params, seed, indices, device, speedups, sweep, reps
                     )
                 for j, i in enumerate(bucket):
                     name, picture = chunk[i]
@@ -354,6 +427,7 @@ def purify_container(
     speedups: Speedups = Speedups(),
     phases: Phases | None = None,
     filter: float | str | None = None,
+    reps: Reps | None = None,
 ) -> list[Energy]:
     """Purify every image of ``container`` and write the same container to ``dst``.
 
@@ -377,7 +451,7 @@ def purify_container(
         wanted = None if chosen is None else {names[p] for p in chosen}
         pictures = container.iter_images(wanted)
         batches = purify_pictures(
-            model, pictures, params, batch_size, device, seed, chosen, phases, speedups
+            model, pictures, params, batch_size, device, seed, chosen, phases, speedups, (), reps
         )
         with write_shard(shard) as writer, contextlib.closing(batches):
             for item in batches:

@@ -118,6 +118,9 @@ class Report(BaseModel):
     tau: float
     seed: int
     filter: float | str | None = None
+    ddpm_model: str | None = None  # Reps: the DDPM alternating with ``model``
+    rounds: int = 1
+    ddpm_steps: int | None = None
     purified: int | None = None  # images purified (all without a filter); None: an older report
     images: list[ImageEnergy]
 

@@ -59,8 +59,10 @@ class Submitter:
             raise Problem(400, str(e)) from e
         # Pinned now, so that every shard runs the same model version and the job shows
         # what it ran with, even if a newer version is registered meanwhile.
+        ddpm = None if params.ddpm_model is None else self.registry.manifest(params.ddpm_model)
         try:
             langevin = params.resolve(manifest)
+            reps = params.resolve_reps(manifest, ddpm)
         except ValueError as e:
             raise Problem(422, str(e)) from e
         params = params.model_copy(
@@ -70,6 +72,8 @@ class Submitter:
                 "eps": langevin.eps,
                 "tau": langevin.tau,
                 "filter": energy_filter,
+                "ddpm_model": reps and reps.ddpm_model,
+                "ddpm_steps": reps and reps.ddpm_steps,
                 "seed": secrets.randbelow(2**31) if params.seed is None else params.seed,
             }
         )

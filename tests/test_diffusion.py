@@ -22,9 +22,9 @@ from PIL import Image
 from pureebm import diffusion
 from pureebm.client import PureEBMClient
 from pureebm.images import Picture
-from pureebm.noise import ImageNoise
+from pureebm.noise import ImageNoise, derived_seed
 from pureebm.params import DiffusionSchedule, LangevinOverrides, LangevinParams
-from pureebm.pipeline import purify_pictures
+from pureebm.pipeline import Reps, purify_pictures
 from pureebm.registry import Registry, RegistryError
 from tests.stack import KEY_A, Stack, png, zip_bytes
 
@@ -219,8 +219,51 @@ def test_a_ddpm_job_runs_through_the_service_the_client_and_the_cli(
             job = client.purify(source, tmp_path / "api.zip", model="tiny-ddpm", steps=6, seed=3)
             assert job["status"] == "finished" and job["params"]["model"] == "tiny-ddpm:1"
             report = client.report(job["id"])
+        reps_submit = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pureebm",
+                "submit",
+                str(source),
+                "-o",
+                str(tmp_path / "reps-api.zip"),
+                "--url",
+                stack.url,
+                "--api-key",
+                KEY_A,
+                "--model",
+                "tiny",
+                *REPS_OPTIONS,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert reps_submit.returncode == 0, reps_submit.stderr
+        assert "purified 8 of 8 images" in reps_submit.stdout
     finally:
         stack.stop()
+    reps_cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pureebm",
+            "purify",
+            str(source),
+            "-o",
+            str(tmp_path / "reps-cli.zip"),
+            "--model",
+            "tiny",
+            "--registry",
+            str(both_registry),
+            "--device",
+            "cpu",
+            *REPS_OPTIONS,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert reps_cli.returncode == 0, reps_cli.stderr
     cli = subprocess.run(
         [
             sys.executable,
@@ -262,3 +305,50 @@ def test_a_ddpm_job_runs_through_the_service_the_client_and_the_cli(
                 assert np.abs(out.astype(int) - item.rgb).max() <= 1, name
     for name, item in expected.items():
         assert scores[name]["energy_before"] == pytest.approx(item.energy_before, rel=1e-4)
+    ebm = Registry(both_registry).load("tiny")
+    reps = Reps(ddpm_model, rounds=2, ddpm_steps=3)
+    combined = purify_pictures(ebm, pictures, LangevinParams(steps=2), seed=5, reps=reps)
+    for item in combined:
+        for path in (tmp_path / "reps-api.zip", tmp_path / "reps-cli.zip"):
+            with zipfile.ZipFile(path) as archive:
+                out = np.asarray(Image.open(io.BytesIO(archive.read(item.name))))
+            assert np.abs(out.astype(int) - item.rgb).max() <= 1, (path, item.name)
+
+
+REPS_OPTIONS = [
+    "--ddpm-model",
+    "tiny-ddpm",
+    "--rounds",
+    "2",
+    "--ddpm-steps",
+    "3",
+    "--steps",
+    "2",
+    "--seed",
+    "5",
+]
+
+
+def test_reps_is_the_two_purifiers_in_turn_with_their_own_noise(tiny_model, ddpm_model) -> None:
+    """One round of Reps is the EBM's chain, then the DDPM's, each seeded by
+    derived_seed(seed, round, phase); two rounds apply that twice."""
+    items = pictures(np.random.default_rng(6), [(32, 32)] * 3)
+    params = LangevinParams(steps=3, eps=0.01, tau=1.0)
+    reps = Reps(ddpm_model, rounds=2, ddpm_steps=4)
+    combined = purify_pictures(tiny_model, items, params, seed=9, reps=reps)
+    by_hand = items
+    for round_ in range(2):
+        langevin = purify_pictures(tiny_model, by_hand, params, seed=derived_seed(9, round_, 0))
+        middle = [(i.name, i.picture) for i in langevin]
+        ddpm = purify_pictures(
+            ddpm_model, middle, LangevinParams(steps=4), seed=derived_seed(9, round_, 1)
+        )
+        by_hand = [(i.name, i.picture) for i in ddpm]
+    energies = purify_pictures(tiny_model, items, LangevinParams(steps=0), seed=0)
+    for got, (_, want), before in zip(combined, by_hand, energies, strict=True):
+        assert np.abs(got.rgb.astype(int) - want.rgb).max() <= 1
+        assert got.energy_before == pytest.approx(before.energy_before, rel=1e-5)
+    with pytest.raises(ValueError, match="EBM"):
+        LangevinOverrides(ddpm_model="tiny").resolve_reps(ddpm_model.manifest, tiny_model.manifest)
+    with pytest.raises(ValueError, match="ddpm_model"):
+        LangevinOverrides(rounds=3).resolve_reps(tiny_model.manifest, None)

@@ -26,7 +26,7 @@ from pureebm.atomic import atomic_path
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Speedups
-from pureebm.pipeline import Phases, energies_of, purify_pictures
+from pureebm.pipeline import Phases, Reps, energies_of, purify_pictures
 from pureebm.registry import LoadedModel, Registry
 from pureebm.shards import OpenShard, ShardSet, write_shard
 from service import metrics
@@ -257,6 +257,10 @@ def run_shard(
     store = ctx.store
     model = ctx.models.get(record.params.model)
     params = record.params.resolve(model.manifest)
+    reps = None
+    if record.params.ddpm_model is not None and record.params.ddpm_steps is not None:
+        ddpm = ctx.models.get(record.params.ddpm_model)
+        reps = Reps(ddpm, record.params.rounds, record.params.ddpm_steps)
     chosen = purification_plan(store, record)[1]
     positions = range(start, stop) if chosen is None else chosen[start:stop]
     pictures = ctx.open_input(record).pictures(positions)
@@ -270,6 +274,7 @@ def run_shard(
         positions,
         phases,
         ctx.speedups,
+        reps=reps,
     )
     with write_shard(store.shard_path(record.id, shard)) as writer, contextlib.closing(batches):
         for done, item in enumerate(batches, 1):
@@ -352,6 +357,9 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
         "tau": params.tau,
         "seed": params.seed,
         "filter": params.filter,
+        "ddpm_model": params.ddpm_model,
+        "rounds": params.rounds,
+        "ddpm_steps": params.ddpm_steps,
         "purified": sum(row["purified"] for row in rows),
         "images": rows,
     }

@@ -334,6 +334,40 @@ def run_calibrate(args: argparse.Namespace) -> None:
     )
 
 
+def add_import_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="register a downloaded folder: a PureGen reference EBM or a diffusers UNet",
+    )
+    p.add_argument("source", type=Path, help="the folder (e.g. from huggingface-cli download)")
+    p.add_argument("--name", required=True, help="registry name of the new entry")
+    p.add_argument("--version", type=int, help="its version (default: the next free one)")
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT, help="model registry folder")
+    p.set_defaults(run=run_import)
+
+
+def run_import(args: argparse.Namespace) -> None:
+    from pureebm.importing import ImportRefused, import_folder
+    from pureebm.registry import Registry
+
+    try:
+        manifest = import_folder(
+            args.source,
+            Registry(args.registry),
+            args.name,
+            args.version,
+            command="pureebm " + shlex.join(sys.argv[1:]),
+        )
+    except ImportRefused as e:
+        sys.exit(f"pureebm: refused {args.source}: {e}")
+    p = manifest.langevin
+    defaults = f"t*={p.steps}" if manifest.diffusion else f"T={p.steps} eps={p.eps:g} tau={p.tau:g}"
+    print(
+        f"registered {manifest.name}:{manifest.version} ({manifest.architecture}, {defaults}) "
+        f"in {args.registry}"
+    )
+
+
 def add_submit_parser(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="purify through a running service")
     submit.add_argument("input", type=Path, help="an image or an archive (zip, tar, npz)")
@@ -486,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_models_parser,
         add_train_parser,
         add_calibrate_parser,
+        add_import_parser,
         add_submit_parser,
         add_eval_parser,
     ):

@@ -159,8 +159,9 @@ class Registry:
             raise RegistryError(f"weights file {weights} does not fit the architecture: {e}") from e
         return LoadedModel(manifest, net.to(device).eval().requires_grad_(False))
 
-    def add(self, net: nn.Module, **fields: Any) -> Manifest:
-        """Write ``net`` as the next version of ``fields['name']``; returns its manifest.
+    def add(self, net: nn.Module, version: int | None = None, **fields: Any) -> Manifest:
+        """Write ``net`` as version ``version`` (default: the next) of ``fields['name']``;
+        returns its manifest. An existing version is never replaced.
 
         The entry is assembled in a temporary folder and renamed into place, so a
         half-written entry is never visible.
@@ -168,7 +169,10 @@ class Registry:
         from safetensors.torch import save_file
 
         name = fields["name"]
-        version = (self.versions(name) or [0])[-1] + 1
+        if version is None:
+            version = (self.versions(name) or [0])[-1] + 1
+        elif (self.root / name / str(version)).exists():
+            raise RegistryError(f"{name}:{version} exists already in {self.root}")
         (self.root / name).mkdir(parents=True, exist_ok=True)
         diffusion = fields.get("diffusion") is not None
         weights = DIFFUSERS_WEIGHTS if diffusion else WEIGHTS

@@ -154,13 +154,36 @@ def calibration_settings(eps: float, tau: float) -> list[tuple[float, float]]:
     """
     drift = eps**2 / (2 * tau)
     settings = []
-    for drift_factor in (1 / 16, 1 / 4, 1, 4, 16, 64):
+    for drift_factor in (1, 4, 1 / 4, 16, 1 / 16, 64):  # nearest the given drift first
         for temperature_factor in (1, 1 / 16, 1 / 256):
             t = float(f"{tau * temperature_factor:.6g}")
             e = float(f"{math.sqrt(2 * t * drift * drift_factor):.6g}")
             if e <= MAX_EPS:
                 settings.append((e, t))
     return settings
+
+
+def calibration_cost(settings: int, steps: Sequence[int], images: int) -> int:
+    """Energy-gradient evaluations of a calibration: one chain of max(steps) per
+    setting on the clean images and on each perturbed copy."""
+    return settings * max(steps) * images * (1 + len(CALIBRATION_PERTURBATIONS))
+
+
+def budgeted(
+    settings: Sequence[tuple[float, float]], steps: Sequence[int], images: int, budget: int
+) -> tuple[list[tuple[float, float]], tuple[int, ...], int]:
+    """The largest calibration within ``budget`` gradient evaluations, so that a short
+    training run is not followed by a long calibration: fewer settings first (the
+    list is nearest the starting drift first), then fewer images (down to 4),
+    then a shorter sweep of T (down to its first value)."""
+    kept, sweep = len(settings), sorted(steps)
+    while kept > 1 and calibration_cost(kept, sweep, images) > budget:
+        kept -= 1
+    while images > 4 and calibration_cost(kept, sweep, images) > budget:
+        images -= 1
+    while len(sweep) > 1 and calibration_cost(kept, sweep, images) > budget:
+        sweep.pop()
+    return list(settings[:kept]), tuple(sweep), images
 
 
 def calibrate(

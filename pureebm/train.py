@@ -77,7 +77,9 @@ from pureebm.quality import (
     CALIBRATION_PERTURBATIONS,
     CALIBRATION_STEPS,
     Calibration,
+    budgeted,
     calibrate,
+    calibration_cost,
     calibration_settings,
     card,
     standard_perturbations,
@@ -320,6 +322,15 @@ class Trainer:
             parts.append(f"K={c.mcmc_steps}")
         return ", ".join(parts)
 
+    def gradient_evaluations(self) -> int:
+        """Image-sized energy gradients the run computed: K + 2 per image of an ML
+        update (its chain, then data and samples), about 3 of a DSM one."""
+        c = self.config
+        dsm = self.step if c.recipe == "dsm" else 0
+        if c.recipe == "dsm+ml":
+            dsm = min(self.step, c.pretrain_iterations)
+        return c.batch_size * (3 * dsm + (c.mcmc_steps + 2) * (self.step - dsm))
+
     def calibrate(self) -> Calibration | None:
         """The card's recommended (eps, tau, T) on held-out images, around the
         drift that the training implies: the training chains' eps^2 / (2 tau)
@@ -329,15 +340,21 @@ class Trainer:
         c = self.config
         if not c.calibrate_images:
             return None
-        clean = self.heldout[-c.calibrate_images :].permute(0, 3, 1, 2).contiguous()
         eps = math.sqrt(2) * c.tau * c.sigma_min if c.recipe == "dsm" else c.eps
+        every = calibration_settings(eps, c.tau)
+        trained = self.gradient_evaluations()
+        settings, steps, images = budgeted(every, CALIBRATION_STEPS, c.calibrate_images, trained)
+        cost = calibration_cost(len(settings), steps, images)
+        tqdm.write(
+            f"calibration: {len(settings)} of {len(every)} (eps, tau) settings x T up to "
+            f"{max(steps)} on {images} held-out images = {cost:,} energy gradients "
+            f"({cost / max(trained, 1):.0%} of the training's {trained:,})"
+        )
+        clean = self.heldout[-images:].permute(0, 3, 1, 2).contiguous()
+        self.calibration_images = images
         was_training = self.net.training
         calibration = calibrate(
-            self.net,
-            clean,
-            calibration_settings(eps, c.tau),
-            psnr_floor=c.psnr_floor,
-            device=self.device,
+            self.net, clean, settings, steps, psnr_floor=c.psnr_floor, device=self.device
         )
         self.net.train(was_training).requires_grad_(True)
         self.purify_params = calibration.params
@@ -376,7 +393,7 @@ class Trainer:
                 description=self.recipe_description(),
             ),
             self.showcase,
-            calibration.record(c.psnr_floor, c.calibrate_images) if calibration else None,
+            calibration.record(c.psnr_floor, self.calibration_images) if calibration else None,
             self.out / "curves.png",
             self.device,
             self.heldout[-c.calibrate_images :].permute(0, 3, 1, 2) if c.calibrate_images else None,
@@ -480,15 +497,19 @@ class DiffusionTrainer(Trainer):
             entry / "samples.png",
         )
         if c.calibrate_images:
-            depths = sorted(
-                {
-                    max(1, c.t_star // 3),
-                    max(1, 2 * c.t_star // 3),
-                    c.t_star,
-                    min(2 * c.t_star, c.trained_below),
-                }
+            depths = [max(1, c.t_star // 3), max(1, 2 * c.t_star // 3), c.t_star]
+            depths = sorted({*depths, min(2 * c.t_star, c.trained_below)})
+            # as long as the training at most: U-Net passes, about 3 per image of an update
+            budget, runs = 3 * self.step * c.batch_size, 1 + len(CALIBRATION_PERTURBATIONS)
+            while len(clean) > 4 and sum(depths) * len(clean) * runs > budget:
+                clean = clean[1:]
+            while len(depths) > 1 and sum(depths) * len(clean) * runs > budget:
+                depths.pop()
+            cost = sum(depths) * len(clean) * runs
+            tqdm.write(
+                f"quality card: PureDDPM at t* = {depths} on {len(clean)} held-out images = "
+                f"{cost:,} U-Net passes ({cost / max(budget, 1):.0%} of the training's {budget:,})"
             )
-            tqdm.write(f"quality card: PureDDPM at t* = {depths} on {len(clean)} held-out images")
             perturbations = {
                 k: v
                 for k, v in standard_perturbations(clean.shape[1:]).items()

@@ -9,7 +9,9 @@ from torch import nn
 from pureebm.langevin import to_unit_range
 from pureebm.params import LangevinParams
 from pureebm.quality import (
+    budgeted,
     calibrate,
+    calibration_cost,
     calibration_settings,
     card,
     langevin_purifier,
@@ -93,6 +95,26 @@ def test_calibration_settings_vary_the_drift_and_the_noise_apart():
     assert at_given_drift == pytest.approx([0.00125, 0.005, 0.02])
     assert all(e <= 0.1 for e, _ in settings)  # the one over LangevinParams' bound is left out
     assert len(settings) == 17
+    first = {round(e * e / (2 * t) / 0.0032, 3) for e, t in settings[:3]}
+    assert first == {1.0}  # the given drift first: a budgeted calibration keeps it
+
+
+def test_a_budgeted_calibration_fits_its_budget_shrinking_settings_images_then_sweep():
+    settings = calibration_settings(0.02, 0.0625)
+    steps = (1, 2, 3, 5, 10, 40)
+    full = calibration_cost(len(settings), steps, 32)
+    assert budgeted(settings, steps, 32, full) == (settings, steps, 32)
+    kept, sweep, images = budgeted(settings, steps, 32, full // 4)
+    assert (sweep, images) == (steps, 32) and len(kept) == len(settings) // 4
+    assert kept == settings[: len(kept)]
+    kept, sweep, images = budgeted(settings, steps, 32, calibration_cost(1, steps, 8))
+    assert (len(kept), sweep, images) == (1, steps, 8)
+    kept, sweep, images = budgeted(settings, steps, 32, calibration_cost(1, (1, 2, 3), 4))
+    assert (len(kept), sweep, images) == (1, (1, 2, 3), 4)
+    assert budgeted(settings, steps, 32, 0) == (settings[:1], (1,), 4)  # the floor
+    for budget in (10**3, 10**4, 10**5, full):
+        kept, sweep, images = budgeted(settings, steps, 32, budget)
+        assert calibration_cost(len(kept), sweep, images) <= budget
 
 
 def test_lower_temperature_keeps_more_content_and_removes_the_same(cifar):

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# One lent-GPU visit: train the strongest EBM that fits in about 8 minutes of an
-# H100/H200 and bring its registry entry back under $OUT (files under 16 MiB).
+# One lent-GPU visit: train the strongest EBM and the DDPM that fit in about 8
+# minutes of an H100/H200 together, and bring their registry entries and training
+# logs back under $OUT as one tar split into 15 MiB pieces (the device tool returns
+# at most 8 files of 16 MiB): `cat $OUT/entries.tar.part* | tar -x -C back/`.
 #
 # Prepare once, here (the device machine fetches nothing; it has torch, numpy,
 # safetensors, tqdm, scikit-image and matplotlib, not pydantic):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl \
-#     pydantic==2.* pydantic-core annotated-types typing-inspection
+#     pydantic==2.* pydantic-core annotated-types typing-inspection \
+#     diffusers huggingface-hub regex importlib-metadata zipp filelock fsspec pyyaml \
+#     packaging requests urllib3 idna certifi charset-normalizer typing-extensions hf-xet
 # Smoke-test on the CPU (a few updates, same code path):
-#   OUT=/tmp/out ITERATIONS=4 PRETRAIN=2 BATCH=8 CROPS=64 CALIBRATE=8 bench/gpu_train.sh
+#   OUT=/tmp/out ITERATIONS=4 PRETRAIN=2 BATCH=8 CROPS=64 CALIBRATE=8 \
+#     DDPM_ITERATIONS=4 DDPM_CHANNELS="16 32" bench/gpu_train.sh
 # Then, through the device tool, with `.whl` carried and a 540 s timeout:
 #   bench/gpu_train.sh
-# Register what comes back: copy $OUT/<name>-<version>/ to models/<name>/<version>/.
+# Register what comes back: copy back/<name>-<version>/ to models/<name>/<version>/
+# (loading checks the weights' sha256). The iteration counts are a guess at the time budget:
+# no GPU has run this script yet.
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 if [ -d .whl ]; then
@@ -37,8 +44,24 @@ python3 -m pureebm train "$DATA" --name "$NAME" --registry "$REGISTRY" \
   --calibrate-images "${CALIBRATE:-256}" --checkpoint-every 1000 \
   --out-dir "$OUT/run" --device "${DEVICE:-auto}" 2>&1 | tee "$OUT/train.log"
 
-entry=$(ls -d "$REGISTRY/$NAME"/* | tail -n 1)
-mkdir -p "$OUT/$NAME-$(basename "$entry")"
-cp "$entry"/* "$OUT/$NAME-$(basename "$entry")/"
-rm -rf "$OUT/run"  # checkpoints stay on the device: the entry is what comes back
-ls -la "$OUT" "$OUT/$NAME-$(basename "$entry")"
+# A DDPM U-Net (4 levels, 64-256 channels): noise prediction on t <= 250 of the
+# paper's linear 1,000-step schedule, on the same images; its card at t* = 25-150.
+DDPM_NAME=${DDPM_NAME:-cifar10-ddpm-gpu}
+read -r -a CHANNELS <<< "${DDPM_CHANNELS:-64 128 256 256}"
+python3 -m pureebm train "$DATA" --name "$DDPM_NAME" --registry "$REGISTRY" --recipe ddpm \
+  --unet-channels "${CHANNELS[@]}" --iterations "${DDPM_ITERATIONS:-5000}" \
+  --batch-size "${BATCH:-256}" --lr 2e-4 --lr-final 2e-5 --warmup 200 --holdout 660 \
+  --skimage-crops "${CROPS:-20000}" --crop-padding 2 --calibrate-images "${CALIBRATE:-256}" \
+  --checkpoint-every 1000 --out-dir "$OUT/ddpm-run" --device "${DEVICE:-auto}" \
+  2>&1 | tee "$OUT/train-ddpm.log"
+
+bundle=$(mktemp -d)
+for name in "$NAME" "$DDPM_NAME"; do
+  entry=$(ls -d "$REGISTRY/$name"/* | tail -n 1)
+  cp -r "$entry" "$bundle/$name-$(basename "$entry")"
+done
+mv "$OUT/train.log" "$OUT/train-ddpm.log" "$bundle/"
+rm -rf "$OUT/run" "$OUT/ddpm-run"  # checkpoints stay on the device: the entries come back
+tar -C "$bundle" -cf - . | split -b 15M -d - "$OUT/entries.tar.part"
+tar -C "$bundle" -tvf <(cat "$OUT"/entries.tar.part*)
+ls -la "$OUT"

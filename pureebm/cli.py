@@ -1,6 +1,6 @@
-"""The `pureebm` command line: purify data, list models, train an EBM or calibrate one,
-evaluate defences, talk to a running service. Each subcommand imports what it needs
-when it runs, so `pureebm --help` answers at once.
+"""The `pureebm` command line: purify data, list models, train an EBM or a DDPM,
+calibrate or import one, evaluate defences, talk to a running service. Each
+subcommand imports what it needs when it runs, so `pureebm --help` answers at once.
 
 `serve`, `worker` and `keygen` belong to the service and the worker: they register
 themselves under the `pureebm.commands` entry-point group (pyproject.toml), so
@@ -184,10 +184,13 @@ def run_models(args: argparse.Namespace) -> None:
     default_version = (registry.versions(DEFAULT_MODEL) or [None])[-1]  # a name means its newest
     for m in manifests:
         default = " (default)" if (m.name, m.version) == (DEFAULT_MODEL, default_version) else ""
+        p = m.langevin
+        setting = f"t*={p.steps}" if m.diffusion else f"T={p.steps} eps={p.eps} tau={p.tau}"
+        network = m.arch_kwargs.get("block_out_channels") if m.diffusion else m.arch_kwargs
         print(
-            f"{m.name}:{m.version}{default}  {m.architecture} {m.arch_kwargs}  "
-            f"{m.image_size}px x{m.channels}  T={m.langevin.steps} eps={m.langevin.eps} "
-            f"tau={m.langevin.tau}{'' if m.filter is None else f' filter={m.filter}'}  "
+            f"{m.name}:{m.version}{default}  {m.architecture} {network}  "
+            f"{m.image_size}px x{m.channels}  {setting}"
+            f"{'' if m.filter is None else f' filter={m.filter}'}  "
             f"trained {m.training.iterations} it in "
             f"{m.training.wall_time_s:.0f} s on {m.training.hardware}"
         )

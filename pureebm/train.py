@@ -130,8 +130,10 @@ class Trainer:
 
         self.net = self.build_net().to(self.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
-        uses_bank = config.recipe != "ddpm"  # the curves of "dsm" still show a bank
-        self.bank = self.fresh_states(min(config.bank_size, len(self.data)) if uses_bank else 0)
+        if config.recipe == "ddpm":  # no MCMC; the figures of "dsm" still show a bank
+            self.bank = torch.empty(0, *self.data.shape[1:], device=self.device)
+        else:
+            self.bank = self.fresh_states(min(config.bank_size, len(self.data)))
         self.step = 0
         self.wall_time = 0.0
         self.history: list[dict[str, float]] = []

@@ -23,13 +23,16 @@ SHARED = ("none", "clean")
 
 def model_label(spec: str, result: dict) -> str:
     """'pureebm:4' -> 'pureebm:4 cifar10-conv:2'; 'pureebm' gets its run's default T;
-    'filt:0.5:3' -> 'filt:0.5:3 cifar10-conv:2'; a ' +test' suffix stays last."""
+    'filt:0.5:3' -> 'filt:0.5:3 cifar10-conv:2'; 'pureddpm:75' -> 'pureddpm:75
+    cifar10-ddpm'; a ' +test' suffix stays last."""
     defence, plus, test = spec.partition(" +")
     if defence.startswith("pureebm"):
         steps = defence.partition(":")[2] or result["purifier"]["steps"]
         defence = f"pureebm:{steps} {result['model']}"
     elif defence.startswith("filt"):
         defence = f"{defence} {result['model']}"
+    elif defence.startswith("pureddpm"):
+        defence = f"{defence} {result['config']['ddpm_model']}"
     return f"{defence}{plus}{test}"
 
 

@@ -70,6 +70,7 @@ def ddpm_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
         name="tiny-ddpm",
         recipe="ddpm",
         unet=TINY_UNET,
+        crop_padding=2,
         iterations=3,
         batch_size=8,
         warmup=1,

@@ -25,7 +25,8 @@ def run(model: str, steps: int, rows: dict[str, float], none_accuracy: float = 0
 
 def test_defences_of_each_run_are_named_after_its_model_and_shared_rows_kept_once():
     a = run("m:3", 2, {"jpeg:75": 0.48, "pureebm": 0.40, "pureebm:1": 0.45})
-    b = run("m:2", 5, {"pureebm": 0.44, "pureebm:2": 0.47})
+    b = run("m:2", 5, {"pureebm": 0.44, "pureebm:2": 0.47, "pureddpm:75 +test": 0.46})
+    b["config"]["ddpm_model"] = "d"
     merged = merge([a, b])
     names = [r["defence"] for r in merged["rows"]]
     assert names == [
@@ -36,6 +37,7 @@ def test_defences_of_each_run_are_named_after_its_model_and_shared_rows_kept_onc
         "pureebm:1 m:3",
         "pureebm:5 m:2",
         "pureebm:2 m:2",
+        "pureddpm:75 d +test",
     ]
     paired = merged["summary"]["16/255"]["pureebm:5 m:2"]["natural_accuracy_vs_none"]
     assert paired == pytest.approx(0.44 - 0.5)

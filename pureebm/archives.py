@@ -11,6 +11,7 @@ member byte for byte, and every image left unpurified (an energy filter's).
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import stat
@@ -417,6 +418,33 @@ def copy_tarinfo(info: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
     return copy
 
 
+def check_npy_headers(path: Path, limits: Limits) -> None:
+    """Refuse an npz whose arrays declare more bytes than their members hold or than
+    the limits allow, from the headers alone: np.load allocates what a header
+    declares before it reads a byte of data."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            try:
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(f)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                raise UnsupportedInput(f"unreadable npz member {info.filename}: {e}") from e
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > min(info.file_size, limits.max_total_bytes):
+                raise InputTooLarge(
+                    f"npz array {info.filename} declares shape {shape} ({declared} bytes) in a "
+                    f"member of {info.file_size} bytes"
+                )
+
+
 class NpzContainer(Container):
     """npz with ``images`` (uint8, N x H x W or N x H x W x C, C in 1, 3, 4).
 
@@ -438,6 +466,7 @@ class NpzContainer(Container):
             raise InputTooLarge(
                 f"npz of {total} bytes uncompressed is over the size or ratio limit"
             )
+        check_npy_headers(path, limits)
         try:
             with np.load(path, allow_pickle=False) as npz:
                 self.arrays = {key: npz[key] for key in npz.files}
@@ -457,6 +486,8 @@ class NpzContainer(Container):
             )
         if images.shape[1] * images.shape[2] > limits.max_pixels:
             raise InputTooLarge("npz images are over the pixel limit")
+        if 0 in images.shape[1:]:
+            raise UnsupportedInput(f"npz images of shape {images.shape} hold no pixels")
         self.members = [
             Member(f"images/{i}", "image", images[i].nbytes) for i in range(len(images))
         ]

@@ -44,6 +44,9 @@ Filter = Annotated[
 ]
 
 
+MAX_DRIFT = 100.0  # eps^2 / (2 tau): the paper's is 0.78; past this a chain only saturates
+
+
 class LangevinParams(BaseModel):
     """Psi_T's parameters; the defaults are the paper's (T = 150, eps = 1.25e-2, tau = 1e-4)."""
 
@@ -53,6 +56,16 @@ class LangevinParams(BaseModel):
     eps: Eps = 1.25e-2
     tau: Tau = 1e-4
     init_noise: InitNoise = 0.0
+
+    @model_validator(mode="after")
+    def check_drift(self) -> LangevinParams:
+        drift = self.eps**2 / (2 * self.tau)
+        if not drift <= MAX_DRIFT:
+            raise ValueError(
+                f"the drift eps^2 / (2 tau) = {drift:.3g} is over {MAX_DRIFT:g}: raise tau or "
+                "lower eps"
+            )
+        return self
 
 
 class RepsParams(BaseModel):

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pureebm.langevin import purify
-from pureebm.params import MAX_EPS, LangevinParams
+from pureebm.params import MAX_DRIFT, MAX_EPS, LangevinParams
 
 
 def mean_interval(values: torch.Tensor) -> tuple[float, float]:
@@ -158,7 +158,7 @@ def calibration_settings(eps: float, tau: float) -> list[tuple[float, float]]:
         for temperature_factor in (1, 1 / 16, 1 / 256):
             t = float(f"{tau * temperature_factor:.6g}")
             e = float(f"{math.sqrt(2 * t * drift * drift_factor):.6g}")
-            if e <= MAX_EPS:
+            if e <= MAX_EPS and e * e / (2 * t) <= MAX_DRIFT:
                 settings.append((e, t))
     return settings
 

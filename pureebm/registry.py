@@ -73,7 +73,8 @@ def cached_sha256(path: str, size: int, mtime_ns: int) -> str:
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """ "name" -> (name, None); "name:3" -> (name, 3)."""
     name, _, version = ref.partition(":")
-    if not re.match(NAME_PATTERN, name) or (version and not version.isdigit()):
+    # ASCII digits only ('²'.isdigit() is True), and few enough to be a version
+    if not re.match(NAME_PATTERN, name) or (version and not re.fullmatch(r"[0-9]{1,9}", version)):
         raise RegistryError(f"bad model reference {ref!r}: expected NAME or NAME:VERSION")
     return name, int(version) if version else None
 

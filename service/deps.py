@@ -82,5 +82,19 @@ SubmitterDep = Annotated[Submitter, Depends(get_submitter)]
 # the upload form of POST /v1/jobs and POST /v1/purify
 ParamsForm = Annotated[PurifyParams, Form()]
 FilesField = Annotated[list[UploadFile] | None, File(description="one or more images")]
-ArchiveField = Annotated[UploadFile | None, File(description="an image, zip, tar, tar.gz or npz")]
+
+
+async def single_archive(
+    request: Request,
+    archive: Annotated[
+        UploadFile | None, File(description="an image, zip, tar, tar.gz or npz")
+    ] = None,
+) -> UploadFile | None:
+    """The one `archive` part; a second one is refused, not silently dropped."""
+    if archive is not None and len((await request.form()).getlist("archive")) > 1:
+        raise Problem(400, "send one archive per job (or images as several 'files')")
+    return archive
+
+
+ArchiveField = Annotated[UploadFile | None, Depends(single_archive)]
 IdempotencyKeyHeader = Annotated[str | None, Header(max_length=200)]  # Idempotency-Key

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def auth_is_required_off_loopback(self) -> Settings:
+        self.key_hashes  # noqa: B018 (reads the keys file now: a bad one fails at startup)
         if not self.auth_enabled and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to serve on {self.host} without API keys: set PUREEBM_API_KEY_HASHES "
@@ -74,10 +75,13 @@ class Settings(BaseSettings):
     def key_hashes(self) -> frozenset[str]:
         hashes = {h.strip().lower() for h in self.api_key_hashes}
         if self.api_keys_file is not None:
-            for line in self.api_keys_file.read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    hashes.add(line.lower())
+            listed = {
+                line.split("#", 1)[0].strip().lower()
+                for line in self.api_keys_file.read_text().splitlines()
+            } - {""}
+            if not listed:  # an empty keys file must not turn authentication off
+                raise ValueError(f"{self.api_keys_file} lists no key digest")
+            hashes |= listed
         return frozenset(hashes)
 
     @property

@@ -248,6 +248,14 @@ def symlink_zip(cifar) -> bytes:
     return buffer.getvalue()
 
 
+def lying_npz() -> bytes:
+    """An npz of a few hundred bytes whose header declares 1e8 images of 320 x 320 x 3."""
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (100000000, 320, 320, 3), }"
+    header = header.ljust(117) + "\n"  # the 10-byte prefix and the header: 128 bytes
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+    return zip_bytes({"images.npy": npy + bytes(48)})
+
+
 def object_npz() -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, images=np.array([{"a": 1}], dtype=object))
@@ -272,6 +280,12 @@ REFUSED = {
     "steps out of range": (422, {"files": ("a.png", "OK")}, {"steps": "5000"}),
     "negative eps": (422, {"files": ("a.png", "OK")}, {"eps": "-1"}),
     "unknown model": (400, {"files": ("a.png", "OK")}, {"model": "nonexistent"}),
+    "superscript version": (400, {"files": ("a.png", "OK")}, {"model": "tiny:\u00b2"}),
+    "5,000-digit version": (400, {"files": ("a.png", "OK")}, {"model": "tiny:" + "9" * 5000}),
+    "drift past its bound": (422, {"files": ("a.png", "OK")}, {"tau": "1e-320"}),
+    "npz of empty images": (415, {"archive": ("a.npz", "EMPTY_NPZ")}, {}),
+    "npz declaring 1e8 images": (413, {"archive": ("a.npz", "LYING_NPZ")}, {}),
+    "two archives": (400, "TWO_ARCHIVES", {}),
     "both fields": (400, "BOTH", {}),
 }
 
@@ -289,6 +303,9 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
 def materialise(spec, cifar):
     if spec == "MANY":
         return [("files", (f"{i}.png", png(cifar["images"][i]))) for i in range(21)]
+    if spec == "TWO_ARCHIVES":
+        one = zip_bytes({"a.png": png(cifar["images"][0])})
+        return [("archive", ("a.zip", one)), ("archive", ("b.zip", one))]
     if spec == "BOTH":
         return [
             ("files", ("a.png", png(cifar["images"][0]))),
@@ -307,6 +324,12 @@ def materialise(spec, cifar):
         elif data == "THREE_MPX":  # three 1 Mpx images, each within the per-image limit
             flat = png(np.zeros((1000, 1000, 3), np.uint8))
             data = zip_bytes({f"{i}.png": flat for i in range(3)})
+        elif data == "EMPTY_NPZ":
+            buffer = io.BytesIO()
+            np.savez(buffer, images=np.zeros((2, 0, 32, 3), np.uint8))
+            data = buffer.getvalue()
+        elif data == "LYING_NPZ":
+            data = lying_npz()
         elif data == "DECLARED":
             data = bomb_png()
         elif data == "DUPLICATE":
@@ -430,3 +453,22 @@ def test_a_filtered_job_purifies_the_highest_energy_images_and_passes_the_rest(s
             assert half.read(name) == expected
     assert auto.status_code == 400 and "threshold" in auto.json()["detail"]
     assert out_of_range.status_code == 422
+
+
+def test_a_page_past_any_list_is_refused(stack):
+    with stack.client() as client:
+        answer = client.get("/v1/jobs", params={"offset": 9223372036854775807})
+        assert answer.status_code == 422 and answer.headers["content-type"] == (
+            "application/problem+json"
+        )
+
+
+def test_a_keys_file_without_keys_is_an_error_not_open_access(tmp_path):
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# no keys yet\n\n")
+    with pytest.raises(ValidationError, match="lists no key"):
+        Settings(api_keys_file=keys)

@@ -67,8 +67,8 @@ async def submit(
     response: Response,
     submitter: SubmitterDep,
     params: ParamsForm,
+    archive: ArchiveField,
     files: FilesField = None,
-    archive: ArchiveField = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobResource:
     """Upload images (`files`) or one archive (`archive`) to purify; poll the returned job.
@@ -94,7 +94,7 @@ def owned(store: JobStore, job_id: str, owner: str) -> JobRecord:
 def list_jobs(
     store: StoreDep,
     owner: OwnerDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobPage:
     """The caller's jobs, newest first."""

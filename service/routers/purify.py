@@ -32,8 +32,8 @@ POLL_S = 0.1
 async def purify_now(
     submitter: SubmitterDep,
     params: ParamsForm,
+    archive: ArchiveField,
     files: FilesField = None,
-    archive: ArchiveField = None,
 ) -> Response:
     """Purify up to `sync_max_images` images and return them: one PNG for one image, else a zip.
 

@@ -86,6 +86,24 @@ if expires_at > 0 then
 end
 return 1
 """
+# Saves a new job only if its owner has fewer than ARGV[1] active jobs: the quota's
+# check and the record's creation in one step, so concurrent uploads cannot both
+# take the last slot. KEYS: the job's hash, the owner's set, the states hash.
+# ARGV: limit, job id, created_at, expires_at, state, the active states (2), then
+# the hash's field/value pairs.
+SAVE_WITHIN_QUOTA = """
+local active = 0
+for _, id in ipairs(redis.call('zrange', KEYS[2], 0, -1)) do
+  local state = redis.call('hget', KEYS[3], id)
+  if state == ARGV[6] or state == ARGV[7] then active = active + 1 end
+end
+if active >= tonumber(ARGV[1]) then return 0 end
+for i = 8, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('expireat', KEYS[1], ARGV[4])
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[2])
+redis.call('hset', KEYS[3], ARGV[2], ARGV[5])
+return 1
+"""
 RATE_WINDOW_S = 30.0  # images/s and eta come from the progress of the last 30 s
 RATE_SAMPLES = 256  # at most this many recent samples are kept per job
 
@@ -153,6 +171,7 @@ class JobStore:
         self.set_status_if = redis.register_script(SET_STATUS_IF)
         self.update_if_exists = redis.register_script(UPDATE_IF_EXISTS)
         self.set_progress_if_exists = redis.register_script(SET_PROGRESS_IF_EXISTS)
+        self.save_within_quota_script = redis.register_script(SAVE_WITHIN_QUOTA)
 
     # -- folders ----------------------------------------------------------------
 
@@ -185,18 +204,25 @@ class JobStore:
 
     # -- records ----------------------------------------------------------------
 
-    def save(self, record: JobRecord) -> None:
+    @staticmethod
+    def encoded(record: JobRecord) -> dict[str, str | int | float]:
         fields = record.model_dump(mode="json", exclude_none=True)
         fields["params"] = json.dumps(fields["params"])
         fields["shard_bounds"] = json.dumps(fields["shard_bounds"])
         fields["sync"] = int(record.sync)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(job_key(record.id), mapping=fields)
-            # the cleaner deletes a job at expires_at; the key goes by itself soon after
-            pipe.expireat(job_key(record.id), int(record.expires_at) + KEY_GRACE_S)
-            pipe.zadd(owner_key(record.owner), {record.id: record.created_at})
-            pipe.hset(STATES_KEY, record.id, record.status.value)
-            pipe.execute()
+        return fields
+
+    def save_within_quota(self, record: JobRecord, limit: int) -> bool:
+        """Save a new job unless its owner already has ``limit`` active ones, atomically."""
+        pairs = [str(item) for pair in self.encoded(record).items() for item in pair]
+        keys = [job_key(record.id), owner_key(record.owner), STATES_KEY]
+        args = [limit, record.id, record.created_at, int(record.expires_at) + KEY_GRACE_S]
+        args += [record.status.value, *(state.value for state in ACTIVE), *pairs]
+        return bool(self.save_within_quota_script(keys=keys, args=args))
+
+    def save(self, record: JobRecord) -> None:
+        """Save a job whatever its owner's quota."""
+        self.save_within_quota(record, 2**53)
 
     def get(self, job_id: str) -> JobRecord | None:
         if not JOB_ID.match(job_id):

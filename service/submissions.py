@@ -35,6 +35,10 @@ class Submitter:
     registry: Registry
     owner: str
 
+    def over_quota(self) -> Problem:
+        limit = self.settings.max_active_jobs_per_key
+        return Problem(429, f"at most {limit} active jobs per key", headers={"Retry-After": "30"})
+
     async def create(
         self,
         params: PurifyParams,
@@ -46,11 +50,7 @@ class Submitter:
         on error."""
         store, settings, owner = self.store, self.settings, self.owner
         if store.active_count(owner) >= settings.max_active_jobs_per_key:
-            raise Problem(
-                429,
-                f"at most {settings.max_active_jobs_per_key} active jobs per key",
-                headers={"Retry-After": "30"},
-            )
+            raise self.over_quota()
         # an unknown model is a RegistryError: 400
         manifest = self.registry.manifest(params.model or settings.default_model)
         try:
@@ -111,7 +111,9 @@ class Submitter:
                 created_at=now,
                 expires_at=now + settings.retention_s,
             )
-            store.save(record)
+            # the check above is cheap; this one, with the save, is atomic (concurrent uploads)
+            if not store.save_within_quota(record, settings.max_active_jobs_per_key):
+                raise self.over_quota()
             store.enqueue(record)
             log.info(
                 "job queued",

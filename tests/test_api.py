@@ -6,6 +6,7 @@ import io
 import tarfile
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -402,6 +403,27 @@ def test_readyz_fails_without_workers(tmp_path: Path, tiny_registry):
             assert ready.json()["checks"]["workers"] == {"ok": False, "alive": 0}
             response = client.post("/v1/purify", files={"files": ("a.png", b"x")})
             assert response.status_code == 503
+    finally:
+        stack.stop()
+
+
+def test_concurrent_uploads_cannot_pass_the_active_job_quota(tmp_path: Path, tiny_registry, cifar):
+    """40 uploads at once against a quota of 20 (no worker, so every job stays queued):
+    exactly 20 are accepted, the rest get 429, and 20 jobs are active."""
+    stack = Stack(tmp_path, tiny_registry, max_active_jobs_per_key=20)
+    image = png(cifar["images"][0])
+
+    def post(_: int) -> int:
+        with stack.client() as client:
+            return client.post("/v1/jobs", files={"files": ("a.png", image)}).status_code
+
+    try:
+        with ThreadPoolExecutor(40) as pool:
+            statuses = list(pool.map(post, range(40)))
+        assert sorted(set(statuses)) == [202, 429] and statuses.count(202) == 20, statuses
+        with stack.client() as client:
+            jobs = client.get("/v1/jobs", params={"limit": 200}).json()
+        assert jobs["total"] == 20 and {j["status"] for j in jobs["items"]} == {"queued"}
     finally:
         stack.stop()
 

@@ -18,7 +18,7 @@ from pureebm.shards import write_shard
 from service.problems import Problem
 from service.settings import Settings
 
-SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")  # control characters and path separators
 CHUNK = 1 << 20
 
 
@@ -67,11 +67,15 @@ class PreparedInput:
     pixels: list[int]  # per image, in container order
 
 
-def safe_filename(name: str | None, fallback: str) -> str:
-    """The base name only, in a conservative alphabet."""
-    base = PurePath((name or "").replace("\\", "/")).name
-    cleaned = SAFE_NAME.sub("_", base).lstrip(".")
-    return cleaned[:120] or fallback
+def sent_filename(name: str | None, fallback: str) -> str:
+    """The name a file was sent with, kept as it is (spaces and any script included),
+    or ``fallback`` when it has none. A name that is not a plain file name (a path,
+    a control character, "." or "..", over 255 UTF-8 bytes) is refused."""
+    if not name:
+        return fallback
+    if UNSAFE_NAME.search(name) or name in (".", "..") or len(name.encode()) > 255:
+        raise UnsafeInput(f"{name!r} is not a plain file name")
+    return name
 
 
 def copy_upload(upload: UploadFile, dest: Path) -> int:
@@ -141,14 +145,14 @@ def prepare_input(
     if bool(files) == bool(archive):
         raise Problem(400, "send either one or more `files` or one `archive`, not both or neither")
     if archive is not None:
-        name = safe_filename(archive.filename, "upload")
+        name = sent_filename(archive.filename, "upload")
         size = copy_upload(archive, folder / name)
         container = open_container(folder / name, settings.limits)
         if container.kind == "folder":
             raise UnsupportedInput("not an image or a supported archive")
         kind, stored = container.kind, name
     elif files is not None and len(files) == 1:
-        name = safe_filename(files[0].filename, "image.png")
+        name = sent_filename(files[0].filename, "image.png")
         size = copy_upload(files[0], folder / name)
         container = open_container(folder / name, settings.limits)
         if container.kind != "image":
@@ -158,7 +162,7 @@ def prepare_input(
         assert files is not None
         if len(files) > settings.max_files:
             raise Problem(413, f"{len(files)} files is over the {settings.max_files}-file limit")
-        names = [safe_filename(f.filename, f"image{i}.png") for i, f in enumerate(files)]
+        names = [sent_filename(f.filename, f"image{i}.png") for i, f in enumerate(files)]
         if len(set(names)) != len(names):
             raise UnsafeInput("two uploaded files have the same name")
         stored, size = "files.zip", 0

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.images import Picture
+from pureebm.images import Picture, UnsafeInput
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
+from service.uploads import sent_filename
 from tests.stack import KEY_A, KEY_B, Stack, bomb_png, png, zip_bytes
 
 LIMITS = {
@@ -494,3 +495,26 @@ def test_a_keys_file_without_keys_is_an_error_not_open_access(tmp_path):
     keys.write_text("# no keys yet\n\n")
     with pytest.raises(ValidationError, match="lists no key"):
         Settings(api_keys_file=keys)
+
+
+def test_file_names_come_back_as_sent_or_are_refused(stack, cifar):
+    """Names in any script and with spaces come back unchanged; a path or a control
+    character in a name is refused."""
+    images = {
+        name: png(cifar["images"][i]) for i, name in enumerate(["猫.png", "犬.png", "my photo.png"])
+    }
+    with stack.client() as client:
+        created = client.post(
+            "/v1/jobs", files=[("files", (name, data)) for name, data in images.items()]
+        )
+        assert created.status_code == 202, created.text
+        job = stack.wait_job(client, created.json()["id"])
+        assert job["status"] == "finished", job
+        result = client.get(job["links"]["result"])
+        for bad in ("../x.png", "dir/x.png", "..", "a" * 252 + ".png"):
+            refused = client.post("/v1/jobs", files={"files": (bad, images["猫.png"])})
+            assert refused.status_code == 422, (bad, refused.text)
+    with zipfile.ZipFile(io.BytesIO(result.content)) as archive:
+        assert archive.namelist() == list(images)
+    with pytest.raises(UnsafeInput):  # httpx percent-encodes these; other clients may not
+        sent_filename("a\x01.png", "x")

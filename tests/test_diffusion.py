@@ -353,3 +353,37 @@ def test_reps_is_the_two_purifiers_in_turn_with_their_own_noise(tiny_model, ddpm
         LangevinOverrides(ddpm_model="tiny").resolve_reps(ddpm_model.manifest, tiny_model.manifest)
     with pytest.raises(ValueError, match="ddpm_model"):
         LangevinOverrides(rounds=3).resolve_reps(tiny_model.manifest, None)
+
+
+def test_ddpm_training_resumes_exactly_where_it_stopped(tmp_path) -> None:
+    """Two updates, a stop, two more from the checkpoint: the same weights as four
+    straight (the checkpoint holds the weights, Adam's moments and the generator)."""
+    from pureebm.params import TrainConfig
+    from pureebm.train import train
+    from tests.conftest import DATA, TINY_UNET
+
+    def config(run: str, iterations: int) -> TrainConfig:
+        return TrainConfig(
+            data=[str(DATA)],
+            name="d",
+            recipe="ddpm",
+            unet=TINY_UNET,
+            iterations=iterations,
+            batch_size=4,
+            warmup=1,
+            checkpoint_every=2,
+            crop_padding=2,
+            calibrate_images=0,
+            out_dir=str(tmp_path / run),
+            registry=str(tmp_path / f"{run}-registry"),
+        )
+
+    straight = train(config("straight", 4))
+    train(config("stopped", 2))
+    resumed = train(config("stopped", 4), resume=True)
+    assert straight.training.iterations == resumed.training.iterations == 4
+    a = Registry(tmp_path / "straight-registry").load("d").net.state_dict()
+    b = Registry(tmp_path / "stopped-registry").load("d:2").net.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert (tmp_path / "stopped" / "curves.png").stat().st_size > 0

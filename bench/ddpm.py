@@ -1,0 +1,95 @@
+"""Cost per image of PureDDPM and Reps through pureebm.pipeline (the path the CLI and
+the workers run), on real 32 x 32 images.
+
+    python -m bench.ddpm [--model cifar10-ddpm] [--ebm cifar10-conv] [--images 256]
+                         [--steps 75] [--reps 10 50 5] [--device auto]
+
+Prints seconds per image and images/s after one warm-up batch, with the minimum,
+median and maximum over --repeats runs (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from pureebm.archives import load_image_array
+from pureebm.images import Picture
+from pureebm.langevin import resolve_device
+from pureebm.params import LangevinParams
+from pureebm.pipeline import Reps, purify_pictures
+from pureebm.registry import Registry
+
+DATA = "../shared/datasets/cifar10-part-train.npz"
+
+
+def seconds_per_image(run, images: int, repeats: int) -> list[float]:
+    run(min(images, 64))  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(images)
+        times.append((time.perf_counter() - started) / images)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cifar10-ddpm")
+    parser.add_argument("--ebm", default="cifar10-conv")
+    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=75, help="PureDDPM's t*")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        nargs=3,
+        default=[10, 50, 5],
+        metavar=("K", "L", "R"),
+        help="Reps: K EBM steps, L DDPM steps, R rounds (0 0 0: skip)",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    registry = Registry()
+    ddpm = registry.load(args.model, device)
+    images = load_image_array(args.data)
+    pictures = [(str(i), Picture(rgb, None, "RGB", "PNG")) for i, rgb in enumerate(images)]
+
+    def pureddpm(n: int) -> None:
+        params = LangevinParams(steps=args.steps)
+        for _ in purify_pictures(ddpm, pictures[:n], params, args.batch_size, device, 0):
+            pass
+
+    rows = {f"PureDDPM t*={args.steps} ({args.model})": pureddpm}
+    k, length, rounds = args.reps
+    if rounds:
+        ebm = registry.load(args.ebm, device)
+        reps = Reps(ddpm, rounds, length)
+        params = ebm.manifest.langevin.model_copy(update={"steps": k})
+
+        def combined(n: int) -> None:
+            batches = purify_pictures(
+                ebm, pictures[:n], params, args.batch_size, device, 0, reps=reps
+            )
+            for _ in batches:
+                pass
+
+        rows[f"Reps {rounds} x [{k} EBM, {length} DDPM] ({args.ebm} + {args.model})"] = combined
+    print(
+        f"{args.images} images of {images.shape[1]}x{images.shape[2]} on {device}, batch {args.batch_size}"
+    )
+    for name, run in rows.items():
+        times = seconds_per_image(run, args.images, args.repeats)
+        low, mid, high = min(times), statistics.median(times), max(times)
+        print(
+            f"{name}: {mid * 1e3:.1f} ms/image (min {low * 1e3:.1f}, max {high * 1e3:.1f}); "
+            f"{1 / mid:.1f} images/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

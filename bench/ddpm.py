@@ -79,9 +79,8 @@ def main() -> None:
                 pass
 
         rows[f"Reps {rounds} x [{k} EBM, {length} DDPM] ({args.ebm} + {args.model})"] = combined
-    print(
-        f"{args.images} images of {images.shape[1]}x{images.shape[2]} on {device}, batch {args.batch_size}"
-    )
+    size = f"{images.shape[1]}x{images.shape[2]}"
+    print(f"{args.images} images of {size} on {device}, batch {args.batch_size}")
     for name, run in rows.items():
         times = seconds_per_image(run, args.images, args.repeats)
         low, mid, high = min(times), statistics.median(times), max(times)

@@ -2,7 +2,7 @@
 
 A *container* is what a caller sends: a single image, a folder tree, a zip, a tar
 (optionally gzip/bz2/xz-compressed) or an npz. Opening one lists its members in
-order and refuses anything unsafe or oversized (DESIGN.md section 7). Writing one
+order and refuses anything unsafe or oversized (README: HTTP API errors). Writing one
 back reproduces the container, the member paths and their order, swaps each
 image for its purified pixels (images.py encodes them), and copies every other
 member byte for byte, and every image left unpurified (an energy filter's).

@@ -1,6 +1,6 @@
 """Energy networks E(x) -> one scalar per image (low energy = natural image).
 
-Two architectures from the PureEBM paper's code (DESIGN.md section 1):
+Two architectures from the PureEBM paper's code (docs/architecture.md):
 
 - ``conv``: the plain convolutional EBM of Nijkamp et al. / Hill et al.
 - ``resnet``: an SNGAN-discriminator-style residual EBM, the paper's main model.

@@ -1,4 +1,4 @@
-"""The model registry folder (DESIGN.md section 3).
+"""The model registry folder (README: Models and training).
 
     <root>/<name>/<version>/manifest.json
     <root>/<name>/<version>/model.safetensors                 an energy net (pureebm.nets)
@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +38,18 @@ if TYPE_CHECKING:  # torch is imported when weights are loaded or saved, not bef
     import torch
     from torch import nn
 
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "models"
+
+def default_root() -> Path:
+    """PUREEBM_REGISTRY where it is set (the service reads the same variable), else the
+    source tree's models/ (a checkout or an editable install), else ./models (a
+    wheel installed elsewhere, as in the Docker image, has no models/ beside it)."""
+    if os.environ.get("PUREEBM_REGISTRY"):
+        return Path(os.environ["PUREEBM_REGISTRY"])
+    tree = Path(__file__).resolve().parent.parent / "models"
+    return tree if tree.is_dir() else Path("models")
+
+
+DEFAULT_ROOT = default_root()
 DEFAULT_MODEL = "cifar10-conv"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"

@@ -1,7 +1,7 @@
 """EBM training: maximum likelihood with a persistent MCMC bank, denoising score
 matching, or the second as pretraining for the first (``recipe`` "ml", "dsm", "dsm+ml").
 
-Maximum likelihood ("ml", DESIGN.md section 1), each update:
+Maximum likelihood ("ml"; Nijkamp et al., 2019, as PureEBM trains), each update:
 
     bank batch  x~ <- bank[idx];  each state replaced by data + N(0, 0.015^2) w.p. 0.05
     samples     x+ <- K Langevin steps from x~  (same eps, tau as the purifier,

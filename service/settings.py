@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     sync_max_images: int = Field(64, ge=1)
     sync_timeout_s: float = Field(120, gt=0)
 
-    # input limits (DESIGN.md section 7)
+    # input limits (README: Configuration; pureebm.archives checks them)
     max_upload_bytes: int = Field(8 << 30, ge=1)
     max_files: int = Field(1000, ge=1)
     max_pixels: int = Field(16_000_000, ge=1)

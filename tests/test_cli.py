@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -171,3 +172,12 @@ def test_every_option_of_every_command_has_a_help_text() -> None:
         if not action.help
     ]
     assert not missing, missing
+
+
+def test_the_cli_finds_the_registry_that_pureebm_registry_names(tiny_registry) -> None:
+    """As the service does: an installed wheel has no models/ beside its code."""
+    env = {**os.environ, "PUREEBM_REGISTRY": str(tiny_registry)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "pureebm", "models"], capture_output=True, text=True, env=env
+    )
+    assert listed.returncode == 0 and listed.stdout.startswith("tiny:1"), listed.stderr

@@ -1,4 +1,4 @@
-"""Import contracts (DESIGN.md): the engine never imports the service or the worker,
+"""Import contracts (docs/architecture.md): the engine never imports the service or the worker,
 the API process and the Python client never load torch, routers do not import
 each other, and `pureebm --help` loads nothing heavy."""
 

@@ -43,7 +43,7 @@ class Problem(HTTPException):
 
 
 def problem(
-    request: Request,
+    path: str,
     status: int,
     detail: str,
     headers: dict[str, str] | None = None,
@@ -54,7 +54,7 @@ def problem(
         "title": TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": path,
         **extra,
     }
     return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
@@ -68,30 +68,36 @@ def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "unexpected error on %s %s (job %s)", request.method, request.url.path, job, exc_info=exc
     )
-    return problem(request, 500, "an unexpected error occurred; it has been logged", job=job)
+    return problem(
+        request.url.path, 500, "an unexpected error occurred; it has been logged", job=job
+    )
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return problem(
-            request, exc.status_code, str(exc.detail), exc.headers, **getattr(exc, "extra", {})
+            request.url.path,
+            exc.status_code,
+            str(exc.detail),
+            exc.headers,
+            **getattr(exc, "extra", {}),
         )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return problem(request, 422, "request parameters failed validation", errors=errors)
+        return problem(request.url.path, 422, "request parameters failed validation", errors=errors)
 
     @app.exception_handler(FormatError)
     async def bad_input(request: Request, exc: FormatError) -> JSONResponse:
-        return problem(request, exc.status, str(exc))
+        return problem(request.url.path, exc.status, str(exc))
 
     @app.exception_handler(RegistryError)
     async def bad_model(request: Request, exc: RegistryError) -> JSONResponse:
-        return problem(request, 400, str(exc))
+        return problem(request.url.path, 400, str(exc))
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     async def no_queue(request: Request, exc: redis.exceptions.ConnectionError) -> JSONResponse:
         log.error("queue unreachable: %s", exc)
-        return problem(request, 503, "the job queue is unreachable")
+        return problem(request.url.path, 503, "the job queue is unreachable")

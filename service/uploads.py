@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from fastapi import UploadFile
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pureebm.archives import Container, open_container
 from pureebm.images import FormatError, InputTooLarge, UnsafeInput, UnsupportedInput
 from pureebm.shards import write_shard
-from service.problems import Problem
+from service.problems import Problem, problem
 from service.settings import Settings
 
 UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")  # control characters and path separators
@@ -35,15 +34,7 @@ class BodyLimit:
         detail = f"the upload is over the {self.limit}-byte limit"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            body = {
-                "type": "about:blank",
-                "title": "Content too large",
-                "status": 413,
-                "detail": detail,
-                "instance": scope["path"],
-            }
-            response = JSONResponse(body, 413, media_type="application/problem+json")
-            return await response(scope, receive, send)
+            return await problem(scope["path"], 413, detail)(scope, receive, send)
         received = 0
 
         async def limited() -> Message:

@@ -25,12 +25,7 @@ from tqdm import tqdm
 
 from pureebm.langevin import purify
 from pureebm.params import MAX_DRIFT, MAX_EPS, LangevinParams
-
-
-def mean_interval(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and the half-width of its 95% interval (1.96 standard errors)."""
-    values = values.double()
-    return values.mean().item(), (1.96 * values.std() / len(values) ** 0.5).item()
+from pureebm.statistics import mean_interval
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -108,13 +103,16 @@ def card(
     """{T: {"psnr_db": (mean, +-), "r NAME": (mean, +-), ...}} for one purifier."""
     out_clean = purifier(clean)
     rows: dict[str, dict[str, tuple[float, float]]] = {
-        str(t): {"psnr_db": mean_interval(psnr(images, clean))} for t, images in out_clean.items()
+        str(t): {"psnr_db": mean_interval(psnr(images, clean).tolist())}
+        for t, images in out_clean.items()
     }
     for name, d in perturbations.items():
         perturbed = perturb(clean, d)
         actual_d = perturbed.float() - clean.float()
         for t, images in purifier(perturbed).items():
-            rows[str(t)][f"r {name}"] = mean_interval(residual(out_clean[t], images, actual_d))
+            rows[str(t)][f"r {name}"] = mean_interval(
+                residual(out_clean[t], images, actual_d).tolist()
+            )
     return rows
 
 

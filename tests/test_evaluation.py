@@ -12,7 +12,7 @@ from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import train_classifier
 from pureebm.evaluation.config import EvalConfig, TrainSettings
 from pureebm.evaluation.defences import jpeg, pureebm
-from pureebm.evaluation.run import Defender, auroc, evaluate, mean_interval, trigger_left
+from pureebm.evaluation.run import Defender, auroc, evaluate, trigger_left
 from pureebm.images import Picture
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
@@ -83,12 +83,6 @@ def test_defences_jpeg_changes_pixels_and_pureebm_sweeps_one_pipeline_chain(cifa
     assert not np.array_equal(defended[1], defended[3])
     small = np.ascontiguousarray(images[:, :20, :24])  # under the model's 32 pixels
     assert pureebm(tiny_model, small, params, [3], device="cpu")[0][3].shape == small.shape
-
-
-def test_mean_interval_is_students_t():
-    mean, half = mean_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.30 * 1.0 / 3**0.5, rel=1e-3)
-    assert mean_interval([0.5]) == (0.5, 0.0)
 
 
 def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_registry):

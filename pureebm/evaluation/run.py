@@ -18,6 +18,7 @@ from pureebm.evaluation.config import ATTACKS, EvalConfig
 from pureebm.evaluation.data import load_labelled, stratified_split
 from pureebm.filtering import selected_positions
 from pureebm.registry import Registry
+from pureebm.statistics import mean_interval
 
 
 def make_attack(
@@ -68,20 +69,6 @@ def filter_rule(spec: str) -> float | str | None:
         return None
     rule = rest.partition(":")[0]
     return rule if rule == "auto" else float(rule)
-
-
-def t_quantile(dof: int) -> float:
-    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom."""
-    table = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-    return table.get(dof, 2.23 if dof < 15 else 2.09 if dof < 30 else 1.96)
-
-
-def mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t interval (0 for a single value)."""
-    if len(values) < 2:
-        return float(np.mean(values)), 0.0
-    half = t_quantile(len(values) - 1) * np.std(values, ddof=1) / len(values) ** 0.5
-    return float(np.mean(values)), float(half)
 
 
 class Defender:

@@ -72,6 +72,7 @@ from pureebm.params import (
     TrainConfig,
     TrainingRecord,
 )
+from pureebm.pipeline import model_input, padded_shape
 from pureebm.plots import amplified_difference, image_rows, line_chart
 from pureebm.quality import (
     CALIBRATION_PERTURBATIONS,
@@ -610,14 +611,13 @@ def recalibrate(
 def as_training_images(images: np.ndarray, channels: int | None = None) -> torch.Tensor:
     """N x H x W x 3 uint8 -> the model's view, as purification will see it: one
     channel when every image is grey (R = G = B) or ``channels`` is 1, and sides
-    under the nets' 32 pixels edge-padded to 32 (``pureebm.pipeline`` pads small
-    images the same way)."""
+    under the nets' 32 pixels edge-padded to 32, by ``pureebm.pipeline``'s own
+    conversion and padding."""
     if channels is None:
         channels = 1 if np.array_equal(images, images[..., :1].repeat(3, axis=3)) else 3
-    if channels == 1:
-        images = images[..., :1]
-    pad_h = max(MIN_IMAGE_SIZE - images.shape[1], 0)
-    pad_w = max(MIN_IMAGE_SIZE - images.shape[2], 0)
+    images = model_input(images, channels)  # luma for one channel, as purification sees it
+    height, width = padded_shape(images.shape[1:3], MIN_IMAGE_SIZE)
+    pad_h, pad_w = height - images.shape[1], width - images.shape[2]
     if pad_h or pad_w:
         images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     return torch.from_numpy(np.ascontiguousarray(images))

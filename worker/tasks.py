@@ -27,7 +27,7 @@ from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Speedups
 from pureebm.pipeline import Phases, Reps, energies_of, purify_pictures
-from pureebm.registry import LoadedModel, Registry
+from pureebm.registry import LoadedModel, Registry, parse_ref
 from pureebm.shards import OpenShard, ShardSet, write_shard
 from service import metrics
 from service.jobs import JobStore
@@ -50,8 +50,12 @@ class ModelCache:
     models: OrderedDict[str, LoadedModel] = field(default_factory=OrderedDict)
 
     def get(self, ref: str) -> LoadedModel:
-        manifest = self.registry.manifest(ref)
-        key = f"{manifest.name}:{manifest.version}"
+        """The model ``ref`` names; a job's refs are pinned (NAME:VERSION, and a version
+        never changes), so a warm model costs no registry read."""
+        name, version = parse_ref(ref)
+        if version is None:
+            version = self.registry.manifest(ref).version
+        key = f"{name}:{version}"
         if key not in self.models:
             self.models[key] = self.registry.load(key, self.device)
             while len(self.models) > self.capacity:

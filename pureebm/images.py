@@ -58,7 +58,7 @@ class Limits:
     max_pixels: int = 16_000_000  # per image; larger is treated as a decompression bomb
     max_members: int = 200_000
     max_member_bytes: int = 512 << 20
-    max_total_bytes: int = 8 << 30  # uncompressed, all members together
+    max_total_bytes: int = 16 << 30  # uncompressed, all members together
     max_ratio: float = 250.0  # uncompressed / compressed, for compressed containers
 
 

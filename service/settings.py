@@ -41,18 +41,19 @@ class Settings(BaseSettings):
     sync_max_images: int = Field(64, ge=1)
     sync_timeout_s: float = Field(120, gt=0)
 
-    # input limits (README: Configuration; pureebm.archives checks them)
+    # input limits (README: Configuration); the per-image and archive ones default to the
+    # engine's own (pureebm.images.Limits), which pureebm.archives checks
     max_upload_bytes: int = Field(8 << 30, ge=1)
     max_files: int = Field(1000, ge=1)
-    max_pixels: int = Field(16_000_000, ge=1)
+    max_pixels: int = Field(Limits.max_pixels, ge=1)
     max_job_pixels: int = Field(10_000_000_000, ge=1)  # all images of one job together
     # decoded images the API keeps per job for the workers (raw bytes; later ones are
     # decoded again by the workers)
     max_decoded_bytes: int = Field(4 << 30, ge=0)
-    max_members: int = Field(200_000, ge=1)
-    max_member_bytes: int = Field(512 << 20, ge=1)
-    max_total_bytes: int = Field(16 << 30, ge=1)
-    max_ratio: float = Field(250.0, gt=1)
+    max_members: int = Field(Limits.max_members, ge=1)
+    max_member_bytes: int = Field(Limits.max_member_bytes, ge=1)
+    max_total_bytes: int = Field(Limits.max_total_bytes, ge=1)
+    max_ratio: float = Field(Limits.max_ratio, gt=1)
 
     # engine options for GPU workers (README: measured effect); all off by default
     channels_last: bool = False

@@ -256,6 +256,16 @@ class JobStore:
         args = [item for pair in fields.items() for item in pair]
         return bool(self.update_if_exists(keys=[job_key(job_id)], args=args))
 
+    def mark_ended(self, job_id: str, **fields: str | float) -> bool:
+        """Record that a job ended now (with ``fields``, an error say): its retention
+        counts from here, so a long job is never expired while it runs."""
+        now = time.time()
+        expires_at = now + self.settings.retention_s
+        updated = self.update(job_id, finished_at=now, expires_at=expires_at, **fields)
+        if updated:
+            self.redis.expireat(job_key(job_id), int(expires_at) + KEY_GRACE_S)
+        return updated
+
     def transition(self, job_id: str, expected: JobStatus, new: JobStatus) -> bool:
         """Move a job from ``expected`` to ``new``; False if it was in another state."""
         keys = [job_key(job_id), STATES_KEY]
@@ -391,6 +401,7 @@ class JobStore:
         at their next batch (they check the status)."""
         for status in ACTIVE:
             if self.transition(record.id, status, JobStatus.canceled):
+                self.mark_ended(record.id)
                 break
         ids = [make(record.id, i) for i in range(record.shards) for make in RQ_SHARD_JOBS]
         for rq_id in [*ids, select_job_id(record.id), finalize_job_id(record.id)]:
@@ -419,18 +430,20 @@ class JobStore:
         active = [job_id.decode() for job_id, state in states.items() if state.decode() in ACTIVE]
         for job_id in active:
             record = self.get(job_id)
-            if record is None or record.status not in ACTIVE or record.created_at > now - settle_s:
+            if record is None or record.status not in ACTIVE:
+                continue
+            # an active job's keys live on until retention_s after it ends (mark_ended)
+            keep_until = int(now + self.settings.retention_s) + KEY_GRACE_S
+            self.redis.expireat(job_key(job_id), keep_until, gt=True)
+            if record.created_at > now - settle_s:
                 continue
             enders = [finalize_job_id(record.id)]
             if record.params.filter is not None:
                 enders.append(select_job_id(record.id))
             ended = all(self.rq_job_ended(rq_id) for rq_id in enders)
             if ended and self.transition(record.id, record.status, JobStatus.failed):
-                self.update(
-                    record.id,
-                    error=record.error or "the job stalled: its work ended or was lost",
-                    finished_at=now,
-                )
+                error = record.error or "the job stalled: its work ended or was lost"
+                self.mark_ended(record.id, error=error)
                 failed += 1
         return failed
 
@@ -441,16 +454,16 @@ class JobStore:
             return True
 
     def delete_expired(self, now: float | None = None) -> int:
-        """The retention cleaner: delete jobs past ``expires_at`` and orphaned folders."""
+        """The retention cleaner: delete ended jobs past ``expires_at`` (retention counts
+        from a job's end: ``mark_ended``; a job still active is left to the stall
+        check) and orphaned folders."""
         now = time.time() if now is None else now
         deleted = 0
         for job_id in [k.decode() for k in self.redis.hkeys(STATES_KEY)]:
             record = self.get(job_id)
             if record is None:
                 self.redis.hdel(STATES_KEY, job_id)
-            elif record.expires_at < now:
-                if record.status in ACTIVE:
-                    self.cancel(record)
+            elif record.expires_at < now and record.status not in ACTIVE:
                 self.delete(record)
                 deleted += 1
         if self.settings.jobs_dir.is_dir():

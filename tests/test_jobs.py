@@ -137,7 +137,8 @@ def test_cleaner_fails_a_job_whose_work_ended_or_was_lost(store: JobStore) -> No
 
 
 def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None:
-    old, fresh = record("e" * 32, expires_at=time.time() - 1), record("f" * 32)
+    old = record("e" * 32, status=JobStatus.finished, expires_at=time.time() - 1)
+    fresh = record("f" * 32, status=JobStatus.finished)
     for job in (old, fresh):
         store.save(job)
         (store.folder(job.id) / "input").mkdir(parents=True)
@@ -148,6 +149,25 @@ def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None
     assert store.get(fresh.id) is not None and orphan.exists()  # orphans get an hour's grace
     assert store.delete_expired(now=time.time() + 7200) == 1
     assert store.get(fresh.id) is None and not orphan.exists()
+
+
+def test_retention_counts_from_a_jobs_end_not_its_submission(store: JobStore) -> None:
+    """A job still running past its submission's retention is kept; once it ends, it
+    is kept retention_s (60 s here) more, its Redis key too."""
+    long = record("a1" * 16, status=JobStatus.running, expires_at=time.time() - 1)
+    store.save(long)
+    assert store.delete_expired() == 0 and store.get(long.id).status == JobStatus.running
+    key = f"pureebm:job:{long.id}"
+    store.redis.expire(key, 5)  # the submission's TTL running out under a long job
+    assert store.fail_stalled() == 0 and store.redis.ttl(key) > 60  # the cleaner extends it
+    assert store.mark_ended(long.id)
+    assert store.transition(long.id, JobStatus.running, JobStatus.finished)
+    ended = store.get(long.id)
+    assert ended.expires_at == pytest.approx(ended.finished_at + 60)
+    assert store.redis.ttl(key) > 60  # the key outlives the retention
+    assert store.delete_expired() == 0
+    assert store.delete_expired(now=ended.finished_at + 61) == 1
+    assert store.get(long.id) is None
 
 
 def test_auth_is_required_off_loopback() -> None:

@@ -303,7 +303,7 @@ def purification_plan(
 
 
 def fail(store: JobStore, record: JobRecord, error: str) -> None:
-    store.update(record.id, error=error, finished_at=time.time())
+    store.mark_ended(record.id, error=error)
     store.transition(record.id, record.status, JobStatus.failed)
     log.error("job failed", extra={"job_id": record.id, "error": error})
 
@@ -370,7 +370,7 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     report_path = store.report_path(job_id)
     with atomic_path(report_path) as partial:
         partial.write_text(json.dumps(report))
-    store.update(job_id, finished_at=time.time())
+    store.mark_ended(job_id)
     store.transition(job_id, JobStatus.running, JobStatus.finished)
     seconds = time.perf_counter() - started
     log.info(

@@ -63,6 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         summary="Purify image training data of poisons with energy-based-model Langevin dynamics",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
     app.state.settings = settings
     app.state.redis = redis

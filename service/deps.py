@@ -64,11 +64,22 @@ def get_owner(
     return digest[:16]
 
 
+def get_metrics_access(
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """/metrics answers without a key unless ``public_metrics`` is off."""
+    if not settings.public_metrics:
+        get_owner(settings, authorization, x_api_key)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+MetricsAccessDep = Annotated[None, Depends(get_metrics_access)]
 
 
 def get_submitter(

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # what answers without a key when keys are configured
+    public_metrics: bool = True  # /metrics, for a scraper on a private network; false: a key
+    docs: bool = True  # /docs and /openapi.json; false: not served at all
+
     @model_validator(mode="after")
     def auth_is_required_off_loopback(self) -> Settings:
         self.key_hashes  # noqa: B018 (reads the keys file now: a bad one fails at startup)

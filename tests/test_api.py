@@ -408,6 +408,28 @@ def test_readyz_fails_without_workers(tmp_path: Path, tiny_registry):
         stack.stop()
 
 
+def test_metrics_and_docs_can_be_closed(tmp_path: Path, tiny_registry):
+    """With keys configured, /metrics, /docs and /openapi.json answer without one by
+    default; the settings close them."""
+    stack = Stack(tmp_path, tiny_registry, public_metrics="false", docs="false")
+    try:
+        with stack.client(key=None) as anonymous, stack.client() as keyed:
+            assert anonymous.get("/metrics").status_code == 401
+            assert keyed.get("/metrics").status_code == 200
+            assert keyed.get("/docs").status_code == 404
+            assert keyed.get("/openapi.json").status_code == 404
+    finally:
+        stack.stop()
+    (tmp_path / "open").mkdir()
+    stack = Stack(tmp_path / "open", tiny_registry)
+    try:
+        with stack.client(key=None) as anonymous:
+            assert anonymous.get("/metrics").status_code == 200
+            assert anonymous.get("/openapi.json").status_code == 200
+    finally:
+        stack.stop()
+
+
 def test_concurrent_uploads_cannot_pass_the_active_job_quota(tmp_path: Path, tiny_registry, cifar):
     """40 uploads at once against a quota of 20 (no worker, so every job stays queued):
     exactly 20 are accepted, the rest get 429, and 20 jobs are active."""

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pureebm.registry import RegistryError
-from service.deps import RedisDep, RegistryDep, SettingsDep, StoreDep
+from service.deps import MetricsAccessDep, RedisDep, RegistryDep, SettingsDep, StoreDep
 from service.jobs import BATCH_QUEUE
 
 router = APIRouter(tags=["operations"])
@@ -42,6 +42,6 @@ def readyz(
     return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
+@router.get("/metrics", response_class=Response, responses={401: {}, 403: {}})
+def metrics(request: Request, _: MetricsAccessDep) -> Response:
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

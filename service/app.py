@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = redis
     app.state.store = JobStore(redis, settings)
-    app.state.metrics, requests = build_registry(redis, [SYNC_QUEUE, BATCH_QUEUE])
+    app.state.metrics, requests = build_registry(app.state.store, [SYNC_QUEUE, BATCH_QUEUE])
     problems.install(app)
     for router in (jobs.router, purify.router, models.router, health.router):
         app.include_router(router)

@@ -15,7 +15,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue
+
+from service.jobs import STATES_KEY, JobStore
+from service.schemas import JobStatus
 
 IMAGES_KEY = "pureebm:stats:images"
 SHARD_SECONDS_KEY = "pureebm:stats:shard_seconds"
@@ -38,16 +41,14 @@ def record_shard(redis: Redis, worker: str, images: int, seconds: float) -> None
 
 
 class QueueCollector(Collector):
-    """Jobs by state, images purified, queue depth, shard durations, worker rates."""
+    """Jobs by state, images purified, queue depth, live workers, shard durations,
+    worker rates."""
 
-    def __init__(self, redis: Redis, queue_names: list[str]) -> None:
-        self.redis = redis
+    def __init__(self, store: JobStore, queue_names: list[str]) -> None:
+        self.store, self.redis = store, store.redis
         self.queue_names = queue_names
 
     def collect(self) -> Iterator[Metric]:
-        from service.jobs import STATES_KEY
-        from service.schemas import JobStatus
-
         jobs = GaugeMetricFamily("pureebm_jobs", "Jobs by state", labels=["state"])
         states = [s.decode() for s in self.redis.hvals(STATES_KEY)]
         for state in JobStatus:
@@ -61,13 +62,14 @@ class QueueCollector(Collector):
         )
 
         depth = GaugeMetricFamily("pureebm_queue_depth", "RQ jobs waiting", labels=["queue"])
-        workers = set()
         for name in self.queue_names:
-            queue = Queue(name, connection=self.redis)
-            depth.add_metric([name], queue.count)
-            workers.update(w.name for w in Worker.all(queue=queue))
+            depth.add_metric([name], Queue(name, connection=self.redis).count)
         yield depth
-        yield GaugeMetricFamily("pureebm_workers", "Live workers", value=len(workers))
+        yield GaugeMetricFamily(
+            "pureebm_workers",
+            "Workers whose heartbeat is fresh (as /readyz counts them)",
+            value=self.store.live_workers(),
+        )
 
         raw = {k.decode(): float(v) for k, v in self.redis.hgetall(SHARD_SECONDS_KEY).items()}
         buckets = [(str(b), raw.get(f"le_{b}", 0.0)) for b in BUCKETS]
@@ -91,9 +93,9 @@ class QueueCollector(Collector):
         yield rate
 
 
-def build_registry(redis: Redis, queue_names: list[str]) -> tuple[CollectorRegistry, Counter]:
+def build_registry(store: JobStore, queue_names: list[str]) -> tuple[CollectorRegistry, Counter]:
     registry = CollectorRegistry()
-    registry.register(QueueCollector(redis, queue_names))
+    registry.register(QueueCollector(store, queue_names))
     requests = Counter(
         "pureebm_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
     )

@@ -202,7 +202,8 @@ def test_readiness_and_sync_purify_notice_a_killed_worker_by_its_heartbeat(
     tmp_path, tiny_registry, cifar
 ):
     """kill -9 leaves the worker's registration in Redis for its TTL (17 s here);
-    readiness counts only fresh heartbeats (2 leases = 4 s) and notices sooner."""
+    readiness and the workers gauge count only fresh heartbeats (2 leases = 4 s)
+    and notice sooner."""
     stack = Stack(tmp_path, tiny_registry, worker_lease_s=2)
     try:
         worker = stack.start_worker()
@@ -214,6 +215,7 @@ def test_readiness_and_sync_purify_notice_a_killed_worker_by_its_heartbeat(
                 lambda: client.get("/readyz").status_code == 503, "readiness to drop", timeout=12
             )
             assert client.get("/readyz").json()["checks"]["workers"]["alive"] == 0
+            assert "pureebm_workers 0.0" in client.get("/metrics").text  # so does the gauge
             image = {"files": ("a.png", png(cifar["images"][0]))}
             assert client.post("/v1/purify", files=image).status_code == 503
     finally:

@@ -42,6 +42,9 @@ class Problem(HTTPException):
         self.extra = extra
 
 
+BODY_OVER_LIMIT = "body_over_limit"  # in a request's state once BodyLimit cut its body
+
+
 def problem(
     path: str,
     status: int,
@@ -76,6 +79,9 @@ def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        over_limit = request.scope.get("state", {}).get(BODY_OVER_LIMIT)
+        if over_limit:  # a streamed body cut by BodyLimit, whatever the parser made of it
+            return problem(request.url.path, 413, over_limit)
         return problem(
             request.url.path,
             exc.status_code,

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pureebm.archives import Container, open_container
 from pureebm.images import FormatError, InputTooLarge, UnsafeInput, UnsupportedInput
 from pureebm.shards import write_shard
-from service.problems import Problem, problem
+from service.problems import BODY_OVER_LIMIT, Problem, problem
 from service.settings import Settings
 
 UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")  # control characters and path separators
@@ -42,6 +42,8 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:  # raised inside the route, so the handlers answer 413
+                # the multipart parser turns errors into its own 400: the flag tells them apart
+                scope.setdefault("state", {})[BODY_OVER_LIMIT] = detail
                 raise Problem(413, detail)
             return message
 

@@ -540,3 +540,29 @@ def test_file_names_come_back_as_sent_or_are_refused(stack, cifar):
         assert archive.namelist() == list(images)
     with pytest.raises(UnsafeInput):  # httpx percent-encodes these; other clients may not
         sent_filename("a\x01.png", "x")
+
+
+def test_a_chunked_upload_over_the_limit_is_413_like_a_declared_one(stack, cifar):
+    """No Content-Length: the body is cut while it streams, and the answer is still 413."""
+    boundary = "pureebm-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="archive"; filename="a.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
+
+    def body():
+        yield head
+        for _ in range(12):  # 6 MB against the stack's 5 MB
+            yield bytes(500_000)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with stack.client() as client:
+        folders = stack.job_folders()
+        answer = client.post(
+            "/v1/jobs",
+            content=body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert answer.status_code == 413, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+    assert stack.job_folders() == folders

@@ -155,10 +155,11 @@ class Container:
                     f"member {member.name!r} is over {limits.max_member_bytes} bytes"
                 )
         total = sum(m.size for m in self.members)
-        if total > limits.max_total_bytes:
-            raise InputTooLarge(f"{total} bytes uncompressed is over {limits.max_total_bytes}")
-        if compressed_bytes and total > limits.max_ratio * max(compressed_bytes, 1 << 16):
-            raise InputTooLarge(f"compression ratio over {limits.max_ratio}: a zip bomb?")
+        if total > limits.max_uncompressed(compressed_bytes or None):
+            raise InputTooLarge(
+                f"{total} bytes uncompressed is over the size or compression-ratio limit "
+                f"({limits.max_total_bytes} bytes, {limits.max_ratio:g}x): a zip bomb?"
+            )
         if not self.image_names():
             raise UnsupportedInput("the container holds no images")
 
@@ -342,9 +343,7 @@ class TarContainer(Archive[tarfile.TarFile]):
         total = 0
         seen: set[str] = set()
         # checked at each header, before the member's data is decompressed to skip it
-        max_total = limits.max_total_bytes
-        if self.compression:
-            max_total = min(max_total, int(limits.max_ratio * max(path.stat().st_size, 1 << 16)))
+        max_total = limits.max_uncompressed(path.stat().st_size if self.compression else None)
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
                 check_member_name(info.name)
@@ -460,11 +459,9 @@ class NpzContainer(Container):
             infos = archive.infolist()
             self.compressed = any(i.compress_type != zipfile.ZIP_STORED for i in infos)
             total = sum(i.file_size for i in infos)
-        if total > limits.max_total_bytes or total > limits.max_ratio * max(
-            path.stat().st_size, 1 << 16
-        ):
+        if total > limits.max_uncompressed(path.stat().st_size):
             raise InputTooLarge(
-                f"npz of {total} bytes uncompressed is over the size or ratio limit"
+                f"npz of {total} bytes uncompressed is over the size or compression-ratio limit"
             )
         check_npy_headers(path, limits)
         try:

@@ -61,6 +61,13 @@ class Limits:
     max_total_bytes: int = 16 << 30  # uncompressed, all members together
     max_ratio: float = 250.0  # uncompressed / compressed, for compressed containers
 
+    def max_uncompressed(self, compressed_bytes: int | None) -> int:
+        """The most a container of ``compressed_bytes`` may unpack to: the total limit,
+        and for a compressed one max_ratio times its size (at least 64 KiB of it)."""
+        if compressed_bytes is None:
+            return self.max_total_bytes
+        return min(self.max_total_bytes, int(self.max_ratio * max(compressed_bytes, 1 << 16)))
+
 
 @dataclass
 class Picture:

@@ -256,6 +256,11 @@ def test_serve_restarts_its_killed_worker_then_gives_up_visibly(tmp_path, tiny_r
         # really down before the job comes: a dying worker's connection could still
         # take it off the queue, and RQ returns such a job only after a minute
         Stack.wait_for(lambda: first not in worker_pids(serve.pid), "the worker to die", 30)
+        # and its replacement spawned (it takes seconds to listen): the job still comes
+        # while no worker listens, but well after Valkey dropped the dead connection
+        Stack.wait_for(
+            lambda: log_path.read_text().count('"worker started"') >= 2, "a replacement", 30
+        )
         with httpx.Client(base_url=url, timeout=60) as client:
             job_id = submit_zip(client, cifar_members(cifar, 4), steps=2)
             Stack.wait_for(

@@ -197,3 +197,14 @@ def check_every_image_once(result: bytes, members: dict[str, bytes]) -> None:
             before = np.asarray(Image.open(io.BytesIO(members[name])))
             after = np.asarray(Image.open(io.BytesIO(archive.read(name))))
             assert after.shape == before.shape and not np.array_equal(after, before)
+
+
+def pureebm_cli(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run `python -m pureebm ARGS` as a user would; its stdout, once it exits 0."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pureebm", *args], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from pureebm.noise import ImageNoise, derived_seed
 from pureebm.params import DiffusionSchedule, LangevinOverrides, LangevinParams
 from pureebm.pipeline import Reps, purify_pictures
 from pureebm.registry import Registry, RegistryError
-from tests.stack import KEY_A, Stack, png, zip_bytes
+from tests.stack import KEY_A, Stack, png, pureebm_cli, zip_bytes
 
 SCHEDULE = DiffusionSchedule()
 
@@ -220,75 +218,51 @@ def test_a_ddpm_job_runs_through_the_service_the_client_and_the_cli(
             job = client.purify(source, tmp_path / "api.zip", model="tiny-ddpm", steps=6, seed=3)
             assert job["status"] == "finished" and job["params"]["model"] == "tiny-ddpm:1"
             report = client.report(job["id"])
-        reps_submit = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pureebm",
-                "submit",
-                str(source),
-                "-o",
-                str(tmp_path / "reps-api.zip"),
-                "--url",
-                stack.url,
-                "--api-key",
-                KEY_A,
-                "--model",
-                "tiny",
-                *REPS_OPTIONS,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert reps_submit.returncode == 0, reps_submit.stderr
-        assert "purified 8 of 8 images" in reps_submit.stdout
-    finally:
-        stack.stop()
-    reps_cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pureebm",
-            "purify",
+        stdout = pureebm_cli(
+            "submit",
             str(source),
             "-o",
-            str(tmp_path / "reps-cli.zip"),
+            str(tmp_path / "reps-api.zip"),
+            "--url",
+            stack.url,
+            "--api-key",
+            KEY_A,
             "--model",
             "tiny",
-            "--registry",
-            str(both_registry),
-            "--device",
-            "cpu",
             *REPS_OPTIONS,
-        ],
-        capture_output=True,
-        text=True,
+        )
+        assert "purified 8 of 8 images" in stdout
+    finally:
+        stack.stop()
+    pureebm_cli(
+        "purify",
+        str(source),
+        "-o",
+        str(tmp_path / "reps-cli.zip"),
+        "--model",
+        "tiny",
+        "--registry",
+        str(both_registry),
+        "--device",
+        "cpu",
+        *REPS_OPTIONS,
     )
-    assert reps_cli.returncode == 0, reps_cli.stderr
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pureebm",
-            "purify",
-            str(source),
-            "-o",
-            str(tmp_path / "cli.zip"),
-            "--model",
-            "tiny-ddpm",
-            "--registry",
-            str(both_registry),
-            "--steps",
-            "6",
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
+    pureebm_cli(
+        "purify",
+        str(source),
+        "-o",
+        str(tmp_path / "cli.zip"),
+        "--model",
+        "tiny-ddpm",
+        "--registry",
+        str(both_registry),
+        "--steps",
+        "6",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
     )
-    assert cli.returncode == 0, cli.stderr
     pictures = [
         (n, Picture(np.asarray(Image.open(io.BytesIO(members[n]))), None, "RGB", "PNG"))
         for n in members

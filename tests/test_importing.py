@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from pureebm.client import PureEBMClient
 from pureebm.importing import ImportRefused, import_folder
 from pureebm.registry import Registry
 from tests.conftest import TINY_UNET
-from tests.stack import KEY_A, Stack, png, zip_bytes
+from tests.stack import KEY_A, Stack, png, pureebm_cli, zip_bytes
 
 pytest.importorskip("diffusers")
 
@@ -195,51 +193,36 @@ def test_imported_entries_purify_through_the_cli_and_the_service(tmp_path, cifar
     unet_folder(tmp_path / "ddpm-download")
     registry = tmp_path / "registry"
     for source, name in (("ebm-download", "paper-ebm"), ("ddpm-download", "paper-ddpm")):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pureebm",
-                "import",
-                str(tmp_path / source),
-                "--name",
-                name,
-                "--registry",
-                str(registry),
-            ],
-            capture_output=True,
-            text=True,
+        stdout = pureebm_cli(
+            "import",
+            str(tmp_path / source),
+            "--name",
+            name,
+            "--registry",
+            str(registry),
         )
-        assert done.returncode == 0 and f"registered {name}:1" in done.stdout, done.stderr
+        assert f"registered {name}:1" in stdout
     source = tmp_path / "data.zip"
     source.write_bytes(zip_bytes({f"{i}.png": png(cifar["images"][i]) for i in range(3)}))
     outputs = {}
     for name, steps in (("paper-ebm", "3"), ("paper-ddpm", "5")):
         dst = tmp_path / f"{name}.cli.zip"
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pureebm",
-                "purify",
-                str(source),
-                "-o",
-                str(dst),
-                "--model",
-                name,
-                "--registry",
-                str(registry),
-                "--steps",
-                steps,
-                "--seed",
-                "1",
-                "--device",
-                "cpu",
-            ],
-            capture_output=True,
-            text=True,
+        pureebm_cli(
+            "purify",
+            str(source),
+            "-o",
+            str(dst),
+            "--model",
+            name,
+            "--registry",
+            str(registry),
+            "--steps",
+            steps,
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
         )
-        assert done.returncode == 0, done.stderr
         outputs[name] = dst
     (tmp_path / "stack").mkdir()
     stack = Stack(tmp_path / "stack", registry, default_model="paper-ebm")

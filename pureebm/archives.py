@@ -6,6 +6,12 @@ order and refuses anything unsafe or oversized (README: HTTP API errors). Writin
 back reproduces the container, the member paths and their order, swaps each
 image for its purified pixels (images.py encodes them), and copies every other
 member byte for byte, and every image left unpurified (an energy filter's).
+
+A member is an image by its content, not its name (``member_kind``): a PNG named
+``x.png.bak`` or without an extension is purified like ``x.png``. Content that
+would otherwise pass through unpurified is refused, naming the member: an image
+in a format the engine does not decode (GIF, PPM, ...), an archive inside the
+archive, an npy array of images, a file named as an image that is not one.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Generic, Literal, TypeVar
+from typing import IO, Generic, Literal, TypeVar
 
 import numpy as np
 
 from pureebm.images import (
+    SNIFF_BYTES,
+    SUPPORTED_FORMATS,
     InputTooLarge,
     Limits,
     Picture,
@@ -36,6 +44,7 @@ from pureebm.images import (
     encode_image,
     image_format_of,
     restore_mode,
+    sniff_format,
 )
 
 Kind = Literal["image", "folder", "zip", "tar", "npz"]
@@ -98,6 +107,83 @@ def encoded_images(members: list[Member], purified: Lookup) -> Iterator[bytes | 
     left as it was sent, encoded in the codec pool ahead of the writer."""
     pictures = (purified(m.name) for m in members if m.kind == "image")
     return ordered_map(encode_or_keep, pictures, picture_bytes)
+
+
+ARCHIVE_SIGNATURES: list[tuple[str, int, bytes]] = [
+    ("zip", 0, b"PK\x03\x04"),
+    ("zip", 0, b"PK\x05\x06"),
+    ("gzip", 0, b"\x1f\x8b\x08"),
+    ("xz", 0, b"\xfd7zXZ\x00"),
+    ("7z", 0, b"7z\xbc\xaf\x27\x1c"),
+    ("rar", 0, b"Rar!\x1a\x07"),
+    ("zstd", 0, b"\x28\xb5\x2f\xfd"),
+    ("tar", 257, b"ustar"),
+]
+
+
+def archive_format(head: bytes) -> str | None:
+    """The archive or compressed stream a file starting with ``head`` holds, or None."""
+    for name, offset, magic in ARCHIVE_SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] == b"1AY&SY":
+        return "bzip2"
+    return None
+
+
+def image_shaped(dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+    """An array that can only be images: uint8 N x H x W x C with C in 1, 3, 4."""
+    return dtype == np.uint8 and len(shape) == 4 and shape[3] in (1, 3, 4)
+
+
+def read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an npy file declares, read from its header alone."""
+    version = np.lib.format.read_magic(f)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, _, dtype = read_header(f)
+    return shape, dtype
+
+
+def npy_header(head: bytes) -> tuple[tuple[int, ...], np.dtype] | None:
+    """The header of an npy file starting with ``head``, or None (not one, or a header
+    longer than ``head``)."""
+    if not head.startswith(b"\x93NUMPY"):
+        return None
+    try:
+        return read_npy_header(io.BytesIO(head))
+    except (ValueError, EOFError):
+        return None
+
+
+def member_kind(name: str, head: bytes) -> Literal["image", "file"]:
+    """What a container's file member is, from its first SNIFF_BYTES: an image to
+    purify, or a file to pass through unchanged (labels, json, csv, ...). Raises
+    UnsupportedInput for content that holds images the engine would not purify."""
+    image_format = sniff_format(head)
+    if image_format in SUPPORTED_FORMATS:
+        return "image"
+    if image_format is not None:
+        raise UnsupportedInput(
+            f"member {name!r} is a {image_format} image, which is not supported "
+            f"(PNG, JPEG, BMP, WebP, TIFF): convert it, or leave it out"
+        )
+    if (archive := archive_format(head)) is not None:
+        raise UnsupportedInput(
+            f"member {name!r} is a {archive} archive inside the archive, whose images "
+            "would not be purified: unpack it into the outer archive"
+        )
+    if (header := npy_header(head)) is not None and image_shaped(header[1], header[0]):
+        raise UnsupportedInput(
+            f"member {name!r} is an npy array of images {header[0]}: send it as an npz "
+            "with an 'images' array"
+        )
+    if image_format_of(name):
+        raise UnsupportedInput(f"member {name!r} is named as an image but does not hold one")
+    return "file"
 
 
 def check_member_name(name: str) -> str:
@@ -201,7 +287,8 @@ class Folder(Container):
                 if full.is_dir():
                     self.members.append(Member(name, "dir", 0))
                 else:
-                    kind = "image" if image_format_of(name) else "file"
+                    with full.open("rb") as f:
+                        kind = member_kind(name, f.read(SNIFF_BYTES))
                     self.members.append(Member(name, kind, full.stat().st_size))
             if len(self.members) > limits.max_members:
                 break
@@ -275,10 +362,15 @@ class ZipContainer(Archive[zipfile.ZipFile]):
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path, self.limits = path, limits
         with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
+            self.members = self.list_members(archive, limits)
+        self.check_totals(limits, compressed_bytes=path.stat().st_size)
+
+    @staticmethod
+    def list_members(archive: zipfile.ZipFile, limits: Limits) -> list[Member]:
+        infos = archive.infolist()
         if len(infos) > limits.max_members:
             raise InputTooLarge(f"{len(infos)} members is over the {limits.max_members} limit")
-        self.members = []
+        members = []
         seen: set[str] = set()
         for info in infos:
             check_member_name(info.filename)
@@ -294,9 +386,17 @@ class ZipContainer(Archive[zipfile.ZipFile]):
                     f"{info.filename!r} uses an unsupported compression method "
                     f"({info.compress_type})"
                 )
-            kind = "dir" if info.is_dir() else "image" if image_format_of(info.filename) else "file"
-            self.members.append(Member(info.filename, kind, info.file_size))
-        self.check_totals(limits, compressed_bytes=path.stat().st_size)
+            if info.is_dir():
+                members.append(Member(info.filename, "dir", 0))
+                continue
+            try:
+                with archive.open(info) as f:
+                    head = f.read(SNIFF_BYTES)
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as e:
+                raise UnsupportedInput(f"corrupt zip member {info.filename!r}: {e}") from e
+            kind = member_kind(info.filename, head)
+            members.append(Member(info.filename, kind, info.file_size))
+        return members
 
     def open_reader(self) -> zipfile.ZipFile:
         return zipfile.ZipFile(self.path)
@@ -358,7 +458,10 @@ class TarContainer(Archive[tarfile.TarFile]):
                     raise InputTooLarge(
                         "the archive is over its member-count, size or compression-ratio limit"
                     )
-                kind = "dir" if info.isdir() else "image" if image_format_of(info.name) else "file"
+                if info.isdir():
+                    self.members.append(Member(info.name, "dir", 0))
+                    continue
+                kind = member_kind(info.name, read_tar_member(archive, info, SNIFF_BYTES))
                 self.members.append(Member(info.name, kind, info.size))
                 if kind == "image":
                     self.images[info.name] = info
@@ -375,11 +478,11 @@ class TarContainer(Archive[tarfile.TarFile]):
         mode = f"w:{self.compression}" if self.compression else "w"
         with tarfile.open(self.path, "r:*") as src, tarfile.open(dst, mode) as out:
             encoded = encoded_images(self.members, purified)
-            for info in src:
+            for info, member in zip(src, self.members, strict=True):
                 if info.isdir():
                     out.addfile(info)
                     continue
-                data = next(encoded) if image_format_of(info.name) else None
+                data = next(encoded) if member.kind == "image" else None
                 if data is None:
                     data = read_tar_member(src, info)
                 else:
@@ -398,14 +501,18 @@ def tar_compression(path: Path) -> str | None:
     return None
 
 
-def read_tar_member(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+def read_tar_member(
+    archive: tarfile.TarFile, info: tarfile.TarInfo, limit: int | None = None
+) -> bytes:
+    """A member's bytes, or its first ``limit`` bytes."""
+    expected = info.size if limit is None else min(limit, info.size)
     try:
         f = archive.extractfile(info)
         assert f is not None
-        data = f.read()
+        data = f.read(expected)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UnsupportedInput(f"corrupt tar member {info.name!r}: {e}") from e
-    if len(data) != info.size:
+    if len(data) != expected:
         raise UnsupportedInput(f"truncated tar member {info.name!r}")
     return data
 
@@ -427,13 +534,7 @@ def check_npy_headers(path: Path, limits: Limits) -> None:
                 continue
             try:
                 with archive.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    read_header = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, _, dtype = read_header(f)
+                    shape, dtype = read_npy_header(f)
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
                 raise UnsupportedInput(f"unreadable npz member {info.filename}: {e}") from e
             declared = math.prod(shape) * dtype.itemsize
@@ -481,6 +582,12 @@ class NpzContainer(Container):
                 "'images' must be uint8 NHW or NHWC with C in 1, 3, 4; "
                 f"got {images.dtype} {images.shape}"
             )
+        for key, array in self.arrays.items():
+            if key != "images" and image_shaped(array.dtype, array.shape):
+                raise UnsupportedInput(
+                    f"npz array {key!r} {array.shape} holds images, which would pass through "
+                    "unpurified: send one array of images, 'images', per npz"
+                )
         if images.shape[1] * images.shape[2] > limits.max_pixels:
             raise InputTooLarge("npz images are over the pixel limit")
         if 0 in images.shape[1:]:
@@ -542,12 +649,8 @@ def detect_kind(path: Path) -> Kind:
         return "zip"
     if tar_compression(path) or (len(head) >= 262 and head[257:262] == b"ustar"):
         return "tar"
-    if (
-        image_format_of(path.name)
-        or head[:4] in (b"\x89PNG", b"RIFF")
-        or head[:2] in (b"\xff\xd8", b"BM", b"II", b"MM")
-    ):
-        return "image"
+    if sniff_format(head) or image_format_of(path.name):
+        return "image"  # decoding refuses the formats it does not support, by name
     raise UnsupportedInput("not an image or a supported archive (zip, tar, tar.gz, npz)")
 
 

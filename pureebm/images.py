@@ -1,9 +1,14 @@
-"""Images: decoding to what the model sees, and encoding purified pixels back.
+"""Images: recognising them by content, decoding to what the model sees, and
+encoding purified pixels back.
 
-The model sees 8-bit RGB. Grayscale, bilevel, palette, CMYK and 16-bit images
-are converted to it and back (grayscale via ITU-R 601 luma, 16-bit by x257,
-palette images return as RGB); an alpha channel is kept aside and re-attached
-unchanged. The errors and limits here are shared with archives.py: each error
+The model sees 8-bit RGB. Grayscale, bilevel, palette, CMYK, 16-bit and 32-bit
+integer images are converted to it and back to their own mode (grayscale via
+ITU-R 601 luma, 16-bit by x257, palette images return as RGB); an alpha channel
+is kept aside and re-attached unchanged, and so are the EXIF block (its
+orientation tag included: the pixels are purified as stored) and the ICC
+profile. What cannot come back as it was sent is refused instead of changed:
+animations and multi-page files, 16-bit colour, floating point, integers past
+16 bits. The errors and limits here are shared with archives.py: each error
 carries the HTTP status it maps to.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -26,7 +32,40 @@ IMAGE_FORMATS = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
 }
-SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+SUPPORTED_FORMATS = set(IMAGE_FORMATS.values())
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}  # "I" (32-bit) holding values below 2^16
+KEPT_INFO = ("exif", "icc_profile")  # metadata blocks written back as sent (Picture fields)
+SNIFF_BYTES = 512  # a file's first bytes, enough for every signature below
+# magic numbers of raster formats (offset, bytes): the supported ones are purified; any
+# other is refused rather than passed through unpurified.
+SIGNATURES: list[tuple[str, int, bytes]] = [
+    ("PNG", 0, b"\x89PNG\r\n\x1a\n"),
+    ("JPEG", 0, b"\xff\xd8\xff"),
+    ("TIFF", 0, b"II*\x00"),
+    ("TIFF", 0, b"MM\x00*"),
+    ("BigTIFF", 0, b"II+\x00"),
+    ("BigTIFF", 0, b"MM\x00+"),
+    ("GIF", 0, b"GIF87a"),
+    ("GIF", 0, b"GIF89a"),
+    ("JPEG 2000", 0, b"\x00\x00\x00\x0cjP  \r\n\x87\n"),
+    ("JPEG 2000", 0, b"\xffO\xffQ"),
+    ("JPEG XL", 0, b"\xff\x0a"),
+    ("JPEG XL", 0, b"\x00\x00\x00\x0cJXL \r\n\x87\n"),
+    ("HEIF/AVIF", 4, b"ftypheic"),
+    ("HEIF/AVIF", 4, b"ftypheix"),
+    ("HEIF/AVIF", 4, b"ftypmif1"),
+    ("HEIF/AVIF", 4, b"ftypavif"),
+    ("Photoshop", 0, b"8BPS"),
+    ("QOI", 0, b"qoif"),
+    ("OpenEXR", 0, b"v/1\x01"),
+    ("DDS", 0, b"DDS "),
+    ("ICNS", 0, b"icns"),
+    ("Radiance HDR", 0, b"#?RADIANCE"),
+    ("FITS", 0, b"SIMPLE  ="),
+    ("DICOM", 128, b"DICM"),
+]
+NETPBM = re.compile(rb"P[1-7]\s+(#|\d)")  # PBM, PGM, PPM, PAM: "P6 32 32 255"
+BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # the DIB header sizes a BMP declares
 
 
 class FormatError(ValueError):
@@ -77,6 +116,8 @@ class Picture:
     alpha: np.ndarray | None  # H x W, uint8, re-attached unchanged
     mode: str  # the original Pillow mode (or "L"/"RGB"/"RGBA" for npz rows)
     format: str  # PNG, JPEG, ... ("NPZ" for npz rows)
+    exif: bytes = b""  # written back as sent
+    icc_profile: bytes = b""
 
     def with_pixels(self, rgb: np.ndarray) -> Picture:
         """The same picture (mode, alpha, format) holding other RGB pixels."""
@@ -96,11 +137,21 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
         raise InputTooLarge(f"declared size is a decompression bomb: {e}") from e
     except (UnidentifiedImageError, OSError) as e:
         raise UnsupportedInput("not a readable image") from e
-    if image.format not in set(IMAGE_FORMATS.values()):
+    if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedInput(f"unsupported image format {image.format}")
     width, height = image.size
     if width * height > limits.max_pixels:
         raise InputTooLarge(f"{width}x{height} pixels is over the {limits.max_pixels} limit")
+    if getattr(image, "n_frames", 1) > 1:
+        raise UnsupportedInput(
+            f"an animated or multi-page {image.format} ({image.n_frames} frames) would come "
+            "back as its first frame: send each frame as an image"
+        )
+    if image.mode in ("RGB", "RGBA") and any(";16" in str(tile.args) for tile in image.tile):
+        raise UnsupportedInput(
+            f"a 16-bit colour {image.format} would come back 8-bit (only 16-bit grayscale "
+            "is kept at 16 bits): send it as 8-bit colour"
+        )
     try:
         image.load()
     except Image.DecompressionBombError as e:
@@ -112,10 +163,16 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
 
 def picture_from_pil(image: Image.Image, image_format: str) -> Picture:
     mode, alpha = image.mode, None
+    kept = {key: image.info.get(key) or b"" for key in KEPT_INFO}
     if mode in SIXTEEN_BIT_MODES:
         wide = np.asarray(image, dtype=np.float64)
-        gray = np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
-        return Picture(np.repeat(gray[..., None], 3, axis=2), None, mode, image_format)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise UnsupportedInput(
+                "a 32-bit integer image with values outside 0 to 65535 would be clipped: "
+                "send it at 16 bits"
+            )
+        gray = np.round(wide / 257.0).astype(np.uint8)
+        return Picture(np.repeat(gray[..., None], 3, axis=2), None, mode, image_format, **kept)
     if mode == "F":
         raise UnsupportedInput("floating-point images are not supported")
     if mode in ("P", "PA"):
@@ -123,29 +180,39 @@ def picture_from_pil(image: Image.Image, image_format: str) -> Picture:
     if image.mode in ("RGBA", "LA", "La", "RGBa"):
         alpha = np.asarray(image.getchannel("A")).copy()
     rgb = np.asarray(image.convert("RGB")).copy()
-    return Picture(rgb, alpha, mode, image_format)
+    return Picture(rgb, alpha, mode, image_format, **kept)
 
 
-def restore_mode(picture: Picture) -> Image.Image:
-    """The picture's RGB pixels back in its original mode, alpha re-attached."""
+def restore_mode(picture: Picture, image_format: str | None = None) -> Image.Image:
+    """The picture's RGB pixels back in its original mode, alpha re-attached; CMYK
+    only where ``image_format`` (default: the original's) holds it."""
     image = Image.fromarray(picture.rgb)
     mode = picture.mode
     if mode in SIXTEEN_BIT_MODES:
         gray = np.asarray(image.convert("L"), dtype=np.uint16) * 257
-        return Image.fromarray(gray)  # uint16 -> mode I;16
-    if mode in ("L", "LA", "1", "La"):
+        return Image.fromarray(gray.astype(np.int32) if mode == "I" else gray)
+    if mode == "1":
+        return image.convert("L").convert("1", dither=Image.Dither.NONE)
+    if mode in ("L", "LA", "La"):
         image = image.convert("L")
-    elif mode == "CMYK" and picture.format in ("JPEG", "TIFF"):
+    elif mode == "CMYK" and (image_format or picture.format) in ("JPEG", "TIFF"):
         return image.convert("CMYK")
     if picture.alpha is not None:
         image.putalpha(Image.fromarray(picture.alpha))
     return image
 
 
+def lossless_format(mode: str) -> str:
+    """The lossless format a single image's result is written in: PNG, or TIFF for
+    the modes PNG cannot hold (CMYK, 32-bit integer)."""
+    return "TIFF" if mode in ("CMYK", "I") else "PNG"
+
+
 def encode_image(picture: Picture, image_format: str | None = None) -> bytes:
-    """Encode a picture like its original (same format unless one is given)."""
-    image = restore_mode(picture)
+    """Encode a picture like its original (same format unless one is given), with
+    its EXIF block and ICC profile."""
     image_format = image_format or picture.format
+    image = restore_mode(picture, image_format)
     options: dict[str, object] = {}
     if image_format == "JPEG":
         options = {"quality": 95, "subsampling": 0}
@@ -153,9 +220,26 @@ def encode_image(picture: Picture, image_format: str | None = None) -> bytes:
             image = image.convert(image.mode[:-1])
     elif image_format == "WEBP":
         options = {"lossless": True}
+    if image_format != "BMP":
+        options |= {key: value for key in KEPT_INFO if (value := getattr(picture, key))}
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **options)
     return buffer.getvalue()
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The raster format a file starting with ``head`` (its first SNIFF_BYTES) holds,
+    from its magic number, whatever its name: "PNG", "GIF", ...; None if none."""
+    for image_format, offset, magic in SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return image_format
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in BMP_HEADER_SIZES:
+        return "BMP"
+    if NETPBM.match(head):
+        return "Netpbm"
+    return None
 
 
 def image_format_of(name: str) -> str | None:

@@ -6,8 +6,9 @@ A shard file is an uncompressed (stored) zip written member by member:
   bytes (H x W) if it has one, back to back, streamed as images come;
 - then small ``.npy`` arrays: ``names``, ``shapes`` (N x 2), ``offsets`` (where
   each image's bytes start, plus the end), ``has_alpha``, ``modes``, ``formats``,
-  ``energy_before`` and ``energy_after``: what is needed to encode each image like
-  its original without decoding the original again.
+  ``energy_before``, ``energy_after``, and ``kept`` with ``kept_offsets`` (each
+  image's EXIF block and ICC profile, back to back): what is needed to encode
+  each image like its original without decoding the original again.
 
 A stored zip member is contiguous in the file, so a reader maps ``pixels.bin``
 into memory once and each image is a view into it (no copy, no per-image member).
@@ -33,7 +34,7 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from pureebm.atomic import atomic_path
-from pureebm.images import Picture
+from pureebm.images import KEPT_INFO, Picture
 
 if TYPE_CHECKING:  # the pipeline writes shards; shards only need the type
     from pureebm.pipeline import PurifiedImage
@@ -60,6 +61,7 @@ class ShardWriter:
         self.offsets, self.has_alpha = [0], []
         self.modes: list[str] = []
         self.formats: list[str] = []
+        self.kept: list[bytes] = []  # per image, KEPT_INFO's blocks in order
 
     def add(self, image: PurifiedImage) -> None:
         self.add_picture(image.name, image.picture, image.energy_before, image.energy_after)
@@ -82,6 +84,7 @@ class ShardWriter:
         self.energies.append(Energy(name, energy_before, energy_after))
         self.modes.append(picture.mode)
         self.formats.append(picture.format)
+        self.kept.extend(getattr(picture, key) for key in KEPT_INFO)
 
     @property
     def pixel_bytes(self) -> int:
@@ -104,6 +107,9 @@ class ShardWriter:
         self.write_array("formats", np.array(self.formats, dtype=str))
         self.write_array("energy_before", np.array(before, np.float32))
         self.write_array("energy_after", np.array(after, np.float32))
+        sizes = [len(block) for block in self.kept]
+        self.write_array("kept", np.frombuffer(b"".join(self.kept), np.uint8))
+        self.write_array("kept_offsets", np.cumsum([0, *sizes], dtype=np.int64))
 
 
 @contextlib.contextmanager
@@ -201,6 +207,7 @@ class OpenShard:
                 [str(m) for m in npz["modes"]],
                 [str(f) for f in npz["formats"]],
             )
+            self.kept, self.kept_offsets = npz["kept"], npz["kept_offsets"]
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo(PIXELS)
         with path.open("rb") as f:
@@ -226,7 +233,11 @@ class OpenShard:
         alpha = None
         if self.has_alpha[i]:
             alpha = self.pixels[rgb_end : self.offsets[i + 1]].reshape(height, width)
-        return Picture(rgb, alpha, self.modes[i], self.formats[i])
+        kept = {}
+        for k, key in enumerate(KEPT_INFO):
+            block = i * len(KEPT_INFO) + k
+            kept[key] = self.kept[self.kept_offsets[block] : self.kept_offsets[block + 1]].tobytes()
+        return Picture(rgb, alpha, self.modes[i], self.formats[i], **kept)
 
 
 def cut_shards(pixels: list[int], max_images: int, max_pixels: int) -> list[int]:

@@ -113,6 +113,7 @@ ENDED_RQ_STATES = (RQStatus.FINISHED, RQStatus.FAILED, RQStatus.CANCELED, RQStat
 
 MEDIA_TYPES = {
     ".png": "image/png",
+    ".tif": "image/tiff",
     ".zip": "application/zip",
     ".tar": "application/x-tar",
     ".gz": "application/gzip",

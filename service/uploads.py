@@ -12,7 +12,13 @@ from fastapi import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pureebm.archives import Container, open_container
-from pureebm.images import FormatError, InputTooLarge, UnsafeInput, UnsupportedInput
+from pureebm.images import (
+    FormatError,
+    InputTooLarge,
+    UnsafeInput,
+    UnsupportedInput,
+    lossless_format,
+)
 from pureebm.shards import write_shard
 from service.problems import BODY_OVER_LIMIT, Problem, problem
 from service.settings import Settings
@@ -81,9 +87,11 @@ def copy_upload(upload: UploadFile, dest: Path) -> int:
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip", ".npz")
 
 
-def result_name(kind: str, input_name: str) -> str:
+def result_name(kind: str, input_name: str, mode: str) -> str:
+    """The result's file name; a single image (of Pillow ``mode``) comes back lossless."""
     if kind == "image":
-        return f"{PurePath(input_name).stem}.purified.png"
+        suffix = ".tif" if lossless_format(mode) == "TIFF" else ".png"
+        return f"{PurePath(input_name).stem}.purified{suffix}"
     if kind == "files":
         return "purified.zip"
     lower = input_name.lower()
@@ -94,16 +102,16 @@ def result_name(kind: str, input_name: str) -> str:
 
 def validate_images(
     container: Container, max_job_pixels: int, decoded: Path, max_decoded_bytes: int
-) -> list[int]:
+) -> tuple[list[int], list[str]]:
     """Decode every image once so a bad one is refused now, not in a worker, and
     refuse a job whose images add up to more than ``max_job_pixels``. Returns each
-    image's pixel count, in container order.
+    image's pixel count and Pillow mode, in container order.
 
     The decoded images are kept for the workers in ``decoded`` (a shard file, read
     back through a memory map) while they fit in ``max_decoded_bytes``, so each
     image is decoded once per job; workers decode the ones after that again.
     """
-    names, pixels, total = container.image_names(), [], 0
+    names, pixels, modes, total = container.image_names(), [], [], 0
     pictures = container.iter_images()
     caching = True  # the kept images are a prefix: positions 0 .. len(kept) - 1
     with write_shard(decoded) as kept:
@@ -113,9 +121,10 @@ def validate_images(
             except FormatError as e:
                 raise type(e)(f"{names[len(pixels)]}: {e}") from e
             if item is None:
-                return pixels
+                return pixels, modes
             name, picture = item
             pixels.append(picture.rgb.shape[0] * picture.rgb.shape[1])
+            modes.append(picture.mode)
             total += pixels[-1]
             if total > max_job_pixels:
                 raise InputTooLarge(
@@ -171,5 +180,5 @@ def prepare_input(
         kind, name = "files", "files"
     # an npz holds raw pixels already, which workers load whole: keeping them is no gain
     keep_bytes = 0 if container.kind == "npz" else settings.max_decoded_bytes
-    pixels = validate_images(container, settings.max_job_pixels, decoded, keep_bytes)
-    return PreparedInput(kind, stored, name, size, result_name(kind, name), pixels)
+    pixels, modes = validate_images(container, settings.max_job_pixels, decoded, keep_bytes)
+    return PreparedInput(kind, stored, name, size, result_name(kind, name, modes[0]), pixels)

@@ -17,7 +17,7 @@ from pureebm.images import Picture, UnsafeInput
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 from service.uploads import sent_filename
-from tests.stack import KEY_A, KEY_B, Stack, bomb_png, png, zip_bytes
+from tests.stack import KEY_A, KEY_B, Stack, bomb_png, png, submit_zip, zip_bytes
 
 LIMITS = {
     "max_files": 20,
@@ -287,6 +287,9 @@ REFUSED = {
     "drift past its bound": (422, {"files": ("a.png", "OK")}, {"tau": "1e-320"}),
     "npz of empty images": (415, {"archive": ("a.npz", "EMPTY_NPZ")}, {}),
     "npz declaring 1e8 images": (413, {"archive": ("a.npz", "LYING_NPZ")}, {}),
+    "a GIF inside a zip": (415, {"archive": ("a.zip", "GIF_IN_ZIP")}, {}),
+    "a zip inside a zip": (415, {"archive": ("a.zip", "NESTED_ZIP")}, {}),
+    "an animated PNG": (415, {"files": ("a.png", "APNG")}, {}),
     "two archives": (400, "TWO_ARCHIVES", {}),
     "both fields": (400, "BOTH", {}),
 }
@@ -334,6 +337,16 @@ def materialise(spec, cifar):
             data = lying_npz()
         elif data == "DECLARED":
             data = bomb_png()
+        elif data in ("GIF_IN_ZIP", "NESTED_ZIP"):
+            inner = png(cifar["images"][1], fmt="GIF")
+            if data == "NESTED_ZIP":
+                inner = zip_bytes({"b.png": png(cifar["images"][1])})
+            data = zip_bytes({"a.png": png(cifar["images"][0]), "b": inner})
+        elif data == "APNG":
+            frames = [Image.fromarray(cifar["images"][i]) for i in range(2)]
+            buffer = io.BytesIO()
+            frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
+            data = buffer.getvalue()
         elif data == "DUPLICATE":
             data = tar_bytes(
                 [("same.png", png(cifar["images"][0])), ("same.png", png(cifar["images"][1]))]
@@ -566,3 +579,40 @@ def test_a_chunked_upload_over_the_limit_is_413_like_a_declared_one(stack, cifar
         assert answer.status_code == 413, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
     assert stack.job_folders() == folders
+
+
+def test_every_image_in_a_container_is_purified_whatever_its_name(stack, cifar):
+    images = cifar["images"]
+    members = {
+        "a.png": png(images[0]),
+        "b.jfif": png(images[1], fmt="JPEG"),
+        "c.jpe": png(images[2], fmt="JPEG"),
+        "no-extension": png(images[3]),
+        "x.png.bak": png(images[4]),
+    }
+    with stack.client() as client:
+        job_id = submit_zip(client, {**members, "labels.csv": b"a.png,3\n"}, steps=2)
+        job = stack.wait_job(client, job_id)
+        assert job["status"] == "finished" and job["progress"]["total"] == len(members)
+        report = client.get(f"/v1/jobs/{job_id}/report").json()
+        assert [row["name"] for row in report["images"]] == list(members)
+        result = client.get(f"/v1/jobs/{job_id}/result").content
+    with zipfile.ZipFile(io.BytesIO(result)) as archive:
+        assert archive.read("labels.csv") == b"a.png,3\n"
+        for name, sent in members.items():
+            back = archive.read(name)
+            assert Image.open(io.BytesIO(back)).format == Image.open(io.BytesIO(sent)).format
+            assert back != sent, name
+
+
+def test_a_single_cmyk_image_comes_back_cmyk(stack, cifar):
+    cmyk = io.BytesIO()
+    Image.fromarray(cifar["images"][0]).convert("CMYK").save(cmyk, "JPEG")
+    with stack.client() as client:
+        response = client.post(
+            "/v1/purify", files={"files": ("c.jpg", cmyk.getvalue())}, data={"steps": "2"}
+        )
+    assert response.status_code == 200, response.text
+    assert 'filename="c.purified.tif"' in response.headers["content-disposition"]
+    back = Image.open(io.BytesIO(response.content))
+    assert (back.format, back.mode, back.size) == ("TIFF", "CMYK", (32, 32))

@@ -23,7 +23,7 @@ from pureebm.images import (
     decode_image,
     encode_image,
 )
-from tests.stack import png
+from tests.stack import png, zip_bytes
 
 
 def members_of(cifar) -> dict[str, bytes]:
@@ -347,3 +347,95 @@ def test_an_archives_shards_are_read_through_one_handle(tmp_path, cifar, suffix)
     assert len(dict(container.image_bytes(None))) == 12  # a whole pass has its own handle
     container.close()
     assert container.reader is None
+
+
+def disguised_members(cifar) -> dict[str, bytes]:
+    """Images under names that do not say so, beside metadata that must pass through."""
+    images = cifar["images"]
+    return {
+        "a.png": png(images[0]),
+        "b.jfif": png(images[1], fmt="JPEG"),
+        "c.jpe": png(images[2], fmt="JPEG"),
+        "no-extension": png(images[3]),
+        "x.png.bak": png(images[4]),
+        "labels.json": b'{"a.png": 3}',
+        "classes.csv": b"name,label\nBM,1\nP1 cat,2\n",  # text that starts like BMP or PBM
+    }
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz", "folder"])
+def test_images_are_recognised_by_content_whatever_their_name(tmp_path, cifar, suffix):
+    members = disguised_members(cifar)
+    src = tmp_path / f"src{suffix}"
+    if suffix == "folder":
+        for name, data in members.items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes(data)
+    elif suffix == ".zip":
+        write_zip(src, members)
+    else:
+        write_tar(src, members, "w:gz")
+    container = open_container(src)
+    assert sorted(container.image_names()) == sorted(list(members)[:5])
+    dst = tmp_path / f"dst{suffix}"
+    container.write(dst, inverted(container))
+    if suffix == "folder":
+        out = {p.relative_to(dst).as_posix(): p.read_bytes() for p in dst.rglob("*")}
+    else:
+        out = dict(read_all(dst, "zip" if suffix == ".zip" else "tar"))
+    for name in list(members)[:5]:
+        sent = decode_image(members[name])
+        back = decode_image(out[name])
+        assert back.format == sent.format  # a JPEG named .jfif comes back a JPEG
+        assert np.abs(back.rgb.astype(int) - (255 - sent.rgb)).mean() < 3
+    assert out["labels.json"] == members["labels.json"]
+    assert out["classes.csv"] == members["classes.csv"]
+
+
+def nested_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("inner.png")
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"abc"))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "member,make",
+    [
+        ("anim.gif", lambda rgb: png(rgb, fmt="GIF")),
+        ("photo.ppm", lambda rgb: png(rgb, fmt="PPM")),
+        ("photo", lambda rgb: png(rgb, fmt="PPM")),
+        ("inner.zip", lambda rgb: zip_bytes({"a.png": png(rgb)})),
+        ("inner.tar", lambda rgb: nested_tar()),
+        ("inner.tgz", lambda rgb: gzip.compress(nested_tar())),
+        ("images.npy", lambda rgb: npy_bytes(np.stack([rgb, rgb]))),
+        ("fake.png", lambda rgb: b"not a png at all"),
+    ],
+)
+def test_content_that_would_pass_unpurified_is_refused_naming_the_member(
+    tmp_path, cifar, member, make
+):
+    rgb = cifar["images"][0]
+    members = {"ok.png": png(rgb), member: make(rgb)}
+    for src in (write_zip(tmp_path / "s.zip", members), write_tar(tmp_path / "s.tar", members)):
+        with pytest.raises(UnsupportedInput, match=f"member '{member}'"):
+            open_container(src)
+
+
+def test_an_npz_with_a_second_array_of_images_is_refused(tmp_path, cifar):
+    images = cifar["images"][:2]
+    both = tmp_path / "both.npz"
+    np.savez(both, images=images, test_images=images, masks=images[..., 0], labels=[1, 2])
+    with pytest.raises(UnsupportedInput, match="'test_images'"):
+        open_container(both)
+    masks = tmp_path / "masks.npz"  # N x H x W uint8 beside the images: metadata (masks)
+    np.savez(masks, images=images, masks=images[..., 0], labels=[1, 2])
+    assert len(open_container(masks).image_names()) == 2
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

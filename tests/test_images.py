@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.images import InputTooLarge, decode_image, encode_image
+from pureebm.images import InputTooLarge, UnsupportedInput, decode_image, encode_image
 from tests.stack import bomb_png, png
 
 
@@ -39,3 +39,70 @@ def test_modes_are_converted_and_restored(cifar):
 def test_a_declared_decompression_bomb_is_too_large_not_a_crash():
     with pytest.raises(InputTooLarge, match="decompression bomb"):
         decode_image(bomb_png())
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_and_icc_profile_come_back_as_sent(cifar):
+    from PIL import ImageCms, ImageOps
+
+    stored = Image.fromarray(np.ascontiguousarray(cifar["images"][0][:24]).repeat(2, axis=1))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display: stored 64 x 24, displayed 24 x 64
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for fmt in ("JPEG", "PNG", "WEBP"):
+        picture = decode_image(encoded(stored, fmt, exif=exif, icc_profile=profile))
+        back = Image.open(io.BytesIO(encode_image(picture.with_pixels(255 - picture.rgb))))
+        assert back.getexif().get(0x0112) == 6, fmt
+        assert back.info.get("icc_profile") == profile, fmt
+        assert ImageOps.exif_transpose(back).size == (24, 64), fmt
+
+
+def test_what_cannot_come_back_as_sent_is_refused(cifar):
+    rgb = cifar["images"][0]
+    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+    for fmt in ("PNG", "TIFF", "WEBP"):
+        animated = encoded(frames[0], fmt, save_all=True, append_images=frames[1:])
+        with pytest.raises(UnsupportedInput, match="2 frames"):
+            decode_image(animated)
+    with pytest.raises(UnsupportedInput, match="16-bit colour"):
+        decode_image(sixteen_bit_rgb_png(rgb))
+    with pytest.raises(UnsupportedInput, match="outside 0 to 65535"):
+        decode_image(encoded(Image.fromarray(np.full((4, 4), 100_000, np.int32)), "TIFF"))
+
+
+def sixteen_bit_rgb_png(rgb: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG, written chunk by chunk (Pillow writes none)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    height, width = rgb.shape[:2]
+    wide = rgb.astype(">u2") * 257
+    rows = b"".join(b"\x00" + row.tobytes() for row in wide)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    chunks = [chunk(b"IHDR", header), chunk(b"IDAT", zlib.compress(rows)), chunk(b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "mode,fmt", [("1", "PNG"), ("1", "TIFF"), ("I", "TIFF"), ("CMYK", "JPEG"), ("CMYK", "TIFF")]
+)
+def test_each_mode_comes_back_in_its_own_mode(cifar, mode, fmt):
+    rgb = cifar["images"][3]
+    if mode == "I":
+        image = Image.fromarray(rgb[..., 0].astype(np.int32) * 257)
+    else:
+        image = Image.fromarray(rgb).convert(mode)
+    picture = decode_image(encoded(image, fmt))
+    back = Image.open(io.BytesIO(encode_image(picture)))
+    assert (back.mode, back.format) == (mode, fmt)
+    if mode in ("1", "I"):  # lossless and exactly representable: the identity round trip
+        np.testing.assert_array_equal(np.asarray(back), np.asarray(image))

@@ -588,10 +588,9 @@ class NpzContainer(Container):
                     f"npz array {key!r} {array.shape} holds images, which would pass through "
                     "unpurified: send one array of images, 'images', per npz"
                 )
-        if images.shape[1] * images.shape[2] > limits.max_pixels:
-            raise InputTooLarge("npz images are over the pixel limit")
         if 0 in images.shape[1:]:
             raise UnsupportedInput(f"npz images of shape {images.shape} hold no pixels")
+        limits.check_size(width=images.shape[2], height=images.shape[1])
         self.members = [
             Member(f"images/{i}", "image", images[i].nbytes) for i in range(len(images))
         ]

@@ -99,6 +99,24 @@ class Limits:
     max_member_bytes: int = 512 << 20
     max_total_bytes: int = 16 << 30  # uncompressed, all members together
     max_ratio: float = 250.0  # uncompressed / compressed, for compressed containers
+    max_aspect: float = 64.0  # longer side / shorter side
+    min_side: int = 32  # sides are padded to the model's image size: counted as at least this
+
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse an image whose pixels, counted once its sides are padded to
+        ``min_side``, are over ``max_pixels`` (that is the work it costs: a 1 x 100,000
+        strip costs as much as 32 x 100,000), or whose aspect ratio is over
+        ``max_aspect``."""
+        padded = max(width, self.min_side) * max(height, self.min_side)
+        if padded > self.max_pixels:
+            raise InputTooLarge(
+                f"{width}x{height} pixels ({padded} once padded to {self.min_side} a side) "
+                f"is over the {self.max_pixels}-pixel limit"
+            )
+        if max(width, height) > self.max_aspect * max(min(width, height), 1):
+            raise InputTooLarge(
+                f"{width}x{height} pixels is over the {self.max_aspect:g}:1 aspect-ratio limit"
+            )
 
     def max_uncompressed(self, compressed_bytes: int | None) -> int:
         """The most a container of ``compressed_bytes`` may unpack to: the total limit,
@@ -139,9 +157,7 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
         raise UnsupportedInput("not a readable image") from e
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedInput(f"unsupported image format {image.format}")
-    width, height = image.size
-    if width * height > limits.max_pixels:
-        raise InputTooLarge(f"{width}x{height} pixels is over the {limits.max_pixels} limit")
+    limits.check_size(*image.size)
     if getattr(image, "n_frames", 1) > 1:
         raise UnsupportedInput(
             f"an animated or multi-page {image.format} ({image.n_frames} frames) would come "

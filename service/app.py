@@ -16,7 +16,7 @@ from redis import Redis
 from starlette.middleware.base import RequestResponseEndpoint
 
 from service import problems
-from service.jobs import BATCH_QUEUE, SYNC_QUEUE, JobStore
+from service.jobs import BATCH_LANES, SYNC_QUEUE, JobStore
 from service.logs import configure_logging
 from service.metrics import build_registry
 from service.routers import health, jobs, models, purify
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = redis
     app.state.store = JobStore(redis, settings)
-    app.state.metrics, requests = build_registry(app.state.store, [SYNC_QUEUE, BATCH_QUEUE])
+    app.state.metrics, requests = build_registry(app.state.store, [SYNC_QUEUE, *BATCH_LANES])
     problems.install(app)
     for router in (jobs.router, purify.router, models.router, health.router):
         app.include_router(router)

@@ -11,7 +11,14 @@ needed before any is purified: one scoring RQ job per shard
 that depends on them, ranks the energies, writes the selection and only then
 queues the purification shards (the selected images of each shard) and the
 finalising job. Every file a phase writes appears atomically, so either phase
-can be retried. Redis keys:
+can be retried.
+
+Fair share: a job's RQ jobs go to its owner's lane, one of BATCH_LANES queues
+(``pureebm-lane-<n>``, the owner's key hash modulo their number). Workers take the
+lanes in turn (``worker.main.LeasedWorker.reorder_queues``), so a tenant with
+thousands of shards queued delays another tenant's next shard by at most one
+shard per lane, not by its whole backlog. Synchronous requests have their own
+queue, ``pureebm-sync``, which workers always look at first. Redis keys:
 
     pureebm:job:<id>            hash: the JobRecord fields
     pureebm:job:<id>:progress   hash: shard index -> images done in that shard
@@ -34,6 +41,7 @@ import json
 import re
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 from redis import Redis
@@ -46,7 +54,8 @@ from service.schemas import ACTIVE, JobRecord, JobStatus, Progress
 from service.settings import Settings
 
 PREFIX = "pureebm"
-BATCH_QUEUE = "pureebm"
+BATCH_QUEUE = "pureebm"  # on a worker's command line: every lane
+BATCH_LANES = [f"pureebm-lane-{n}" for n in range(16)]
 SYNC_QUEUE = "pureebm-sync"
 STATES_KEY = f"{PREFIX}:states"
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -120,6 +129,18 @@ MEDIA_TYPES = {
     ".tgz": "application/gzip",
     ".npz": "application/octet-stream",
 }
+
+
+def lane_of(owner: str) -> str:
+    """The owner's batch queue (see "Fair share" above)."""
+    return BATCH_LANES[zlib.crc32(owner.encode()) % len(BATCH_LANES)]
+
+
+def worker_queues(names: list[str] | None) -> list[str]:
+    """The queues a worker given ``names`` takes, BATCH_QUEUE standing for every lane;
+    by default the sync queue, then the lanes."""
+    names = names or [SYNC_QUEUE, BATCH_QUEUE]
+    return [lane for name in names for lane in (BATCH_LANES if name == BATCH_QUEUE else [name])]
 
 
 def media_type_of(result: Path) -> str:
@@ -281,10 +302,11 @@ class JobStore:
         states = self.redis.hmget(STATES_KEY, ids) if ids else []
         return sum(s is not None and s.decode() in ACTIVE for s in states)
 
-    def live_workers(self, queue_name: str = BATCH_QUEUE) -> int:
-        """Workers of a queue whose heartbeat is fresh. A worker beats at least once a
-        lease (idle or busy), so one silent for 2 leases is dead, whatever its
-        registration in Redis still says."""
+    def live_workers(self, queue_name: str = BATCH_LANES[0]) -> int:
+        """Workers of a queue (by default: the batch workers, which take every lane)
+        whose heartbeat is fresh. A worker beats at least once a lease (idle or busy),
+        so one silent for 2 leases is dead, whatever its registration in Redis still
+        says."""
         fresh_after = time.time() - 2 * self.settings.worker_lease_s
         workers = Worker.all(queue=Queue(queue_name, connection=self.redis))
         return sum(
@@ -386,7 +408,7 @@ class JobStore:
         )
 
     def queue(self, record: JobRecord) -> Queue:
-        return Queue(SYNC_QUEUE if record.sync else BATCH_QUEUE, connection=self.redis)
+        return Queue(SYNC_QUEUE if record.sync else lane_of(record.owner), connection=self.redis)
 
     def rq_options(self) -> dict:
         ttl, retries = self.settings.retention_s, self.settings.shard_retries

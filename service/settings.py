@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     max_member_bytes: int = Field(Limits.max_member_bytes, ge=1)
     max_total_bytes: int = Field(Limits.max_total_bytes, ge=1)
     max_ratio: float = Field(Limits.max_ratio, gt=1)
+    max_aspect: float = Field(Limits.max_aspect, ge=1)
 
     # engine options for GPU workers (README: measured effect); all off by default
     channels_last: bool = False
@@ -101,6 +102,7 @@ class Settings(BaseSettings):
             max_member_bytes=self.max_member_bytes,
             max_total_bytes=self.max_total_bytes,
             max_ratio=self.max_ratio,
+            max_aspect=self.max_aspect,
         )
 
     @property

@@ -4,6 +4,7 @@ beyond raising Problem."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import shutil
@@ -88,6 +89,8 @@ class Submitter:
                 folder / "input",
                 store.decoded_path(job_id),
                 settings,
+                # sides are padded to the model's size, and limits count the padded pixels
+                dataclasses.replace(settings.limits, min_side=manifest.image_size),
                 files,
                 archive,
             )

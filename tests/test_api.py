@@ -275,6 +275,7 @@ REFUSED = {
     "zip bomb": (413, {"archive": ("a.zip", "BOMB")}, {}),
     "pixel bomb": (413, {"files": ("a.png", "HUGE")}, {}),
     "declared 50000x50000 bomb": (413, {"files": ("a.png", "DECLARED")}, {}),
+    "a 1 x 100,000 strip": (413, {"files": ("a.png", "STRIP")}, {}),
     "over the job's pixel cap": (413, {"archive": ("a.zip", "THREE_MPX")}, {}),
     "repeated tar member": (422, {"archive": ("a.tar", "DUPLICATE")}, {}),
     "too many files": (413, "MANY", {}),
@@ -320,6 +321,8 @@ def materialise(spec, cifar):
     if isinstance(data, str):
         if data == "OK":
             data = png(cifar["images"][0])
+        elif data == "STRIP":
+            data = png(np.zeros((1, 100_000, 3), np.uint8))
         elif data == "HUGE":
             data = png(np.zeros((1000, 1200, 3), np.uint8))
         elif data == "BOMB":

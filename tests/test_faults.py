@@ -17,6 +17,7 @@ import httpx
 from rq import Queue, Worker
 from rq.job import Job
 
+from service.jobs import BATCH_LANES
 from tests.stack import Stack, check_every_image_once, free_port, png, submit_zip, worker_pids
 
 IMAGES = 24  # six shards of four
@@ -27,7 +28,7 @@ def cifar_members(cifar, count: int = IMAGES) -> dict[str, bytes]:
 
 
 def wait_until_busy_with(stack: Stack, worker: subprocess.Popen, suffix: str) -> None:
-    queue = Queue("pureebm", connection=stack.redis)
+    queue = Queue(BATCH_LANES[0], connection=stack.redis)
 
     def busy() -> bool:
         return any(

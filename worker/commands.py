@@ -9,7 +9,12 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cuda:0, cpu, ... (default: auto)")
-    parser.add_argument("--queues", nargs="+", help="default: pureebm-sync pureebm")
+    parser.add_argument(
+        "--queues",
+        nargs="+",
+        help="queues to take, in order (pureebm: every batch lane, taken in turn); "
+        "default: pureebm-sync pureebm",
+    )
     parser.add_argument("--batch-size", type=int, help="default: chosen for the device")
     parser.add_argument("--redis-url", help="default: PUREEBM_REDIS_URL")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")

@@ -31,7 +31,7 @@ from rq.worker import WorkerStatus
 
 from pureebm.langevin import Speedups, resolve_device
 from pureebm.registry import Registry
-from service.jobs import BATCH_QUEUE, SYNC_QUEUE, JobStore
+from service.jobs import BATCH_LANES, JobStore, worker_queues
 from service.logs import configure_logging
 from service.settings import Settings
 from worker import tasks
@@ -61,6 +61,21 @@ class LeasedWorker(SimpleWorker):
             tasks.context().release_all()
         self.set_state(WorkerStatus.IDLE)
 
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        """The lane a job was just taken from goes behind the other lanes, so lanes
+        (tenants) take turns; queues that are not lanes (sync) keep their place in
+        front."""
+        queues = self._ordered_queues
+        lanes = [q for q in queues if q.name in BATCH_LANES]
+        if reference_queue not in lanes:
+            return
+        after = lanes.index(reference_queue) + 1
+        self._ordered_queues = [
+            *(q for q in queues if q.name not in BATCH_LANES),
+            *lanes[after:],
+            *lanes[:after],
+        ]
+
     def renew_lease(self, job: Job, execution: Execution, stop: threading.Event) -> None:
         while not stop.wait(self.lease_s / 3):
             try:
@@ -77,6 +92,23 @@ def default_batch_size(device: torch.device) -> int:
     return int(min(1024, max(64, gib * 12)))
 
 
+def worker_context(
+    redis: Redis, settings: Settings, device: torch.device, batch_size: int | None = None
+) -> tasks.WorkerContext:
+    """What worker.tasks runs with (tasks.CONTEXT): the job store, warm models, the
+    device and the engine options."""
+    return tasks.WorkerContext(
+        store=JobStore(redis, settings),
+        models=tasks.ModelCache(Registry(settings.registry), device),
+        device=device,
+        batch_size=batch_size or default_batch_size(device),
+        name=f"{socket.gethostname()}-{os.getpid()}-{device}-{uuid.uuid4().hex[:6]}",
+        speedups=Speedups(
+            channels_last=settings.channels_last, bf16=settings.bf16, compile=settings.compile
+        ),
+    )
+
+
 def run_worker(
     settings: Settings,
     device: str = "auto",
@@ -88,22 +120,11 @@ def run_worker(
     if settings.redis_url is None:
         raise SystemExit("pureebm worker needs PUREEBM_REDIS_URL (or --redis-url)")
     redis = Redis.from_url(settings.redis_url)
-    torch_device = resolve_device(device)
-    name = f"{socket.gethostname()}-{os.getpid()}-{torch_device}-{uuid.uuid4().hex[:6]}"
-    models = tasks.ModelCache(Registry(settings.registry), torch_device)
-    tasks.CONTEXT = tasks.WorkerContext(
-        store=JobStore(redis, settings),
-        models=models,
-        device=torch_device,
-        batch_size=batch_size or default_batch_size(torch_device),
-        name=name,
-        speedups=Speedups(
-            channels_last=settings.channels_last, bf16=settings.bf16, compile=settings.compile
-        ),
-    )
-    models.get(settings.default_model)  # load and verify before taking work
+    tasks.CONTEXT = worker_context(redis, settings, resolve_device(device), batch_size)
+    name, torch_device = tasks.CONTEXT.name, tasks.CONTEXT.device
+    tasks.CONTEXT.models.get(settings.default_model)  # load and verify before taking work
     LeasedWorker.lease_s = settings.worker_lease_s
-    queue_names = queues or [SYNC_QUEUE, BATCH_QUEUE]
+    queue_names = worker_queues(queues)
     log.info(
         "worker ready",
         extra={"worker": name, "device": str(torch_device), "batch_size": tasks.CONTEXT.batch_size},

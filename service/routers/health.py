@@ -8,7 +8,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pureebm.registry import RegistryError
 from service.deps import MetricsAccessDep, RedisDep, RegistryDep, SettingsDep, StoreDep
-from service.jobs import BATCH_QUEUE
 
 router = APIRouter(tags=["operations"])
 
@@ -29,7 +28,7 @@ def readyz(
     try:
         redis.ping()
         checks["queue"] = {"ok": True}
-        workers = store.live_workers(BATCH_QUEUE)
+        workers = store.live_workers()
         checks["workers"] = {"ok": workers > 0, "alive": workers}
     except Exception as e:
         checks["queue"] = {"ok": False, "error": str(e)}

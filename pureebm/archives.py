@@ -61,6 +61,7 @@ class Member:
 
 
 CODEC_THREADS = min(4, os.cpu_count() or 1)
+COPY_CHUNK = 1 << 20
 INLINE_BYTES = 8 << 10  # smaller items are done in the caller's thread (see ordered_map)
 
 
@@ -410,13 +411,22 @@ class ZipContainer(Archive[zipfile.ZipFile]):
             for info, member in zip(src.infolist(), self.members, strict=True):
                 data = next(encoded) if member.kind == "image" else None
                 if member.kind == "dir":
-                    data = b""
-                elif data is None:
-                    data = read_zip_member(src, info.filename)
-                out.writestr(info, data, compress_type=info.compress_type)
+                    out.writestr(info, b"")
+                elif data is None:  # copied in chunks: a member is never held whole
+                    copy_zip_member(src, out, info)
+                else:
+                    out.writestr(info, data, compress_type=info.compress_type)
 
 
 ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def copy_zip_member(src: zipfile.ZipFile, out: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    try:
+        with src.open(info) as data, out.open(info, "w", force_zip64=True) as copy:
+            shutil.copyfileobj(data, copy, COPY_CHUNK)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UnsupportedInput(f"corrupt zip member {info.filename!r}: {e}") from e
 
 
 def read_zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
@@ -442,8 +452,9 @@ class TarContainer(Archive[tarfile.TarFile]):
         self.images: dict[str, tarfile.TarInfo] = {}
         total = 0
         seen: set[str] = set()
-        # checked at each header, before the member's data is decompressed to skip it
-        max_total = limits.max_uncompressed(path.stat().st_size if self.compression else None)
+        # checked at each header, before the member's data is decompressed to skip it; a
+        # plain tar too, whose sparse members can declare far more than the file holds
+        max_total = limits.max_uncompressed(path.stat().st_size)
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
                 check_member_name(info.name)
@@ -465,8 +476,7 @@ class TarContainer(Archive[tarfile.TarFile]):
                 self.members.append(Member(info.name, kind, info.size))
                 if kind == "image":
                     self.images[info.name] = info
-        compressed = path.stat().st_size if self.compression else None
-        self.check_totals(limits, compressed_bytes=compressed)
+        self.check_totals(limits, compressed_bytes=path.stat().st_size)
 
     def open_reader(self) -> tarfile.TarFile:
         return tarfile.open(self.path, "r:*")
@@ -483,11 +493,10 @@ class TarContainer(Archive[tarfile.TarFile]):
                     out.addfile(info)
                     continue
                 data = next(encoded) if member.kind == "image" else None
-                if data is None:
-                    data = read_tar_member(src, info)
+                if data is None:  # copied in chunks: a member is never held whole
+                    out.addfile(plain_tarinfo(info), src.extractfile(info))
                 else:
-                    info = copy_tarinfo(info, len(data))
-                out.addfile(info, io.BytesIO(data))
+                    out.addfile(plain_tarinfo(info, len(data)), io.BytesIO(data))
 
 
 def tar_compression(path: Path) -> str | None:
@@ -517,9 +526,10 @@ def read_tar_member(
     return data
 
 
-def copy_tarinfo(info: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
+def plain_tarinfo(info: tarfile.TarInfo, size: int | None = None) -> tarfile.TarInfo:
+    """A regular member's header like ``info``'s (a sparse one is written out whole)."""
     copy = tarfile.TarInfo(info.name)
-    copy.size, copy.mode, copy.mtime = size, info.mode, info.mtime
+    copy.size, copy.mode, copy.mtime = info.size if size is None else size, info.mode, info.mtime
     copy.uid, copy.gid, copy.uname, copy.gname = info.uid, info.gid, info.uname, info.gname
     return copy
 

@@ -13,17 +13,23 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
 from redis import Redis
+from starlette.formparsers import MultiPartParser
 from starlette.middleware.base import RequestResponseEndpoint
 
 from service import problems
+from service.bodies import BodyGuard
 from service.jobs import BATCH_LANES, SYNC_QUEUE, JobStore
 from service.logs import configure_logging
 from service.metrics import build_registry
 from service.routers import health, jobs, models, purify
 from service.settings import Settings
-from service.uploads import BodyLimit
 
 log = logging.getLogger("pureebm.api")
+
+FORM_FIELD_BYTES = 64 << 10
+# An uploaded part is kept in memory up to this, then spooled to a temporary file
+# (Starlette's default, 1 MiB, lets a thousand-part request hold a GiB).
+MultiPartParser.spool_max_size = FORM_FIELD_BYTES
 
 
 async def clean_periodically(store: JobStore, interval_s: float) -> None:
@@ -66,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if settings.docs else None,
         redoc_url="/redoc" if settings.docs else None,
         openapi_url="/openapi.json" if settings.docs else None,
+        # form fields are small numbers and names: 64 KiB each, 100 at most, in memory
+        form_limits={"max_fields": 100, "max_part_size": FORM_FIELD_BYTES},
     )
     app.state.settings = settings
     app.state.redis = redis
@@ -86,5 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         requests.labels(request.method, path, str(response.status_code)).inc()
         return response
 
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodyGuard, settings=settings)
     return app

@@ -32,7 +32,7 @@ def run_serve(args: argparse.Namespace) -> None:
 def run_keygen(args: argparse.Namespace) -> None:
     import secrets
 
-    from service.deps import key_hash
+    from service.auth import key_hash
 
     key = secrets.token_urlsafe(32)
     print(f"API key (give to the caller): {key}")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, File, Form, Header, Request, UploadFile
 from redis import Redis
 
 from pureebm.registry import Registry
+from service.auth import authenticate
 from service.jobs import JobStore
 from service.problems import Problem
 from service.schemas import PurifyParams
 from service.settings import Settings
 from service.submissions import Submitter
-
-ANONYMOUS = "anonymous"
 
 
 def get_settings(request: Request) -> Settings:
@@ -35,10 +32,6 @@ def get_registry(settings: Annotated[Settings, Depends(get_settings)]) -> Regist
     return Registry(settings.registry)
 
 
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def get_owner(
     settings: Annotated[Settings, Depends(get_settings)],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -46,22 +39,8 @@ def get_owner(
         str | None, Header(description="API key (or Authorization: Bearer)")
     ] = None,
 ) -> str:
-    """The caller's identity: a prefix of its key's sha256, or 'anonymous' when auth is off."""
-    if not settings.auth_enabled:
-        return ANONYMOUS
-    key = x_api_key
-    if key is None and authorization and authorization.lower().startswith("bearer "):
-        key = authorization[7:].strip()
-    if not key:
-        raise Problem(
-            401,
-            "an API key is required (X-API-Key or Authorization: Bearer)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    digest = key_hash(key)
-    if not any(hmac.compare_digest(digest, known) for known in settings.key_hashes):
-        raise Problem(403, "this API key is not accepted")
-    return digest[:16]
+    """The caller's identity (service.auth)."""
+    return authenticate(settings, x_api_key, authorization)
 
 
 def get_metrics_access(
@@ -71,7 +50,7 @@ def get_metrics_access(
 ) -> None:
     """/metrics answers without a key unless ``public_metrics`` is off."""
     if not settings.public_metrics:
-        get_owner(settings, authorization, x_api_key)
+        authenticate(settings, x_api_key, authorization)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -20,6 +20,7 @@ TITLES = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not found",
+    408: "Request timeout",
     409: "Conflict",
     411: "Length required",
     413: "Content too large",
@@ -42,7 +43,7 @@ class Problem(HTTPException):
         self.extra = extra
 
 
-BODY_OVER_LIMIT = "body_over_limit"  # in a request's state once BodyLimit cut its body
+BODY_CUT = "body_cut"  # in a request's state once bodies.BodyGuard cut its body: (status, detail)
 
 
 def problem(
@@ -79,9 +80,9 @@ def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        over_limit = request.scope.get("state", {}).get(BODY_OVER_LIMIT)
-        if over_limit:  # a streamed body cut by BodyLimit, whatever the parser made of it
-            return problem(request.url.path, 413, over_limit)
+        cut = request.scope.get("state", {}).get(BODY_CUT)
+        if cut:  # a streamed body cut by BodyGuard, whatever the parser made of it
+            return problem(request.url.path, *cut)
         return problem(
             request.url.path,
             exc.status_code,

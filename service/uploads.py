@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from fastapi import UploadFile
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pureebm.archives import Container, open_container
 from pureebm.images import (
@@ -21,40 +20,11 @@ from pureebm.images import (
     lossless_format,
 )
 from pureebm.shards import write_shard
-from service.problems import BODY_OVER_LIMIT, Problem, problem
+from service.problems import Problem
 from service.settings import Settings
 
 UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")  # control characters and path separators
 CHUNK = 1 << 20
-
-
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whether or not they
-    announce a Content-Length, before they reach the disk."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        detail = f"the upload is over the {self.limit}-byte limit"
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await problem(scope["path"], 413, detail)(scope, receive, send)
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:  # raised inside the route, so the handlers answer 413
-                # the multipart parser turns errors into its own 400: the flag tells them apart
-                scope.setdefault("state", {})[BODY_OVER_LIMIT] = detail
-                raise Problem(413, detail)
-            return message
-
-        await self.app(scope, limited, send)
 
 
 @dataclass

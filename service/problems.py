@@ -64,6 +64,13 @@ def problem(
     return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
 
 
+QUEUE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def queue_unreachable(path: str) -> JSONResponse:
+    return problem(path, 503, "the job queue is unreachable or not answering")
+
+
 def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     """Anything no handler expects: a problem+json 500, never text or a traceback;
     the log keeps the traceback and the job the request was about. Called by the
@@ -104,7 +111,9 @@ def install(app: FastAPI) -> None:
     async def bad_model(request: Request, exc: RegistryError) -> JSONResponse:
         return problem(request.url.path, 400, str(exc))
 
-    @app.exception_handler(redis.exceptions.ConnectionError)
-    async def no_queue(request: Request, exc: redis.exceptions.ConnectionError) -> JSONResponse:
+    async def no_queue(request: Request, exc: Exception) -> JSONResponse:
         log.error("queue unreachable: %s", exc)
-        return problem(request.url.path, 503, "the job queue is unreachable")
+        return queue_unreachable(request.url.path)
+
+    for error in QUEUE_ERRORS:
+        app.add_exception_handler(error, no_queue)

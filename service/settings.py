@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     redis_url: str | None = None  # None: `pureebm serve` starts an embedded Valkey server
+    redis_timeout_s: float = Field(5, gt=0)  # the API's wait for a Redis reply (then 503)
     data_dir: Path = Path("data")  # job folders live in <data_dir>/jobs/<id>/
     registry: Path = DEFAULT_ROOT
     default_model: str = DEFAULT_MODEL

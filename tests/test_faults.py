@@ -283,3 +283,26 @@ def test_serve_restarts_its_killed_worker_then_gives_up_visibly(tmp_path, tiny_r
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait()
+
+
+def test_a_hung_valkey_is_503_not_500_and_the_api_recovers(tmp_path, tiny_registry, cifar):
+    stack = Stack(tmp_path, tiny_registry, redis_timeout_s=1)
+    valkey_pid = stack.redis.info("server")["process_id"]
+    try:
+        with stack.client() as client:
+            os.kill(valkey_pid, signal.SIGSTOP)
+            try:
+                answers = [
+                    client.post("/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))}),
+                    client.get("/v1/jobs"),
+                    client.get("/metrics"),
+                    client.get("/readyz"),
+                ]
+            finally:
+                os.kill(valkey_pid, signal.SIGCONT)
+            assert [a.status_code for a in answers] == [503] * 4, [a.text for a in answers]
+            assert "not answering" in answers[0].json()["detail"]
+            assert stack.job_folders() == []
+            assert client.get("/v1/jobs").status_code == 200
+    finally:
+        stack.stop()

@@ -431,6 +431,16 @@ class JobStore:
             with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
                 Job.fetch(rq_id, connection=self.redis).cancel()
 
+    def fail(self, record: JobRecord, error: str) -> bool:
+        """Fail an active job with the reason; its files are deleted at once (a failed
+        job has no result, and a full disk is a common reason), its record stays
+        until retention ends."""
+        self.mark_ended(record.id, error=error)  # first: a failed job always shows why
+        if not self.transition(record.id, record.status, JobStatus.failed):
+            return False
+        shutil.rmtree(self.folder(record.id), ignore_errors=True)
+        return True
+
     def delete(self, record: JobRecord) -> None:
         """Remove the job's folder and every key that names it."""
         shutil.rmtree(self.folder(record.id), ignore_errors=True)
@@ -464,9 +474,8 @@ class JobStore:
             if record.params.filter is not None:
                 enders.append(select_job_id(record.id))
             ended = all(self.rq_job_ended(rq_id) for rq_id in enders)
-            if ended and self.transition(record.id, record.status, JobStatus.failed):
-                error = record.error or "the job stalled: its work ended or was lost"
-                self.mark_ended(record.id, error=error)
+            error = record.error or "the job stalled: its work ended or was lost"
+            if ended and self.fail(record, error):
                 failed += 1
         return failed
 

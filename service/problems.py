@@ -30,6 +30,7 @@ TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
     504: "Gateway timeout",
+    507: "Insufficient storage",
 }
 
 

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # decoded images the API keeps per job for the workers (raw bytes; later ones are
     # decoded again by the workers)
     max_decoded_bytes: int = Field(4 << 30, ge=0)
+    # free space kept on the data volume: a job that would eat into it is refused (507)
+    disk_reserve_bytes: int = Field(1 << 30, ge=0)
     max_members: int = Field(Limits.max_members, ge=1)
     max_member_bytes: int = Field(Limits.max_member_bytes, ge=1)
     max_total_bytes: int = Field(Limits.max_total_bytes, ge=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import zipfile
@@ -20,6 +21,7 @@ from pureebm.images import (
     lossless_format,
 )
 from pureebm.shards import write_shard
+from service.disk import check_space, free_bytes, job_needs
 from service.problems import Problem
 from service.settings import Settings
 
@@ -116,9 +118,27 @@ def prepare_input(
 ) -> PreparedInput:
     """Store the upload in ``folder`` and check it completely against ``limits``,
     keeping decoded images in ``decoded`` (see ``validate_images``); raises
-    FormatError or Problem."""
+    FormatError or Problem (507 when the data volume cannot hold the job)."""
+    try:
+        return store_and_validate(folder, decoded, settings, limits, files, archive)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise Problem(507, "the data volume is full: retry later") from e
+        raise
+
+
+def store_and_validate(
+    folder: Path,
+    decoded: Path,
+    settings: Settings,
+    limits: Limits,
+    files: list[UploadFile] | None,
+    archive: UploadFile | None,
+) -> PreparedInput:
     if bool(files) == bool(archive):
         raise Problem(400, "send either one or more `files` or one `archive`, not both or neither")
+    reserve = settings.disk_reserve_bytes
+    check_space(folder, sum(u.size or 0 for u in files or [archive]), reserve)
     if archive is not None:
         name = sent_filename(archive.filename, "upload")
         size = copy_upload(archive, folder / name)
@@ -151,7 +171,10 @@ def prepare_input(
         if len(container.image_names()) != len(files):
             raise UnsupportedInput("every file in `files` must be an image")
         kind, name = "files", "files"
-    # an npz holds raw pixels already, which workers load whole: keeping them is no gain
-    keep_bytes = 0 if container.kind == "npz" else settings.max_decoded_bytes
+    # an npz holds raw pixels already, which workers load whole: keeping them is no gain;
+    # and the kept pixels take at most half the space above the reserve
+    room = max(0, free_bytes(folder) - reserve) // 2
+    keep_bytes = 0 if container.kind == "npz" else min(settings.max_decoded_bytes, room)
     pixels, modes = validate_images(container, settings.max_job_pixels, decoded, keep_bytes)
+    check_space(folder, job_needs(size, pixels), reserve)
     return PreparedInput(kind, stored, name, size, result_name(kind, name, modes[0]), pixels)

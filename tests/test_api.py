@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import socket
 import tarfile
 import time
@@ -649,5 +650,39 @@ def test_a_body_that_stalls_is_cut_with_408(tmp_path, tiny_registry):
         status = raw_post(stack.port, {**MULTIPART, "X-API-Key": KEY_A}, b"--b\r\n")
         assert status.startswith("HTTP/1.1 408") and time.monotonic() - started < 15
         assert stack.job_folders() == []
+    finally:
+        stack.stop()
+
+
+def test_a_job_the_disk_cannot_hold_is_507_and_readiness_says_so(tmp_path, tiny_registry, cifar):
+    """The reserve is set just under the free space: a small job fits above it, one
+    whose shards need ~180 MB does not, and with a reserve past the disk every upload
+    is refused and /readyz is false."""
+    flat = png(np.zeros((1000, 1000, 3), np.uint8))  # a few KB, 3 MB of pixels
+    free = shutil.disk_usage(tmp_path).free
+    stack = Stack(tmp_path, tiny_registry, disk_reserve_bytes=free - (60 << 20))
+    try:
+        stack.start_worker()
+        with stack.client() as client:
+            small = client.post("/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))})
+            assert small.status_code == 202, small.text
+            large = client.post(
+                "/v1/jobs",
+                files={"archive": ("l.zip", zip_bytes({f"{i}.png": flat for i in range(60)}))},
+            )
+            assert large.status_code == 507, large.text
+            assert "reserve" in large.json()["detail"]
+            assert client.get("/readyz").json()["checks"]["disk"]["ok"]
+    finally:
+        stack.stop()
+    (tmp_path / "full").mkdir()
+    stack = Stack(tmp_path / "full", tiny_registry, disk_reserve_bytes=free * 4)
+    try:
+        stack.start_worker()
+        with stack.client() as client:
+            refused = client.post("/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))})
+            assert refused.status_code == 507 and stack.job_folders() == []
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and not ready.json()["checks"]["disk"]["ok"]
     finally:
         stack.stop()

@@ -148,6 +148,7 @@ def test_a_shard_that_fails_every_time_fails_the_job_with_its_reason(
             assert job["status"] == "failed"
             assert "shard" in job["error"] and "No such file" in job["error"]
             assert client.get(f"/v1/jobs/{job_id}/result").status_code == 409
+            assert job_id not in stack.job_folders()  # its files are freed at once
     finally:
         stack.stop()
 

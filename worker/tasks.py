@@ -303,9 +303,8 @@ def purification_plan(
 
 
 def fail(store: JobStore, record: JobRecord, error: str) -> None:
-    store.mark_ended(record.id, error=error)
-    store.transition(record.id, record.status, JobStatus.failed)
-    log.error("job failed", extra={"job_id": record.id, "error": error})
+    if store.fail(record, error):
+        log.error("job failed", extra={"job_id": record.id, "error": error})
 
 
 def finalize(job_id: str) -> str | None:

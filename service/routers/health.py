@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pureebm.registry import RegistryError
 from service.deps import MetricsAccessDep, RedisDep, RegistryDep, SettingsDep, StoreDep
+from service.disk import free_bytes
 
 router = APIRouter(tags=["operations"])
 
@@ -22,8 +23,8 @@ def healthz() -> dict[str, str]:
 def readyz(
     redis: RedisDep, store: StoreDep, registry: RegistryDep, settings: SettingsDep
 ) -> JSONResponse:
-    """Ready when the queue answers, a worker's heartbeat is fresh and the default
-    model verifies."""
+    """Ready when the queue answers, a worker's heartbeat is fresh, the data volume
+    has its reserve free and the default model verifies."""
     checks: dict[str, dict[str, object]] = {}
     try:
         redis.ping()
@@ -32,6 +33,8 @@ def readyz(
         checks["workers"] = {"ok": workers > 0, "alive": workers}
     except Exception as e:
         checks["queue"] = {"ok": False, "error": str(e)}
+    free, reserve = free_bytes(settings.jobs_dir), settings.disk_reserve_bytes
+    checks["disk"] = {"ok": free >= reserve, "free_bytes": free, "reserve_bytes": reserve}
     try:
         manifest = registry.verified_manifest(settings.default_model)
         checks["model"] = {"ok": True, "model": f"{manifest.name}:{manifest.version}"}

@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form_limits={"max_fields": 100, "max_part_size": FORM_FIELD_BYTES},
     )
     app.state.settings = settings
+    app.state.lost = lambda: None  # `pureebm serve` tells why its embedded Valkey is lost
     app.state.redis = redis
     app.state.store = JobStore(redis, settings)
     app.state.metrics, requests = build_registry(app.state.store, [SYNC_QUEUE, *BATCH_LANES])

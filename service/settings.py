@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     max_ratio: float = Field(Limits.max_ratio, gt=1)
     max_aspect: float = Field(Limits.max_aspect, ge=1)
 
+    # while this file exists, workers pause inside each shard and finaliser, or only at
+    # the points it names ("shard", "finalize"): tests use it to kill a worker at a
+    # known point, an operator to look at one (worker.tasks.hold)
+    hold_file: Path | None = None
+
     # engine options for GPU workers (README: measured effect); all off by default
     channels_last: bool = False
     bf16: bool = False

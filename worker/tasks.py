@@ -148,6 +148,20 @@ def active_record(ctx: WorkerContext, job_id: str) -> JobRecord | None:
     return record
 
 
+def hold(ctx: WorkerContext, point: str) -> None:
+    """A pause that a test (or an operator looking at a worker) releases: while the
+    file ``hold_file`` names exists and is empty or names ``point``, a shard waits
+    here after its first image (point "shard"), a finaliser before it writes
+    ("finalize"), with their leases renewed meanwhile."""
+    path = ctx.store.settings.hold_file
+    while path is not None and path.exists():
+        with contextlib.suppress(FileNotFoundError):
+            points = path.read_text().split()
+            if points and point not in points:
+                return
+        time.sleep(0.1)
+
+
 def stop_if_canceled(store: JobStore, job_id: str) -> None:
     current = store.get(job_id)
     if current is None or current.status not in ACTIVE:
@@ -284,6 +298,8 @@ def run_shard(
         for done, item in enumerate(batches, 1):
             with phases.time("write"):
                 writer.add(item)
+            if done == 1:
+                hold(ctx, "shard")
             if done % ctx.batch_size == 0 or done == stop - start:
                 store.set_shard_progress(record.id, shard, done)
                 stop_if_canceled(store, record.id)
@@ -338,6 +354,7 @@ def finalize(job_id: str) -> str | None:
 
 
 def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
+    hold(ctx, "finalize")
     job_id = record.id
     started = time.perf_counter()
     container = ctx.open_input(record).container

@@ -25,6 +25,7 @@ queue, ``pureebm-sync``, which workers always look at first. Redis keys:
     pureebm:owner:<owner>       sorted set: the owner's job ids by creation time
     pureebm:idem:<owner>:<key>  the job id created under an Idempotency-Key
     pureebm:states              hash: job id -> status (for /metrics)
+    pureebm:canceled            counter: jobs canceled (for /metrics)
 
 Job folder (``<data_dir>/jobs/<id>/``): ``input/<file>``, ``decoded.npz`` (the
 images the API decoded while validating, up to ``max_decoded_bytes``),
@@ -58,6 +59,7 @@ BATCH_QUEUE = "pureebm"  # on a worker's command line: every lane
 BATCH_LANES = [f"pureebm-lane-{n}" for n in range(16)]
 SYNC_QUEUE = "pureebm-sync"
 STATES_KEY = f"{PREFIX}:states"
+CANCELED_KEY = f"{PREFIX}:canceled"  # jobs canceled so far (their records are deleted)
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 KEY_GRACE_S = 3600  # a job's keys outlive its expires_at by this, for the cleaner
 
@@ -425,10 +427,13 @@ class JobStore:
         for status in ACTIVE:
             if self.transition(record.id, status, JobStatus.canceled):
                 self.mark_ended(record.id)
+                self.redis.incr(CANCELED_KEY)
                 break
         ids = [make(record.id, i) for i in range(record.shards) for make in RQ_SHARD_JOBS]
         for rq_id in [*ids, select_job_id(record.id), finalize_job_id(record.id)]:
-            with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
+            # ValueError: RQ cannot cancel a started job whose execution record expired
+            # with its dead worker; it comes back as abandoned, and finds the job canceled
+            with contextlib.suppress(NoSuchJobError, InvalidJobOperation, ValueError):
                 Job.fetch(rq_id, connection=self.redis).cancel()
 
     def fail(self, record: JobRecord, error: str) -> bool:

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from redis import Redis
 from rq import Queue
 
-from service.jobs import STATES_KEY, JobStore
+from service.jobs import CANCELED_KEY, STATES_KEY, JobStore
 from service.schemas import JobStatus
 
 IMAGES_KEY = "pureebm:stats:images"
@@ -49,11 +49,17 @@ class QueueCollector(Collector):
         self.queue_names = queue_names
 
     def collect(self) -> Iterator[Metric]:
-        jobs = GaugeMetricFamily("pureebm_jobs", "Jobs by state", labels=["state"])
+        jobs = GaugeMetricFamily("pureebm_jobs", "Jobs kept, by state", labels=["state"])
         states = [s.decode() for s in self.redis.hvals(STATES_KEY)]
         for state in JobStatus:
-            jobs.add_metric([state.value], states.count(state.value))
+            if state != JobStatus.canceled:  # a canceled job is deleted: see the counter
+                jobs.add_metric([state.value], states.count(state.value))
         yield jobs
+        yield CounterMetricFamily(
+            "pureebm_jobs_canceled",
+            "Jobs canceled (DELETE of an active job, or a synchronous request's timeout)",
+            value=int(self.redis.get(CANCELED_KEY) or 0),
+        )
 
         yield CounterMetricFamily(
             "pureebm_images_purified",

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     shard_pixels: int = Field(64_000_000, ge=1)  # and at most this many pixels
     shard_retries: int = Field(3, ge=0)
     shard_timeout_s: int = Field(6 * 3600, ge=10)
-    worker_lease_s: int = Field(30, ge=2)  # a killed worker's shard is retried after this
+    # a killed worker's shard is retried after this, and it stops counting as alive after
+    # two leases; it renews every third of a lease
+    worker_lease_s: int = Field(10, ge=2)
     worker_restarts: int = Field(5, ge=0)  # `serve` gives up on a worker after more crashes
     retention_s: int = Field(24 * 3600, ge=1)  # inputs and results are deleted after this
     cleanup_interval_s: float = Field(60, gt=0)

@@ -12,7 +12,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -391,5 +393,26 @@ def test_a_hung_valkey_is_503_not_500_and_the_api_recovers(tmp_path, tiny_regist
             assert "not answering" in answers[0].json()["detail"]
             assert stack.job_folders() == []
             assert client.get("/v1/jobs").status_code == 200
+    finally:
+        stack.stop()
+
+
+def test_a_sync_purify_whose_worker_dies_answers_503_not_a_hang(tmp_path, tiny_registry, cifar):
+    """The worker is killed while it holds the request's shard: the waiting request
+    notices within two leases (4 s here) and answers 503, not 504 after a minute."""
+    stack, _ = held_stack(tmp_path, tiny_registry, worker_lease_s=2, sync_timeout_s=60)
+    try:
+        worker = stack.start_worker()
+        with stack.client() as client, ThreadPoolExecutor(1) as pool:
+            image = {"files": ("a.png", png(cifar["images"][0]))}
+            answer = pool.submit(client.post, "/v1/purify", files=image, data={"steps": "1"})
+            wait_until_busy_with(stack, worker, "-shard-0")
+            kill(worker)
+            started = time.monotonic()
+            response = answer.result(timeout=60)
+            assert response.status_code == 503, response.text
+            assert "no live worker" in response.json()["detail"]
+            assert time.monotonic() - started < 30
+        assert stack.job_folders() == []
     finally:
         stack.stop()

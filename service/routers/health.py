@@ -14,7 +14,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", responses={503: {}})
-def healthz(request: Request) -> JSONResponse:
+async def healthz(request: Request) -> JSONResponse:  # on the event loop: no pool to wait for
     """The process is up, and nothing it needs is beyond repair (`pureebm serve`'s
     embedded Valkey has not been given up on)."""
     lost = request.app.state.lost()

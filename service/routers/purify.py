@@ -15,6 +15,7 @@ from service.schemas import ACTIVE, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["purify"])
 POLL_S = 0.1
+WORKER_LOOK_S = 2.0  # how often a waiting request checks that a worker is still alive
 
 
 @router.post(
@@ -38,7 +39,8 @@ async def purify_now(
     """Purify up to `sync_max_images` images and return them: one PNG for one image, else a zip.
 
     The work runs on a worker through a priority queue; the request waits at most
-    `sync_timeout_s` (504 after that, and the work is canceled).
+    `sync_timeout_s` (504 after that, and the work is canceled), or 503 as soon as no
+    live worker is left.
     """
     store, settings = submitter.store, submitter.settings
     if archive is not None:
@@ -52,11 +54,17 @@ async def purify_now(
         raise Problem(503, "no live worker: none has sent a heartbeat within 2 leases")
     record = await submitter.create(params, files, None, sync=True)
     deadline = time.monotonic() + settings.sync_timeout_s
+    next_look = time.monotonic() + WORKER_LOOK_S
     try:
         while (current := store.get(record.id)) is not None and current.status in ACTIVE:
             if time.monotonic() > deadline:
                 store.cancel(current)
                 raise Problem(504, f"purification took over {settings.sync_timeout_s} s")
+            if time.monotonic() > next_look:  # the worker died meanwhile: no wait till 504
+                next_look = time.monotonic() + WORKER_LOOK_S
+                if not store.live_workers(SYNC_QUEUE):
+                    store.cancel(current)
+                    raise Problem(503, "no live worker left to finish the purification")
             await asyncio.sleep(POLL_S)
         if current is None or current.status != JobStatus.finished:
             error = current.error if current else "the job disappeared"

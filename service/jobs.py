@@ -265,15 +265,26 @@ class JobStore:
         record = self.get(job_id)
         return record if record is not None and record.owner == owner else None
 
-    def idempotent_job(self, owner: str, key: str) -> JobRecord | None:
-        """The job created under this owner's Idempotency-Key, if any still exists."""
-        job_id = self.redis.get(idempotency_key(owner, key))
-        return None if job_id is None else self.get_owned(job_id.decode(), owner)
+    def idempotent_job(self, owner: str, key: str) -> tuple[JobRecord, str] | None:
+        """The job created under this owner's Idempotency-Key and the fingerprint of
+        the request that created it; None when the key is unused. A key whose job is
+        gone (deleted, expired) is released: it starts afresh."""
+        name = idempotency_key(owner, key)
+        held = self.redis.get(name)
+        if held is None:
+            return None
+        job_id, fingerprint = held.decode().split(":")
+        record = self.get_owned(job_id, owner)
+        if record is None:
+            self.redis.delete(name)
+            return None
+        return record, fingerprint
 
-    def claim_idempotency_key(self, owner: str, key: str, job_id: str) -> bool:
+    def claim_idempotency_key(self, owner: str, key: str, job_id: str, fingerprint: str) -> bool:
         """Bind the key to the job; False if another job holds it already."""
         name = idempotency_key(owner, key)
-        return bool(self.redis.set(name, job_id, nx=True, ex=self.settings.retention_s))
+        value = f"{job_id}:{fingerprint}"
+        return bool(self.redis.set(name, value, nx=True, ex=self.settings.retention_s))
 
     def update(self, job_id: str, **fields: str | float) -> bool:
         """Set fields of an existing job; a no-op (False) once it has been deleted."""

@@ -5,6 +5,7 @@ beyond raising Problem."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import secrets
 import shutil
@@ -22,7 +23,7 @@ from service.jobs import JobStore
 from service.problems import Problem
 from service.schemas import JobRecord, JobStatus, PurifyParams
 from service.settings import Settings
-from service.uploads import prepare_input
+from service.uploads import CHUNK, prepare_input
 
 log = logging.getLogger("pureebm.api")
 
@@ -142,17 +143,48 @@ class Submitter:
         archive: UploadFile | None,
         idempotency_key: str | None,
     ) -> tuple[JobRecord, bool]:
-        """Create a job, or with an Idempotency-Key that created one before, return that
-        job. Returns (job, replayed)."""
+        """Create a job or, with an Idempotency-Key that created one before from the same
+        request, return that job (IETF Idempotency-Key draft). The same key with another
+        request is 422; a key whose job is gone starts afresh. Returns (job, replayed)."""
+        if not idempotency_key:
+            return await self.create(params, files, archive), False
         store, owner = self.store, self.owner
-        if idempotency_key and (existing := store.idempotent_job(owner, idempotency_key)):
-            return existing, True
+        fingerprint = await run_in_threadpool(request_fingerprint, params, files, archive)
+        if (existing := store.idempotent_job(owner, idempotency_key)) is not None:
+            return replay(*existing, fingerprint), True
         record = await self.create(params, files, archive)
-        if idempotency_key and not store.claim_idempotency_key(owner, idempotency_key, record.id):
-            store.cancel(record)  # a concurrent request with the same key won the race
-            store.delete(record)
-            winner = store.idempotent_job(owner, idempotency_key)
-            if winner is None:
-                raise Problem(409, "a concurrent request with this Idempotency-Key failed")
-            return winner, True
-        return record, False
+        if store.claim_idempotency_key(owner, idempotency_key, record.id, fingerprint):
+            return record, False
+        store.cancel(record)  # a concurrent request with the same key won the race
+        store.delete(record)
+        winner = store.idempotent_job(owner, idempotency_key)
+        if winner is None:
+            raise Problem(409, "a concurrent request with this Idempotency-Key failed: retry")
+        return replay(*winner, fingerprint), True
+
+
+def replay(record: JobRecord, fingerprint: str, request: str) -> JobRecord:
+    if fingerprint != request:
+        raise Problem(
+            422,
+            "this Idempotency-Key was used with a different request (other files or "
+            "parameters): use a new key for a new request",
+        )
+    return record
+
+
+def request_fingerprint(
+    params: PurifyParams, files: list[UploadFile] | None, archive: UploadFile | None
+) -> str:
+    """sha256 of what a request asks for: its parameters as sent, and each part's
+    name and bytes."""
+    digest = hashlib.sha256(params.model_dump_json().encode())
+    for upload in files or [archive]:
+        if upload is None:
+            continue
+        digest.update(f"\0{upload.filename}\0".encode())
+        upload.file.seek(0)
+        while chunk := upload.file.read(CHUNK):
+            digest.update(chunk)
+        upload.file.seek(0)
+    return digest.hexdigest()

@@ -181,6 +181,26 @@ def test_idempotent_submit(stack, cifar):
     assert len({first.json()["id"], other.json()["id"], bobs.json()["id"]}) == 3
 
 
+def test_an_idempotency_key_follows_the_ietf_draft(stack, cifar):
+    """The same key with another body or other parameters is 422; once its job is
+    deleted, the key starts afresh."""
+    upload = {"files": ("a.png", png(cifar["images"][3]))}
+    key = {"Idempotency-Key": "ietf-1"}
+    with stack.client() as client:
+        first = client.post("/v1/jobs", files=upload, headers=key)
+        assert first.status_code == 202
+        other_body = client.post(
+            "/v1/jobs", files={"files": ("a.png", png(cifar["images"][4]))}, headers=key
+        )
+        other_steps = client.post("/v1/jobs", files=upload, data={"steps": "7"}, headers=key)
+        assert (other_body.status_code, other_steps.status_code) == (422, 422)
+        assert "different request" in other_body.json()["detail"]
+        assert client.delete(f"/v1/jobs/{first.json()['id']}").status_code == 200
+        fresh = client.post("/v1/jobs", files=upload, headers=key)
+        assert fresh.status_code == 202 and "idempotent-replayed" not in fresh.headers
+        assert fresh.json()["id"] != first.json()["id"]
+
+
 def test_keys_own_their_jobs(stack, cifar):
     with stack.client(KEY_A) as alice, stack.client(KEY_B) as bob:
         job = alice.post("/v1/jobs", files={"files": ("a.png", png(cifar["images"][0]))}).json()
@@ -719,3 +739,18 @@ def test_a_job_the_disk_cannot_hold_is_507_and_readiness_says_so(tmp_path, tiny_
             assert ready.status_code == 503 and not ready.json()["checks"]["disk"]["ok"]
     finally:
         stack.stop()
+
+
+def test_files_without_extensions_are_images_by_their_content(stack, cifar):
+    files = [
+        ("files", (name, png(cifar["images"][i]))) for i, name in enumerate(["scan1", "scan2"])
+    ]
+    with stack.client() as client:
+        created = client.post("/v1/jobs", files=files, data={"steps": "1"})
+        assert created.status_code == 202, created.text
+        job = stack.wait_job(client, created.json()["id"])
+        assert job["status"] == "finished" and job["progress"]["total"] == 2
+        result = client.get(job["links"]["result"]).content
+    with zipfile.ZipFile(io.BytesIO(result)) as archive:
+        assert archive.namelist() == ["scan1", "scan2"]
+        assert Image.open(io.BytesIO(archive.read("scan1"))).format == "PNG"

@@ -61,7 +61,7 @@ def to_resource(store: JobStore, record: JobRecord) -> JobResource:
     "",
     status_code=202,
     response_model=JobResource,
-    responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}},
+    responses={400: {}, 401: {}, 409: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}, 507: {}},
 )
 async def submit(
     response: Response,
@@ -74,7 +74,9 @@ async def submit(
     """Upload images (`files`) or one archive (`archive`) to purify; poll the returned job.
 
     With an `Idempotency-Key` header, repeating a request returns the job the
-    first one created instead of creating another.
+    first one created instead of creating another (`Idempotent-Replayed: true`); the
+    same key with a different request is 422, and a key whose job was deleted or
+    expired starts afresh.
     """
     record, replayed = await submitter.create_once(params, files, archive, idempotency_key)
     if replayed:

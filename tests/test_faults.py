@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from redis import Redis
+from redis.exceptions import NoPermissionError, RedisError
 from rq import Queue, Worker
 from rq.job import Job
 
@@ -310,6 +311,30 @@ def stop_serve(serve: subprocess.Popen) -> None:
         serve.wait()
 
 
+def serves_valkey(folder: Path, log_path: Path) -> Redis:
+    """A client of serve's Valkey, with the password only its user can read."""
+    port = re.findall(r"embedded Valkey on 127\.0\.0\.1:(\d+)", log_path.read_text())[-1]
+    password = (folder / "password").read_text().strip()
+    assert (folder / "password").stat().st_mode & 0o077 == 0
+    return Redis.from_url(f"redis://pureebm:{password}@127.0.0.1:{port}")
+
+
+def answers(redis: Redis) -> bool:
+    try:
+        return bool(redis.ping())
+    except RedisError:
+        return False
+
+
+def anonymous_can_write(redis: Redis) -> bool:
+    anonymous = Redis(port=redis.connection_pool.connection_kwargs["port"])
+    try:
+        anonymous.set("anonymous", "1")
+        return True
+    except NoPermissionError:
+        return False
+
+
 def valkeys_in(folder: Path) -> list[int]:
     """The valkey-server processes working in ``folder``."""
     pids = []
@@ -338,14 +363,15 @@ def test_serves_valkey_is_restarted_on_its_data_and_one_folder_has_one_valkey(
     try:
         Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "serve")
         [valkey] = valkeys_in(folder)
-        redis_url = re.search(r"redis://[\d.:]+", log_path.read_text()).group(0)
-        redis = Redis.from_url(redis_url)
+        redis = serves_valkey(folder, log_path)
+        assert not anonymous_can_write(redis)  # only serve's own user may queue work
         redis.set("written-before", "1")
         redis.bgrewriteaof()  # on disk now, not at the next fsync
         Stack.wait_for(lambda: redis.info("persistence")["aof_rewrite_in_progress"] == 0, "AOF")
         kill(valkey)
         Stack.wait_for(lambda: valkeys_in(folder) not in ([], [valkey]), "a new Valkey", 30)
         assert not Path(f"/proc/{valkey}").exists()  # reaped, not a zombie
+        Stack.wait_for(lambda: answers(redis), "the new Valkey to answer", 30)
         assert redis.get("written-before") == b"1"
         assert httpx.get(f"{url}/healthz").status_code == 200
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -368,7 +394,7 @@ def test_serves_valkey_is_restarted_on_its_data_and_one_folder_has_one_valkey(
         [fresh] = valkeys_in(folder)
         assert fresh != orphan
         assert "stopping the Valkey a previous serve left running" in log_path.read_text()
-        restarted = Redis.from_url(re.findall(r"redis://[\d.:]+", log_path.read_text())[-1])
+        restarted = serves_valkey(folder, log_path)
         assert restarted.get("written-before") == b"1"
     finally:
         stop_serve(serve)

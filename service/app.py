@@ -11,10 +11,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
+from prometheus_client import Counter
 from redis import Redis
 from starlette.formparsers import MultiPartParser
-from starlette.middleware.base import RequestResponseEndpoint
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import problems
 from service.bodies import BodyGuard
@@ -27,9 +28,10 @@ from service.settings import Settings
 log = logging.getLogger("pureebm.api")
 
 FORM_FIELD_BYTES = 64 << 10
+SPOOL_BYTES = 16 << 10
 # An uploaded part is kept in memory up to this, then spooled to a temporary file
 # (Starlette's default, 1 MiB, lets a thousand-part request hold a GiB).
-MultiPartParser.spool_max_size = FORM_FIELD_BYTES
+MultiPartParser.spool_max_size = SPOOL_BYTES
 
 
 async def clean_periodically(store: JobStore, interval_s: float) -> None:
@@ -45,6 +47,37 @@ async def clean_periodically(store: JobStore, interval_s: float) -> None:
         except Exception:
             log.exception("cleaner failed")
         await asyncio.sleep(interval_s)
+
+
+class CountRequests:
+    """Counts every request by method, route and status, and answers an exception that
+    no handler took with a problem+json 500 (so the connection stays healthy). Pure
+    ASGI: no task or stream per request, which an upload cut in flight would pay for."""
+
+    def __init__(self, app: ASGIApp, requests: Counter) -> None:
+        self.app, self.requests = app, requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status: int | None = None
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if status is not None:  # the response had begun: nothing else can be sent
+                raise
+            status = 500
+            await problems.unexpected_error(Request(scope), exc)(scope, receive, send)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(scope["method"], path, str(status or 500)).inc()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,16 +121,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, purify.router, models.router, health.router):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        try:
-            response = await call_next(request)
-        except Exception as exc:
-            response = problems.unexpected_error(request, exc)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
     app.add_middleware(BodyGuard, settings=settings)
+    app.add_middleware(CountRequests, requests=requests)  # outermost: counts BodyGuard's too
     return app

@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import authenticate
-from service.problems import BODY_CUT, Problem, problem
+from service.problems import Problem, problem
 from service.settings import Settings
 
 WITH_BODY = {"POST", "PUT", "PATCH"}
@@ -27,12 +27,17 @@ class BodyGuard:
     - a declared Content-Length over ``max_upload_bytes`` is refused at once (413);
     - a body that streams past it (chunked, or longer than declared) is cut (413);
     - a body that sends nothing for ``body_timeout_s`` is cut (408): a client that
-      declares more than it sends holds no connection open for long.
+      declares more than it sends holds no connection open for long;
+    - at most ``max_uploads_in_flight`` bodies are read at once (each costs buffers
+      in this process; a waiting one stays in the kernel's socket buffer), and a
+      request that waits ``body_timeout_s`` for its turn is answered 503.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app, self.settings = app, settings
         self.limit = settings.max_upload_bytes
+        self.in_flight = asyncio.Semaphore(settings.max_uploads_in_flight)
+        self.over_limit = f"the upload is over the {self.limit}-byte limit"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in WITH_BODY:
@@ -43,31 +48,51 @@ class BodyGuard:
         except Problem as e:
             response = problem(scope["path"], e.status_code, str(e.detail), e.headers)
             return await response(scope, receive, send)
-        detail = f"the upload is over the {self.limit}-byte limit"
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await problem(scope["path"], 413, detail)(scope, receive, send)
-        received, complete = 0, False
+            return await problem(scope["path"], 413, self.over_limit)(scope, receive, send)
         timeout = self.settings.body_timeout_s
+        try:
+            await asyncio.wait_for(self.in_flight.acquire(), timeout)
+        except TimeoutError:
+            busy = f"{self.settings.max_uploads_in_flight} uploads are in flight: retry shortly"
+            return await problem(scope["path"], 503, busy, {"Retry-After": "5"})(
+                scope, receive, send
+            )
+        try:
+            await self.read_guarded(scope, receive, send, timeout)
+        finally:
+            self.in_flight.release()
 
-        def cut(status: int, reason: str) -> Problem:
-            # raised inside the route, so the handlers answer it; the multipart parser
-            # turns errors into its own 400, which the flag in the state overrides
-            scope.setdefault("state", {})[BODY_CUT] = (status, reason)
-            return Problem(status, reason)
+    async def read_guarded(
+        self, scope: Scope, receive: Receive, send: Send, timeout: float
+    ) -> None:
+        received, complete, answered = 0, False, False
+
+        async def cut(status: int, reason: str) -> Message:
+            """Answer now, and tell the app that its client has gone: it stops reading,
+            and whatever it answers is dropped (no exception runs up the stack)."""
+            nonlocal answered
+            answered = True
+            await problem(scope["path"], status, reason)(scope, receive, send)
+            return {"type": "http.disconnect"}
 
         async def guarded() -> Message:
             nonlocal received, complete
-            if complete:  # after the body, receive() only waits for the disconnect
+            if complete or answered:  # after the body, receive() waits for the disconnect
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except TimeoutError:
-                raise cut(408, f"the body sent nothing for {timeout:g} s") from None
+                return await cut(408, f"the body sent nothing for {timeout:g} s")
             received += len(message.get("body", b""))
             complete = not message.get("more_body", False)
             if received > self.limit:
-                raise cut(413, detail)
+                return await cut(413, self.over_limit)
             return message
 
-        await self.app(scope, guarded, send)
+        async def unless_answered(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        await self.app(scope, guarded, unless_answered)

@@ -44,9 +44,6 @@ class Problem(HTTPException):
         self.extra = extra
 
 
-BODY_CUT = "body_cut"  # in a request's state once bodies.BodyGuard cut its body: (status, detail)
-
-
 def problem(
     path: str,
     status: int,
@@ -88,9 +85,6 @@ def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        cut = request.scope.get("state", {}).get(BODY_CUT)
-        if cut:  # a streamed body cut by BodyGuard, whatever the parser made of it
-            return problem(request.url.path, *cut)
         return problem(
             request.url.path,
             exc.status_code,

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(8 << 30, ge=1)
     max_files: int = Field(1000, ge=1)
     body_timeout_s: float = Field(30, gt=0)  # a request body silent this long is cut (408)
+    max_uploads_in_flight: int = Field(64, ge=1)  # bodies read at once; others wait, then 503
     max_pixels: int = Field(Limits.max_pixels, ge=1)
     max_job_pixels: int = Field(10_000_000_000, ge=1)  # all images of one job together
     # decoded images the API keeps per job for the workers (raw bytes; later ones are

@@ -677,13 +677,23 @@ def test_a_single_cmyk_image_comes_back_cmyk(stack, cifar):
     assert (back.format, back.mode, back.size) == ("TIFF", "CMYK", (32, 32))
 
 
-def raw_post(port: int, headers: dict[str, str], body: bytes = b"", wait_s: float = 20) -> str:
-    """POST /v1/jobs over a bare socket, sending ``body`` (maybe less than declared), and
-    the status line the server answers with, within ``wait_s``."""
+def raw_post(
+    port: int,
+    headers: dict[str, str],
+    body: bytes = b"",
+    wait_s: float = 20,
+    trickle: int = 0,
+) -> str:
+    """POST /v1/jobs over a bare socket, sending ``body`` (maybe less than declared)
+    and then ``trickle`` more bytes, one every half second, and the status line the
+    server answers with, within ``wait_s``."""
     lines = [f"{name}: {value}" for name, value in headers.items()]
     request = "\r\n".join(["POST /v1/jobs HTTP/1.1", "Host: 127.0.0.1", *lines, "", ""])
     with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as connection:
         connection.sendall(request.encode() + body)
+        for _ in range(trickle):
+            time.sleep(0.5)
+            connection.sendall(b"x")
         return connection.recv(4096).decode(errors="replace").split("\r\n")[0]
 
 
@@ -696,12 +706,22 @@ def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(stack)
     assert raw_post(stack.port, {**MULTIPART, "X-API-Key": "wrong"}).startswith("HTTP/1.1 403")
 
 
-def test_a_body_that_stalls_is_cut_with_408(tmp_path, tiny_registry):
-    stack = Stack(tmp_path, tiny_registry, body_timeout_s=1)
+def test_a_body_that_stalls_is_cut_with_408_and_one_waiting_for_its_turn_gets_503(
+    tmp_path, tiny_registry
+):
+    """One upload may be read at a time here. A slow one (a byte every half second)
+    holds the turn for 4 s; the one behind it waits 2 s for it, then gets 503; the
+    slow one, once silent for 2 s, is cut with 408."""
+    stack = Stack(tmp_path, tiny_registry, body_timeout_s=2, max_uploads_in_flight=1)
     try:
-        started = time.monotonic()
-        status = raw_post(stack.port, {**MULTIPART, "X-API-Key": KEY_A}, b"--b\r\n")
-        assert status.startswith("HTTP/1.1 408") and time.monotonic() - started < 15
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(
+                raw_post, stack.port, {**MULTIPART, "X-API-Key": KEY_A}, b"--b\r\n", 20, 8
+            )
+            time.sleep(0.5)
+            behind = raw_post(stack.port, {**MULTIPART, "X-API-Key": KEY_A})
+            assert behind.startswith("HTTP/1.1 503"), behind
+            assert slow.result().startswith("HTTP/1.1 408")
         assert stack.job_folders() == []
     finally:
         stack.stop()

@@ -5,11 +5,16 @@ cancels and a worker killed with SIGKILL every few seconds.
 
 Each job is 1-8 CIFAR-10 images in a zip, tar, tar.gz, npz or a single PNG, with
 steps 1-5 and a fixed seed; about 5% are canceled soon after submitting. Every
+tenth submission is instead a hostile upload from tests/hostile.py (a zip bomb, a
+GIF or a zip inside a zip, a sparse tar, a lying npz header, ...), which must get
+its 4xx and leave no job (the service runs with tests/hostile.py's LIMITS). Every
 finished job's result is compared member by member with the same input purified
 in this process by the engine (same model, steps, seed and batch size, so the
-same bytes). Prints jobs submitted / finished / failed / canceled / lost (no
-terminal state within --deadline), images lost or swapped, workers killed, and
-p50 / p99 seconds from submit to a terminal state. Writes bench/out/soak.json.
+same bytes; the images the default model's energy filter left out, as sent).
+Prints jobs submitted / finished / failed / canceled / lost (no terminal state
+within --deadline), hostile uploads refused as expected / answered otherwise,
+images lost or swapped, workers killed, and p50 / p99 seconds from submit to a
+terminal state. Writes bench/out/soak.json.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pureebm.client import PureEBMClient, PureEBMError
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
 from pureebm.registry import DEFAULT_MODEL, Registry
+from tests.hostile import LIMITS, REFUSED, materialise
 from tests.stack import Stack, free_port, worker_pids
 from worker.main import default_batch_size
 
@@ -57,11 +63,12 @@ class Spec:
     images: np.ndarray  # N x 32 x 32 x 3
     steps: int
     cancel: bool
+    hostile: str | None = None  # a case of tests.hostile.REFUSED instead of a job
 
 
 @dataclass
 class Outcome:
-    status: str  # finished, failed, canceled, lost
+    status: str  # finished, failed, canceled, lost; refused / unexpected for a hostile one
     seconds: float
     bad_images: int = 0
     error: str | None = None
@@ -109,15 +116,33 @@ class Soak:
         self.model = Registry().load(DEFAULT_MODEL, "cpu")
         self.batch_size = default_batch_size(torch.device("cpu"))  # the workers' own
 
-    def expected(self, path: Path, spec: Spec, seed: int) -> dict[str, np.ndarray]:
-        """The engine's result for the same input, in this process."""
+    def expected(
+        self, path: Path, spec: Spec, seed: int, purified: set[str]
+    ) -> dict[str, np.ndarray]:
+        """The engine's result for the same input, in this process: the images the
+        job's report says its filter purified (an image's noise depends on its seed
+        and position only), the others as sent."""
         defaults = self.model.manifest.langevin
         params = LangevinParams(steps=spec.steps, eps=defaults.eps, tau=defaults.tau)
         pictures = open_container(path).iter_images()
         results = purify_pictures(self.model, pictures, params, self.batch_size, "cpu", seed)
-        return {r.name: r.rgb for r in results}
+        sent = images_of(path)
+        return {r.name: r.rgb if r.name in purified else sent[r.name] for r in results}
+
+    def run_hostile(self, client: PureEBMClient, spec: Spec) -> Outcome:
+        status, upload, form = REFUSED[spec.hostile]
+        started = time.monotonic()
+        answer = client.http.post(
+            "/v1/jobs", files=materialise(upload, {"images": spec.images}), data=form
+        )
+        seconds = time.monotonic() - started
+        if answer.status_code == status:
+            return Outcome("refused", seconds)
+        return Outcome("unexpected", seconds, error=f"{spec.hostile}: {answer.status_code}")
 
     def run_job(self, client: PureEBMClient, spec: Spec) -> Outcome:
+        if spec.hostile is not None:
+            return self.run_hostile(client, spec)
         path = write_input(spec, self.work / "inputs")
         seed = spec.index
         started = time.monotonic()
@@ -138,7 +163,8 @@ class Soak:
         if status != "finished":
             return Outcome(status, seconds, error=client.job(job["id"]).get("error"))
         result = client.download(job["id"], self.work / "results" / path.name)
-        got, want = images_of(result), self.expected(path, spec, seed)
+        purified = {row["name"] for row in client.report(job["id"])["images"] if row["purified"]}
+        got, want = images_of(result), self.expected(path, spec, seed, purified)
         bad = sum(
             name not in got or not np.array_equal(got[name], pixels)
             for name, pixels in want.items()
@@ -165,6 +191,7 @@ def start_serve(args: argparse.Namespace, work: Path) -> tuple[subprocess.Popen,
         "PUREEBM_WORKER_RESTARTS": "1000000",  # the soak kills workers on purpose
         "PUREEBM_MAX_ACTIVE_JOBS_PER_KEY": str(args.clients * 2),
         "PUREEBM_LOG_LEVEL": "WARNING",
+        **{f"PUREEBM_{name.upper()}": str(value) for name, value in LIMITS.items()},
     }
     log = (work / "serve.log").open("wb")
     argv = [sys.executable, "-m", "pureebm", "serve", "--port", str(port)]
@@ -197,6 +224,10 @@ def main() -> None:
         )
         for i in range(args.jobs)
     ]
+    hostile = sorted(REFUSED)
+    for spec in specs[9::10]:
+        spec.hostile = hostile[int(rng.integers(len(hostile)))]
+        spec.images = pool[rng.choice(len(pool), 8)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "inputs").mkdir()
@@ -226,8 +257,11 @@ def main() -> None:
             serve.send_signal(signal.SIGINT)
             serve.wait(timeout=60)
         wall_s = time.monotonic() - started
-    seconds = np.array([o.seconds for o in outcomes if o.status != "lost"])
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "failed", "canceled")}
+    seconds = np.array(
+        [o.seconds for o in outcomes if o.status in ("finished", "failed", "canceled")]
+    )
+    states = ("finished", "failed", "canceled", "refused", "unexpected")
+    counts = {s: sum(o.status == s for o in outcomes) for s in states}
     figures = {
         "jobs_submitted": len(outcomes),
         **{f"jobs_{status}": count for status, count in counts.items()},

@@ -23,6 +23,7 @@ from pureebm.images import (
     decode_image,
     encode_image,
 )
+from tests.hostile import sparse_tar
 from tests.stack import png, zip_bytes
 
 
@@ -441,23 +442,9 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def sparse_tar(path: Path, name: str, real_size: int) -> Path:
-    """A GNU tar whose one member is ``real_size`` bytes of holes, in a few KB
-    (tarfile reads sparse members but cannot write them)."""
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.GNUTYPE_SPARSE
-    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
-    header[386:398] = b"%011o\0" % real_size  # one sparse entry: no data at real_size
-    header[398:410] = b"%011o\0" % 0
-    header[483:495] = b"%011o\0" % real_size  # realsize
-    header[148:156] = b" " * 8
-    header[148:156] = b"%06o\0 " % sum(header[:512])
-    path.write_bytes(bytes(header[:512]) + bytes(1024))
-    return path
-
-
 def test_a_sparse_tar_member_counts_its_real_size_against_the_ratio(tmp_path, cifar):
-    src = sparse_tar(tmp_path / "s.tar", "holes.png", 400 << 20)
+    src = tmp_path / "s.tar"
+    src.write_bytes(sparse_tar("holes.png", 400 << 20))
     with tarfile.open(src) as archive:
         assert archive.getmembers()[0].size == 400 << 20  # what a reader would unpack
     with pytest.raises(InputTooLarge, match="compression-ratio"):

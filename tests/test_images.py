@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pureebm.images import InputTooLarge, Limits, UnsupportedInput, decode_image, encode_image
+from tests.hostile import sixteen_bit_rgb_png
 from tests.stack import bomb_png, png
 
 
@@ -73,23 +74,6 @@ def test_what_cannot_come_back_as_sent_is_refused(cifar):
         decode_image(sixteen_bit_rgb_png(rgb))
     with pytest.raises(UnsupportedInput, match="outside 0 to 65535"):
         decode_image(encoded(Image.fromarray(np.full((4, 4), 100_000, np.int32)), "TIFF"))
-
-
-def sixteen_bit_rgb_png(rgb: np.ndarray) -> bytes:
-    """A 16-bit-per-channel RGB PNG, written chunk by chunk (Pillow writes none)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    height, width = rgb.shape[:2]
-    wide = rgb.astype(">u2") * 257
-    rows = b"".join(b"\x00" + row.tobytes() for row in wide)
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    chunks = [chunk(b"IHDR", header), chunk(b"IDAT", zlib.compress(rows)), chunk(b"IEND", b"")]
-    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ WORKDIR /app
 
 COPY pyproject.toml constraints.txt README.md ./
 COPY pureebm ./pureebm
+COPY jobs ./jobs
 COPY service ./service
 COPY worker ./worker
 RUN pip install -c constraints.txt ".[ddpm]"

@@ -227,7 +227,7 @@ def main() -> None:
     hostile = sorted(REFUSED)
     for spec in specs[9::10]:
         spec.hostile = hostile[int(rng.integers(len(hostile)))]
-        spec.images = pool[rng.choice(len(pool), 8)]
+        spec.images = pool[rng.choice(len(pool), 24)]  # "too many files" sends 21
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "inputs").mkdir()

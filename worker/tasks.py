@@ -21,6 +21,10 @@ import numpy as np
 import torch
 from rq import get_current_job
 
+from jobs.queue import JobQueue
+from jobs.record import ACTIVE, JobRecord, JobStatus
+from jobs.stats import record_shard
+from jobs.store import JobStore
 from pureebm.archives import Container, open_container
 from pureebm.atomic import atomic_path
 from pureebm.filtering import selected_positions
@@ -29,9 +33,6 @@ from pureebm.langevin import Speedups
 from pureebm.pipeline import Phases, Reps, energies_of, purify_pictures
 from pureebm.registry import LoadedModel, Registry, parse_ref
 from pureebm.shards import OpenShard, ShardSet, write_shard
-from service import metrics
-from service.jobs import JobStore
-from service.schemas import ACTIVE, JobRecord, JobStatus
 
 log = logging.getLogger("pureebm.worker")
 
@@ -94,6 +95,7 @@ class JobInput:
 @dataclass
 class WorkerContext:
     store: JobStore
+    queue: JobQueue
     models: ModelCache
     device: torch.device
     batch_size: int
@@ -104,9 +106,9 @@ class WorkerContext:
     def open_input(self, record: JobRecord) -> JobInput:
         """The job's input, listed and checked once per worker: the shards of one job
         reuse it instead of re-reading the archive's directory."""
-        path = self.store.input_path(record)
+        path = self.store.folders.input_path(record)
         if path not in self.inputs:
-            decoded = self.store.decoded_path(record.id)
+            decoded = self.store.folders.decoded_path(record.id)
             self.inputs[path] = JobInput(
                 open_container(path, self.store.settings.limits),
                 OpenShard(decoded) if decoded.exists() else None,
@@ -122,7 +124,7 @@ class WorkerContext:
     def release(self, record: JobRecord) -> None:
         """Close a job's input once the job needs no more shards from this worker, so
         that deleting its folder frees the disk."""
-        job_input = self.inputs.pop(self.store.input_path(record), None)
+        job_input = self.inputs.pop(self.store.folders.input_path(record), None)
         if job_input is not None:
             job_input.close()
 
@@ -192,7 +194,7 @@ def score_shard(job_id: str, shard: int, start: int, stop: int) -> int:
     except Exception as e:
         store.update(job_id, error=f"scoring shard {shard}: {e}")
         raise
-    with atomic_path(store.score_path(job_id, shard)) as partial, partial.open("wb") as f:
+    with atomic_path(store.folders.score_path(job_id, shard)) as partial, partial.open("wb") as f:
         np.save(f, np.array(energies, np.float64), allow_pickle=False)
     return len(energies)
 
@@ -208,23 +210,22 @@ def select(job_id: str) -> int | None:
     if record is None or record.status not in ACTIVE:
         return None
     try:
-        missing = [s for s in range(record.shards) if not store.score_path(job_id, s).exists()]
+        scores = [store.folders.score_path(job_id, s) for s in range(record.shards)]
+        missing = [s for s, path in enumerate(scores) if not path.exists()]
         if missing:
             fail(store, record, record.error or f"scoring shards {missing} did not finish")
             return None
-        energies = np.concatenate(
-            [np.load(store.score_path(job_id, s)) for s in range(record.shards)]
-        )
+        energies = np.concatenate([np.load(path) for path in scores])
         manifest = ctx.models.get(record.params.model).manifest
         chosen = np.array(
             selected_positions(energies, record.params.filter, manifest.energy_threshold), np.int64
         )
         per_shard = np.diff(np.searchsorted(chosen, record.shard_bounds))
         bounds = np.concatenate([[0], np.cumsum(per_shard[per_shard > 0])]).astype(np.int64)
-        with atomic_path(store.selection_path(job_id)) as partial, partial.open("wb") as f:
+        with atomic_path(store.folders.selection_path(job_id)) as partial, partial.open("wb") as f:
             np.savez(f, positions=chosen, bounds=bounds, energies=energies)
         store.update(job_id, selected=len(chosen))
-        store.enqueue_purification(record, bounds.tolist())
+        ctx.queue.enqueue_purification(record, bounds.tolist())
         return len(chosen)
     except Exception as e:
         current = get_current_job()
@@ -254,7 +255,7 @@ def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
         store.update(job_id, error=f"shard {shard}: {e}")
         raise
     seconds = time.perf_counter() - started
-    metrics.record_shard(store.redis, ctx.name, images, seconds)
+    record_shard(store.redis, ctx.name, images, seconds)
     log.info(
         "shard done",
         extra={
@@ -294,7 +295,8 @@ def run_shard(
         ctx.speedups,
         reps=reps,
     )
-    with write_shard(store.shard_path(record.id, shard)) as writer, contextlib.closing(batches):
+    shard_path = store.folders.shard_path(record.id, shard)
+    with write_shard(shard_path) as writer, contextlib.closing(batches):
         for done, item in enumerate(batches, 1):
             with phases.time("write"):
                 writer.add(item)
@@ -314,7 +316,7 @@ def purification_plan(
     every image's energy (its selection file, written by ``select``)."""
     if record.params.filter is None:
         return record.shard_bounds, None, None
-    with np.load(store.selection_path(record.id), allow_pickle=False) as saved:
+    with np.load(store.folders.selection_path(record.id), allow_pickle=False) as saved:
         return saved["bounds"].tolist(), saved["positions"].tolist(), saved["energies"].tolist()
 
 
@@ -339,7 +341,7 @@ def finalize(job_id: str) -> str | None:
         if record.status not in ACTIVE:
             return None
         shards = len(purification_plan(store, record)[0]) - 1
-        missing = [s for s in range(shards) if not store.shard_path(job_id, s).exists()]
+        missing = [s for s in range(shards) if not store.folders.shard_path(job_id, s).exists()]
         if missing:
             fail(store, record, record.error or f"shards {missing} did not finish")
             return None
@@ -359,9 +361,9 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     started = time.perf_counter()
     container = ctx.open_input(record).container
     bounds, chosen, scores = purification_plan(store, record)
-    paths = [store.shard_path(job_id, shard) for shard in range(len(bounds) - 1)]
+    paths = [store.folders.shard_path(job_id, shard) for shard in range(len(bounds) - 1)]
     purified = ShardSet(paths, bounds, container.image_names(), chosen)
-    result = store.result_path(record)
+    result = store.folders.result_path(record)
     try:
         with atomic_path(result) as partial:
             container.write(partial, purified.picture)
@@ -383,7 +385,7 @@ def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
         "purified": sum(row["purified"] for row in rows),
         "images": rows,
     }
-    report_path = store.report_path(job_id)
+    report_path = store.folders.report_path(job_id)
     with atomic_path(report_path) as partial:
         partial.write_text(json.dumps(report))
     store.mark_ended(job_id)

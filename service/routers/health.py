@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pureebm.registry import RegistryError
-from service.deps import MetricsAccessDep, RedisDep, RegistryDep, SettingsDep, StoreDep
+from service.deps import MetricsAccessDep, QueueDep, RedisDep, RegistryDep, SettingsDep
 from service.disk import free_bytes
 
 router = APIRouter(tags=["operations"])
@@ -25,7 +25,7 @@ async def healthz(request: Request) -> JSONResponse:  # on the event loop: no po
 
 @router.get("/readyz", responses={503: {}})
 def readyz(
-    redis: RedisDep, store: StoreDep, registry: RegistryDep, settings: SettingsDep
+    redis: RedisDep, queue: QueueDep, registry: RegistryDep, settings: SettingsDep
 ) -> JSONResponse:
     """Ready when the queue answers, a worker's heartbeat is fresh, the data volume
     has its reserve free and the default model verifies."""
@@ -33,7 +33,7 @@ def readyz(
     try:
         redis.ping()
         checks["queue"] = {"ok": True}
-        workers = store.live_workers()
+        workers = queue.live_workers()
         checks["workers"] = {"ok": workers > 0, "alive": workers}
     except Exception as e:
         checks["queue"] = {"ok": False, "error": str(e)}

@@ -10,18 +10,21 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
+from jobs.record import ACTIVE, JobRecord, JobStatus, Report
+from jobs.store import JobStore
 from service.deps import (
     ArchiveField,
     FilesField,
     IdempotencyKeyHeader,
     OwnerDep,
     ParamsForm,
+    QueueDep,
     StoreDep,
     SubmitterDep,
 )
-from service.jobs import JobStore, media_type_of
+from service.media import media_type_of
 from service.problems import Problem
-from service.schemas import ACTIVE, JobPage, JobRecord, JobResource, JobStatus, Report, Timings
+from service.schemas import JobPage, JobResource, Timings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -125,7 +128,7 @@ def get_result(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
     """The purified data, in the container it came in."""
     record = owned(store, job_id, owner)
     require_finished(record)
-    path = store.result_path(record)
+    path = store.folders.result_path(record)
     media_type = media_type_of(path)
     return FileResponse(path, media_type=media_type, filename=record.result_name)
 
@@ -135,15 +138,16 @@ def get_report(job_id: str, store: StoreDep, owner: OwnerDep) -> Report:
     """Each image's energy before and after purification."""
     record = owned(store, job_id, owner)
     require_finished(record)
-    return Report.model_validate(json.loads(store.report_path(job_id).read_text()))
+    return Report.model_validate(json.loads(store.folders.report_path(job_id).read_text()))
 
 
 @router.delete("/{job_id}", response_model=JobResource, responses={404: {}})
-def delete_job(job_id: str, store: StoreDep, owner: OwnerDep) -> JobResource:
+def delete_job(job_id: str, queue: QueueDep, owner: OwnerDep) -> JobResource:
     """Cancel the job if it is queued or running, and delete its data."""
+    store = queue.store
     record = owned(store, job_id, owner)
     if record.status in ACTIVE:
-        store.cancel(record)
+        queue.cancel(record)
         record = store.get(job_id) or record
     resource = to_resource(store, record)
     store.delete(record)

@@ -8,10 +8,11 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from jobs.keys import SYNC_QUEUE
+from jobs.record import ACTIVE, JobStatus
 from service.deps import ArchiveField, FilesField, ParamsForm, SubmitterDep
-from service.jobs import SYNC_QUEUE, media_type_of
+from service.media import media_type_of
 from service.problems import Problem
-from service.schemas import ACTIVE, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["purify"])
 POLL_S = 0.1
@@ -42,7 +43,7 @@ async def purify_now(
     `sync_timeout_s` (504 after that, and the work is canceled), or 503 as soon as no
     live worker is left.
     """
-    store, settings = submitter.store, submitter.settings
+    store, queue, settings = submitter.store, submitter.queue, submitter.settings
     if archive is not None:
         raise Problem(400, "/v1/purify takes `files`; send archives to /v1/jobs")
     if files and len(files) > settings.sync_max_images:
@@ -50,7 +51,7 @@ async def purify_now(
             413,
             f"/v1/purify takes at most {settings.sync_max_images} images; use /v1/jobs for more",
         )
-    if not store.live_workers(SYNC_QUEUE):
+    if not queue.live_workers(SYNC_QUEUE):
         raise Problem(503, "no live worker: none has sent a heartbeat within 2 leases")
     record = await submitter.create(params, files, None, sync=True)
     deadline = time.monotonic() + settings.sync_timeout_s
@@ -58,18 +59,18 @@ async def purify_now(
     try:
         while (current := store.get(record.id)) is not None and current.status in ACTIVE:
             if time.monotonic() > deadline:
-                store.cancel(current)
+                queue.cancel(current)
                 raise Problem(504, f"purification took over {settings.sync_timeout_s} s")
             if time.monotonic() > next_look:  # the worker died meanwhile: no wait till 504
                 next_look = time.monotonic() + WORKER_LOOK_S
-                if not store.live_workers(SYNC_QUEUE):
-                    store.cancel(current)
+                if not queue.live_workers(SYNC_QUEUE):
+                    queue.cancel(current)
                     raise Problem(503, "no live worker left to finish the purification")
             await asyncio.sleep(POLL_S)
         if current is None or current.status != JobStatus.finished:
             error = current.error if current else "the job disappeared"
             raise Problem(500, f"purification failed: {error}")
-        path = store.result_path(current)
+        path = store.folders.result_path(current)
         content = path.read_bytes()
         return Response(
             content,

@@ -1,0 +1,63 @@
+"""The cleaner, run by the API every cleanup_interval_s: it fails the jobs nothing
+will move on any more, and deletes jobs (and orphaned folders) past retention."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from jobs.keys import JOB_ID, KEY_GRACE_S, STATES_KEY, finalize_job_id, job_key, select_job_id
+from jobs.queue import JobQueue
+from jobs.record import ACTIVE
+from jobs.store import JobStore
+
+
+def fail_stalled(queue: JobQueue, now: float | None = None) -> int:
+    """Fail active jobs that nothing will move on: their finalising RQ job (the one
+    that ends every job) is gone or has ended without ending the job, for instance
+    a worker killed during its last attempt, or Redis restarted without the queue.
+    A filtered job is also moving while its selecting job (which queues the
+    finalising one before it ends) is pending."""
+    now = time.time() if now is None else now
+    settle_s = 2 * queue.settings.worker_lease_s  # between saving a job and queueing it
+    failed = 0
+    states = queue.redis.hgetall(STATES_KEY)
+    active = [job_id.decode() for job_id, state in states.items() if state.decode() in ACTIVE]
+    for job_id in active:
+        record = queue.store.get(job_id)
+        if record is None or record.status not in ACTIVE:
+            continue
+        # an active job's keys live on until retention_s after it ends (mark_ended)
+        keep_until = int(now + queue.settings.retention_s) + KEY_GRACE_S
+        queue.redis.expireat(job_key(job_id), keep_until, gt=True)
+        if record.created_at > now - settle_s:
+            continue
+        enders = [finalize_job_id(record.id)]
+        if record.params.filter is not None:
+            enders.append(select_job_id(record.id))
+        ended = all(queue.rq_job_ended(rq_id) for rq_id in enders)
+        error = record.error or "the job stalled: its work ended or was lost"
+        if ended and queue.store.fail(record, error):
+            failed += 1
+    return failed
+
+
+def delete_expired(store: JobStore, now: float | None = None) -> int:
+    """The retention cleaner: delete ended jobs past ``expires_at`` (retention counts
+    from a job's end: ``mark_ended``; a job still active is left to the stall
+    check) and orphaned folders."""
+    now = time.time() if now is None else now
+    deleted = 0
+    for job_id in [k.decode() for k in store.redis.hkeys(STATES_KEY)]:
+        record = store.get(job_id)
+        if record is None:
+            store.redis.hdel(STATES_KEY, job_id)
+        elif record.expires_at < now and record.status not in ACTIVE:
+            store.delete(record)
+            deleted += 1
+    if store.settings.jobs_dir.is_dir():
+        for folder in store.settings.jobs_dir.iterdir():
+            orphan = JOB_ID.match(folder.name) and not store.redis.exists(job_key(folder.name))
+            if orphan and folder.stat().st_mtime < now - 3600:
+                shutil.rmtree(folder, ignore_errors=True)
+    return deleted

@@ -1,0 +1,50 @@
+"""The job folder, ``<data_dir>/jobs/<id>/``, and where each file of a job lives in it:
+
+input/<file>          the upload as stored
+decoded.npz           the images the API decoded while validating (a shard file;
+                      a prefix of them, up to max_decoded_bytes)
+shards/<i>.npz        each purification shard's purified images
+shards/score-<i>.npy  with a filter: each scoring shard's energies
+selection.npz         with a filter: the chosen positions, and where each
+                      purification shard starts among them
+result/<name>         the purified container
+report.json           the energy report (jobs.record.Report)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobs.keys import JOB_ID
+from jobs.record import JobRecord
+
+
+class JobFolders:
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+
+    def folder(self, job_id: str) -> Path:
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.jobs_dir / job_id
+
+    def input_path(self, record: JobRecord) -> Path:
+        return self.folder(record.id) / "input" / record.input_file
+
+    def decoded_path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "decoded.npz"
+
+    def shard_path(self, job_id: str, shard: int) -> Path:
+        return self.folder(job_id) / "shards" / f"{shard:05d}.npz"
+
+    def score_path(self, job_id: str, shard: int) -> Path:
+        return self.folder(job_id) / "shards" / f"score-{shard:05d}.npy"
+
+    def selection_path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "selection.npz"
+
+    def result_path(self, record: JobRecord) -> Path:
+        return self.folder(record.id) / "result" / record.result_name
+
+    def report_path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "report.json"

@@ -40,8 +40,9 @@ from PIL import Image
 
 from pureebm.archives import open_container
 from pureebm.client import PureEBMClient
+from pureebm.concurrency import Phases
 from pureebm.langevin import resolve_device
-from pureebm.pipeline import Phases, purify_container
+from pureebm.pipeline import purify_container
 from pureebm.registry import Registry
 from service.settings import Settings
 from tests.stack import Stack, free_port

@@ -28,6 +28,13 @@ class JobFolders:
             raise ValueError(f"not a job id: {job_id!r}")
         return self.jobs_dir / job_id
 
+    def create(self, job_id: str) -> Path:
+        """A new job's folder, with its input, shards and result folders."""
+        folder = self.folder(job_id)
+        for sub in ("input", "shards", "result"):
+            (folder / sub).mkdir(parents=True)
+        return folder
+
     def input_path(self, record: JobRecord) -> Path:
         return self.folder(record.id) / "input" / record.input_file
 

@@ -6,16 +6,41 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from pureebm.params import LangevinOverrides
+from pureebm.params import LangevinParams, RepsParams
 
 
-class PurifyParams(LangevinOverrides):
-    """Purification parameters; unset Langevin values take the model's defaults."""
+class JobParams(BaseModel):
+    """A job's parameters, resolved once, at submission: the model pinned to
+    NAME:VERSION, the Langevin parameters with the model's defaults filled in, the
+    filter resolved, Reps' DDPM pinned with its t*, the seed drawn. Every shard and
+    the finaliser read these; nothing is resolved again."""
 
-    model: str | None = Field(None, description="NAME or NAME:VERSION; default: the service's")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="random seed; drawn if unset")
+    model: str
+    seed: int
+    steps: int
+    eps: float
+    tau: float
+    init_noise: float = 0.0
+    filter: float | str | None = None
+    ddpm_model: str | None = None  # Reps: the DDPM entry, NAME:VERSION
+    rounds: int = 1
+    ddpm_steps: int | None = None
+
+    @property
+    def langevin(self) -> LangevinParams:
+        return LangevinParams(
+            steps=self.steps, eps=self.eps, tau=self.tau, init_noise=self.init_noise
+        )
+
+    @property
+    def reps(self) -> RepsParams | None:
+        if self.ddpm_model is None or self.ddpm_steps is None:
+            return None
+        return RepsParams(
+            ddpm_model=self.ddpm_model, rounds=self.rounds, ddpm_steps=self.ddpm_steps
+        )
 
 
 class JobStatus(StrEnum):
@@ -42,7 +67,7 @@ class JobRecord(BaseModel):
     result_name: str
     images: int
     shard_bounds: list[int]  # where each shard starts in container order, then the total
-    params: PurifyParams
+    params: JobParams
     selected: int | None = None  # with a filter: how many images its ranking chose
     sync: bool = False
     created_at: float

@@ -23,15 +23,14 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Generic, Literal, TypeVar
 
 import numpy as np
 
+from pureebm.concurrency import ordered_map
 from pureebm.images import (
     SNIFF_BYTES,
     SUPPORTED_FORMATS,
@@ -60,39 +59,7 @@ class Member:
     size: int
 
 
-CODEC_THREADS = min(4, os.cpu_count() or 1)
 COPY_CHUNK = 1 << 20
-INLINE_BYTES = 8 << 10  # smaller items are done in the caller's thread (see ordered_map)
-
-
-def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], size: Callable[[T], int] | None = None
-) -> Iterator[R]:
-    """``fn`` over ``items`` in a thread pool (Pillow releases the GIL while it decodes
-    and encodes), results in order, an item's error raised in its place.
-
-    An item under INLINE_BYTES (as ``size`` counts it) is done in the caller's
-    thread instead: for a small image Pillow's Python-level parsing dominates and
-    holds the GIL, so a trip through the pool only adds contention (measured on 2
-    cores: 32 x 32 PNGs decode twice as fast inline; 256 x 256 JPEGs 1.5x faster
-    in the pool). ``size`` is the encoded size for decoding, the raw size for
-    encoding. ``items`` is consumed in the caller's thread,
-    and at most 2 x CODEC_THREADS results are in flight, so memory stays bounded."""
-    with ThreadPoolExecutor(CODEC_THREADS) as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            if size is not None and size(item) < INLINE_BYTES:
-                pending.append(Future())
-                try:
-                    pending[-1].set_result(fn(item))
-                except Exception as e:  # raised in its place, after the results before it
-                    pending[-1].set_exception(e)
-            else:
-                pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * CODEC_THREADS:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def picture_bytes(picture: Picture | None) -> int:

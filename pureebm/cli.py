@@ -101,8 +101,9 @@ def run_purify(args: argparse.Namespace) -> None:
     from pureebm.filtering import resolve_filter
     from pureebm.langevin import Speedups, resolve_device
     from pureebm.params import LangevinOverrides
-    from pureebm.pipeline import PurifiedImage, Reps, purify_container
+    from pureebm.pipeline import Reps, purify_container
     from pureebm.registry import Registry
+    from pureebm.results import PurifiedImage
 
     device = resolve_device(args.device)
     registry = Registry(args.registry)

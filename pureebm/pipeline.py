@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import threading
-import time
-from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,13 +32,15 @@ import torch
 
 from pureebm import diffusion
 from pureebm.archives import Container
+from pureebm.concurrency import Phases, prefetched
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Purified, Speedups, purify
 from pureebm.noise import derived_seed
 from pureebm.params import LangevinParams
 from pureebm.registry import LoadedModel
-from pureebm.shards import Energy, ShardSet, write_shard
+from pureebm.results import Energy, PurifiedImage
+from pureebm.shards import assemble, write_shard
 from pureebm.tiles import DEFAULT_TILE_PIXELS
 
 T = TypeVar("T")
@@ -61,19 +60,6 @@ class Reps:
     ddpm: LoadedModel
     rounds: int
     ddpm_steps: int
-
-
-@dataclass
-class PurifiedImage:
-    name: str
-    picture: Picture  # the input's mode, alpha and format, with the purified RGB pixels
-    energy_before: float
-    energy_after: float
-    sweep: dict[int, np.ndarray] = field(default_factory=dict)  # t -> Psi_t RGB, if asked
-
-    @property
-    def rgb(self) -> np.ndarray:  # H x W x 3 uint8
-        return self.picture.rgb
 
 
 def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
@@ -254,90 +240,6 @@ def chunks(
         yield chunk
 
 
-class Phases(Counter[str]):
-    """Seconds spent in each phase of some work (decode, model, write, ...)."""
-
-    @contextlib.contextmanager
-    def time(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[phase] += time.perf_counter() - started
-
-    def timed(self, phase: str, items: Iterable[T]) -> Iterator[T]:
-        """``items``, with the time spent waiting for each counted under ``phase``."""
-        iterator, end = iter(items), object()
-        while True:
-            with self.time(phase):
-                item = next(iterator, end)
-            if item is end:
-                return
-            yield item
-
-
-def prefetched(items: Iterable[T], budget: int, cost: Callable[[T], int]) -> Iterator[T]:
-    """``items``, produced by a background thread ahead of the caller while the items
-    handed over but not yet taken cost at most ``budget`` (plus one item).
-
-    Reading and decoding the next batch then overlaps the model's work on this
-    one (on a GPU the caller mostly waits for the device). An error is raised in
-    its place. Closing this iterator (or its garbage collection) stops the thread
-    and closes ``items``.
-    """
-    ready: deque[tuple[object, BaseException | None]] = deque()
-    space = threading.Condition()
-    waiting = 0  # cost of the items in ``ready``
-    stop, end = threading.Event(), object()
-
-    def hand_over(entry: tuple[object, BaseException | None], price: int) -> bool:
-        nonlocal waiting
-        with space:
-            space.wait_for(lambda: stop.is_set() or waiting < budget or not ready)
-            if stop.is_set():
-                return False
-            ready.append(entry)
-            waiting += price
-            space.notify_all()
-            return True
-
-    def produce() -> None:
-        iterator = iter(items)
-        try:
-            for item in iterator:
-                if not hand_over((item, None), cost(item)):
-                    return
-            hand_over((end, None), 0)
-        except BaseException as e:  # raised in the caller's thread, in its place
-            hand_over((None, e), 0)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
-    producer.start()
-    try:
-        while True:
-            with space:
-                space.wait_for(lambda: bool(ready))
-                item, error = ready.popleft()
-                if item is not end and error is None:
-                    waiting -= cost(item)  # type: ignore[arg-type]
-                space.notify_all()
-            if error is not None:
-                raise error
-            if item is end:
-                return
-            yield item  # type: ignore[misc]
-    finally:
-        with space:
-            stop.set()
-            space.notify_all()
-        if threading.current_thread() is not producer:
-            producer.join()
-
-
 def picture_pixels(item: tuple[str, Picture]) -> int:
     return item[1].rgb.shape[0] * item[1].rgb.shape[1]
 
@@ -434,8 +336,10 @@ def purify_container(
     With ``filter`` (pureebm.filtering), every image is scored first and only the
     selected ones are purified; the others are written back as they were sent.
     Purified pixels stream to a shard file beside ``dst`` and are read back one
-    at a time while the container is written, so memory does not grow with the
-    number of images. Returns each image's energies in container order.
+    at a time while the container is written (``pureebm.shards.assemble``, which
+    the service's finaliser uses too), so memory does not grow with the number of
+    images, and ``dst`` appears whole or not at all. Returns each image's energies
+    in container order.
     ``phases`` collects seconds as the service's worker counts them: "decode",
     "model", "write" (the shard file) and "finalize" (the container).
     """
@@ -459,10 +363,5 @@ def purify_container(
                     writer.add(item)
                 if on_image is not None:
                     on_image(item)
-        purified = ShardSet([shard], [0, len(writer.energies)], names, chosen)
-        try:
-            with phases.time("finalize"):
-                container.write(dst, purified.picture)
-            return list(purified.energies(scores))
-        finally:
-            purified.close()
+        with phases.time("finalize"):
+            return assemble(container, dst, [shard], [0, len(writer.energies)], chosen, scores)

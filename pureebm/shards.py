@@ -29,25 +29,17 @@ import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO
 
 import numpy as np
 
+from pureebm.archives import Container
 from pureebm.atomic import atomic_path
 from pureebm.images import KEPT_INFO, Picture
-
-if TYPE_CHECKING:  # the pipeline writes shards; shards only need the type
-    from pureebm.pipeline import PurifiedImage
+from pureebm.results import Energy, PurifiedImage
 
 PIXELS = "pixels.bin"
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip member's local header, before its name
-
-
-class Energy(NamedTuple):
-    name: str
-    energy_before: float
-    energy_after: float
-    purified: bool = True  # False: left as it was sent by an energy filter
 
 
 class ShardWriter:
@@ -238,6 +230,29 @@ class OpenShard:
             block = i * len(KEPT_INFO) + k
             kept[key] = self.kept[self.kept_offsets[block] : self.kept_offsets[block + 1]].tobytes()
         return Picture(rgb, alpha, self.modes[i], self.formats[i], **kept)
+
+
+def assemble(
+    container: Container,
+    dst: Path,
+    paths: list[Path],
+    bounds: list[int],
+    purified: list[int] | None = None,
+    scores: list[float] | None = None,
+) -> list[Energy]:
+    """Write ``container`` to ``dst`` with each purified image (from the shard files at
+    ``paths``, split at ``bounds`` as ShardSet reads them) in place of the one sent,
+    atomically: ``dst`` appears whole or not at all. ``purified`` lists the purified
+    images' container positions (all of them when None); ``scores``, with a filter,
+    every image's ranking energy. Returns every image's energies in container order.
+    `pureebm purify` and the service's finaliser both assemble their result here."""
+    shards = ShardSet(paths, bounds, container.image_names(), purified)
+    try:
+        with atomic_path(dst) as partial:
+            container.write(partial, shards.picture)
+        return list(shards.energies(scores))
+    finally:
+        shards.close()
 
 
 def cut_shards(pixels: list[int], max_images: int, max_pixels: int) -> list[int]:

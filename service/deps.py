@@ -8,11 +8,11 @@ from fastapi import Depends, File, Form, Header, Request, UploadFile
 from redis import Redis
 
 from jobs.queue import JobQueue
-from jobs.record import PurifyParams
 from jobs.store import JobStore
 from pureebm.registry import Registry
 from service.auth import authenticate
 from service.problems import Problem
+from service.schemas import PurifyParams
 from service.settings import Settings
 from service.submissions import Submitter
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from jobs.record import JobStatus, Progress, PurifyParams
+from jobs.record import JobParams, JobStatus, Progress
+from pureebm.params import LangevinOverrides
+
+
+class PurifyParams(LangevinOverrides):
+    """Purification parameters; unset Langevin values take the model's defaults."""
+
+    model: str | None = Field(None, description="NAME or NAME:VERSION; default: the service's")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="random seed; drawn if unset")
 
 
 class Timings(BaseModel):
@@ -21,7 +29,7 @@ class JobResource(BaseModel):
     kind: str
     input_name: str
     input_bytes: int
-    params: PurifyParams
+    params: JobParams
     progress: Progress
     error: str | None
     created_at: datetime

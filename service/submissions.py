@@ -17,12 +17,13 @@ from fastapi import UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from jobs.queue import JobQueue
-from jobs.record import JobRecord, JobStatus, PurifyParams
+from jobs.record import JobParams, JobRecord, JobStatus
 from jobs.store import JobStore
 from pureebm.filtering import FilterError, resolve_filter
 from pureebm.registry import Registry
 from pureebm.shards import cut_shards
 from service.problems import Problem
+from service.schemas import PurifyParams
 from service.settings import Settings
 from service.uploads import CHUNK, prepare_input
 
@@ -69,23 +70,19 @@ class Submitter:
             reps = params.resolve_reps(manifest, ddpm)
         except ValueError as e:
             raise Problem(422, str(e)) from e
-        params = params.model_copy(
-            update={
-                "model": f"{manifest.name}:{manifest.version}",
-                "steps": langevin.steps,
-                "eps": langevin.eps,
-                "tau": langevin.tau,
-                "filter": energy_filter,
-                "ddpm_model": reps and reps.ddpm_model,
-                "ddpm_steps": reps and reps.ddpm_steps,
-                "seed": secrets.randbelow(2**31) if params.seed is None else params.seed,
-            }
+        resolved = JobParams(
+            model=f"{manifest.name}:{manifest.version}",
+            seed=secrets.randbelow(2**31) if params.seed is None else params.seed,
+            **langevin.model_dump(),
+            filter=energy_filter,
+            ddpm_model=reps and reps.ddpm_model,
+            rounds=params.rounds,
+            ddpm_steps=reps and reps.ddpm_steps,
         )
         job_id = uuid.uuid4().hex
         folder = store.folders.folder(job_id)
         try:
-            for sub in ("input", "shards", "result"):
-                (folder / sub).mkdir(parents=True)
+            store.folders.create(job_id)
             started = time.perf_counter()
             prepared = await run_in_threadpool(
                 prepare_input,
@@ -112,7 +109,7 @@ class Submitter:
                 shard_bounds=cut_shards(
                     prepared.pixels, settings.shard_size, settings.shard_pixels
                 ),
-                params=params,
+                params=resolved,
                 sync=sync,
                 created_at=now,
                 expires_at=now + settings.retention_s,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
-import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.archives import CODEC_THREADS, open_container, ordered_map
+from pureebm.archives import open_container
 from pureebm.images import (
     InputTooLarge,
     Limits,
@@ -273,56 +271,6 @@ def test_a_tar_with_a_repeated_member_name_is_refused(tmp_path, cifar):
             archive.addfile(info, io.BytesIO(data))
     with pytest.raises(UnsafeInput, match="appears twice"):
         open_container(path)
-
-
-def test_the_codec_pool_keeps_order_bounds_its_lookahead_and_raises_in_place():
-    consumed = 0
-    in_flight_max = 0
-    lock = threading.Lock()
-    running = 0
-
-    def slow_square(n: int) -> int:
-        nonlocal running, in_flight_max
-        with lock:
-            running += 1
-            in_flight_max = max(in_flight_max, running)
-        time.sleep(0.01 * (n % 3))  # later items often finish first
-        with lock:
-            running -= 1
-        if n == 7:
-            raise UnsupportedInput("item 7 is broken")
-        return n * n
-
-    def items():
-        nonlocal consumed
-        for n in range(20):
-            consumed += 1
-            yield n
-
-    results = ordered_map(slow_square, items())
-    assert [next(results) for _ in range(7)] == [n * n for n in range(7)]
-    assert consumed <= 7 + 2 * CODEC_THREADS  # never read far ahead of the caller
-    assert in_flight_max <= CODEC_THREADS
-    with pytest.raises(UnsupportedInput, match="item 7"):
-        next(results)
-
-
-def test_small_items_run_inline_and_keep_their_place() -> None:
-    threads: list[str] = []
-
-    def record(n: int) -> int:
-        threads.append(threading.current_thread().name)
-        if n == 3:
-            raise UnsupportedInput("item 3 is broken")
-        return -n
-
-    sizes = [1 << 20, 1, 1 << 20, 1, 1]  # large items go to the pool, small ones stay
-    results = ordered_map(record, range(5), size=lambda n: sizes[n])
-    assert [next(results) for _ in range(3)] == [0, -1, -2]
-    with pytest.raises(UnsupportedInput, match="item 3"):
-        next(results)
-    assert threads.count(threading.current_thread().name) >= 2  # items 1 and 3 at least
-    assert any(name != threading.current_thread().name for name in threads)
 
 
 @pytest.mark.parametrize("suffix", [".zip", ".tar", ".tar.gz"])

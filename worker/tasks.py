@@ -9,7 +9,6 @@ no image is lost or doubled.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -22,17 +21,18 @@ import torch
 from rq import get_current_job
 
 from jobs.queue import JobQueue
-from jobs.record import ACTIVE, JobRecord, JobStatus
+from jobs.record import ACTIVE, ImageEnergy, JobRecord, JobStatus, Report
 from jobs.stats import record_shard
 from jobs.store import JobStore
 from pureebm.archives import Container, open_container
 from pureebm.atomic import atomic_path
+from pureebm.concurrency import Phases
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Speedups
-from pureebm.pipeline import Phases, Reps, energies_of, purify_pictures
+from pureebm.pipeline import Reps, energies_of, purify_pictures
 from pureebm.registry import LoadedModel, Registry, parse_ref
-from pureebm.shards import OpenShard, ShardSet, write_shard
+from pureebm.shards import OpenShard, assemble, write_shard
 
 log = logging.getLogger("pureebm.worker")
 
@@ -275,18 +275,17 @@ def run_shard(
     """Stream the shard's purified images to its file; returns how many there were."""
     store = ctx.store
     model = ctx.models.get(record.params.model)
-    params = record.params.resolve(model.manifest)
+    combined = record.params.reps
     reps = None
-    if record.params.ddpm_model is not None and record.params.ddpm_steps is not None:
-        ddpm = ctx.models.get(record.params.ddpm_model)
-        reps = Reps(ddpm, record.params.rounds, record.params.ddpm_steps)
+    if combined is not None:
+        reps = Reps(ctx.models.get(combined.ddpm_model), combined.rounds, combined.ddpm_steps)
     chosen = purification_plan(store, record)[1]
     positions = range(start, stop) if chosen is None else chosen[start:stop]
     pictures = ctx.open_input(record).pictures(positions)
     batches = purify_pictures(
         model,
         pictures,
-        params,
+        record.params.langevin,
         ctx.batch_size,
         ctx.device,
         record.params.seed,
@@ -345,7 +344,7 @@ def finalize(job_id: str) -> str | None:
         if missing:
             fail(store, record, record.error or f"shards {missing} did not finish")
             return None
-        return assemble(ctx, store, record)
+        return finish(ctx, store, record)
     except Exception as e:
         current = get_current_job()
         if current is None or not current.retries_left:
@@ -355,39 +354,25 @@ def finalize(job_id: str) -> str | None:
         ctx.release(record)  # the job needs nothing more from this worker
 
 
-def assemble(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
+def finish(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
+    """Write the result container and the report, then mark the job finished."""
     hold(ctx, "finalize")
     job_id = record.id
     started = time.perf_counter()
     container = ctx.open_input(record).container
     bounds, chosen, scores = purification_plan(store, record)
     paths = [store.folders.shard_path(job_id, shard) for shard in range(len(bounds) - 1)]
-    purified = ShardSet(paths, bounds, container.image_names(), chosen)
     result = store.folders.result_path(record)
-    try:
-        with atomic_path(result) as partial:
-            container.write(partial, purified.picture)
-    finally:
-        purified.close()
-    params = record.params
-    rows = [row._asdict() for row in purified.energies(scores)]
-    report = {
-        "job": job_id,
-        "model": params.model,
-        "steps": params.steps,
-        "eps": params.eps,
-        "tau": params.tau,
-        "seed": params.seed,
-        "filter": params.filter,
-        "ddpm_model": params.ddpm_model,
-        "rounds": params.rounds,
-        "ddpm_steps": params.ddpm_steps,
-        "purified": sum(row["purified"] for row in rows),
-        "images": rows,
-    }
-    report_path = store.folders.report_path(job_id)
-    with atomic_path(report_path) as partial:
-        partial.write_text(json.dumps(report))
+    energies = assemble(container, result, paths, bounds, chosen, scores)
+    params = record.params.model_dump(include=set(Report.model_fields))
+    report = Report(
+        job=job_id,
+        **params,
+        purified=sum(row.purified for row in energies),
+        images=[ImageEnergy(**row._asdict()) for row in energies],
+    )
+    with atomic_path(store.folders.report_path(job_id)) as partial:
+        partial.write_text(report.model_dump_json())
     store.mark_ended(job_id)
     store.transition(job_id, JobStatus.running, JobStatus.finished)
     seconds = time.perf_counter() - started

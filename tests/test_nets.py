@@ -1,4 +1,4 @@
-"""The two energy architectures: shapes, sizes, parameter counts."""
+"""The two energy architectures: one energy per image, sizes, parameter counts, masks."""
 
 from __future__ import annotations
 
@@ -17,10 +17,17 @@ def test_resnet_has_about_1_05_million_parameters() -> None:
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [32, 48, 64])
 def test_one_energy_per_image_for_any_size_and_channel_count(architecture, channels, size) -> None:
-    net = build_energy_net(architecture, n_c=channels, n_f=8)
-    energy = net(torch.randn(2, channels, size, size))
-    assert energy.shape == (2,)
-    assert torch.isfinite(energy).all()
+    """Each image's energy is its own: the same image gives the same energy alone and
+    in a batch, whatever its neighbour, and different images differ."""
+    torch.manual_seed(0)
+    net = build_energy_net(architecture, n_c=channels, n_f=8).double()
+    images = torch.randn(3, channels, size, size, dtype=torch.float64)
+    energy = net(images)
+    assert energy.shape == (3,) and torch.isfinite(energy).all()
+    torch.testing.assert_close(net(images[1:2]), energy[1:2], rtol=1e-10, atol=1e-12)
+    swapped = net(torch.stack([images[2], images[1], images[0]]))
+    torch.testing.assert_close(swapped, energy.flip(0), rtol=1e-10, atol=1e-12)
+    assert energy[0] != energy[1]
 
 
 def test_conv_width_doubles_through_the_strided_layers() -> None:

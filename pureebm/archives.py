@@ -23,7 +23,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Generic, Literal, TypeVar
@@ -49,7 +49,7 @@ from pureebm.images import (
 Kind = Literal["image", "folder", "zip", "tar", "npz"]
 T = TypeVar("T")
 R = TypeVar("R")
-Lookup = Callable[[str], Picture | None]  # member name -> its purified picture, None: as sent
+Lookup = Callable[[int], Picture | None]  # image position -> its purified picture, None: as sent
 
 
 @dataclass
@@ -73,7 +73,8 @@ def encode_or_keep(picture: Picture | None) -> bytes | None:
 def encoded_images(members: list[Member], purified: Lookup) -> Iterator[bytes | None]:
     """The image members' purified encodings in container order, None for an image
     left as it was sent, encoded in the codec pool ahead of the writer."""
-    pictures = (purified(m.name) for m in members if m.kind == "image")
+    images = sum(m.kind == "image" for m in members)
+    pictures = (purified(position) for position in range(images))
     return ordered_map(encode_or_keep, pictures, picture_bytes)
 
 
@@ -177,18 +178,25 @@ class Container:
     def image_names(self) -> list[str]:
         return [m.name for m in self.members if m.kind == "image"]
 
-    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
-        """Decode the named images (all when None), in container order. Members are
-        read in this thread and decoded in a small thread pool ahead of the caller."""
+    def iter_images(self, positions: Sequence[int] | None = None) -> Iterator[tuple[str, Picture]]:
+        """Decode the images at ``positions`` (ascending, among the images in container
+        order; all when None) with their names. Members are read in this thread and
+        decoded in a small thread pool ahead of the caller."""
 
         def decode(item: tuple[str, bytes]) -> tuple[str, Picture]:
             return item[0], decode_image(item[1], self.limits)
 
-        return ordered_map(decode, self.image_bytes(names), size=lambda item: len(item[1]))
+        return ordered_map(decode, self.image_bytes(positions), size=lambda item: len(item[1]))
 
-    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
-        """The named images' encoded bytes, in container order."""
+    def image_bytes(self, positions: Sequence[int] | None) -> Iterator[tuple[str, bytes]]:
+        """The encoded bytes of the images at ``positions`` (all when None), with their
+        names, in container order."""
         raise NotImplementedError
+
+    def chosen(self, positions: Sequence[int] | None) -> Iterator[str]:
+        """The names of the images at ``positions`` (all when None)."""
+        names = self.image_names()
+        return iter(names) if positions is None else (names[p] for p in positions)
 
     def write(self, dst: Path, purified: Lookup) -> None:
         """Write the same container to ``dst`` with every image replaced by its
@@ -225,14 +233,14 @@ class SingleImage(Container):
         self.path, self.limits = path, limits
         self.members = [Member(path.name, "image", path.stat().st_size)]
 
-    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
-        if names is None or self.path.name in names:
-            yield self.path.name, self.path.read_bytes()
+    def image_bytes(self, positions: Sequence[int] | None) -> Iterator[tuple[str, bytes]]:
+        for name in self.chosen(positions):
+            yield name, self.path.read_bytes()
 
     def write(self, dst: Path, purified: Lookup) -> None:
         """Written in the format of ``dst``'s extension, else the original's; an image
         left unpurified is copied as it was sent."""
-        picture = purified(self.path.name)
+        picture = purified(0)
         if picture is None:
             shutil.copyfile(self.path, dst)
         else:
@@ -262,10 +270,9 @@ class Folder(Container):
                 break
         self.check_totals(limits)
 
-    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
-        for name in self.image_names():
-            if names is None or name in names:
-                yield name, (self.path / name).read_bytes()
+    def image_bytes(self, positions: Sequence[int] | None) -> Iterator[tuple[str, bytes]]:
+        for name in self.chosen(positions):
+            yield name, (self.path / name).read_bytes()
 
     def write(self, dst: Path, purified: Lookup) -> None:
         dst.mkdir(parents=True, exist_ok=True)
@@ -302,8 +309,8 @@ class Archive(Container, Generic[Handle]):
     def read_member(self, reader: Handle, name: str) -> bytes:
         raise NotImplementedError
 
-    def image_bytes(self, names: set[str] | None) -> Iterator[tuple[str, bytes]]:
-        if names is None:
+    def image_bytes(self, positions: Sequence[int] | None) -> Iterator[tuple[str, bytes]]:
+        if positions is None:
             with self.open_reader() as reader:
                 for name in self.image_names():
                     yield name, self.read_member(reader, name)
@@ -311,9 +318,8 @@ class Archive(Container, Generic[Handle]):
         if self.reader is None:
             self.reader = self.open_reader()
         try:
-            for name in self.image_names():
-                if name in names:
-                    yield name, self.read_member(self.reader, name)
+            for name in self.chosen(positions):
+                yield name, self.read_member(self.reader, name)
         except Exception:
             self.close()  # a handle that failed mid-read is not used again
             raise
@@ -578,10 +584,9 @@ class NpzContainer(Container):
         if not self.members:
             raise UnsupportedInput("the npz holds no images")
 
-    def iter_images(self, names: set[str] | None = None) -> Iterator[tuple[str, Picture]]:
-        for index, member in enumerate(self.members):
-            if names is None or member.name in names:
-                yield member.name, self.picture(index)
+    def iter_images(self, positions: Sequence[int] | None = None) -> Iterator[tuple[str, Picture]]:
+        for index in range(len(self.members)) if positions is None else positions:
+            yield self.members[index].name, self.picture(index)
 
     def picture(self, index: int) -> Picture:
         row = self.arrays["images"][index]
@@ -598,8 +603,8 @@ class NpzContainer(Container):
 
     def write(self, dst: Path, purified: Lookup) -> None:
         images = self.arrays["images"].copy()
-        for index, member in enumerate(self.members):
-            picture = purified(member.name)
+        for index in range(len(self.members)):
+            picture = purified(index)
             if picture is not None:  # else the row stays as sent
                 images[index] = np.asarray(restore_mode(picture)).reshape(images[index].shape)
         arrays = {**self.arrays, "images": images}

@@ -344,7 +344,6 @@ def purify_container(
     "model", "write" (the shard file) and "finalize" (the container).
     """
     phases = Phases() if phases is None else phases
-    names = container.image_names()
     scores, chosen = None, None
     if filter is not None:
         scores = list(energies_of(model, container.iter_images(), batch_size, device, phases))
@@ -352,8 +351,7 @@ def purify_container(
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
         shard = Path(work) / "purified.npz"
-        wanted = None if chosen is None else {names[p] for p in chosen}
-        pictures = container.iter_images(wanted)
+        pictures = container.iter_images(chosen)
         batches = purify_pictures(
             model, pictures, params, batch_size, device, seed, chosen, phases, speedups, (), reps
         )

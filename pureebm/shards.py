@@ -123,7 +123,7 @@ def write_shard(path: Path) -> Iterator[ShardWriter]:
 
 
 class ShardSet:
-    """Purified pixels by member name, from shard files that split the purified images
+    """Purified pixels by image position, from shard files that split the purified images
     at ``bounds``.
 
     ``purified`` lists the container positions of the purified images in order
@@ -145,7 +145,7 @@ class ShardSet:
         if len(paths) != len(bounds) - 1 or bounds[-1] != len(purified):
             raise ValueError("shard paths and bounds do not cover the purified images")
         self.paths, self.bounds, self.names = paths, bounds, names
-        self.rank = {names[position]: i for i, position in enumerate(purified)}
+        self.rank = {position: i for i, position in enumerate(purified)}
         self.open: OpenShard | None = None
 
     def shard_of(self, position: int) -> int:
@@ -157,10 +157,10 @@ class ShardSet:
             self.open = OpenShard(self.paths[shard], shard)
         return self.open
 
-    def picture(self, name: str) -> Picture | None:
-        """The purified picture of a member, ready to encode like its original; None
-        for an image that was not purified."""
-        rank = self.rank.get(name)
+    def picture(self, position: int) -> Picture | None:
+        """The purified picture of the image at ``position`` (container order), ready
+        to encode like its original; None for an image that was not purified."""
+        rank = self.rank.get(position)
         if rank is None:
             return None
         shard = self.shard_of(rank)
@@ -170,15 +170,15 @@ class ShardSet:
         """Every image's energies in container order. An image a filter left out
         (``scores``: every image's energy, from the filter's ranking) keeps its
         score before and after."""
-        purified = {}
+        purified: list[Energy] = []  # in rank order: the shards' rows, shard by shard
         for path in self.paths:
             with np.load(path, allow_pickle=False) as f:
                 rows = zip(f["names"], f["energy_before"], f["energy_after"], strict=True)
-                for name, before, after in rows:
-                    purified[str(name)] = Energy(str(name), float(before), float(after))
+                purified += [Energy(str(n), float(b), float(a)) for n, b, a in rows]
         for position, name in enumerate(self.names):
-            if name in purified:
-                yield purified[name]
+            rank = self.rank.get(position)
+            if rank is not None:
+                yield purified[rank]
             elif scores is not None:
                 yield Energy(name, scores[position], scores[position], purified=False)
 

@@ -79,13 +79,13 @@ class JobInput:
         decoded here."""
         names = self.container.image_names()
         decoded = 0 if self.decoded is None else len(self.decoded)
-        rest = [names[p] for p in positions if p >= decoded]
+        rest = [p for p in positions if p >= decoded]
         for position in positions:
             if position >= decoded:
                 break
             yield names[position], self.decoded.picture(position)  # type: ignore[union-attr]
         if rest:
-            yield from self.container.iter_images(set(rest))
+            yield from self.container.iter_images(rest)
 
     def close(self) -> None:
         self.container.close()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +110,25 @@ def test_the_committed_default_model_loads_and_verifies(tmp_path: Path) -> None:
     copy = tmp_path / DEFAULT_MODEL
     shutil.copytree(default.root / DEFAULT_MODEL, copy)
     assert Registry(tmp_path).load(DEFAULT_MODEL).manifest == manifest
+
+
+def test_the_cli_finds_the_registry_outside_the_source_tree(tmp_path: Path, tiny_registry) -> None:
+    """As in the Docker image: the package installed with no models/ beside it, the
+    registry in the working directory's models/. Without PUREEBM_REGISTRY the CLI
+    finds ./models; with it, that folder."""
+    site, app = tmp_path / "site-packages", tmp_path / "app"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "pureebm", site / "pureebm")
+    shutil.copytree(tiny_registry, app / "models")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUREEBM_")}
+    run = functools.partial(
+        subprocess.run,
+        [sys.executable, "-m", "pureebm", "models"],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = run(env={**env, "PYTHONPATH": str(site)})
+    assert found.returncode == 0 and "tiny" in found.stdout, found.stderr
+    elsewhere = run(env={**env, "PYTHONPATH": str(site), "PUREEBM_REGISTRY": str(tmp_path / "x")})
+    assert "tiny" not in elsewhere.stdout

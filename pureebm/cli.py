@@ -182,9 +182,9 @@ def run_models(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
         return
-    default_version = (registry.versions(DEFAULT_MODEL) or [None])[-1]  # a name means its newest
+    default_entry = registry.pinned(DEFAULT_MODEL)
     for m in manifests:
-        default = " (default)" if (m.name, m.version) == (DEFAULT_MODEL, default_version) else ""
+        default = " (default)" if (m.name, m.version) == default_entry else ""
         p = m.langevin
         setting = f"t*={p.steps}" if m.diffusion else f"T={p.steps} eps={p.eps} tau={p.tau}"
         network = m.arch_kwargs.get("block_out_channels") if m.diffusion else m.arch_kwargs

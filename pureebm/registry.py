@@ -101,6 +101,16 @@ class Registry:
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
 
+    def pinned(self, ref: str) -> tuple[str, int] | None:
+        """The entry ``ref`` names, NAME and VERSION (a name alone: its highest
+        version), or None when there is none. "The default model" is always the entry
+        the default reference pins, for the CLI and the service alike."""
+        name, version = parse_ref(ref)
+        versions = self.versions(name)
+        if version is None:
+            version = versions[-1] if versions else None
+        return None if version not in versions else (name, version)
+
     def manifest(self, ref: str) -> Manifest:
         """Read and validate the manifest of ``ref`` (highest version if none given)."""
         name, version = parse_ref(ref)

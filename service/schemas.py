@@ -50,5 +50,6 @@ class JobPage(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    default: bool
+    default: bool  # a job without `model` runs one of this name's versions:
+    default_version: int | None = None  # this one (the entry the default reference pins)
     versions: list[dict[str, Any]]

@@ -289,6 +289,7 @@ def test_models_health_and_metrics(stack):
     with stack.client() as client:
         models = client.get("/v1/models").json()
         assert [m["name"] for m in models] == ["tiny"] and models[0]["default"]
+        assert models[0]["default_version"] == 1  # the version a job without `model` runs
         assert models[0]["versions"][0]["sha256"]
         assert client.get("/v1/models/absent").status_code == 404
         assert client.get("/healthz").json() == {"status": "ok"}

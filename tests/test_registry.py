@@ -54,6 +54,12 @@ def test_round_trip_gives_the_same_energies(tmp_path: Path) -> None:
     assert not any(p.requires_grad for p in loaded.net.parameters())
 
 
+def test_a_reference_pins_one_entry(registry: Registry) -> None:
+    assert registry.pinned("m") == ("m", 2)  # the newest
+    assert registry.pinned("m:1") == ("m", 1)
+    assert registry.pinned("m:999") is None and registry.pinned("absent") is None
+
+
 def test_name_alone_means_the_highest_version(registry: Registry) -> None:
     assert registry.manifest("m").version == 2
     assert registry.manifest("m:1").version == 1

@@ -15,8 +15,14 @@ def describe(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelIn
     versions = [
         registry.manifest(f"{name}:{v}").model_dump(mode="json") for v in registry.versions(name)
     ]
-    default_name = settings.default_model.partition(":")[0]
-    return ModelInfo(name=name, default=name == default_name, versions=versions)
+    entry = registry.pinned(settings.default_model)
+    default_version = entry[1] if entry is not None and entry[0] == name else None
+    return ModelInfo(
+        name=name,
+        default=default_version is not None,
+        default_version=default_version,
+        versions=versions,
+    )
 
 
 @router.get("", response_model=list[ModelInfo])

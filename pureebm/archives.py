@@ -32,6 +32,7 @@ import numpy as np
 
 from pureebm.concurrency import ordered_map
 from pureebm.images import (
+    OTHER_IMAGE_SUFFIXES,
     SNIFF_BYTES,
     SUPPORTED_FORMATS,
     InputTooLarge,
@@ -152,6 +153,11 @@ def member_kind(name: str, head: bytes) -> Literal["image", "file"]:
         )
     if image_format_of(name):
         raise UnsupportedInput(f"member {name!r} is named as an image but does not hold one")
+    if PurePosixPath(name).suffix.lower() in OTHER_IMAGE_SUFFIXES:
+        raise UnsupportedInput(
+            f"member {name!r} is named as an image in a format that is not supported "
+            "(PNG, JPEG, BMP, WebP, TIFF): convert it, or leave it out"
+        )
     return "file"
 
 

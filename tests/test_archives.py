@@ -361,6 +361,8 @@ def nested_tar() -> bytes:
         ("inner.tgz", lambda rgb: gzip.compress(nested_tar())),
         ("images.npy", lambda rgb: npy_bytes(np.stack([rgb, rgb]))),
         ("fake.png", lambda rgb: b"not a png at all"),
+        ("icon.tga", lambda rgb: png(rgb, fmt="TGA")),  # TGA has no magic number
+        ("icon.ico", lambda rgb: png(rgb, fmt="ICO")),
     ],
 )
 def test_content_that_would_pass_unpurified_is_refused_naming_the_member(

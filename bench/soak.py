@@ -120,14 +120,18 @@ class Soak:
         self, path: Path, spec: Spec, seed: int, purified: set[str]
     ) -> dict[str, np.ndarray]:
         """The engine's result for the same input, in this process: the images the
-        job's report says its filter purified (an image's noise depends on its seed
-        and position only), the others as sent."""
+        job's report says its filter purified, purified together in one batch as the
+        worker's shard does (an image's noise depends on its seed and position only),
+        and the others as sent."""
         defaults = self.model.manifest.langevin
         params = LangevinParams(steps=spec.steps, eps=defaults.eps, tau=defaults.tau)
-        pictures = open_container(path).iter_images()
-        results = purify_pictures(self.model, pictures, params, self.batch_size, "cpu", seed)
         sent = images_of(path)
-        return {r.name: r.rgb if r.name in purified else sent[r.name] for r in results}
+        chosen = [i for i, name in enumerate(sent) if name in purified]
+        pictures = open_container(path).iter_images(chosen)
+        results = purify_pictures(
+            self.model, pictures, params, self.batch_size, "cpu", seed, chosen
+        )
+        return sent | {r.name: r.rgb for r in results}
 
     def run_hostile(self, client: PureEBMClient, spec: Spec) -> Outcome:
         status, upload, form = REFUSED[spec.hostile]

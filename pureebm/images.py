@@ -65,12 +65,12 @@ SIGNATURES: list[tuple[str, int, bytes]] = [
     ("FITS", 0, b"SIMPLE  ="),
     ("DICOM", 128, b"DICM"),
 ]
-# names of raster formats the engine does not decode, some without a magic number
-# (TGA) or with a weak one (ICO): a member named so is refused rather than passed
+# names of raster formats the engine does not decode that have no reliable magic
+# number (TGA, ICO, PCX ...) or several (HEIF's brands): a member named so is
+# refused rather than passed through. Formats with one are recognised by content.
 OTHER_IMAGE_SUFFIXES = {
     ".gif", ".ico", ".cur", ".tga", ".pcx", ".ppm", ".pgm", ".pbm", ".pnm", ".pam",
-    ".jp2", ".j2k", ".jpx", ".jxl", ".heic", ".heif", ".avif", ".psd", ".exr", ".hdr",
-    ".dds", ".icns", ".sgi", ".rgb", ".xbm", ".xpm", ".dcm", ".fits", ".qoi", ".apng",
+    ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".sgi", ".xbm", ".xpm", ".apng",
 }  # fmt: skip
 NETPBM = re.compile(rb"P[1-7]\s+(#|\d)")  # PBM, PGM, PPM, PAM: "P6 32 32 255"
 BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # the DIB header sizes a BMP declares

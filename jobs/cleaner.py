@@ -32,9 +32,11 @@ def fail_stalled(queue: JobQueue, now: float | None = None) -> int:
         queue.redis.expireat(job_key(job_id), keep_until, gt=True)
         if record.created_at > now - settle_s:
             continue
+        # the selecting job first: it queues the finaliser before it ends, so a
+        # finaliser looked at first could be missing only because it is not queued yet
         enders = [finalize_job_id(record.id)]
         if record.params.filter is not None:
-            enders.append(select_job_id(record.id))
+            enders.insert(0, select_job_id(record.id))
         ended = all(queue.rq_job_ended(rq_id) for rq_id in enders)
         error = record.error or "the job stalled: its work ended or was lost"
         if ended and queue.store.fail(record, error):

@@ -78,6 +78,12 @@ redis.call('zadd', KEYS[2], ARGV[3], ARGV[2])
 redis.call('hset', KEYS[3], ARGV[2], ARGV[5])
 return 1
 """
+# Deletes a key only while it still holds ARGV[1]: a binding released as stale is not
+# one a concurrent request has just made.
+DELETE_IF_EQUAL = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 RATE_WINDOW_S = 30.0  # images/s and eta come from the progress of the last 30 s
 RATE_SAMPLES = 256  # at most this many recent samples are kept per job
 
@@ -91,6 +97,7 @@ class JobStore:
         self.update_if_exists = redis.register_script(UPDATE_IF_EXISTS)
         self.set_progress_if_exists = redis.register_script(SET_PROGRESS_IF_EXISTS)
         self.save_within_quota_script = redis.register_script(SAVE_WITHIN_QUOTA)
+        self.delete_if_equal = redis.register_script(DELETE_IF_EQUAL)
 
     # -- records ----------------------------------------------------------------
 
@@ -142,7 +149,7 @@ class JobStore:
         job_id, fingerprint = held.decode().split(":")
         record = self.get_owned(job_id, owner)
         if record is None:
-            self.redis.delete(name)
+            self.delete_if_equal(keys=[name], args=[held])
             return None
         return record, fingerprint
 

@@ -35,6 +35,21 @@ IMAGE_FORMATS = {
 }
 SUPPORTED_FORMATS = set(IMAGE_FORMATS.values())
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}  # "I" (32-bit) holding values below 2^16
+# the modes decode_image takes: each comes back as sent (restore_mode) but palettes, which
+# return as RGB (documented), and "F", refused later with its reason
+HANDLED_MODES = {
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "CMYK",
+    "F",
+} | SIXTEEN_BIT_MODES
 KEPT_INFO = ("exif", "icc_profile")  # metadata blocks written back as sent (Picture fields)
 SNIFF_BYTES = 512  # a file's first bytes, enough for every signature below
 # magic numbers of raster formats (offset, bytes): the supported ones are purified; any
@@ -172,10 +187,18 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Picture:
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedInput(f"unsupported image format {image.format}")
     limits.check_size(*image.size)
-    if getattr(image, "n_frames", 1) > 1:
+    try:
+        frames = getattr(image, "n_frames", 1)
+    except (OSError, SyntaxError, TypeError, ValueError) as e:  # a corrupt frame index
+        raise UnsupportedInput(f"corrupt {image.format} image: {e}") from e
+    if frames > 1:
         raise UnsupportedInput(
-            f"an animated or multi-page {image.format} ({image.n_frames} frames) would come "
-            "back as its first frame: send each frame as an image"
+            f"an animated or multi-page {image.format} ({frames} frames) would come back "
+            "as its first frame: send each frame as an image"
+        )
+    if image.mode not in HANDLED_MODES:
+        raise UnsupportedInput(
+            f"a {image.mode} image would come back as RGB: send it as RGB, grayscale or CMYK"
         )
     if image.mode in ("RGB", "RGBA") and any(";16" in str(tile.args) for tile in image.tile):
         raise UnsupportedInput(

@@ -30,6 +30,7 @@ from service.settings import Settings
 
 log = logging.getLogger("pureebm.api")
 
+METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # others: "other"
 FORM_FIELD_BYTES = 64 << 10
 SPOOL_BYTES = 16 << 10
 # An uploaded part is kept in memory up to this, then spooled to a temporary file
@@ -80,7 +81,8 @@ class CountRequests:
             await problems.unexpected_error(Request(scope), exc)(scope, receive, send)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(scope["method"], path, str(status or 500)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.requests.labels(method, path, str(status or 500)).inc()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -9,6 +9,7 @@ spools every part it reads) only ever sees authenticated, bounded, moving bodies
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,9 +29,12 @@ class BodyGuard:
     - a body that streams past it (chunked, or longer than declared) is cut (413);
     - a body that sends nothing for ``body_timeout_s`` is cut (408): a client that
       declares more than it sends holds no connection open for long;
-    - at most ``max_uploads_in_flight`` bodies are read at once (each costs buffers
-      in this process; a waiting one stays in the kernel's socket buffer), and a
-      request that waits ``body_timeout_s`` for its turn is answered 503.
+    - at most ``max_uploads_in_flight`` bodies are being read at once (each costs
+      buffers in this process; a waiting one stays in the kernel's socket buffer):
+      a body's turn ends when its last byte has come (not when the request ends,
+      which may validate or wait for minutes), and a request that waits
+      ``body_timeout_s`` for its turn is answered 503. Like a proxy's body timeout,
+      ``body_timeout_s`` bounds each wait for more bytes, not the whole body.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
@@ -59,13 +63,26 @@ class BodyGuard:
             return await problem(scope["path"], 503, busy, {"Retry-After": "5"})(
                 scope, receive, send
             )
+        held = True  # the turn: until the body is in, is cut, or the request ends
+
+        def end_turn() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.in_flight.release()
+
         try:
-            await self.read_guarded(scope, receive, send, timeout)
+            await self.read_guarded(scope, receive, send, timeout, end_turn)
         finally:
-            self.in_flight.release()
+            end_turn()
 
     async def read_guarded(
-        self, scope: Scope, receive: Receive, send: Send, timeout: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        timeout: float,
+        end_turn: Callable[[], None],
     ) -> None:
         received, complete, answered = 0, False, False
 
@@ -74,6 +91,7 @@ class BodyGuard:
             and whatever it answers is dropped (no exception runs up the stack)."""
             nonlocal answered
             answered = True
+            end_turn()
             await problem(scope["path"], status, reason)(scope, receive, send)
             return {"type": "http.disconnect"}
 
@@ -89,6 +107,8 @@ class BodyGuard:
             complete = not message.get("more_body", False)
             if received > self.limit:
                 return await cut(413, self.over_limit)
+            if complete:
+                end_turn()
             return message
 
         async def unless_answered(message: Message) -> None:

@@ -49,13 +49,21 @@ CRASH_WINDOW_S = 600.0
 MAX_BACKOFF_S = 60.0
 
 
+try:  # loaded here: a preexec_fn runs between fork and exec, where loading can hang
+    LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not Linux: children do not die with serve there
+    LIBC = None
+
+
 def signal_on_parent_death(signum: int) -> Callable[[], None]:
-    """A preexec_fn (Linux): the child receives ``signum`` when `serve` dies, even by
-    SIGKILL."""
+    """A preexec_fn (Linux): the child receives ``signum`` when the thread that starts
+    it ends, which for serve's main thread is when `serve` dies, even by SIGKILL.
+    (Workers restarted from the supervisor's thread get it when that thread ends, so
+    the supervisor stops them before it ends: ``Supervisor.stop``.)"""
 
     def arrange() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+        if LIBC is not None:
+            LIBC.prctl(1, signum)  # PR_SET_PDEATHSIG
 
     return arrange
 
@@ -97,6 +105,7 @@ class Supervisor:
         self.restarts = [Restarts(restarts) for _ in range(count)]
         self.start_at = [0.0] * count
         self.stopping = threading.Event()
+        self.spawning = threading.Lock()
         self.thread = threading.Thread(target=self.watch, name="worker-supervisor", daemon=True)
 
     def start(self) -> None:
@@ -121,9 +130,14 @@ class Supervisor:
     def check(self, slot: int, process: subprocess.Popen | None) -> None:
         now = time.monotonic()
         if process is None:
-            if self.start_at[slot] and now >= self.start_at[slot]:
-                self.start_at[slot] = 0.0
-                self.spawn(slot)
+            with self.spawning:  # none is started once stop() has listed the workers
+                if (
+                    self.start_at[slot]
+                    and now >= self.start_at[slot]
+                    and not self.stopping.is_set()
+                ):
+                    self.start_at[slot] = 0.0
+                    self.spawn(slot)
             return
         code = process.poll()
         if code is None or self.stopping.is_set():
@@ -145,10 +159,11 @@ class Supervisor:
         self.start_at[slot] = now + backoff
 
     def stop(self) -> None:
+        """Warm shutdown (SIGTERM, then a kill after 15 s) of every worker, then the
+        supervisor's thread: its end would SIGKILL the workers it restarted."""
         self.stopping.set()
-        if self.thread.is_alive():
-            self.thread.join()
-        running = [p for p in self.processes if p is not None and p.poll() is None]
+        with self.spawning:
+            running = [p for p in self.processes if p is not None and p.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
         for process in running:
@@ -157,6 +172,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self.thread.is_alive():
+            self.thread.join()
 
 
 def embedded_valkey(

@@ -174,15 +174,17 @@ def replay(record: JobRecord, fingerprint: str, request: str) -> JobRecord:
 def request_fingerprint(
     params: PurifyParams, files: list[UploadFile] | None, archive: UploadFile | None
 ) -> str:
-    """sha256 of what a request asks for: its parameters as sent, and each part's
-    name and bytes."""
+    """sha256 of what a request asks for: its parameters as sent, and each part's name
+    and the sha256 of its bytes (fixed-length digests: no two requests run together)."""
     digest = hashlib.sha256(params.model_dump_json().encode())
     for upload in files or [archive]:
         if upload is None:
             continue
-        digest.update(f"\0{upload.filename}\0".encode())
+        part = hashlib.sha256()
         upload.file.seek(0)
         while chunk := upload.file.read(CHUNK):
-            digest.update(chunk)
+            part.update(chunk)
         upload.file.seek(0)
+        name = hashlib.sha256((upload.filename or "").encode()).digest()
+        digest.update(name + part.digest())
     return digest.hexdigest()

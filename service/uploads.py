@@ -27,6 +27,9 @@ from service.settings import Settings
 
 UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")  # control characters and path separators
 CHUNK = 1 << 20
+# a file name is at most 255 bytes; the result's adds ".purified" and a suffix, and
+# writing it aside (pureebm.atomic) an 18-byte prefix
+MAX_NAME_BYTES = 200
 
 
 @dataclass
@@ -42,10 +45,10 @@ class PreparedInput:
 def sent_filename(name: str | None, fallback: str) -> str:
     """The name a file was sent with, kept as it is (spaces and any script included),
     or ``fallback`` when it has none. A name that is not a plain file name (a path,
-    a control character, "." or "..", over 255 UTF-8 bytes) is refused."""
+    a control character, "." or "..", over MAX_NAME_BYTES UTF-8 bytes) is refused."""
     if not name:
         return fallback
-    if UNSAFE_NAME.search(name) or name in (".", "..") or len(name.encode()) > 255:
+    if UNSAFE_NAME.search(name) or name in (".", "..") or len(name.encode()) > MAX_NAME_BYTES:
         raise UnsafeInput(f"{name!r} is not a plain file name")
     return name
 

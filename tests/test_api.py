@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.datastructures import UploadFile
 
 from pureebm.images import Picture, UnsafeInput
 from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
+from service.schemas import PurifyParams
+from service.submissions import request_fingerprint
 from service.uploads import sent_filename
 from tests.hostile import LIMITS, REFUSED, materialise
 from tests.stack import KEY_A, KEY_B, Stack, png, submit_zip, zip_bytes
@@ -478,7 +481,10 @@ def test_file_names_come_back_as_sent_or_are_refused(stack, cifar):
         job = stack.wait_job(client, created.json()["id"])
         assert job["status"] == "finished", job
         result = client.get(job["links"]["result"])
-        for bad in ("../x.png", "dir/x.png", "..", "a" * 252 + ".png"):
+        longest = "a" * 196 + ".png"  # 200 bytes: its result's name, written aside, fits in 255
+        kept = client.post("/v1/jobs", files={"files": (longest, images["猫.png"])})
+        assert stack.wait_job(client, kept.json()["id"])["status"] == "finished"
+        for bad in ("../x.png", "dir/x.png", "..", "a" * 197 + ".png"):
             refused = client.post("/v1/jobs", files={"files": (bad, images["猫.png"])})
             assert refused.status_code == 422, (bad, refused.text)
     with zipfile.ZipFile(io.BytesIO(result.content)) as archive:
@@ -647,3 +653,51 @@ def test_files_without_extensions_are_images_by_their_content(stack, cifar):
     with zipfile.ZipFile(io.BytesIO(result)) as archive:
         assert archive.namelist() == ["scan1", "scan2"]
         assert Image.open(io.BytesIO(archive.read("scan1"))).format == "PNG"
+
+
+def test_a_synchronous_result_keeps_a_name_in_any_script(stack, cifar):
+    with stack.client() as client:
+        answer = client.post("/v1/purify", files={"files": ("猫.png", png(cifar["images"][0]))})
+    assert answer.status_code == 200, answer.text
+    assert (
+        answer.headers["content-disposition"]
+        == "attachment; filename*=utf-8''%E7%8C%AB.purified.png"
+    )
+
+
+def test_a_body_holds_its_turn_only_while_it_is_read(tmp_path, tiny_registry, cifar):
+    """One body may be read at a time. A /v1/purify request whose body is in waits for
+    its (held) worker; another upload is read and accepted meanwhile."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    stack = Stack(
+        tmp_path, tiny_registry, hold_file=hold, max_uploads_in_flight=1, body_timeout_s=2
+    )
+    try:
+        stack.start_worker()
+        with stack.client() as client, ThreadPoolExecutor(1) as pool:
+            image = {"files": ("a.png", png(cifar["images"][0]))}
+            waiting = pool.submit(client.post, "/v1/purify", files=image, data={"steps": "1"})
+            stack.wait_for(lambda: stack.job_folders() != [], "the synchronous job")
+            time.sleep(3)  # past body_timeout_s: a turn still held would now refuse
+            accepted = client.post("/v1/jobs", files=image)
+            assert accepted.status_code == 202, accepted.text
+            hold.unlink()
+            assert waiting.result(timeout=60).status_code == 200
+    finally:
+        stack.stop()
+
+
+def test_two_requests_never_share_a_fingerprint_by_running_together():
+    """One file whose bytes end like a second part, against the two parts sent apart."""
+    params = PurifyParams()
+
+    def upload(name: str, data: bytes) -> UploadFile:
+        return UploadFile(io.BytesIO(data), filename=name)
+
+    joined = [upload("a.png", b"AAAA\0b.png\0BBBB")]
+    apart = [upload("a.png", b"AAAA"), upload("b.png", b"BBBB")]
+    assert request_fingerprint(params, joined, None) != request_fingerprint(params, apart, None)
+    assert request_fingerprint(params, apart, None) == request_fingerprint(
+        params, [upload("a.png", b"AAAA"), upload("b.png", b"BBBB")], None
+    )

@@ -100,3 +100,16 @@ def test_limits_count_padded_pixels_and_bound_the_aspect_ratio():
     with pytest.raises(InputTooLarge, match="64:1 aspect-ratio"):
         decode_image(png(np.zeros((1, 100_000, 3), np.uint8)))
     decode_image(png(np.zeros((1, 64, 3), np.uint8)))  # 64:1 is allowed
+
+
+def test_a_corrupt_frame_index_or_a_mode_that_would_change_is_refused(cifar):
+    tiff = bytearray(encoded(Image.fromarray(cifar["images"][0]), "TIFF"))
+    first = int.from_bytes(tiff[4:8], "little")
+    entries = int.from_bytes(tiff[first : first + 2], "little")
+    next_ifd = first + 2 + 12 * entries
+    tiff[next_ifd : next_ifd + 4] = (len(tiff) + 1000).to_bytes(4, "little")  # past the end
+    with pytest.raises(UnsupportedInput, match="corrupt TIFF"):
+        decode_image(bytes(tiff))
+    lab = encoded(Image.fromarray(cifar["images"][0]).convert("LAB"), "TIFF")
+    with pytest.raises(UnsupportedInput, match="LAB image would come back as RGB"):
+        decode_image(lab)

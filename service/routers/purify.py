@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from jobs.keys import SYNC_QUEUE
 from jobs.record import ACTIVE, JobStatus
 from service.deps import ArchiveField, FilesField, ParamsForm, SubmitterDep
-from service.media import media_type_of
+from service.media import attachment, media_type_of
 from service.problems import Problem
 
 router = APIRouter(prefix="/v1", tags=["purify"])
@@ -75,7 +75,7 @@ async def purify_now(
         return Response(
             content,
             media_type=media_type_of(path),
-            headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
+            headers={"Content-Disposition": attachment(path.name)},
         )
     finally:
         store.delete(store.get(record.id) or record)

@@ -183,9 +183,10 @@ def embedded_valkey(
     append-only file (fsync every second), so that jobs and queues survive a
     restart; it writes its pid to ``data_dir/valkey.pid`` while it runs. With
     ``acl``, its users are that file's (``write_acl``)."""
+    data_dir = data_dir.resolve()  # Valkey runs in data_dir: its file paths must be absolute
     config = {"appendonly": "yes", "appendfsync": "everysec", "pidfile": str(pid_file(data_dir))}
     if acl is not None:
-        config["aclfile"] = str(acl)
+        config["aclfile"] = str(acl.resolve())
     return ValkeyServer(port=port, data_dir=data_dir, persist=True, config=config)
 
 

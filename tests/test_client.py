@@ -84,9 +84,8 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
     tmp_path, tiny_registry, cifar
 ):
     port = free_port()
-    env = {
-        **os.environ,
-        "PUREEBM_DATA_DIR": str(tmp_path / "data"),
+    env = {  # the default data folder, ./data, relative to where serve runs
+        **{k: v for k, v in os.environ.items() if k != "PUREEBM_DATA_DIR"},
         "PUREEBM_PORT": str(port),
         "PUREEBM_REGISTRY": str(tiny_registry),
         "PUREEBM_DEFAULT_MODEL": "tiny",
@@ -94,6 +93,7 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
     env.pop("PUREEBM_REDIS_URL", None)
     serve = subprocess.Popen(
         [sys.executable, "-m", "pureebm", "serve"],
+        cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

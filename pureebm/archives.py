@@ -44,6 +44,7 @@ from pureebm.images import (
     encode_image,
     image_format_of,
     restore_mode,
+    signature_of,
     sniff_format,
 )
 
@@ -93,9 +94,8 @@ ARCHIVE_SIGNATURES: list[tuple[str, int, bytes]] = [
 
 def archive_format(head: bytes) -> str | None:
     """The archive or compressed stream a file starting with ``head`` holds, or None."""
-    for name, offset, magic in ARCHIVE_SIGNATURES:
-        if head[offset : offset + len(magic)] == magic:
-            return name
+    if (name := signature_of(head, ARCHIVE_SIGNATURES)) is not None:
+        return name
     if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] == b"1AY&SY":
         return "bzip2"
     return None

@@ -280,12 +280,20 @@ def encode_image(picture: Picture, image_format: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def signature_of(head: bytes, signatures: list[tuple[str, int, bytes]]) -> str | None:
+    """The name of the first (name, offset, magic) of ``signatures`` that ``head``
+    carries, or None."""
+    for name, offset, magic in signatures:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return None
+
+
 def sniff_format(head: bytes) -> str | None:
     """The raster format a file starting with ``head`` (its first SNIFF_BYTES) holds,
     from its magic number, whatever its name: "PNG", "GIF", ...; None if none."""
-    for image_format, offset, magic in SIGNATURES:
-        if head[offset : offset + len(magic)] == magic:
-            return image_format
+    if (image_format := signature_of(head, SIGNATURES)) is not None:
+        return image_format
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
     if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in BMP_HEADER_SIZES:

@@ -201,6 +201,11 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {  # TrainConfig field -> (type, he
     "n_f": (int, "EBM width: channels of the first layer"),
     "pretrain_iterations": (int, "dsm+ml: DSM updates before the ML ones"),
     "iterations": (int, "parameter updates in all"),
+    "max_seconds": (
+        float,
+        "stop once the updates took this many seconds in all (0: no limit); "
+        "the learning-rate schedule then runs on time",
+    ),
     "batch_size": (int, "images per update"),
     "bank_size": (int, "ML: persistent MCMC states kept between updates"),
     "mcmc_steps": (int, "ML: Langevin steps K per update"),
@@ -210,6 +215,7 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {  # TrainConfig field -> (type, he
     "skimage_crops": (int, "add N crops of scikit-image's photographs to the data"),
     "calibrate_images": (int, "held-out images for the card at the end (0: no card)"),
     "checkpoint_every": (int, "write a checkpoint and figures every N updates"),
+    "checkpoint_seconds": (float, "... and at least every S seconds"),
     "seed": (int, "random seed of the run"),
     "t_star": (int, "ddpm: the entry's default purification depth t*"),
     "trained_below": (int, "ddpm: t_max, train on timesteps t <= t_max of 1000"),
@@ -262,6 +268,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "pureebm.diffusion.CPU_UNET's 32 64 128)",
     )
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no random flips")
+    p.add_argument(
+        "--bf16", action="store_true", help="on CUDA: bf16 autocast and channels_last updates"
+    )
     p.add_argument("--out-dir", default=defaults.out_dir, help="checkpoints and figures")
     p.add_argument("--registry", default=defaults.registry, help="model registry folder")
     p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto")

@@ -208,6 +208,7 @@ class TrainConfig:
     t_star: int = 75  # "ddpm": the entry's default purification depth t*
     trained_below: int = 250  # "ddpm": t_max, the last timestep trained
     iterations: int = 1000
+    max_seconds: float = 0.0  # stop once the updates took this long in all (0: no limit)
     batch_size: int = 64
     bank_size: int = 10_000
     mcmc_steps: int = 100  # K Langevin steps per update
@@ -226,6 +227,8 @@ class TrainConfig:
     calibrate_images: int = 32  # held-out images for the card's (eps, tau, T); 0: none
     psnr_floor: float = 30.0  # the calibration keeps at least this PSNR if it can
     checkpoint_every: int = 200
+    checkpoint_seconds: float = 600.0  # ... or once this long has passed since the last one
+    bf16: bool = False  # CUDA: bf16 autocast and channels_last in the updates
     out_dir: str = "runs/ebm"
     registry: str = "models"
     device: str = "auto"

@@ -42,6 +42,7 @@ stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -91,10 +92,15 @@ CHECKPOINT = "checkpoint.safetensors"
 RECALIBRATED_FROM = "; recalibrated from "  # how a recalibrated entry names its source
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
+def learning_rate(config: TrainConfig, step: int, wall_time: float = 0.0) -> float:
+    """Linear warm-up over ``config.warmup`` updates, then a cosine down to lr_final
+    that ends at whichever budget runs out first: the iterations or ``max_seconds``
+    of updates (``wall_time`` spent so far), so a time-bounded run ends cooled down."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(config.iterations - config.warmup, 1)
+    if config.max_seconds > 0:
+        progress = max(progress, wall_time / config.max_seconds)
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config.lr_final + (config.lr - config.lr_final) * cosine
 
@@ -130,12 +136,15 @@ class Trainer:
         self.n_c, self.image_size = self.data.shape[1], self.data.shape[2]
 
         self.net = self.build_net().to(self.device)
+        if config.bf16 and self.device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         if config.recipe == "ddpm":  # no MCMC; the figures of "dsm" still show a bank
             self.bank = torch.empty(0, *self.data.shape[1:], device=self.device)
         else:
             self.bank = self.fresh_states(min(config.bank_size, len(self.data)))
         self.step = 0
+        self.checkpointed_step = -1
         self.wall_time = 0.0
         self.history: list[dict[str, float]] = []
         self.showcase = self.data[torch.linspace(0, len(self.data) - 1, 8).long()].cpu()
@@ -168,7 +177,7 @@ class Trainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config, self.step)
+            group["lr"] = learning_rate(self.config, self.step, self.wall_time)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * scale).backward()
         nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
@@ -231,21 +240,40 @@ class Trainer:
         self.optimize(loss, c.tau)  # Adam is scale-free; the clip is on the unscaled gradient
         return loss.item(), (e_samples - e_data).item()
 
+    def out_of_time(self) -> bool:
+        return 0 < self.config.max_seconds <= self.wall_time
+
     def run(self) -> Manifest:
+        """Updates until the iterations or ``max_seconds`` run out, checkpointing every
+        ``checkpoint_every`` updates or ``checkpoint_seconds``, and at the end; then
+        the registry entry."""
         c = self.config
         bar = tqdm(total=c.iterations, initial=self.step, desc="train", unit="it")
-        while self.step < c.iterations:
+        last_checkpoint = time.perf_counter()
+        while self.step < c.iterations and not self.out_of_time():
             started = time.perf_counter()
-            figures = self.update()
+            with self.update_precision():
+                figures = self.update()
             self.wall_time += time.perf_counter() - started
             self.step += 1
             self.history.append({"step": self.step, **figures})
             bar.set_postfix({k: f"{v:.3g}" for k, v in figures.items()})
             bar.update(1)
-            if self.step % c.checkpoint_every == 0 or self.step == c.iterations:
+            due = time.perf_counter() - last_checkpoint >= c.checkpoint_seconds
+            if due or self.step % c.checkpoint_every == 0:
                 self.save_checkpoint()
+                last_checkpoint = time.perf_counter()
         bar.close()
+        if self.out_of_time():
+            tqdm.write(f"stopped at step {self.step}: {c.max_seconds:g} s of updates spent")
+        if self.checkpointed_step != self.step:
+            self.save_checkpoint()
         return self.register()
+
+    def update_precision(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when asked (``bf16``); the parameters stay float32."""
+        enabled = self.config.bf16 and self.device.type == "cuda"
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=enabled)
 
     # -- checkpoints -----------------------------------------------------------
 
@@ -266,6 +294,7 @@ class Trainer:
         }
         with atomic_path(self.out / CHECKPOINT) as partial:
             save_file(tensors, partial, metadata=metadata)
+        self.checkpointed_step = self.step
         snapshot = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
         save_file(snapshot, self.out / f"weights-step{self.step:06d}.safetensors")
         self.write_figures(self.out / f"step{self.step:06d}")
@@ -288,7 +317,7 @@ class Trainer:
         self.optimizer.load_state_dict(optim)
         self.bank = tensors["bank"].to(self.device)
         self.generator.set_state(tensors["rng"])
-        self.step = int(metadata["step"])
+        self.step = self.checkpointed_step = int(metadata["step"])
         self.wall_time = float(metadata["wall_time"])
         self.history = json.loads(metadata["history"])
         return True

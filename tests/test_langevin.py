@@ -100,6 +100,7 @@ def test_chain_moves_downhill_on_the_energy() -> None:
     assert (x**2).sum(1).mean() < (x0**2).sum(1).mean() * 0.5
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_runs_the_same_chain_as_the_cpu(cifar) -> None:
     """T = 20 steps with the same seed: the noise is the same Philox stream on both

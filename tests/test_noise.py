@@ -71,6 +71,7 @@ def test_jobs_with_neighbouring_seeds_share_no_noise() -> None:
     assert torch.isfinite(huge).all()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_noise_is_the_same_on_cuda_and_cpu() -> None:
     indices, steps = torch.tensor([3, 2**31 + 5]), torch.arange(2)

@@ -67,6 +67,40 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     assert abs(rates[-1] - 1e-5) < 1e-6
 
 
+def test_a_time_budget_runs_the_cosine_on_time_and_ends_it_at_the_budget():
+    config = TrainConfig(
+        data=[], lr=1e-3, lr_final=1e-5, warmup=10, iterations=10**9, max_seconds=100.0
+    )
+    assert learning_rate(config, 50, wall_time=0.0) == pytest.approx(1e-3)
+    halfway = 1e-5 + (1e-3 - 1e-5) * 0.5
+    assert learning_rate(config, 50, wall_time=50.0) == pytest.approx(halfway)
+    assert learning_rate(config, 50, wall_time=100.0) == pytest.approx(1e-5)
+    assert learning_rate(config, 50, wall_time=250.0) == pytest.approx(1e-5)
+
+
+def test_a_time_bounded_run_stops_checkpoints_and_registers(tmp_path):
+    config = TrainConfig(
+        data=[str(DATA)],
+        name="timed",
+        n_f=4,
+        batch_size=4,
+        mcmc_steps=2,
+        warmup=1,
+        iterations=10**9,
+        max_seconds=0.5,
+        checkpoint_every=10**9,
+        out_dir=str(tmp_path / "run"),
+        registry=str(tmp_path / "reg"),
+        holdout=16,
+        calibrate_images=0,
+    )
+    manifest = train(config)
+    assert 0 < manifest.training.iterations < 10**9
+    assert manifest.training.wall_time_s >= 0.5
+    snapshot = f"weights-step{manifest.training.iterations:06d}.safetensors"
+    assert (tmp_path / "run" / snapshot).exists()
+
+
 def test_denoising_score_matching_learns_to_denoise(tmp_path, cifar):
     """After a short DSM run one step along -grad E, x~ - sigma^2 grad E(x~) / tau,
     brings noisy held-out images closer to their clean originals (Tweedie's

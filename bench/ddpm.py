@@ -17,8 +17,8 @@ import time
 from pureebm.archives import load_image_array
 from pureebm.images import Picture
 from pureebm.langevin import resolve_device
-from pureebm.params import LangevinParams
 from pureebm.pipeline import Reps, purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
 
 DATA = "../shared/datasets/cifar10-part-train.npz"
@@ -60,7 +60,7 @@ def main() -> None:
     pictures = [(str(i), Picture(rgb, None, "RGB", "PNG")) for i, rgb in enumerate(images)]
 
     def pureddpm(n: int) -> None:
-        params = LangevinParams(steps=args.steps)
+        params = LangevinSpec(steps=args.steps)
         for _ in purify_pictures(ddpm, pictures[:n], params, args.batch_size, device, 0):
             pass
 

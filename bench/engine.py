@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pureebm.langevin import purify, resolve_device
 from pureebm.nets import build_energy_net
-from pureebm.params import LangevinParams
+from pureebm.purifiers.langevin import LangevinSpec
 
 CONFIGS = {"conv-32": ("conv", 32), "conv-64": ("conv", 64), "resnet-128": ("resnet", 128)}
 
@@ -58,8 +58,8 @@ def main() -> None:
         flops = flops_per_step(net, args.size) * args.steps
         for batch in batch_sizes:
             images = torch.randint(0, 256, (batch, 3, args.size, args.size), dtype=torch.uint8)
-            params = LangevinParams(steps=args.steps)
-            purify(net, images, LangevinParams(steps=2), batch, device, seed=0)  # warm-up
+            params = LangevinSpec(steps=args.steps)
+            purify(net, images, LangevinSpec(steps=2), batch, device, seed=0)  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()

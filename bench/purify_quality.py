@@ -40,8 +40,8 @@ from pureebm.evaluation.classifier import train_classifier
 from pureebm.evaluation.config import TrainSettings
 from pureebm.evaluation.defences import jpeg
 from pureebm.langevin import resolve_device, to_uint8, to_unit_range
-from pureebm.params import LangevinParams
 from pureebm.plots import amplified_difference, image_rows
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.quality import card, langevin_purifier, perturb, standard_perturbations
 from pureebm.registry import DEFAULT_MODEL, Registry
 
@@ -66,7 +66,7 @@ def narcissus_pattern(
     return torch.from_numpy(np.load(path, allow_pickle=False)).permute(2, 0, 1)
 
 
-def gaussian_baseline(params: LangevinParams, steps: list[int]):
+def gaussian_baseline(params: LangevinSpec, steps: list[int]):
     """x + sqrt(T) eps n, clamped and rounded, with the same n for every input."""
 
     def apply(images: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -107,7 +107,7 @@ def main() -> None:
             or [0, defaults.steps // 4, defaults.steps // 2, defaults.steps, 2 * defaults.steps]
         )
     )
-    params = LangevinParams(steps=max(steps), eps=eps, tau=tau)
+    params = LangevinSpec(steps=max(steps), eps=eps, tau=tau)
     with np.load(args.data, allow_pickle=False) as npz:
         images, labels = npz["images"], npz["labels"]
     clean = torch.from_numpy(images[-args.images :]).permute(0, 3, 1, 2).contiguous()

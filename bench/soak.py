@@ -44,8 +44,8 @@ from PIL import Image
 
 from pureebm.archives import open_container
 from pureebm.client import PureEBMClient, PureEBMError
-from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import DEFAULT_MODEL, Registry
 from tests.hostile import LIMITS, REFUSED, materialise
 from tests.stack import Stack, free_port, worker_pids
@@ -124,7 +124,7 @@ class Soak:
         worker's shard does (an image's noise depends on its seed and position only),
         and the others as sent."""
         defaults = self.model.manifest.langevin
-        params = LangevinParams(steps=spec.steps, eps=defaults.eps, tau=defaults.tau)
+        params = LangevinSpec(steps=spec.steps, eps=defaults.eps, tau=defaults.tau)
         sent = images_of(path)
         chosen = [i for i, name in enumerate(sent) if name in purified]
         pictures = open_container(path).iter_images(chosen)

@@ -24,7 +24,7 @@ import torch
 from pureebm import diffusion
 from pureebm.archives import load_image_array
 from pureebm.langevin import Speedups, purify, resolve_device
-from pureebm.params import LangevinParams
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import DEFAULT_ROOT, Registry
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
@@ -92,7 +92,7 @@ def main() -> None:
 
     if args.ebm:
         ebm = registry.load(args.ebm, device)
-        params = LangevinParams(
+        params = LangevinSpec(
             steps=args.ebm_steps, eps=ebm.manifest.langevin.eps, tau=ebm.manifest.langevin.tau
         )
 

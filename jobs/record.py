@@ -8,39 +8,17 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from pureebm.params import LangevinParams, RepsParams
+from pureebm.purifiers import Spec
+from pureebm.requests import Resolved
 
 
-class JobParams(BaseModel):
-    """A job's parameters, resolved once, at submission: the model pinned to
-    NAME:VERSION, the Langevin parameters with the model's defaults filled in, the
-    filter resolved, Reps' DDPM pinned with its t*, the seed drawn. Every shard and
+class JobParams(Resolved):
+    """A job's parameters, resolved once, at submission (pureebm.requests): the model
+    pinned to NAME:VERSION, the purifier's spec with the model's defaults filled in
+    (Reps' DDPM pinned too), the filter resolved, the seed drawn. Every shard and
     the finaliser read these; nothing is resolved again."""
 
-    model: str
     seed: int
-    steps: int
-    eps: float
-    tau: float
-    init_noise: float = 0.0
-    filter: float | str | None = None
-    ddpm_model: str | None = None  # Reps: the DDPM entry, NAME:VERSION
-    rounds: int = 1
-    ddpm_steps: int | None = None
-
-    @property
-    def langevin(self) -> LangevinParams:
-        return LangevinParams(
-            steps=self.steps, eps=self.eps, tau=self.tau, init_noise=self.init_noise
-        )
-
-    @property
-    def reps(self) -> RepsParams | None:
-        if self.ddpm_model is None or self.ddpm_steps is None:
-            return None
-        return RepsParams(
-            ddpm_model=self.ddpm_model, rounds=self.rounds, ddpm_steps=self.ddpm_steps
-        )
 
 
 class JobStatus(StrEnum):
@@ -98,23 +76,19 @@ class Progress(BaseModel):
 
 class ImageEnergy(BaseModel):
     name: str
-    energy_before: float
-    energy_after: float
+    energy_before: float | None  # None: the purifier gives no score (JPEG)
+    energy_after: float | None
     purified: bool = True  # False: an energy filter passed it through as sent
 
 
 class Report(BaseModel):
-    """Per-image energies; a high energy before purification marks an unusual image."""
+    """Per-image scores (an EBM's energy, a DDPM's denoising error; none for JPEG);
+    a high score before purification marks an unusual image."""
 
     job: str
-    model: str
-    steps: int
-    eps: float
-    tau: float
+    model: str | None
+    purifier: Spec  # type: ignore[valid-type]
     seed: int
     filter: float | str | None = None
-    ddpm_model: str | None = None  # Reps: the DDPM alternating with ``model``
-    rounds: int = 1
-    ddpm_steps: int | None = None
     purified: int | None = None  # images purified (all without a filter); None: an older report
     images: list[ImageEnergy]

@@ -11,7 +11,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pureebm.images import Limits
-from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
+from pureebm.registry import DEFAULT_ROOT
 
 
 class JobSettings(BaseSettings, Limits):
@@ -27,7 +27,7 @@ class JobSettings(BaseSettings, Limits):
     redis_url: str | None = None  # None: `pureebm serve` starts an embedded Valkey server
     data_dir: Path = Path("data")  # job folders live in <data_dir>/jobs/<id>/
     registry: Path = DEFAULT_ROOT
-    default_model: str = DEFAULT_MODEL
+    default_model: str | None = None  # None: the preset the registry's DEFAULT file names
 
     # job work on the queue
     shard_retries: int = Field(3, ge=0)

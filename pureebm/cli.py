@@ -19,57 +19,33 @@ from pathlib import Path
 
 from pureebm.evaluation.config import ATTACKS, EvalConfig, TrainSettings
 from pureebm.params import TrainConfig
-from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
+from pureebm.purifiers import FAMILIES, Overrides
+from pureebm.registry import DEFAULT_ROOT
 
 
 def add_purifier_options(p: argparse.ArgumentParser) -> None:
-    """The purification parameters `purify` and `submit` share (PurifyParams' fields)."""
-    p.add_argument(
-        "--steps",
-        type=int,
-        help="Langevin steps T of an EBM, or t* of a DDPM (model default if unset)",
-    )
-    p.add_argument("--eps", type=float, help="step size (model default if unset)")
-    p.add_argument("--tau", type=float, help="temperature (model default if unset)")
-    p.add_argument("--init-noise", type=float, default=0.0, help="std of initial noise")
-    p.add_argument(
-        "--filter",
-        type=filter_rule,
-        help="purify only the fraction K (0-1] of images of highest energy, or 'auto': those "
-        "above the model's calibrated threshold; the rest are copied as they are (default: "
-        "the model's; 1: every image)",
-    )
+    """The purification parameters `purify` and `submit` share: every purifier
+    family's (pureebm.purifiers.Overrides), checked by the families' specs."""
+    for field, info in Overrides.model_fields.items():
+        option = "--" + field.replace("_", "-")
+        if field == "purifier":
+            p.add_argument(option, choices=list(FAMILIES), help=info.description)
+        else:
+            p.add_argument(option, metavar=field.upper(), help=info.description)
     p.add_argument("--seed", type=int, help="random seed (drawn if unset)")
-    p.add_argument(
-        "--ddpm-model",
-        help="Reps: alternate the EBM (--model) with this DDPM entry (NAME or NAME:VERSION)",
-    )
-    p.add_argument(
-        "--rounds", type=int, help="Reps: R rounds of [T EBM steps, then the DDPM] (default 1)"
-    )
-    p.add_argument(
-        "--ddpm-steps", type=int, help="Reps: t* of each DDPM phase (the DDPM's default if unset)"
-    )
 
 
-PURIFIER_OPTIONS = (
-    "steps",
-    "eps",
-    "tau",
-    "init_noise",
-    "filter",
-    "seed",
-    "ddpm_model",
-    "rounds",
-    "ddpm_steps",
-)
+def purifier_overrides(args: argparse.Namespace) -> dict[str, str]:
+    return {k: getattr(args, k) for k in Overrides.model_fields if getattr(args, k) is not None}
 
 
 def add_purify_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("purify", help="purify an image, folder, zip, tar(.gz) or npz")
     p.add_argument("input", type=Path, help="what to purify")
     p.add_argument("-o", "--output", type=Path, required=True, help="the purified copy")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION")
+    p.add_argument(
+        "--model", help="NAME or NAME:VERSION (default: the one the registry's DEFAULT names)"
+    )
     p.add_argument("--registry", type=Path, default=DEFAULT_ROOT, help="model registry folder")
     add_purifier_options(p)
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
@@ -98,43 +74,29 @@ def run_purify(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from pureebm.archives import open_container
-    from pureebm.filtering import resolve_filter
     from pureebm.langevin import Speedups, resolve_device
-    from pureebm.params import LangevinOverrides
-    from pureebm.pipeline import Reps, purify_container
+    from pureebm.pipeline import purifier_for, purify_container, scorer_for
     from pureebm.registry import Registry
+    from pureebm.requests import resolve_request
     from pureebm.results import PurifiedImage
 
     device = resolve_device(args.device)
     registry = Registry(args.registry)
-    model = registry.load(args.model, device)
-    ddpm = None if args.ddpm_model is None else registry.load(args.ddpm_model, device)
-    try:
-        overrides = LangevinOverrides(
-            steps=args.steps,
-            eps=args.eps,
-            tau=args.tau,
-            init_noise=args.init_noise,
-            ddpm_model=args.ddpm_model,
-            rounds=1 if args.rounds is None else args.rounds,
-            ddpm_steps=args.ddpm_steps,
-        )
-        params = overrides.resolve(model.manifest)
-        combination = overrides.resolve_reps(model.manifest, ddpm and ddpm.manifest)
-    except ValueError as e:  # pydantic's ValidationError included
+    try:  # refused before any work
+        resolved = resolve_request(Overrides(**purifier_overrides(args)), args.model, registry)
+    except ValueError as e:  # pydantic's ValidationError and FilterError included
         sys.exit(f"pureebm: {e}")
-    energy_filter = resolve_filter(args.filter, model.manifest)  # refused before any work
-    reps = None
-    if ddpm is not None and combination is not None:
-        reps = Reps(ddpm, combination.rounds, combination.ddpm_steps)
+    speedups = Speedups(channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
+    model = None if resolved.model is None else registry.load(resolved.model, device)
+    purifier = purifier_for(
+        resolved.purifier, model, lambda ref: registry.load(ref, device), device, speedups
+    )
+    scorer = scorer_for(model, device, speedups) if resolved.filter is not None else None
     container = open_container(args.input)
     total = len(container.image_names())
     print(
-        f"{args.input}: {container.kind}, {total} images; model "
-        f"{model.manifest.name}:{model.manifest.version} on {device}, T={params.steps} "
-        f"eps={params.eps:g} tau={params.tau:g}"
-        + (f", filter={energy_filter}" if energy_filter is not None else "")
-        + (f", Reps {reps.rounds} x [T, DDPM t*={reps.ddpm_steps}]" if reps else ""),
+        f"{args.input}: {container.kind}, {total} images; {purifier.name} on {device}"
+        + (f", filter={resolved.filter}" if resolved.filter is not None else ""),
         file=sys.stderr,
     )
     started = time.perf_counter()
@@ -143,19 +105,16 @@ def run_purify(args: argparse.Namespace) -> None:
         def advance(_: PurifiedImage) -> None:
             bar.update(1)
 
-        speedups = Speedups(channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
         energies = purify_container(
             container,
             args.output,
-            model,
-            params,
+            purifier,
             args.batch_size,
-            device,
             args.seed,
             advance,
-            speedups,
-            filter=energy_filter,
-            reps=reps,
+            filter=resolved.filter,
+            scorer=scorer,
+            threshold=model.manifest.energy_threshold if model else None,
         )
     seconds = time.perf_counter() - started
     purified = sum(row.purified for row in energies)
@@ -182,18 +141,21 @@ def run_models(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
         return
-    default_entry = registry.pinned(DEFAULT_MODEL)
+    default_entry = registry.pinned(registry.default_ref())
     for m in manifests:
         default = " (default)" if (m.name, m.version) == default_entry else ""
-        p = m.langevin
-        setting = f"t*={p.steps}" if m.diffusion else f"T={p.steps} eps={p.eps} tau={p.tau}"
-        network = m.arch_kwargs.get("block_out_channels") if m.diffusion else m.arch_kwargs
+        weights = m.weights
+        trained = (
+            f"{weights.architecture}, {weights.image_size}px x{weights.channels}, trained "
+            f"{weights.training.iterations} it in {weights.training.wall_time_s:.0f} s on "
+            f"{weights.training.hardware}"
+            if weights
+            else "no weights"
+        )
+        derived = f" (from {m.derived_from})" if m.derived_from else ""
         print(
-            f"{m.name}:{m.version}{default}  {m.architecture} {network}  "
-            f"{m.image_size}px x{m.channels}  {setting}"
-            f"{'' if m.filter is None else f' filter={m.filter}'}  "
-            f"trained {m.training.iterations} it in "
-            f"{m.training.wall_time_s:.0f} s on {m.training.hardware}"
+            f"{m.ref}{default}  {m.purifier.summary()}"
+            f"{'' if m.filter is None else f' filter={m.filter}'}{derived}  {trained}"
         )
 
 
@@ -295,7 +257,8 @@ def run_train(args: argparse.Namespace) -> None:
 def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "calibrate",
-        help="choose a model's eps, tau and T again on held-out images; registers a new version",
+        help="choose a model's eps, tau and T again on held-out images; registers a new "
+        "preset on the same weights",
     )
     p.add_argument("model", help="NAME or NAME:VERSION")
     p.add_argument("data", help="images the model was not trained on (any supported format)")
@@ -338,9 +301,8 @@ def run_calibrate(args: argparse.Namespace) -> None:
         steps=None if args.steps is None else [args.steps],
         energy_filter=args.filter,
     )
-    p = manifest.langevin
     print(
-        f"registered {manifest.name}:{manifest.version}: T={p.steps} eps={p.eps:g} tau={p.tau:g} "
+        f"registered {manifest.ref} from {manifest.derived_from}: {manifest.purifier.summary()} "
         f"filter={manifest.filter} energy threshold {manifest.energy_threshold:.4g} "
         f"(PSNR {calibration.psnr_db:.1f} dB, mean r {calibration.residual:.2f} "
         f"on {len(heldout)} images)"
@@ -373,10 +335,9 @@ def run_import(args: argparse.Namespace) -> None:
         )
     except ImportRefused as e:
         sys.exit(f"pureebm: refused {args.source}: {e}")
-    p = manifest.langevin
-    defaults = f"t*={p.steps}" if manifest.diffusion else f"T={p.steps} eps={p.eps:g} tau={p.tau:g}"
+    architecture = manifest.weights.architecture if manifest.weights else "no weights"
     print(
-        f"registered {manifest.name}:{manifest.version} ({manifest.architecture}, {defaults}) "
+        f"registered {manifest.ref} ({architecture}, {manifest.purifier.summary()}) "
         f"in {args.registry}"
     )
 
@@ -399,7 +360,7 @@ def run_submit(args: argparse.Namespace) -> None:
 
     from pureebm.client import PureEBMClient
 
-    params = {k: getattr(args, k) for k in ("model", *PURIFIER_OPTIONS)}
+    params = {"model": args.model, "seed": args.seed, **purifier_overrides(args)}
     api_key = args.api_key or os.environ.get("PUREEBM_API_KEY")
     started = time.perf_counter()
     with PureEBMClient(args.url, api_key) as client, tqdm(unit="img", desc="purify") as bar:

@@ -22,7 +22,8 @@ how many reverse steps it runs back (the paper: t* = 75 of N = 1000).
 z_t is image i's own noise from (seed, i) (``pureebm.noise``), as in the Langevin
 chain, so an image's result does not depend on its batch. The U-Net is fully
 convolutional up to its downsampling: an image is edge-padded to a multiple of
-``size_multiple`` (and at least the model's size) and cropped back afterwards.
+``pureebm.purifiers.ddpm.size_multiple`` (and at least the model's size) and cropped
+back afterwards.
 
 Each image's score (the report's "energy") is its denoising error at a fixed
 t_s, with one fixed noise draw for every image, so it is a function of the image
@@ -40,12 +41,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pureebm.langevin import Purified, resolve_device, to_uint8, to_unit_range
+from pureebm.langevin import resolve_device, to_uint8, to_unit_range
+from pureebm.manifest import DiffusionSchedule
 from pureebm.noise import ImageNoise, gaussian
-from pureebm.params import DiffusionSchedule
+from pureebm.purifiers.base import Purified
 
 if TYPE_CHECKING:
     from torch import nn
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' own folder layout
+DIFFUSERS_CONFIG = "config.json"
 
 CPU_UNET: dict[str, Any] = {  # the U-Net that `pureebm train --recipe ddpm` builds by default
     "sample_size": 32,
@@ -84,11 +89,6 @@ def build_unet(config: dict[str, Any]) -> nn.Module:
     except ImportError as e:
         raise ImportError(install_hint()) from e
     return UNet2DModel.from_config(config)
-
-
-def size_multiple(config: dict[str, Any]) -> int:
-    """An image side the U-Net's downsampling divides: 2^(levels - 1)."""
-    return 2 ** (len(config.get("block_out_channels", (0,) * 4)) - 1)
 
 
 def alphas_cumprod(schedule: DiffusionSchedule) -> torch.Tensor:
@@ -180,7 +180,7 @@ def purify(
     indices: torch.Tensor | None = None,
 ) -> Purified:
     """Apply PureDDPM with t* = ``steps`` to uint8 images (N x C x H x W, one size, a
-    multiple of ``size_multiple``). Image i draws its noise from (``seed``,
+    multiple of the U-Net's downsampling). Image i draws its noise from (``seed``,
     ``indices[i]``) (0 .. N - 1 by default; no seed: a random one). The result's
     energies are the denoising errors of the input and of the output."""
     if not 0 <= steps <= schedule.trained_below:

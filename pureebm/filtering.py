@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pureebm.params import Manifest
+from pureebm.manifest import Manifest
 
 THRESHOLD_QUANTILE = 0.5  # of held-out clean energies: the "auto" cut
 
@@ -39,13 +39,16 @@ def threshold_of(manifest: Manifest) -> float:
     return manifest.energy_threshold
 
 
-def resolve_filter(requested: float | str | None, manifest: Manifest) -> float | str | None:
-    """The filter a job runs: the caller's, else the model's default. k = 1 (every
-    image) is no filter, so no scoring pass is made; "auto" on a model without a
+def resolve_filter(
+    requested: float | str | None, preset: Manifest | None, scorer: Manifest
+) -> float | str | None:
+    """The filter a job runs: the caller's, else ``preset``'s default (None: a job
+    that does not run its model's preset has none). k = 1 (every image) is no
+    filter, so no scoring pass is made; "auto" with a ``scorer`` that has no
     threshold is refused (FilterError)."""
-    rule = manifest.filter if requested is None else requested
+    rule = requested if requested is not None else preset.filter if preset else None
     if rule == "auto":
-        threshold_of(manifest)
+        threshold_of(scorer)
     return None if rule == 1 else rule
 
 

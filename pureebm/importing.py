@@ -35,18 +35,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from pureebm.diffusion import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS
+from pureebm.manifest import DiffusionSchedule, Manifest, TrainingRecord
 from pureebm.nets import build_energy_net
-from pureebm.params import (
-    DIFFUSION_ARCHITECTURE,
-    DiffusionSchedule,
-    LangevinParams,
-    Manifest,
-    TrainingRecord,
-)
-from pureebm.registry import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, WEIGHTS, Registry
+from pureebm.purifiers.ddpm import DDPMSpec
+from pureebm.purifiers.langevin import LangevinSpec
+from pureebm.registry import WEIGHTS, Registry
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-PAPER_EBM_SETTING = LangevinParams(steps=150, eps=1.25e-2, tau=1e-4)
+PAPER_EBM_SETTING = LangevinSpec(steps=150, eps=1.25e-2, tau=1e-4)
 PAPER_T_STAR = 75
 SCHEDULE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
 
@@ -173,12 +170,14 @@ def import_folder(
         arch_kwargs, schedule, net = unet_net(source)
         size = arch_kwargs.get("sample_size") or 32
         fields = dict(
-            architecture=DIFFUSION_ARCHITECTURE,
+            architecture="unet",
             arch_kwargs=arch_kwargs,
             image_size=size if isinstance(size, int) else int(size[0]),
             channels=int(arch_kwargs.get("in_channels", 3)),
-            langevin=LangevinParams(steps=min(PAPER_T_STAR, schedule.trained_below)),
+            purifier=DDPMSpec(steps=min(PAPER_T_STAR, schedule.trained_below)),
             diffusion=schedule,
+            file=DIFFUSERS_WEIGHTS,
+            extra_files={DIFFUSERS_CONFIG: (source / DIFFUSERS_CONFIG).read_text()},
             description="diffusers UNet2DModel (imported)",
         )
     elif (source / WEIGHTS).is_file() and (source / "config.json").is_file():
@@ -189,7 +188,7 @@ def import_folder(
             arch_kwargs=arch_kwargs,
             image_size=32,
             channels=arch_kwargs["n_c"],
-            langevin=PAPER_EBM_SETTING,
+            purifier=PAPER_EBM_SETTING,
             description=f"PureGen reference {architecture} EBM (imported)",
         )
     else:

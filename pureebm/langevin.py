@@ -17,14 +17,15 @@ each image's size (``pureebm.nets.Valid``): an image's result is then the same
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pureebm.nets import Valid
 from pureebm.noise import ImageNoise
-from pureebm.params import LangevinParams
+from pureebm.purifiers.base import Purified
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.tiles import DEFAULT_TILE_PIXELS, TiledEnergy
 
 Noise = Callable[[int], torch.Tensor]  # t -> N(0, I) of the chain's shape for step t
@@ -72,14 +73,6 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
 
 
-@dataclass
-class Purified:
-    images: torch.Tensor  # uint8, N x C x H x W, on the CPU
-    energy_before: torch.Tensor  # float32, N: E(x_0) of the input
-    energy_after: torch.Tensor  # float32, N: E of the returned 8-bit image
-    sweep: dict[int, torch.Tensor] = field(default_factory=dict)  # T -> uint8 Psi_T(images)
-
-
 @dataclass(frozen=True)
 class Speedups:
     """Engine options for GPUs, off unless chosen. Each gives the same purified
@@ -122,7 +115,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def purify(
     model: nn.Module,
     images: torch.Tensor,
-    params: LangevinParams = LangevinParams(),
+    params: LangevinSpec = LangevinSpec(),
     batch_size: int = 256,
     device: str | torch.device | None = None,
     seed: int | None = None,

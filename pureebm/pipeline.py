@@ -1,18 +1,20 @@
-"""Purify decoded pictures and whole containers with a registry model.
+"""The one batching loop: purify decoded pictures and whole containers with any
+purifier (pureebm.purifiers).
 
 Size policy: images are purified at their own resolution (both energy nets are
 fully convolutional up to a spatial mean, the DDPM's U-Net up to its
-downsampling). An image smaller than the model's image size on a side is
-edge-padded up to it, for a DDPM also up to a multiple of its downsampling
-(``pureebm.diffusion.size_multiple``), and cropped back afterwards.
+downsampling). An image smaller than the purifier's ``image_size`` on a side is
+edge-padded up to it, and up to a multiple of its ``size_multiple``, and cropped
+back afterwards.
 
 Work is done in chunks of at most ``batch_size`` images and at most
 ``batch_size`` x image_size^2 pixels (so memory stays bounded for large images),
 in container order. Within a chunk, images of similar sizes share one batch:
 tallest first, each bucket is zero-padded to its tallest and widest image as
-long as padding stays under a fifth of its pixels (``buckets``), and the energy
-net masks every layer to each image's own size. A U-Net cannot be masked, so a
-DDPM's batches hold images of one padded size only. Image i of a container draws
+long as padding stays under a fifth of its pixels (``buckets``), and a
+``maskable`` purifier (the energy nets) masks every layer to each image's own
+size; other purifiers' batches hold images of one padded size. Image i of a
+container draws
 its noise from (``seed``, i) (pureebm.noise). So every image's result is the one
 it gets when purified alone as image i with that seed (up to float summation
 order), however the images are bucketed, chunked or split across shards.
@@ -21,23 +23,21 @@ order), however the images are bucketed, chunked or split across shards.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-from pureebm import diffusion
 from pureebm.archives import Container
 from pureebm.concurrency import Phases, prefetched
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
-from pureebm.langevin import Purified, Speedups, purify
-from pureebm.noise import derived_seed
-from pureebm.params import LangevinParams
+from pureebm.langevin import Speedups, resolve_device
+from pureebm.purifiers import ModelLoader, Purifier, PurifierSpec
 from pureebm.registry import LoadedModel
 from pureebm.results import Energy, PurifiedImage
 from pureebm.shards import assemble, write_shard
@@ -46,20 +46,7 @@ from pureebm.tiles import DEFAULT_TILE_PIXELS
 T = TypeVar("T")
 
 BUCKET_SLACK = 1.25  # a shared canvas holds at most 25% more pixels than its images
-
-
-@dataclass(frozen=True)
-class Reps:
-    """PureGen's combination of the two purifiers, R rounds of
-
-        x <- Psi_DDPM(Psi_EBM(x))    (the EBM's T Langevin steps, then the DDPM at t* = L)
-
-    each phase drawing its own noise (seed ``derived_seed(seed, round, phase)``),
-    with the image rounded to 8 bits between phases. Energies are the EBM's."""
-
-    ddpm: LoadedModel
-    rounds: int
-    ddpm_steps: int
+MIN_BATCH_SIDE = 32  # a batch's pixel budget is batch_size images of at least this side
 
 
 def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
@@ -114,78 +101,41 @@ def buckets(
     return groups
 
 
-def size_multiple(model: LoadedModel) -> int:
-    """What a side must be a multiple of: a DDPM's downsampling, else 1."""
-    if model.manifest.diffusion is None:
-        return 1
-    return diffusion.size_multiple(model.manifest.arch_kwargs)
+def purifier_for(
+    spec: PurifierSpec,
+    model: LoadedModel | None,
+    load: ModelLoader,
+    device: str | torch.device | None = None,
+    speedups: Speedups = Speedups(),
+) -> Purifier:
+    """The purifier ``spec`` describes, on ``model`` (None for a family that needs
+    none); ``load`` gives the further models it names (Reps' DDPM)."""
+    return spec.build(model, load, resolve_device(device), speedups)
 
 
-def purify_reps(
-    ebm: LoadedModel,
-    reps: Reps,
-    images: torch.Tensor,
-    params: LangevinParams,
-    seed: int | None,
-    indices: torch.Tensor,
-    device: str | torch.device | None,
-    speedups: Speedups,
-) -> Purified:
-    """``Reps`` on uint8 images of one size (N x C x H x W)."""
-    schedule = reps.ddpm.manifest.diffusion
-    assert schedule is not None
-    seed = int(torch.randint(0, 2**62, ())) if seed is None else seed
-    before = None
-    for round_ in range(reps.rounds):
-        ebm_seed, ddpm_seed = derived_seed(seed, round_, 0), derived_seed(seed, round_, 1)
-        langevin = purify(
-            ebm.net,
-            images,
-            params,
-            len(images),
-            device,
-            ebm_seed,
-            None,
-            (),
-            speedups=speedups,
-            indices=indices,
-        )
-        before = langevin.energy_before if before is None else before
-        images = diffusion.purify(
-            reps.ddpm.net,
-            langevin.images,
-            schedule,
-            reps.ddpm_steps,
-            len(images),
-            device,
-            ddpm_seed,
-            indices,
-        ).images
-    scored = purify(
-        ebm.net, images, LangevinParams(steps=0), len(images), device, 0, speedups=speedups
-    )
-    return Purified(images, before, scored.energy_before)
+def scorer_for(
+    model: LoadedModel, device: str | torch.device | None = None, speedups: Speedups = Speedups()
+) -> Purifier:
+    """A filter's ranking: the model's own purifier at zero steps (an EBM's energy, a
+    DDPM's denoising error)."""
+    spec = model.manifest.purifier.scoring()
+    if spec is None:
+        raise ValueError(f"{model.manifest.ref} gives no score to rank images by")
+    return purifier_for(spec, model, lambda ref: model, device, speedups)
 
 
 def purify_bucket(
-    model: LoadedModel,
+    purifier: Purifier,
     pixels: list[np.ndarray],
-    params: LangevinParams,
-    seed: int | None,
+    seed: int,
     indices: torch.Tensor,
-    device: str | torch.device | None,
-    speedups: Speedups = Speedups(),
     sweep: Collection[int] = (),
-    reps: Reps | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict[int, list[np.ndarray]]]:
-    """Purify images (H x W x C, sizes may differ) in one zero-padded batch, each
-    masked to its own size; ``indices`` are their places in the job (their noise,
-    with ``seed``). Returns RGB outputs, energies, and the RGB images Psi_t of the
-    same chains for each t in ``sweep``. A DDPM's images must share one padded size
-    and its energies are denoising errors (pureebm.diffusion)."""
-    schedule = model.manifest.diffusion
-    multiple = size_multiple(model if reps is None else reps.ddpm)
-    padded = [pad_to_size(p, model.manifest.image_size, multiple) for p in pixels]
+    """Purify images (H x W x C, sizes may differ where the purifier is maskable) in
+    one zero-padded batch; ``indices`` are their places in the job (their noise,
+    with ``seed``). Returns RGB outputs, scores, and the RGB images Psi_t of the
+    same chains for each t in ``sweep``."""
+    padded = [pad_to_size(p, purifier.image_size, purifier.size_multiple) for p in pixels]
     shapes = [p.shape[:2] for p in padded]
     height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
     canvas = np.zeros((len(padded), height, width, padded[0].shape[2]), np.uint8)
@@ -193,28 +143,7 @@ def purify_bucket(
         image[: p.shape[0], : p.shape[1]] = p
     sizes = None if len(set(shapes)) == 1 else torch.tensor(shapes)
     x = torch.from_numpy(canvas).permute(0, 3, 1, 2)
-    if (schedule is not None or reps is not None) and (sweep or sizes is not None):
-        raise ValueError("a DDPM batch holds images of one size and has no sweep")
-    if reps is not None:
-        result = purify_reps(model, reps, x, params, seed, indices, device, speedups)
-    elif schedule is not None:
-        result = diffusion.purify(
-            model.net, x, schedule, params.steps, len(x), device, seed, indices
-        )
-    else:
-        result = purify(
-            model.net,
-            x,
-            params,
-            len(x),
-            device,
-            seed,
-            None,
-            sweep,
-            speedups=speedups,
-            sizes=sizes,
-            indices=indices,
-        )
+    result = purifier.purify_batch(x, indices, seed, sizes, sweep)
 
     def rgb(images: torch.Tensor) -> list[np.ndarray]:
         out = images.permute(0, 2, 3, 1).numpy()
@@ -245,42 +174,39 @@ def picture_pixels(item: tuple[str, Picture]) -> int:
 
 
 def purify_pictures(
-    model: LoadedModel,
+    purifier: Purifier,
     pictures: Iterable[tuple[str, Picture]],
-    params: LangevinParams,
     batch_size: int = 64,
-    device: str | torch.device | None = None,
     seed: int | None = None,
     positions: Sequence[int] | None = None,
     phases: Phases | None = None,
-    speedups: Speedups = Speedups(),
     sweep: Collection[int] = (),
-    reps: Reps | None = None,
 ) -> Iterator[PurifiedImage]:
     """Purify (name, picture) pairs ``batch_size`` at a time, yielding results in order.
 
     The picture at position p of a container draws its noise from (``seed``, p);
     ``positions`` are the pictures' positions (0, 1, ... when None), so shards
-    and filtered subsets keep the container's noise.
+    and filtered subsets keep the container's noise; no seed: one is drawn.
     Within a chunk, pictures of similar sizes share a zero-padded batch
-    (``buckets``), masked so that each result is the picture's own.
+    (``buckets``), masked so that each result is the picture's own, where the
+    purifier is maskable; otherwise a batch holds one padded size.
     Pictures are read and decoded by a background thread up to two batches
     ahead. ``phases`` collects the seconds spent waiting for decoded pictures
-    ("decode") and purifying ("model"). ``sweep`` lists step counts t <= T whose images
-    Psi_t each result also carries, from the same chain. ``reps`` combines ``model``
-    (an EBM) with a DDPM.
+    ("decode") and purifying ("model"). ``sweep`` lists step counts t <= T whose
+    images Psi_t each result also carries, from the same chain.
     """
     phases = Phases() if phases is None else phases
-    multiple = size_multiple(model if reps is None else reps.ddpm)
-    one_size = model.manifest.diffusion is not None or reps is not None  # a U-Net has no mask
-    slack = 1.0 if one_size else BUCKET_SLACK
-    budget = batch_size * model.manifest.image_size**2
+    seed = secrets.randbits(62) if seed is None else seed
+    slack = BUCKET_SLACK if purifier.maskable else 1.0
+    budget = batch_size * max(purifier.image_size, MIN_BATCH_SIDE) ** 2
     ahead = prefetched(pictures, 2 * budget, picture_pixels)  # up to two batches ahead
     index = 0
     try:
         for chunk in chunks(phases.timed("decode", ahead), batch_size, budget):
-            inputs = [model_input(picture.rgb, model.manifest.channels) for _, picture in chunk]
-            shapes = [padded_shape(p.shape, model.manifest.image_size, multiple) for p in inputs]
+            inputs = [model_input(picture.rgb, purifier.channels) for _, picture in chunk]
+            shapes = [
+                padded_shape(p.shape, purifier.image_size, purifier.size_multiple) for p in inputs
+            ]
             results: dict[int, PurifiedImage] = {}
             for bucket in buckets(shapes, DEFAULT_TILE_PIXELS, slack):
                 picked = [inputs[i] for i in bucket]
@@ -289,7 +215,7 @@ def purify_pictures(
                 )
                 with phases.time("model"):
                     out, before, after, swept = purify_bucket(
-                        model, picked, params, seed, indices, device, speedups, sweep, reps
+                        purifier, picked, seed, indices, sweep
                     )
                 for j, i in enumerate(bucket):
                     name, picture = chunk[i]
@@ -304,37 +230,34 @@ def purify_pictures(
 
 
 def energies_of(
-    model: LoadedModel,
+    scorer: Purifier,
     pictures: Iterable[tuple[str, Picture]],
     batch_size: int = 64,
-    device: str | torch.device | None = None,
     phases: Phases | None = None,
 ) -> Iterator[float]:
-    """E(x) of each picture, in order: a chain of T = 0 steps (one forward pass, no
-    noise), the ranking an energy filter cuts (pureebm.filtering)."""
-    scoring = LangevinParams(steps=0)
-    for item in purify_pictures(model, pictures, scoring, batch_size, device, 0, phases=phases):
+    """Each picture's score, in order (``scorer_for``: one forward pass, no noise), the
+    ranking an energy filter cuts (pureebm.filtering)."""
+    for item in purify_pictures(scorer, pictures, batch_size, 0, phases=phases):
         yield item.energy_before
 
 
 def purify_container(
     container: Container,
     dst: Path,
-    model: LoadedModel,
-    params: LangevinParams,
+    purifier: Purifier,
     batch_size: int = 64,
-    device: str | torch.device | None = None,
     seed: int | None = None,
     on_image: Callable[[PurifiedImage], None] | None = None,
-    speedups: Speedups = Speedups(),
     phases: Phases | None = None,
     filter: float | str | None = None,
-    reps: Reps | None = None,
+    scorer: Purifier | None = None,
+    threshold: float | None = None,
 ) -> list[Energy]:
     """Purify every image of ``container`` and write the same container to ``dst``.
 
-    With ``filter`` (pureebm.filtering), every image is scored first and only the
-    selected ones are purified; the others are written back as they were sent.
+    With ``filter`` (pureebm.filtering), every image is scored by ``scorer`` first
+    (``threshold``: the cut of filter=auto) and only the selected ones are
+    purified; the others are written back as they were sent.
     Purified pixels stream to a shard file beside ``dst`` and are read back one
     at a time while the container is written (``pureebm.shards.assemble``, which
     the service's finaliser uses too), so memory does not grow with the number of
@@ -346,15 +269,15 @@ def purify_container(
     phases = Phases() if phases is None else phases
     scores, chosen = None, None
     if filter is not None:
-        scores = list(energies_of(model, container.iter_images(), batch_size, device, phases))
-        chosen = selected_positions(scores, filter, model.manifest.energy_threshold)
+        if scorer is None:
+            raise ValueError("a filter needs a scorer")
+        scores = list(energies_of(scorer, container.iter_images(), batch_size, phases))
+        chosen = selected_positions(scores, filter, threshold)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
         shard = Path(work) / "purified.npz"
         pictures = container.iter_images(chosen)
-        batches = purify_pictures(
-            model, pictures, params, batch_size, device, seed, chosen, phases, speedups, (), reps
-        )
+        batches = purify_pictures(purifier, pictures, batch_size, seed, chosen, phases)
         with write_shard(shard) as writer, contextlib.closing(batches):
             for item in batches:
                 with phases.time("write"):

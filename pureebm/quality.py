@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pureebm.langevin import purify
-from pureebm.params import MAX_DRIFT, MAX_EPS, LangevinParams
+from pureebm.purifiers.langevin import MAX_DRIFT, MAX_EPS, LangevinSpec
 from pureebm.statistics import mean_interval
 
 
@@ -84,7 +84,7 @@ Purifier = Callable[[torch.Tensor], dict[int, torch.Tensor]]  # uint8 images -> 
 
 
 def langevin_purifier(
-    net: nn.Module, params: LangevinParams, steps: Sequence[int], device: torch.device | str
+    net: nn.Module, params: LangevinSpec, steps: Sequence[int], device: torch.device | str
 ) -> Purifier:
     """Psi_T for every T in ``steps`` from one seeded chain per call."""
 
@@ -118,7 +118,7 @@ def card(
 
 @dataclass(frozen=True)
 class Calibration:
-    params: LangevinParams  # the recommended eps, tau and T
+    params: LangevinSpec  # the recommended eps, tau and T
     psnr_db: float
     residual: float  # mean r over the structured perturbations
     table: list[dict[str, float]]  # every (eps, tau, T) tried
@@ -208,7 +208,7 @@ def calibrate(
     }
     table = []
     for eps, tau in tqdm(settings, desc="calibrate", unit="setting", leave=False):
-        params = LangevinParams(steps=max(steps), eps=eps, tau=tau)
+        params = LangevinSpec(steps=max(steps), eps=eps, tau=tau)
         rows = card(langevin_purifier(net, params, steps, device), clean, perturbations)
         for t in steps:
             row = rows[str(t)]
@@ -221,6 +221,6 @@ def calibrate(
         candidates = [row for row in table if row["psnr_db"] >= floor and row["steps"] > 0]
         if candidates:
             best = min(candidates, key=lambda row: row["residual"])
-            params = LangevinParams(steps=int(best["steps"]), eps=best["eps"], tau=best["tau"])
+            params = LangevinSpec(steps=int(best["steps"]), eps=best["eps"], tau=best["tau"])
             return Calibration(params, best["psnr_db"], best["residual"], table)
         floor -= 1.0

@@ -62,19 +62,16 @@ from pureebm import diffusion
 from pureebm.archives import load_image_array
 from pureebm.atomic import atomic_path
 from pureebm.augment import flip_and_crop
+from pureebm.diffusion import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS
 from pureebm.filtering import clean_threshold
 from pureebm.langevin import langevin_chain, purify, resolve_device, to_unit_range
+from pureebm.manifest import DiffusionSchedule, Manifest, TrainingRecord
 from pureebm.nets import MIN_IMAGE_SIZE, build_energy_net
-from pureebm.params import (
-    DIFFUSION_ARCHITECTURE,
-    DiffusionSchedule,
-    LangevinParams,
-    Manifest,
-    TrainConfig,
-    TrainingRecord,
-)
+from pureebm.params import TrainConfig
 from pureebm.pipeline import model_input, padded_shape
 from pureebm.plots import amplified_difference, image_rows, line_chart
+from pureebm.purifiers.ddpm import DDPMSpec
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.quality import (
     CALIBRATION_PERTURBATIONS,
     CALIBRATION_STEPS,
@@ -89,7 +86,6 @@ from pureebm.quality import (
 from pureebm.registry import Registry
 
 CHECKPOINT = "checkpoint.safetensors"
-RECALIBRATED_FROM = "; recalibrated from "  # how a recalibrated entry names its source
 
 
 def learning_rate(config: TrainConfig, step: int, wall_time: float = 0.0) -> float:
@@ -148,7 +144,7 @@ class Trainer:
         self.wall_time = 0.0
         self.history: list[dict[str, float]] = []
         self.showcase = self.data[torch.linspace(0, len(self.data) - 1, 8).long()].cpu()
-        self.purify_params = LangevinParams(eps=config.eps, tau=config.tau)
+        self.purify_params = LangevinSpec(eps=config.eps, tau=config.tau)
 
     def build_net(self) -> nn.Module:
         return build_energy_net(self.config.architecture, n_c=self.n_c, n_f=self.config.n_f)
@@ -420,15 +416,15 @@ class Trainer:
                 arch_kwargs={"n_c": self.n_c, "n_f": c.n_f},
                 image_size=self.image_size,
                 channels=self.n_c,
-                langevin=LangevinParams(steps=p.steps, eps=p.eps, tau=p.tau),
+                purifier=LangevinSpec(steps=p.steps, eps=p.eps, tau=p.tau),
                 training=self.training_record(),
                 description=self.recipe_description(),
             ),
             self.showcase,
             calibration.record(c.psnr_floor, self.calibration_images) if calibration else None,
-            self.out / "curves.png",
             self.device,
             self.heldout[-c.calibrate_images :].permute(0, 3, 1, 2) if c.calibrate_images else None,
+            self.out / "curves.png",
         )
         return manifest
 
@@ -443,7 +439,7 @@ class DiffusionTrainer(Trainer):
         self.abar = diffusion.alphas_cumprod(self.schedule).float()
         super().__init__(config)
         self.abar = self.abar.to(self.device)
-        self.purify_params = LangevinParams(steps=config.t_star)
+        self.purify_params = DDPMSpec(steps=config.t_star)
 
     def unet_config(self) -> dict:
         return {
@@ -451,6 +447,10 @@ class DiffusionTrainer(Trainer):
             "in_channels": self.n_c,
             "out_channels": self.n_c,
         }
+
+    def diffusers_config(self) -> dict:
+        """config.json beside the weights, so UNet2DModel.from_pretrained opens them too."""
+        return {"_class_name": "UNet2DModel", **self.arch_kwargs}
 
     def build_net(self) -> nn.Module:
         unet = diffusion.build_unet(self.unet_config())
@@ -506,11 +506,13 @@ class DiffusionTrainer(Trainer):
         clean = self.heldout[-max(c.calibrate_images, 1) :].permute(0, 3, 1, 2).contiguous()
         fields = dict(
             name=c.name,
-            architecture=DIFFUSION_ARCHITECTURE,
+            architecture="unet",
             arch_kwargs=self.arch_kwargs,
             image_size=self.image_size,
             channels=self.n_c,
-            langevin=LangevinParams(steps=c.t_star),
+            purifier=DDPMSpec(steps=c.t_star),
+            file=DIFFUSERS_WEIGHTS,
+            extra_files={DIFFUSERS_CONFIG: json.dumps(self.diffusers_config(), indent=2)},
             diffusion=self.schedule,
             training=self.training_record(),
             description=self.recipe_description(),
@@ -522,7 +524,7 @@ class DiffusionTrainer(Trainer):
             ).energy_before
             fields["energy_threshold"] = clean_threshold(scores.tolist())
         manifest = registry.add(self.net, **fields)
-        entry = registry.root / manifest.name / str(manifest.version)
+        entry = registry.entry_path(manifest.ref)
         showcase = self.purified(self.showcase, c.t_star)
         image_rows(
             [self.showcase, showcase, amplified_difference(showcase, self.showcase)],
@@ -558,7 +560,8 @@ class DiffusionTrainer(Trainer):
             }
             (entry / "calibration.json").write_text(json.dumps(record, indent=2))
         if (self.out / "curves.png").exists():
-            shutil.copyfile(self.out / "curves.png", entry / "curves.png")
+            curves = registry.weights_path(manifest).with_name("curves.png")
+            shutil.copyfile(self.out / "curves.png", curves)
         return manifest
 
 
@@ -568,25 +571,30 @@ def add_calibrated_entry(
     fields: dict,
     showcase: torch.Tensor,
     calibration: dict | None,
-    curves: Path,
     device: torch.device,
     heldout: torch.Tensor | None = None,
+    curves: Path | None = None,
 ) -> Manifest:
-    """Register ``net`` with its manifest ``fields``, a samples.png of ``showcase``
-    purified at the entry's defaults, its calibration record if it has one, and
-    its training curves if ``curves`` exists. ``heldout`` clean images (N x C x
-    H x W uint8) set the energy threshold of ``filter=auto``."""
+    """Register a preset of ``net`` with its ``fields`` (with ``weights``, a digest
+    already stored: a preset of those weights; else the weights are stored too,
+    with ``curves``, their training curves), a samples.png of ``showcase``
+    purified at the preset's defaults, and its calibration record if it has one.
+    ``heldout`` clean images (N x C x H x W uint8) set the energy threshold of
+    ``filter=auto``."""
     if heldout is not None and len(heldout):
-        energies = purify(net, heldout, LangevinParams(steps=0), device=device).energy_before
+        energies = purify(net, heldout, LangevinSpec(steps=0), device=device).energy_before
         fields = {**fields, "energy_threshold": clean_threshold(energies.tolist())}
         net.requires_grad_(True)
-    manifest = registry.add(net, **fields)
-    entry = registry.root / manifest.name / str(manifest.version)
-    write_samples_png(net, showcase, manifest.langevin, device, entry / "samples.png")
+    if "weights" in fields:
+        manifest = registry.add_preset(**fields)
+    else:
+        manifest = registry.add(net, **fields)
+        if curves is not None and curves.exists():
+            shutil.copyfile(curves, registry.weights_path(manifest).with_name("curves.png"))
+    entry = registry.entry_path(manifest.ref)
+    write_samples_png(net, showcase, manifest.purifier, device, entry / "samples.png")
     if calibration is not None:
         (entry / "calibration.json").write_text(json.dumps(calibration, indent=2))
-    if curves.exists():
-        shutil.copyfile(curves, entry / "curves.png")
     return manifest
 
 
@@ -600,29 +608,33 @@ def recalibrate(
     steps: Sequence[int] | None = None,
     energy_filter: float | str | None = None,
 ) -> tuple[Manifest, Calibration]:
-    """Calibrate an entry's (eps, tau, T) again on held-out images (N x H x W x C
+    """Calibrate a preset's (eps, tau, T) again on held-out images (N x H x W x C
     uint8, images the model was not trained on) and register the result as the
-    entry's next version: the same weights and training record, the new
-    defaults (``energy_filter`` its default filter), the energy threshold of
-    filter=auto, and the new calibration.json. ``settings`` are the (eps, tau)
-    pairs to try, by default ``calibration_settings`` around the entry's
-    defaults; ``steps`` the T to try, by default ``CALIBRATION_STEPS``."""
+    name's next version: a preset of the same weights (never a copy of them) with
+    the new defaults (``energy_filter`` its default filter), the energy threshold
+    of filter=auto, ``derived_from`` the old preset, and the new calibration.json.
+    ``settings`` are the (eps, tau) pairs to try, by default
+    ``calibration_settings`` around the preset's; ``steps`` the T to try, by
+    default ``CALIBRATION_STEPS``."""
     device = resolve_device(device)
     model = registry.load(ref, device)
     old = model.manifest
+    if not isinstance(old.purifier, LangevinSpec) or old.purifier.family != "langevin":
+        raise ValueError(f"{old.ref} is not an EBM's Langevin preset: nothing to calibrate")
     clean = as_training_images(heldout, channels=old.channels).permute(0, 3, 1, 2).contiguous()
     if settings is None:
-        settings = calibration_settings(old.langevin.eps, old.langevin.tau)
+        settings = calibration_settings(old.purifier.eps, old.purifier.tau)
     calibration = calibrate(
         model.net, clean, settings, steps or CALIBRATION_STEPS, psnr_floor, device
     )
-    fields = old.model_dump(
-        exclude={"version", "sha256", "created_at", "langevin", "energy_threshold", "filter"}
-    )
-    fields["langevin"] = calibration.params
-    fields["filter"] = energy_filter
-    trained = old.description.split(RECALIBRATED_FROM)[0]
-    fields["description"] = f"{trained}{RECALIBRATED_FROM}{old.name}:{old.version}"
+    fields = {
+        "name": old.name,
+        "weights": old.weights.sha256,  # type: ignore[union-attr]
+        "purifier": calibration.params,
+        "filter": energy_filter,
+        "derived_from": old.ref,
+        "description": f"calibrated again from {old.ref}: new defaults on the same weights",
+    }
     showcase = clean[torch.linspace(0, len(clean) - 1, 8).long()]
     manifest = add_calibrated_entry(
         registry,
@@ -630,7 +642,6 @@ def recalibrate(
         fields,
         showcase,
         calibration.record(psnr_floor, len(clean)),
-        registry.root / old.name / str(old.version) / "curves.png",
         device,
         clean,
     )
@@ -681,7 +692,7 @@ def photograph_crops(count: int, size: int, seed: int) -> np.ndarray:
 
 
 def write_samples_png(
-    net: nn.Module, images: torch.Tensor, params: LangevinParams, device: torch.device, path: Path
+    net: nn.Module, images: torch.Tensor, params: LangevinSpec, device: torch.device, path: Path
 ) -> None:
     """Rows: originals, purified with ``params``, difference amplified 4x."""
     was_training = net.training

@@ -8,11 +8,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jobs.record import JobParams, JobStatus, Progress
-from pureebm.params import LangevinOverrides
+from pureebm.purifiers import Overrides
 
 
-class PurifyParams(LangevinOverrides):
-    """Purification parameters; unset Langevin values take the model's defaults."""
+class PurifyParams(Overrides):  # type: ignore[valid-type,misc]
+    """Purification parameters (every purifier family's, pureebm.purifiers); unset
+    values take the model's preset's."""
 
     model: str | None = Field(None, description="NAME or NAME:VERSION; default: the service's")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="random seed; drawn if unset")

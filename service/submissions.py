@@ -18,8 +18,10 @@ from fastapi.concurrency import run_in_threadpool
 from jobs.queue import JobQueue
 from jobs.record import JobParams, JobRecord, JobStatus
 from jobs.store import JobStore
-from pureebm.filtering import FilterError, resolve_filter
+from pureebm.filtering import FilterError
+from pureebm.purifiers import Overrides
 from pureebm.registry import Registry
+from pureebm.requests import resolve_request
 from pureebm.shards import cut_shards
 from service.problems import Problem
 from service.schemas import PurifyParams
@@ -55,29 +57,23 @@ class Submitter:
         store, settings, owner = self.store, self.settings, self.owner
         if store.active_count(owner) >= settings.max_active_jobs_per_key:
             raise self.over_quota()
-        # an unknown model is a RegistryError: 400
-        manifest = self.registry.manifest(params.model or settings.default_model)
+        # An unknown model is a RegistryError: 400. Every model is pinned now, so that
+        # every shard runs the same versions and the job shows what it ran with.
+        overrides = params.model_dump(exclude={"model", "seed"})
         try:
-            energy_filter = resolve_filter(params.filter, manifest)
+            resolved = resolve_request(
+                Overrides(**overrides), params.model or settings.default_model, self.registry
+            )
         except FilterError as e:
             raise Problem(400, str(e)) from e
-        # Pinned now, so that every shard runs the same model version and the job shows
-        # what it ran with, even if a newer version is registered meanwhile.
-        ddpm = None if params.ddpm_model is None else self.registry.manifest(params.ddpm_model)
-        try:
-            langevin = params.resolve(manifest)
-            reps = params.resolve_reps(manifest, ddpm)
         except ValueError as e:
             raise Problem(422, str(e)) from e
-        resolved = JobParams(
-            model=f"{manifest.name}:{manifest.version}",
+        job_params = JobParams(
+            **resolved.model_dump(),
             seed=secrets.randbelow(2**31) if params.seed is None else params.seed,
-            **langevin.model_dump(),
-            filter=energy_filter,
-            ddpm_model=reps and reps.ddpm_model,
-            rounds=params.rounds,
-            ddpm_steps=reps and reps.ddpm_steps,
         )
+        # sides are padded to the model's size, and limits count the padded pixels
+        min_side = self.registry.manifest(resolved.model).image_size if resolved.model else 1
         job_id = uuid.uuid4().hex
         folder = store.folders.folder(job_id)
         try:
@@ -88,8 +84,7 @@ class Submitter:
                 folder / "input",
                 store.folders.decoded_path(job_id),
                 settings,
-                # sides are padded to the model's size, and limits count the padded pixels
-                settings.limits.model_copy(update={"min_side": manifest.image_size}),
+                settings.limits.model_copy(update={"min_side": min_side}),
                 files,
                 archive,
             )
@@ -108,7 +103,7 @@ class Submitter:
                 shard_bounds=cut_shards(
                     prepared.pixels, settings.shard_size, settings.shard_pixels
                 ),
-                params=resolved,
+                params=job_params,
                 sync=sync,
                 created_at=now,
                 expires_at=now + settings.retention_s,

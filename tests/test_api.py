@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.datastructures import UploadFile
 
 from pureebm.images import Picture, UnsafeInput
-from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 from service.schemas import PurifyParams
 from service.submissions import request_fingerprint
 from service.uploads import sent_filename
@@ -79,7 +79,7 @@ def test_zip_with_folders_and_a_text_member_round_trips(stack, cifar, tiny_model
         expected += purify_pictures(
             tiny_model,
             pictures[start : start + 4],
-            LangevinParams(steps=5),
+            LangevinSpec(steps=5),
             4,
             "cpu",
             7,

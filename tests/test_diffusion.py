@@ -20,9 +20,10 @@ from PIL import Image
 from pureebm import diffusion
 from pureebm.client import PureEBMClient
 from pureebm.images import Picture
+from pureebm.manifest import DiffusionSchedule
 from pureebm.noise import ImageNoise, derived_seed
-from pureebm.params import DiffusionSchedule, LangevinOverrides, LangevinParams
 from pureebm.pipeline import Reps, purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry, RegistryError
 from tests.stack import KEY_A, Stack, png, pureebm_cli, zip_bytes
 
@@ -110,7 +111,7 @@ def pictures(rng: np.random.Generator, shapes: list[tuple[int, int]]) -> list[tu
 
 
 def run(model, items, steps: int, seed: int, **kwargs) -> list:
-    return list(purify_pictures(model, items, LangevinParams(steps=steps), seed=seed, **kwargs))
+    return list(purify_pictures(model, items, LangevinSpec(steps=steps), seed=seed, **kwargs))
 
 
 def test_same_seed_same_output_other_seed_other_output(ddpm_model) -> None:
@@ -282,7 +283,7 @@ def test_a_ddpm_job_runs_through_the_service_the_client_and_the_cli(
         assert scores[name]["energy_before"] == pytest.approx(item.energy_before, rel=1e-4)
     ebm = Registry(both_registry).load("tiny")
     reps = Reps(ddpm_model, rounds=2, ddpm_steps=3)
-    combined = purify_pictures(ebm, pictures, LangevinParams(steps=2), seed=5, reps=reps)
+    combined = purify_pictures(ebm, pictures, LangevinSpec(steps=2), seed=5, reps=reps)
     for item in combined:
         for path in (tmp_path / "reps-api.zip", tmp_path / "reps-cli.zip"):
             with zipfile.ZipFile(path) as archive:
@@ -308,7 +309,7 @@ def test_reps_is_the_two_purifiers_in_turn_with_their_own_noise(tiny_model, ddpm
     """One round of Reps is the EBM's chain, then the DDPM's, each seeded by
     derived_seed(seed, round, phase); two rounds apply that twice."""
     items = pictures(np.random.default_rng(6), [(32, 32)] * 3)
-    params = LangevinParams(steps=3, eps=0.01, tau=1.0)
+    params = LangevinSpec(steps=3, eps=0.01, tau=1.0)
     reps = Reps(ddpm_model, rounds=2, ddpm_steps=4)
     combined = purify_pictures(tiny_model, items, params, seed=9, reps=reps)
     by_hand = items
@@ -316,10 +317,10 @@ def test_reps_is_the_two_purifiers_in_turn_with_their_own_noise(tiny_model, ddpm
         langevin = purify_pictures(tiny_model, by_hand, params, seed=derived_seed(9, round_, 0))
         middle = [(i.name, i.picture) for i in langevin]
         ddpm = purify_pictures(
-            ddpm_model, middle, LangevinParams(steps=4), seed=derived_seed(9, round_, 1)
+            ddpm_model, middle, LangevinSpec(steps=4), seed=derived_seed(9, round_, 1)
         )
         by_hand = [(i.name, i.picture) for i in ddpm]
-    energies = purify_pictures(tiny_model, items, LangevinParams(steps=0), seed=0)
+    energies = purify_pictures(tiny_model, items, LangevinSpec(steps=0), seed=0)
     for got, (_, want), before in zip(combined, by_hand, energies, strict=True):
         assert np.abs(got.rgb.astype(int) - want.rgb).max() <= 1
         assert got.energy_before == pytest.approx(before.energy_before, rel=1e-5)

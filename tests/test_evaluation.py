@@ -14,8 +14,8 @@ from pureebm.evaluation.config import EvalConfig, TrainSettings
 from pureebm.evaluation.defences import jpeg, pureebm
 from pureebm.evaluation.run import Defender, auroc, evaluate, trigger_left
 from pureebm.images import Picture
-from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 
 FAST = TrainSettings(epochs=1, batch_size=16, device="cpu")
 
@@ -72,11 +72,11 @@ def test_poison_success_on_a_hand_built_case():
 def test_defences_jpeg_changes_pixels_and_pureebm_sweeps_one_pipeline_chain(cifar, tiny_model):
     images = cifar["images"][:8]
     assert jpeg(images, 75).shape == images.shape and not np.array_equal(jpeg(images, 75), images)
-    params = LangevinParams(steps=99)  # the sweep sets T to its longest chain
+    params = LangevinSpec(steps=99)  # the sweep sets T to its longest chain
     defended, energies = pureebm(tiny_model, images, params, [1, 3], device="cpu")
     for steps in (1, 3):  # each equals a separate chain of that length through the pipeline
         pictures = ((str(i), Picture(image, None, "RGB", "NPZ")) for i, image in enumerate(images))
-        alone = LangevinParams(steps=steps)
+        alone = LangevinSpec(steps=steps)
         results = list(purify_pictures(tiny_model, pictures, alone, seed=0))
         assert np.array_equal(defended[steps], np.stack([p.rgb for p in results]))
         assert np.allclose(energies, [p.energy_before for p in results], atol=1e-6)

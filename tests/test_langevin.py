@@ -7,7 +7,7 @@ import torch
 
 from pureebm.langevin import Speedups, langevin_chain, purify, to_uint8, to_unit_range
 from pureebm.nets import ConvEBM
-from pureebm.params import LangevinParams
+from pureebm.purifiers.langevin import LangevinSpec
 
 EPS, TAU = 1.25e-2, 1e-4
 
@@ -57,7 +57,7 @@ def test_the_update_rule_matches_one_hand_computed_step() -> None:
 def test_same_seed_same_output_other_seed_differs(cifar) -> None:
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:6]).permute(0, 3, 1, 2)
-    params = LangevinParams(steps=5)
+    params = LangevinSpec(steps=5)
     a = purify(net, images, params, batch_size=4, device="cpu", seed=3)
     b = purify(net, images, params, batch_size=4, device="cpu", seed=3)
     c = purify(net, images, params, batch_size=4, device="cpu", seed=4)
@@ -69,9 +69,7 @@ def test_purify_shapes_energies_and_no_parameter_gradients(cifar) -> None:
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:5]).permute(0, 3, 1, 2)
     done: list[int] = []
-    result = purify(
-        net, images, LangevinParams(steps=3), batch_size=2, seed=0, on_batch=done.append
-    )
+    result = purify(net, images, LangevinSpec(steps=3), batch_size=2, seed=0, on_batch=done.append)
     assert result.images.dtype == torch.uint8 and result.images.shape == images.shape
     assert result.energy_before.shape == result.energy_after.shape == (5,)
     assert done == [2, 2, 1]
@@ -85,7 +83,7 @@ def test_zero_steps_returns_the_input_exactly(cifar) -> None:
     images = torch.from_numpy(cifar["images"][:4]).permute(0, 3, 1, 2)
     assert torch.equal(to_uint8(to_unit_range(images)), images)
     net = ConvEBM(n_f=8)
-    result = purify(net, images, LangevinParams(steps=0), seed=0)
+    result = purify(net, images, LangevinSpec(steps=0), seed=0)
     assert torch.equal(result.images, images)
     with torch.no_grad():  # one energy per image serves as before and after
         torch.testing.assert_close(result.energy_before, net(to_unit_range(images)))
@@ -109,7 +107,7 @@ def test_cuda_runs_the_same_chain_as_the_cpu(cifar) -> None:
     torch.manual_seed(0)
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:8]).permute(0, 3, 1, 2)
-    params = LangevinParams(steps=20)
+    params = LangevinSpec(steps=20)
     gpu = purify(net, images, params, device="cuda", seed=0)
     cpu = purify(net, images, params, device="cpu", seed=0)
     assert not torch.equal(cpu.images, images)  # the chain ran
@@ -122,15 +120,15 @@ def test_a_sweep_keeps_each_step_of_the_same_chain(cifar) -> None:
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:6]).permute(0, 3, 1, 2)
     run = purify(
-        net, images, LangevinParams(steps=6), batch_size=6, device="cpu", seed=2, sweep=[0, 3, 6]
+        net, images, LangevinSpec(steps=6), batch_size=6, device="cpu", seed=2, sweep=[0, 3, 6]
     )
     assert torch.equal(run.sweep[0], images)
     assert torch.equal(run.sweep[6], run.images)
-    shorter = purify(net, images, LangevinParams(steps=3), batch_size=6, device="cpu", seed=2)
+    shorter = purify(net, images, LangevinSpec(steps=3), batch_size=6, device="cpu", seed=2)
     assert torch.equal(run.sweep[3], shorter.images)
     assert not torch.equal(run.sweep[3], run.sweep[6])
     with pytest.raises(ValueError, match="goes past"):
-        purify(net, images, LangevinParams(steps=2), device="cpu", sweep=[3])
+        purify(net, images, LangevinSpec(steps=2), device="cpu", sweep=[3])
 
 
 @pytest.mark.parametrize(
@@ -146,7 +144,7 @@ def test_speedups_give_the_same_images_within_tolerance(cifar, speedups, max_lev
     torch.manual_seed(0)
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:8]).permute(0, 3, 1, 2)
-    params = LangevinParams(steps=5, eps=0.02, tau=0.05)
+    params = LangevinSpec(steps=5, eps=0.02, tau=0.05)
     plain = purify(net, images, params, seed=1)
     fast = purify(net, images, params, seed=1, speedups=speedups)
     difference = (plain.images.int() - fast.images.int()).abs()

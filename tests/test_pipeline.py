@@ -7,10 +7,10 @@ import pytest
 
 from pureebm.archives import open_container
 from pureebm.images import Picture
-from pureebm.params import LangevinParams
 from pureebm.pipeline import buckets, chunks, purify_container, purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 
-PARAMS = LangevinParams(steps=4)
+PARAMS = LangevinSpec(steps=4)
 
 
 def pictures(images: np.ndarray) -> list[tuple[str, Picture]]:

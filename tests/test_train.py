@@ -15,8 +15,9 @@ import torch
 from pureebm.archives import load_image_array
 from pureebm.images import Picture
 from pureebm.langevin import purify, to_unit_range
-from pureebm.params import LangevinParams, TrainConfig
+from pureebm.params import TrainConfig
 from pureebm.pipeline import purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
 from pureebm.train import CHECKPOINT, Trainer, as_training_images, learning_rate, train
 from tests.conftest import DATA
@@ -210,7 +211,7 @@ def test_small_grey_images_train_a_one_channel_model_that_purifies_them(tmp_path
     model = Registry(tmp_path / "reg").load("grey")
     rgb = np.repeat(grey[:3, :, :, None], 3, axis=3)
     pictures = [(str(i), Picture(image, None, "L", "NPZ")) for i, image in enumerate(rgb)]
-    out = list(purify_pictures(model, pictures, LangevinParams(steps=2), seed=0))
+    out = list(purify_pictures(model, pictures, LangevinSpec(steps=2), seed=0))
     assert all(item.rgb.shape == (28, 28, 3) for item in out)
     assert all(np.array_equal(item.rgb[..., 0], item.rgb[..., 1]) for item in out)
 
@@ -231,7 +232,7 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     assert new.training == old.training
     record = json.loads((root / "tiny" / "2" / "calibration.json").read_text())
     assert record["images"] == 4
-    assert new.langevin == LangevinParams(**record["recommended"])
+    assert new.langevin == LangevinSpec(**record["recommended"])
     chosen = [
         row
         for row in record["table"]
@@ -244,7 +245,7 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     assert model.manifest.version == 2
     # filter=auto's threshold: the median energy of the same held-out images
     heldout = as_training_images(load_image_array(DATA)[-4:]).permute(0, 3, 1, 2)
-    energies = purify(model.net, heldout, LangevinParams(steps=0)).energy_before
+    energies = purify(model.net, heldout, LangevinSpec(steps=0)).energy_before
     assert new.energy_threshold == pytest.approx(float(np.median(energies.numpy())), rel=1e-5)
     assert old.energy_threshold is None
     # one pinned setting: only T is chosen, and the pinned (eps, tau) become the defaults

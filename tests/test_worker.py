@@ -18,14 +18,14 @@ from jobs.keys import SYNC_QUEUE
 from jobs.queue import lane_of, worker_queues
 from jobs.settings import JobSettings
 from pureebm.images import Picture
-from pureebm.params import LangevinParams
 from pureebm.pipeline import purify_pictures
+from pureebm.purifiers.langevin import LangevinSpec
 from tests.stack import Stack, check_every_image_once, png, submit_zip, zip_bytes
 from worker import tasks
 from worker.main import LeasedWorker, worker_context
 
 IMAGES = 24  # six shards of four
-PARAMS = LangevinParams(steps=3)
+PARAMS = LangevinSpec(steps=3)
 
 
 def shard_workers(stack: Stack, job_id: str) -> set[str]:

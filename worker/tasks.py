@@ -30,8 +30,9 @@ from pureebm.concurrency import Phases
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Speedups
-from pureebm.pipeline import Reps, energies_of, purify_pictures
-from pureebm.registry import LoadedModel, Registry, parse_ref
+from pureebm.pipeline import energies_of, purifier_for, purify_pictures, scorer_for
+from pureebm.refs import parse_ref
+from pureebm.registry import LoadedModel, Registry
 from pureebm.shards import OpenShard, assemble, write_shard
 
 log = logging.getLogger("pureebm.worker")
@@ -179,11 +180,11 @@ def score_shard(job_id: str, shard: int, start: int, stop: int) -> int:
         return 0
     store, progress = ctx.store, f"score-{shard}"
     store.set_shard_progress(job_id, progress, 0)
-    model = ctx.models.get(record.params.model)
+    scorer = scorer_for(ctx.models.get(record.params.model), ctx.device, ctx.speedups)
     pictures = ctx.open_input(record).pictures(range(start, stop))
     energies = []
     try:
-        for energy in energies_of(model, pictures, ctx.batch_size, ctx.device):
+        for energy in energies_of(scorer, pictures, ctx.batch_size):
             energies.append(energy)
             if len(energies) % ctx.batch_size == 0 or len(energies) == stop - start:
                 store.set_shard_progress(job_id, progress, len(energies))
@@ -216,7 +217,7 @@ def select(job_id: str) -> int | None:
             fail(store, record, record.error or f"scoring shards {missing} did not finish")
             return None
         energies = np.concatenate([np.load(path) for path in scores])
-        manifest = ctx.models.get(record.params.model).manifest
+        manifest = ctx.models.get(record.params.model).manifest  # type: ignore[arg-type]
         chosen = np.array(
             selected_positions(energies, record.params.filter, manifest.energy_threshold), np.int64
         )
@@ -274,26 +275,13 @@ def run_shard(
 ) -> int:
     """Stream the shard's purified images to its file; returns how many there were."""
     store = ctx.store
-    model = ctx.models.get(record.params.model)
-    combined = record.params.reps
-    reps = None
-    if combined is not None:
-        reps = Reps(ctx.models.get(combined.ddpm_model), combined.rounds, combined.ddpm_steps)
+    params = record.params
+    model = None if params.model is None else ctx.models.get(params.model)
+    purifier = purifier_for(params.purifier, model, ctx.models.get, ctx.device, ctx.speedups)
     chosen = purification_plan(store, record)[1]
     positions = range(start, stop) if chosen is None else chosen[start:stop]
     pictures = ctx.open_input(record).pictures(positions)
-    batches = purify_pictures(
-        model,
-        pictures,
-        record.params.langevin,
-        ctx.batch_size,
-        ctx.device,
-        record.params.seed,
-        positions,
-        phases,
-        ctx.speedups,
-        reps=reps,
-    )
+    batches = purify_pictures(purifier, pictures, ctx.batch_size, params.seed, positions, phases)
     shard_path = store.folders.shard_path(record.id, shard)
     with write_shard(shard_path) as writer, contextlib.closing(batches):
         for done, item in enumerate(batches, 1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT
+from pureebm.registry import DEFAULT_ROOT
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class EvalConfig:
     defences: list[str] = field(default_factory=lambda: ["none", "jpeg:75", "pureebm"])
     sweep: list[int] = field(default_factory=list)  # PureEBM steps to sweep, e.g. 0 50 150
     classifier: TrainSettings = field(default_factory=TrainSettings)
-    model: str = DEFAULT_MODEL
-    ddpm_model: str | None = None  # the DDPM of 'pureddpm[:T]' rows
+    model: str | None = None  # the EBM; None: the registry's default
+    ddpm_model: str | None = None  # the DDPM of 'pureddpm[:T]' and 'ddpm' rows
     registry: str = str(DEFAULT_ROOT)
     url: str | None = None  # purify through a running service instead of in-process
     out: str = "runs/eval"

@@ -1,28 +1,31 @@
-"""Defences applied to training images: JPEG re-compression, PureEBM purification
-(every image, or the highest-energy ones only: pureebm.filtering) and PureDDPM."""
+"""Defences applied to training images, each a purifier (pureebm.purifiers) run by
+``pureebm.pipeline``, the path the CLI and the service's workers run.
+
+A defence is named in one grammar derived from the purifier spec:
+
+    FAMILY[:FIELD=VALUE,...]      e.g. jpeg:quality=50, langevin:steps=5,init_noise=0.1,
+                                  ddpm:model=cifar10-ddpm:1,steps=75,
+                                  reps:ddpm_model=cifar10-ddpm:1,rounds=2
+
+with ``model=`` naming the preset (default: the evaluation's --model, or its
+--ddpm-model for ddpm). The earlier short names stay: none, jpeg:Q, pureebm[:T],
+filt:K|auto[:T] (run as a sweep of one chain and an energy ranking by
+pureebm.evaluation.run) and pureddpm[:T].
+"""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from pureebm.images import Picture
-from pureebm.params import LangevinParams
-from pureebm.pipeline import purify_pictures
-from pureebm.registry import LoadedModel
-
-
-def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
-    out = np.empty_like(images)
-    for i, image in enumerate(images):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-        out[i] = np.asarray(Image.open(buffer).convert("RGB"))
-    return out
+from pureebm.pipeline import purifier_for, purify_pictures
+from pureebm.purifiers import FAMILIES, Overrides, Purifier
+from pureebm.purifiers.langevin import LangevinSpec
+from pureebm.registry import LoadedModel, Registry
+from pureebm.requests import resolve_request
 
 
 def as_pictures(images: np.ndarray) -> Iterator[tuple[str, Picture]]:
@@ -32,17 +35,33 @@ def as_pictures(images: np.ndarray) -> Iterator[tuple[str, Picture]]:
     )
 
 
-def pureddpm(
-    model: LoadedModel, images: np.ndarray, steps: int, device: str = "auto"
-) -> np.ndarray:
-    """Every image through a DDPM entry at t* = ``steps``, by ``pureebm.pipeline``."""
+def is_spec(defence: str) -> bool:
+    """A defence in the spec grammar (FAMILY or FAMILY:FIELD=VALUE,...)."""
+    family, _, rest = defence.partition(":")
+    return family in FAMILIES and (not rest or "=" in rest)
+
+
+def spec_purifier(
+    defence: str, registry: Registry, model: str | None, ddpm_model: str | None, device: str
+) -> Purifier:
+    """The purifier a spec-grammar defence names (``is_spec``)."""
+    family, _, rest = defence.partition(":")
+    fields = dict(item.split("=", 1) for item in rest.split(",") if item)
+    ref = fields.pop("model", ddpm_model if family == "ddpm" else model)
+    resolved = resolve_request(Overrides(purifier=family, **fields), ref, registry)
+
+    def load(name: str) -> LoadedModel:
+        return registry.load(name, "cpu")
+
+    loaded = None if resolved.model is None else load(resolved.model)
+    return purifier_for(resolved.purifier, loaded, load, device)
+
+
+def purified(purifier: Purifier, images: np.ndarray, label: str) -> np.ndarray:
+    """Every image through ``purifier`` (seed 0)."""
     out = np.empty_like(images)
-    results = purify_pictures(
-        model, as_pictures(images), LangevinParams(steps=steps), device=device, seed=0
-    )
-    for i, item in enumerate(
-        tqdm(results, total=len(images), desc=f"pureddpm t*={steps}", unit="img", leave=False)
-    ):
+    results = purify_pictures(purifier, as_pictures(images), seed=0)
+    for i, item in enumerate(tqdm(results, total=len(images), desc=label, unit="img", leave=False)):
         out[i] = item.rgb
     return out
 
@@ -50,22 +69,17 @@ def pureddpm(
 def pureebm(
     model: LoadedModel,
     images: np.ndarray,
-    params: LangevinParams,
+    params: LangevinSpec,
     steps: Sequence[int],
     device: str = "auto",
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Psi_t of every image for each t in ``steps``, from one chain of max(steps)
-    through ``pureebm.pipeline``, the path the CLI and the service's workers run
-    (chunking, per-image noise, padding of small images); and each image's
-    energy E(x) before purification."""
-    params = params.model_copy(update={"steps": max(steps)})
+    """Psi_t of every image for each t in ``steps``, from one chain of max(steps),
+    and each image's energy E(x) before purification."""
+    purifier = purifier_for(params.model_copy(update={"steps": max(steps)}), model, None, device)
     out = {t: np.empty_like(images) for t in steps}
     energies = np.empty(len(images), np.float64)
     bar = tqdm(total=len(images), desc=f"purify T={sorted(steps)}", unit="img", leave=False)
-    results = purify_pictures(
-        model, as_pictures(images), params, device=device, seed=0, sweep=steps
-    )
-    for i, item in enumerate(results):
+    for i, item in enumerate(purify_pictures(purifier, as_pictures(images), seed=0, sweep=steps)):
         for t in steps:
             out[t][i] = item.sweep[t]
         energies[i] = item.energy_before

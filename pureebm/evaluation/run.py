@@ -16,7 +16,10 @@ from pureebm.evaluation import attacks, defences
 from pureebm.evaluation.classifier import predict, train_classifier
 from pureebm.evaluation.config import ATTACKS, EvalConfig
 from pureebm.evaluation.data import load_labelled, stratified_split
+from pureebm.evaluation.defences import is_spec
 from pureebm.filtering import selected_positions
+from pureebm.purifiers import FAMILIES
+from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
 from pureebm.statistics import mean_interval
 
@@ -62,6 +65,17 @@ def chain_steps(spec: str, default: int) -> int | None:
     return None
 
 
+def short_spec(spec: str) -> str:
+    """The earlier short names of spec-grammar defences: 'jpeg:75' -> 'jpeg:quality=75',
+    'pureddpm:75' -> 'ddpm:steps=75'."""
+    name, _, arg = spec.partition(":")
+    if name == "jpeg" and arg and "=" not in arg:
+        return f"jpeg:quality={arg}"
+    if name == "pureddpm":
+        return f"ddpm:steps={arg}" if arg else "ddpm"
+    return spec
+
+
 def filter_rule(spec: str) -> float | str | None:
     """'filt:0.5[:T]' -> 0.5, 'filt:auto[:T]' -> 'auto'; None for other defences."""
     name, _, rest = spec.partition(":")
@@ -86,12 +100,15 @@ class Defender:
 
     def __init__(self, config: EvalConfig, clean_train: np.ndarray) -> None:
         self.config = config
-        self.model = None if config.url else Registry(config.registry).load(config.model)
-        manifest = (
-            self.model.manifest if self.model else Registry(config.registry).manifest(config.model)
-        )
-        self.model_ref = f"{manifest.name}:{manifest.version}"
-        self.params = manifest.langevin
+        registry = Registry(config.registry)
+        device = config.classifier.device
+        ref = config.model or registry.default_ref()
+        self.model = None if config.url else registry.load(ref)
+        manifest = self.model.manifest if self.model else registry.manifest(ref)
+        self.model_ref = manifest.ref
+        if not isinstance(manifest.purifier, LangevinSpec):
+            raise ValueError(f"{manifest.ref} is not an EBM: --model names the EBM")
+        self.params = manifest.purifier
         self.threshold = manifest.energy_threshold
         self.specs = list(
             dict.fromkeys([*config.defences, *(f"pureebm:{t}" for t in config.sweep)])
@@ -103,11 +120,22 @@ class Defender:
             for spec in self.specs
             if (steps := chain_steps(spec, self.params.steps)) is not None
         }
-        self.ddpm = None
-        if any(spec.partition(":")[0] == "pureddpm" for spec in self.specs):
-            if config.ddpm_model is None or config.url:
-                raise ValueError("pureddpm rows need --ddpm-model, in-process")
-            self.ddpm = Registry(config.registry).load(config.ddpm_model)
+        for spec in self.specs:
+            if spec not in self.chains and spec != "none" and not is_spec(short_spec(spec)):
+                raise ValueError(
+                    f"unknown defence {spec!r} (FAMILY[:FIELD=VALUE,...] with FAMILY one of "
+                    f"{', '.join(FAMILIES)}; or none, jpeg:Q, pureebm[:T], filt:K|auto[:T], "
+                    "pureddpm[:T])"
+                )
+        self.purifiers = {
+            spec: defences.spec_purifier(
+                short_spec(spec), registry, config.model, config.ddpm_model, device
+            )
+            for spec in self.specs
+            if spec not in self.chains and spec != "none"
+        }
+        if config.url and self.purifiers:
+            raise ValueError("only PureEBM chains run through a service (--url)")
         self.clean_train = clean_train
         self.clean, self.clean_energy = self.transform(clean_train)
         self.clean_defended = self.finish_all(self.clean, clean_train, self.clean_energy)
@@ -118,21 +146,10 @@ class Defender:
         chains share one sweep in-process, or go one by one through a service."""
         out: dict[str, np.ndarray] = {}
         for spec in self.specs:
-            name, _, arg = spec.partition(":")
-            if name == "none" or self.chains.get(spec) == 0:
+            if spec == "none" or self.chains.get(spec) == 0:
                 out[spec] = images
-            elif name == "jpeg":
-                out[spec] = defences.jpeg(images, int(arg or 75))
-            elif name == "pureddpm" and self.ddpm is not None:
-                t_star = int(arg or self.ddpm.manifest.langevin.steps)
-                out[spec] = defences.pureddpm(
-                    self.ddpm, images, t_star, self.config.classifier.device
-                )
-            elif spec not in self.chains:
-                raise ValueError(
-                    f"unknown defence {spec!r} (none, jpeg:Q, pureebm[:T], filt:K|auto[:T], "
-                    "pureddpm[:T])"
-                )
+            elif spec in self.purifiers:
+                out[spec] = defences.purified(self.purifiers[spec], images, spec)
         lengths = sorted(set(self.chains.values()))
         energy = np.full(len(images), np.nan)
         if self.config.url:

@@ -40,8 +40,8 @@ def readyz(
     free, reserve = free_bytes(settings.jobs_dir), settings.disk_reserve_bytes
     checks["disk"] = {"ok": free >= reserve, "free_bytes": free, "reserve_bytes": reserve}
     try:
-        manifest = registry.verified_manifest(settings.default_model)
-        checks["model"] = {"ok": True, "model": f"{manifest.name}:{manifest.version}"}
+        manifest = registry.verified_manifest(settings.default_model or registry.default_ref())
+        checks["model"] = {"ok": True, "model": manifest.ref}
     except RegistryError as e:
         checks["model"] = {"ok": False, "error": str(e)}
     ready = all(c["ok"] for c in checks.values()) and "workers" in checks

@@ -1,0 +1,40 @@
+"""A purification request resolved against the registry: the one assembly that the
+CLI, the API (at submission) and the evaluation run. No torch.
+
+A request names a model (a preset, NAME or NAME:VERSION; default: the registry's
+default) and any of the purifier parameters (``pureebm.purifiers.Overrides``).
+Resolving pins the model, picks the family (the request's ``purifier``, else Reps
+for a ``ddpm_model``, else the preset's), fills unset parameters from the preset
+where it is of that family, and resolves the filter: the request's, else the
+preset's own when it runs the preset's family. A family that needs no model
+(JPEG) keeps the model only as the filter's scorer.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from pureebm.filtering import resolve_filter
+from pureebm.purifiers import Filter, Spec, resolve
+from pureebm.registry import Registry
+
+
+class Resolved(BaseModel):
+    """What a purification runs, every value pinned."""
+
+    model: str | None  # NAME:VERSION: the purifier's model, and the filter's scorer
+    purifier: Spec  # type: ignore[valid-type]
+    filter: Filter | None = None
+
+
+def resolve_request(overrides: BaseModel, model: str | None, registry: Registry) -> Resolved:
+    """ValueError (pydantic's included) for parameters that do not fit; RegistryError
+    for an unknown model; pureebm.filtering.FilterError for a filter the scorer
+    cannot apply."""
+    manifest = registry.manifest(model or registry.default_ref())
+    spec = resolve(overrides, manifest, registry.manifest)
+    runs_preset = spec.family == manifest.purifier.family
+    requested = overrides.filter  # type: ignore[attr-defined]
+    rule = resolve_filter(requested, manifest if runs_preset else None, manifest)
+    keeps_model = spec.needs_model or rule is not None or model is not None
+    return Resolved(model=manifest.ref if keeps_model else None, purifier=spec, filter=rule)

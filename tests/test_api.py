@@ -20,10 +20,10 @@ from starlette.datastructures import UploadFile
 
 from pureebm.images import Picture, UnsafeInput
 from pureebm.pipeline import purify_pictures
-from pureebm.purifiers.langevin import LangevinSpec
 from service.schemas import PurifyParams
 from service.submissions import request_fingerprint
 from service.uploads import sent_filename
+from tests.conftest import purifier_of
 from tests.hostile import LIMITS, REFUSED, materialise
 from tests.stack import KEY_A, KEY_B, Stack, png, submit_zip, zip_bytes
 
@@ -56,8 +56,8 @@ def test_zip_with_folders_and_a_text_member_round_trips(stack, cifar, tiny_model
         assert job["progress"]["total"] == 10 and job["status"] in ("queued", "running")
         # The model version and the model's defaults are pinned at submit.
         assert job["params"]["model"] == "tiny:1"
-        assert (job["params"]["steps"], job["params"]["seed"]) == (5, 7)
-        assert job["params"]["eps"] == tiny_model.manifest.langevin.eps
+        assert (job["params"]["purifier"]["steps"], job["params"]["seed"]) == (5, 7)
+        assert job["params"]["purifier"]["eps"] == tiny_model.manifest.purifier.eps
         job = stack.wait_job(client, job["id"])
         assert job["status"] == "finished", job
         assert job["progress"]["done"] == 10 and job["progress"]["images_per_s"] > 0
@@ -70,20 +70,14 @@ def test_zip_with_folders_and_a_text_member_round_trips(stack, cifar, tiny_model
         assert archive.read("README.md") == members["README.md"]
         outputs = {n: decode(archive.read(n)) for n in archive.namelist()[1:]}
     assert [r["name"] for r in report["images"]] == list(members)[1:]
-    assert report["seed"] == 7 and report["steps"] == 5
+    assert report["seed"] == 7 and report["purifier"]["steps"] == 5
     # The same seed through the engine, split as the service splits (shards of 4),
     # gives the same pixels: every image was purified exactly once, in place.
     pictures = [(n, Picture(decode(members[n]), None, "RGB", "PNG")) for n in outputs]
     expected = []
     for start in range(0, 10, 4):
         expected += purify_pictures(
-            tiny_model,
-            pictures[start : start + 4],
-            LangevinSpec(steps=5),
-            4,
-            "cpu",
-            7,
-            range(start, 10),
+            purifier_of(tiny_model, steps=5), pictures[start : start + 4], 4, 7, range(start, 10)
         )
     for item in expected:
         assert not np.array_equal(outputs[item.name], decode(members[item.name]))

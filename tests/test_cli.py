@@ -102,7 +102,7 @@ def test_filter_auto_needs_a_calibrated_threshold(tmp_path, tiny_registry, cifar
     assert result.returncode != 0 and "no calibrated energy threshold" in result.stderr
     assert not (tmp_path / "out.zip").exists()
     bad = pureebm("purify", str(src), "-o", str(tmp_path / "out.zip"), "--filter", "1.5")
-    assert bad.returncode == 2 and "0 < K <= 1" in bad.stderr
+    assert bad.returncode == 1 and "filter is a fraction 0 < k <= 1" in bad.stderr
 
 
 def test_models_lists_the_registry_and_errors_are_clear(tmp_path, tiny_registry):

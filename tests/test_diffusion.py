@@ -22,9 +22,12 @@ from pureebm.client import PureEBMClient
 from pureebm.images import Picture
 from pureebm.manifest import DiffusionSchedule
 from pureebm.noise import ImageNoise, derived_seed
-from pureebm.pipeline import Reps, purify_pictures
+from pureebm.pipeline import purifier_for, purify_pictures
+from pureebm.purifiers import Overrides, resolve
 from pureebm.purifiers.langevin import LangevinSpec
+from pureebm.purifiers.reps import RepsSpec
 from pureebm.registry import Registry, RegistryError
+from tests.conftest import purifier_of
 from tests.stack import KEY_A, Stack, png, pureebm_cli, zip_bytes
 
 SCHEDULE = DiffusionSchedule()
@@ -111,7 +114,7 @@ def pictures(rng: np.random.Generator, shapes: list[tuple[int, int]]) -> list[tu
 
 
 def run(model, items, steps: int, seed: int, **kwargs) -> list:
-    return list(purify_pictures(model, items, LangevinSpec(steps=steps), seed=seed, **kwargs))
+    return list(purify_pictures(purifier_of(model, steps=steps), items, seed=seed, **kwargs))
 
 
 def test_same_seed_same_output_other_seed_other_output(ddpm_model) -> None:
@@ -146,22 +149,24 @@ def test_purification_moves_images_and_scores_them(ddpm_model) -> None:
 
 def test_steps_past_the_trained_timesteps_are_refused(ddpm_model) -> None:
     manifest = ddpm_model.manifest
-    limit = manifest.diffusion.trained_below
-    assert LangevinOverrides(steps=limit).resolve(manifest).steps == limit
+    limit = manifest.weights.diffusion.trained_below
+    assert resolve(Overrides(steps=limit), manifest, None).steps == limit
     with pytest.raises(ValueError, match="trained"):
-        LangevinOverrides(steps=limit + 1).resolve(manifest)
+        resolve(Overrides(steps=limit + 1), manifest, None)
 
 
 def test_entry_is_a_diffusers_folder_with_a_checked_sha256(ddpm_registry, tmp_path) -> None:
     entry = ddpm_registry / "tiny-ddpm" / "1"
-    manifest = json.loads((entry / "manifest.json").read_text())
-    assert manifest["architecture"] == "unet" and manifest["langevin"]["steps"] == 75
+    preset = json.loads((entry / "preset.json").read_text())
+    assert preset["purifier"] == {"family": "ddpm", "steps": 75}  # no eps or tau
+    folder = Registry(ddpm_registry).weights_path(Registry(ddpm_registry).manifest("tiny-ddpm"))
+    folder = folder.parent
     card = json.loads((entry / "calibration.json").read_text())["card"]
     # three updates of 8 images buy the smallest card: the shallowest t* on 4 images
     assert set(card) == {"25"} and "psnr_db" in card["25"] and "r sign 8/255" in card["25"]
     assert (entry / "samples.png").stat().st_size > 0
     # diffusers opens the same folder, and gets the same net
-    unet = UNet2DModel.from_pretrained(entry, use_safetensors=True)
+    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True)
     loaded = Registry(ddpm_registry).load("tiny-ddpm")
     for (name, a), (_, b) in zip(
         unet.state_dict().items(), loaded.net.state_dict().items(), strict=True
@@ -170,7 +175,7 @@ def test_entry_is_a_diffusers_folder_with_a_checked_sha256(ddpm_registry, tmp_pa
     # a changed weight file is refused
     copy = tmp_path / "registry"
     shutil.copytree(ddpm_registry, copy)
-    weights = copy / "tiny-ddpm" / "1" / "diffusion_pytorch_model.safetensors"
+    weights = copy / "_weights" / folder.name / "diffusion_pytorch_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
@@ -182,8 +187,8 @@ def test_entry_is_a_diffusers_folder_with_a_checked_sha256(ddpm_registry, tmp_pa
 def both_registry(tmp_path_factory, tiny_registry, ddpm_registry) -> Path:
     """One registry holding the tiny EBM and the tiny DDPM."""
     root = tmp_path_factory.mktemp("both")
-    for source, name in ((tiny_registry, "tiny"), (ddpm_registry, "tiny-ddpm")):
-        shutil.copytree(source / name, root / name)
+    for source in (tiny_registry, ddpm_registry):
+        shutil.copytree(source, root, dirs_exist_ok=True)
     return root
 
 
@@ -282,8 +287,10 @@ def test_a_ddpm_job_runs_through_the_service_the_client_and_the_cli(
     for name, item in expected.items():
         assert scores[name]["energy_before"] == pytest.approx(item.energy_before, rel=1e-4)
     ebm = Registry(both_registry).load("tiny")
-    reps = Reps(ddpm_model, rounds=2, ddpm_steps=3)
-    combined = purify_pictures(ebm, pictures, LangevinSpec(steps=2), seed=5, reps=reps)
+    ebm_phase = {**ebm.manifest.purifier.model_dump(exclude={"family"}), "steps": 2}
+    spec = RepsSpec(**ebm_phase, ddpm_model="tiny-ddpm:1", rounds=2, ddpm_steps=3)
+    reps = purifier_for(spec, ebm, lambda ref: ddpm_model)
+    combined = purify_pictures(reps, pictures, seed=5)
     for item in combined:
         for path in (tmp_path / "reps-api.zip", tmp_path / "reps-cli.zip"):
             with zipfile.ZipFile(path) as archive:
@@ -309,25 +316,38 @@ def test_reps_is_the_two_purifiers_in_turn_with_their_own_noise(tiny_model, ddpm
     """One round of Reps is the EBM's chain, then the DDPM's, each seeded by
     derived_seed(seed, round, phase); two rounds apply that twice."""
     items = pictures(np.random.default_rng(6), [(32, 32)] * 3)
-    params = LangevinSpec(steps=3, eps=0.01, tau=1.0)
-    reps = Reps(ddpm_model, rounds=2, ddpm_steps=4)
-    combined = purify_pictures(tiny_model, items, params, seed=9, reps=reps)
+    spec = RepsSpec(steps=3, eps=0.01, tau=1.0, ddpm_model="tiny-ddpm:1", rounds=2, ddpm_steps=4)
+    combined = purify_pictures(
+        purifier_for(spec, tiny_model, lambda ref: ddpm_model), items, seed=9
+    )
+    ebm = purifier_for(LangevinSpec(steps=3, eps=0.01, tau=1.0), tiny_model, None)
     by_hand = items
     for round_ in range(2):
-        langevin = purify_pictures(tiny_model, by_hand, params, seed=derived_seed(9, round_, 0))
+        langevin = purify_pictures(ebm, by_hand, seed=derived_seed(9, round_, 0))
         middle = [(i.name, i.picture) for i in langevin]
         ddpm = purify_pictures(
-            ddpm_model, middle, LangevinSpec(steps=4), seed=derived_seed(9, round_, 1)
+            purifier_of(ddpm_model, steps=4), middle, seed=derived_seed(9, round_, 1)
         )
         by_hand = [(i.name, i.picture) for i in ddpm]
-    energies = purify_pictures(tiny_model, items, LangevinSpec(steps=0), seed=0)
+    energies = purify_pictures(purifier_of(tiny_model, steps=0), items, seed=0)
     for got, (_, want), before in zip(combined, by_hand, energies, strict=True):
         assert np.abs(got.rgb.astype(int) - want.rgb).max() <= 1
         assert got.energy_before == pytest.approx(before.energy_before, rel=1e-5)
+    manifests = {"tiny-ddpm": ddpm_model.manifest, "tiny": tiny_model.manifest}
+
+    def load(ref: str):
+        return manifests[ref.partition(":")[0]]
+
+    resolved = resolve(Overrides(ddpm_model="tiny-ddpm", rounds=2), tiny_model.manifest, load)
+    assert (resolved.family, resolved.ddpm_model, resolved.ddpm_steps) == (
+        "reps",
+        "tiny-ddpm:1",
+        75,
+    )
     with pytest.raises(ValueError, match="EBM"):
-        LangevinOverrides(ddpm_model="tiny").resolve_reps(ddpm_model.manifest, tiny_model.manifest)
-    with pytest.raises(ValueError, match="ddpm_model"):
-        LangevinOverrides(rounds=3).resolve_reps(tiny_model.manifest, None)
+        resolve(Overrides(ddpm_model="tiny"), tiny_model.manifest, load)
+    with pytest.raises(ValueError, match="rounds: not a parameter"):
+        resolve(Overrides(rounds=3), tiny_model.manifest, load)
 
 
 def test_ddpm_training_resumes_exactly_where_it_stopped(tmp_path) -> None:
@@ -356,7 +376,7 @@ def test_ddpm_training_resumes_exactly_where_it_stopped(tmp_path) -> None:
     straight = train(config("straight", 4))
     train(config("stopped", 2))
     resumed = train(config("stopped", 4), resume=True)
-    assert straight.training.iterations == resumed.training.iterations == 4
+    assert straight.weights.training.iterations == resumed.weights.training.iterations == 4
     a = Registry(tmp_path / "straight-registry").load("d").net.state_dict()
     b = Registry(tmp_path / "stopped-registry").load("d:2").net.state_dict()
     for name in a:

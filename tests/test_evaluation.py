@@ -11,11 +11,13 @@ import pytest
 from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import train_classifier
 from pureebm.evaluation.config import EvalConfig, TrainSettings
-from pureebm.evaluation.defences import jpeg, pureebm
+from pureebm.evaluation.defences import pureebm
 from pureebm.evaluation.run import Defender, auroc, evaluate, trigger_left
 from pureebm.images import Picture
 from pureebm.pipeline import purify_pictures
+from pureebm.purifiers.jpeg import jpeg_roundtrip
 from pureebm.purifiers.langevin import LangevinSpec
+from tests.conftest import purifier_of
 
 FAST = TrainSettings(epochs=1, batch_size=16, device="cpu")
 
@@ -71,13 +73,13 @@ def test_poison_success_on_a_hand_built_case():
 
 def test_defences_jpeg_changes_pixels_and_pureebm_sweeps_one_pipeline_chain(cifar, tiny_model):
     images = cifar["images"][:8]
-    assert jpeg(images, 75).shape == images.shape and not np.array_equal(jpeg(images, 75), images)
+    jpeg = np.stack([jpeg_roundtrip(image, 75) for image in images])
+    assert jpeg.shape == images.shape and not np.array_equal(jpeg, images)
     params = LangevinSpec(steps=99)  # the sweep sets T to its longest chain
     defended, energies = pureebm(tiny_model, images, params, [1, 3], device="cpu")
     for steps in (1, 3):  # each equals a separate chain of that length through the pipeline
         pictures = ((str(i), Picture(image, None, "RGB", "NPZ")) for i, image in enumerate(images))
-        alone = LangevinSpec(steps=steps)
-        results = list(purify_pictures(tiny_model, pictures, alone, seed=0))
+        results = list(purify_pictures(purifier_of(tiny_model, steps=steps), pictures, seed=0))
         assert np.array_equal(defended[steps], np.stack([p.rgb for p in results]))
         assert np.allclose(energies, [p.energy_before for p in results], atol=1e-6)
     assert not np.array_equal(defended[1], defended[3])
@@ -149,7 +151,8 @@ def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(
     assert not np.array_equal(purified, poisoned.images)
     untouched = np.setdiff1d(np.arange(len(images)), poisoned.poisoned)
     assert np.array_equal(purified[untouched], defender.clean_defended["pureebm"][untouched])
-    assert np.array_equal(defended["jpeg:75"], jpeg(poisoned.images, 75))
+    jpeg = np.stack([jpeg_roundtrip(image, 75) for image in poisoned.images])
+    assert np.array_equal(defended["jpeg:75"], jpeg)
 
 
 def test_a_filter_purifies_exactly_the_highest_energy_images_and_passes_the_rest(

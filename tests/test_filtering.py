@@ -33,14 +33,15 @@ def test_the_auto_threshold_is_the_median_of_clean_energies():
     assert selected_positions(clean, "auto", clean_threshold(clean)) == [0, 4]
 
 
-def test_a_job_runs_the_callers_filter_else_the_models_and_k_1_is_none(tiny_registry):
+def test_a_job_runs_the_callers_filter_else_its_presets_and_k_1_is_none(tiny_registry):
     plain = Registry(tiny_registry).manifest("tiny")
     filtered = plain.model_copy(update={"filter": 0.5})
-    assert resolve_filter(None, plain) is None
-    assert resolve_filter(None, filtered) == 0.5
-    assert resolve_filter(0.25, filtered) == 0.25
-    assert resolve_filter(1.0, filtered) is None  # every image: no ranking pass
+    assert resolve_filter(None, plain, plain) is None
+    assert resolve_filter(None, filtered, filtered) == 0.5
+    assert resolve_filter(None, None, filtered) is None  # another family: not the preset's
+    assert resolve_filter(0.25, filtered, filtered) == 0.25
+    assert resolve_filter(1.0, filtered, filtered) is None  # every image: no ranking pass
     with pytest.raises(FilterError, match="no calibrated energy threshold"):
-        resolve_filter("auto", plain)
+        resolve_filter("auto", plain, plain)
     calibrated = plain.model_copy(update={"energy_threshold": 0.1})
-    assert resolve_filter("auto", calibrated) == "auto"
+    assert resolve_filter("auto", None, calibrated) == "auto"

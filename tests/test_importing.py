@@ -130,8 +130,8 @@ def test_an_imported_ebm_has_the_reference_energy_and_gradient(
     state = layout(tmp_path / "download")
     registry = Registry(tmp_path / "registry")
     manifest = import_folder(tmp_path / "download", registry, "paper")
-    assert (manifest.architecture, manifest.version) == (architecture, 1)
-    p = manifest.langevin
+    assert (manifest.weights.architecture, manifest.version) == (architecture, 1)
+    p = manifest.purifier
     assert (p.steps, p.eps, p.tau) == (150, 1.25e-2, 1e-4)
     net = registry.load("paper").net
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -147,7 +147,8 @@ def test_an_imported_ddpm_takes_the_posterior_step_of_its_scheduler(tmp_path) ->
     unet_folder(tmp_path / "download")
     registry = Registry(tmp_path / "registry")
     manifest = import_folder(tmp_path / "download", registry, "paper-ddpm", version=3)
-    assert (manifest.architecture, manifest.version, manifest.langevin.steps) == ("unet", 3, 75)
+    assert (manifest.weights.architecture, manifest.version) == ("unet", 3)
+    assert manifest.purifier.model_dump() == {"family": "ddpm", "steps": 75}
     model = registry.load("paper-ddpm:3")
     original = UNet2DModel.from_pretrained(tmp_path / "download")
     scheduler = DDPMScheduler.from_pretrained(tmp_path / "download")
@@ -161,7 +162,9 @@ def test_an_imported_ddpm_takes_the_posterior_step_of_its_scheduler(tmp_path) ->
     a_t, a_prev, beta = abar[t - 1], abar[t - 2], scheduler.betas[t - 1].double()
     x0_hat = ((x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
     mean = (a_prev.sqrt() * beta * x0_hat + (1 - beta).sqrt() * (1 - a_prev) * x_t) / (1 - a_t)
-    ours = diffusion.reverse_step(x_t, eps, diffusion.alphas_cumprod(manifest.diffusion), t, None)
+    ours = diffusion.reverse_step(
+        x_t, eps, diffusion.alphas_cumprod(manifest.weights.diffusion), t, None
+    )
     torch.testing.assert_close(ours, mean.float(), rtol=1e-5, atol=1e-5)
 
 

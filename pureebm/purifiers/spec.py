@@ -47,16 +47,16 @@ def parse_filter(value: Any) -> Any:
     return value
 
 
+FILTER_HELP = (
+    "energy-ranked purification (pureebm.filtering): purify only the fraction k "
+    "(0 < k <= 1) of images of highest score, or 'auto': those above the model's calibrated "
+    "threshold; the others pass through byte-identical. 1 or 'none': every image"
+)
 Filter = Annotated[
     float | Literal["auto"],
     BeforeValidator(parse_filter),
     AfterValidator(check_filter),
-    Field(
-        description="energy-ranked purification (pureebm.filtering): purify only the fraction "
-        "k (0 < k <= 1) of images of highest score, or 'auto': those above the model's "
-        "calibrated threshold; the others pass through byte-identical. 1 or 'none': every "
-        "image",
-    ),
+    Field(description=FILTER_HELP),
 ]
 
 
@@ -137,7 +137,7 @@ def overrides_model() -> type[BaseModel]:
                 description=f"the purifier family: {', '.join(FAMILIES)} (default: the model's)",
             ),
         ),
-        "filter": (Filter | None, None),
+        "filter": (Filter | None, Field(None, description=FILTER_HELP)),
     }
     for name, defined in owners.items():
         family, info = defined[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.record import JobParams, JobStatus, Progress
 from pureebm.purifiers import Overrides
@@ -13,7 +13,10 @@ from pureebm.purifiers import Overrides
 
 class PurifyParams(Overrides):  # type: ignore[valid-type,misc]
     """Purification parameters (every purifier family's, pureebm.purifiers); unset
-    values take the model's preset's."""
+    values take the model's preset's. The form's file parts come beside these, so
+    this model does not refuse other fields itself."""
+
+    model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="NAME or NAME:VERSION; default: the service's")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="random seed; drawn if unset")

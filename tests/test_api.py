@@ -287,7 +287,8 @@ def test_models_health_and_metrics(stack):
         models = client.get("/v1/models").json()
         assert [m["name"] for m in models] == ["tiny"] and models[0]["default"]
         assert models[0]["default_version"] == 1  # the version a job without `model` runs
-        assert models[0]["versions"][0]["sha256"]
+        version = models[0]["versions"][0]
+        assert len(version["weights"]["sha256"]) == 64 and version["purifier"]["family"]
         assert client.get("/v1/models/absent").status_code == 404
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")

@@ -86,7 +86,7 @@ class Report(BaseModel):
     a high score before purification marks an unusual image."""
 
     job: str
-    model: str | None
+    model: str | None = None
     purifier: Spec  # type: ignore[valid-type]
     seed: int
     filter: float | str | None = None

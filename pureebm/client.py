@@ -36,10 +36,14 @@ class PureEBMClient:
         response = self.http.request(method, path, **kwargs)
         if response.is_error:
             try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
+                problem = response.json()
+                detail = str(problem.get("detail", response.text))
+                for error in problem.get("errors", []):  # which field failed, and why
+                    field = ".".join(str(part) for part in error.get("loc", [])[1:])
+                    detail += f"; {field}: {error.get('msg')}"
+            except (ValueError, AttributeError):
                 detail = response.text
-            raise PureEBMError(response.status_code, str(detail))
+            raise PureEBMError(response.status_code, detail)
         return response
 
     def submit(

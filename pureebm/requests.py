@@ -22,16 +22,19 @@ from pureebm.registry import Registry
 class Resolved(BaseModel):
     """What a purification runs, every value pinned."""
 
-    model: str | None  # NAME:VERSION: the purifier's model, and the filter's scorer
+    model: str | None = None  # NAME:VERSION: the purifier's model, and the filter's scorer
     purifier: Spec  # type: ignore[valid-type]
     filter: Filter | None = None
 
 
-def resolve_request(overrides: BaseModel, model: str | None, registry: Registry) -> Resolved:
-    """ValueError (pydantic's included) for parameters that do not fit; RegistryError
-    for an unknown model; pureebm.filtering.FilterError for a filter the scorer
-    cannot apply."""
-    manifest = registry.manifest(model or registry.default_ref())
+def resolve_request(
+    overrides: BaseModel, model: str | None, registry: Registry, default: str | None = None
+) -> Resolved:
+    """``model``: the caller's; ``default``: the operator's default (else the
+    registry's DEFAULT). ValueError (pydantic's included) for parameters that do
+    not fit; RegistryError for an unknown model; pureebm.filtering.FilterError for
+    a filter the scorer cannot apply."""
+    manifest = registry.manifest(model or default or registry.default_ref())
     spec = resolve(overrides, manifest, registry.manifest)
     runs_preset = spec.family == manifest.purifier.family
     requested = overrides.filter  # type: ignore[attr-defined]

@@ -62,7 +62,7 @@ class Submitter:
         overrides = params.model_dump(exclude={"model", "seed"})
         try:
             resolved = resolve_request(
-                Overrides(**overrides), params.model or settings.default_model, self.registry
+                Overrides(**overrides), params.model, self.registry, settings.default_model
             )
         except FilterError as e:
             raise Problem(400, str(e)) from e

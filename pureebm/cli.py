@@ -248,7 +248,7 @@ def run_train(args: argparse.Namespace) -> None:
 
         fields["unet"] = unet_with_channels(args.unet_channels)
     config = TrainConfig(**fields)
-    from pureebm.train import train
+    from pureebm.training import train
 
     manifest = train(config, resume=args.resume)
     print(f"registered {manifest.name}:{manifest.version} in {config.registry}")
@@ -285,7 +285,7 @@ def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
 def run_calibrate(args: argparse.Namespace) -> None:
     from pureebm.archives import load_image_array
     from pureebm.registry import Registry
-    from pureebm.train import recalibrate
+    from pureebm.training.entries import recalibrate
 
     if (args.eps is None) != (args.tau is None):
         sys.exit("pureebm: --eps and --tau go together")

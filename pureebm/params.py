@@ -1,4 +1,4 @@
-"""Every option of `pureebm train` (pureebm.train runs it); no torch."""
+"""Every option of `pureebm train` (pureebm.training runs it); no torch."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pureebm.params import TrainConfig
 from pureebm.pipeline import purifier_for
 from pureebm.purifiers import Purifier
 from pureebm.registry import LoadedModel, Registry
-from pureebm.train import train
+from pureebm.training import train
 
 DATA = Path(__file__).parent / "data" / "cifar64.npz"
 

@@ -354,7 +354,7 @@ def test_ddpm_training_resumes_exactly_where_it_stopped(tmp_path) -> None:
     """Two updates, a stop, two more from the checkpoint: the same weights as four
     straight (the checkpoint holds the weights, Adam's moments and the generator)."""
     from pureebm.params import TrainConfig
-    from pureebm.train import train
+    from pureebm.training import train
     from tests.conftest import DATA, TINY_UNET
 
     def config(run: str, iterations: int) -> TrainConfig:

@@ -79,7 +79,9 @@ def test_a_request_keeps_its_presets_filter_only_for_the_presets_family(tiny_reg
 
 def test_jpeg_is_pillows_round_trip_image_by_image_with_no_score(cifar):
     images = cifar["images"][:6]
-    results = list(purify_pictures(purifier_for(JPEGSpec(quality=30), None, None), pictures(images)))
+    results = list(
+        purify_pictures(purifier_for(JPEGSpec(quality=30), None, None), pictures(images))
+    )
     for image, item in zip(images, results, strict=True):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=30)
@@ -142,13 +144,13 @@ def test_a_new_family_is_one_class_and_one_registration(invert, cifar, tiny_mode
 def test_the_evaluation_names_any_family_in_the_spec_grammar(tiny_registry, cifar):
     images = cifar["images"][:4]
     registry = Registry(tiny_registry)
-    jpeg = spec_purifier("jpeg:quality=40", registry, None, None, "cpu")
+    jpeg = spec_purifier("jpeg:quality=40", registry, None, "cpu")
     expected = np.stack([jpeg_roundtrip(image, 40) for image in images])
     np.testing.assert_array_equal(purified(jpeg, images, "jpeg"), expected)
-    chain = spec_purifier("langevin:steps=2,init_noise=0.1", registry, "tiny", None, "cpu")
+    chain = spec_purifier("langevin:steps=2,init_noise=0.1", registry, "tiny", "cpu")
     assert chain.spec == LangevinSpec(steps=2, init_noise=0.1)  # the rest from tiny's preset
     with pytest.raises(ValueError, match="quality: not a parameter of the langevin"):
-        spec_purifier("langevin:quality=3", registry, "tiny", None, "cpu")
+        spec_purifier("langevin:quality=3", registry, "tiny", "cpu")
 
 
 def test_jpeg_runs_through_the_service_the_client_and_the_cli(tmp_path, tiny_registry, cifar):

@@ -19,7 +19,10 @@ from pureebm.params import TrainConfig
 from pureebm.pipeline import purify_pictures
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
-from pureebm.train import CHECKPOINT, Trainer, as_training_images, learning_rate, train
+from pureebm.training import train, training_run
+from pureebm.training.data import as_training_images
+from pureebm.training.ebm import EBMObjective
+from pureebm.training.loop import CHECKPOINT, learning_rate
 from tests.conftest import DATA, purifier_of
 
 
@@ -127,7 +130,7 @@ def test_denoising_score_matching_learns_to_denoise(tmp_path, cifar):
         out_dir=str(tmp_path / "run"),
         registry=str(tmp_path / "reg"),
     )
-    trainer = Trainer(config)
+    trainer = training_run(config)
     untrained = copy.deepcopy(trainer.net)
     trainer.run()
     clean = to_unit_range(torch.from_numpy(cifar["images"][-16:]).permute(0, 3, 1, 2))
@@ -144,18 +147,15 @@ def test_denoising_score_matching_learns_to_denoise(tmp_path, cifar):
 
 
 def test_dsm_then_ml_switches_recipe_at_the_pretraining_length():
-    trainer = Trainer.__new__(Trainer)
-    trainer.config = TrainConfig(data=[], recipe="dsm+ml", pretrain_iterations=5)
-    trainer.step = 4
-    assert trainer.uses_dsm()
-    trainer.step = 5
-    assert not trainer.uses_dsm()
+    objective = EBMObjective(TrainConfig(data=[], recipe="dsm+ml", pretrain_iterations=5))
+    assert objective.uses_dsm(4)
+    assert not objective.uses_dsm(5)
 
 
 def test_blocky_dsm_noise_is_constant_on_its_blocks_with_unit_variance(tmp_path):
     config = TrainConfig(data=[str(DATA)], noise_blocks=[4], out_dir=str(tmp_path), bank_size=8)
-    trainer = Trainer(config)
-    noise = trainer.dsm_noise(torch.Size((64, 3, 32, 32)))
+    run = training_run(config)
+    noise = run.objective.dsm_noise(run, torch.Size((64, 3, 32, 32)))
     coarse = noise[:, :, ::4, ::4]
     assert torch.equal(coarse.repeat_interleave(4, 2).repeat_interleave(4, 3), noise)
     assert coarse.var().item() == pytest.approx(1.0, abs=0.05)

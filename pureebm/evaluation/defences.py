@@ -7,10 +7,9 @@ A defence is named in one grammar derived from the purifier spec:
                                   ddpm:model=cifar10-ddpm:1,steps=75,
                                   reps:ddpm_model=cifar10-ddpm:1,rounds=2
 
-with ``model=`` naming the preset (default: the evaluation's --model, or its
---ddpm-model for ddpm). The earlier short names stay: none, jpeg:Q, pureebm[:T],
-filt:K|auto[:T] (run as a sweep of one chain and an energy ranking by
-pureebm.evaluation.run) and pureddpm[:T].
+with ``model=`` naming the preset (default: the evaluation's --model). The earlier
+short names stay: none, jpeg:Q, pureebm[:T], filt:K|auto[:T] (run as a sweep of one
+chain and an energy ranking by pureebm.evaluation.run) and pureddpm[:T].
 """
 
 from __future__ import annotations
@@ -41,13 +40,11 @@ def is_spec(defence: str) -> bool:
     return family in FAMILIES and (not rest or "=" in rest)
 
 
-def spec_purifier(
-    defence: str, registry: Registry, model: str | None, ddpm_model: str | None, device: str
-) -> Purifier:
+def spec_purifier(defence: str, registry: Registry, model: str | None, device: str) -> Purifier:
     """The purifier a spec-grammar defence names (``is_spec``)."""
     family, _, rest = defence.partition(":")
     fields = dict(item.split("=", 1) for item in rest.split(",") if item)
-    ref = fields.pop("model", ddpm_model if family == "ddpm" else model)
+    ref = fields.pop("model", model)
     resolved = resolve_request(Overrides(purifier=family, **fields), ref, registry)
 
     def load(name: str) -> LoadedModel:

@@ -65,14 +65,16 @@ def chain_steps(spec: str, default: int) -> int | None:
     return None
 
 
-def short_spec(spec: str) -> str:
+def short_spec(spec: str, ddpm_model: str | None) -> str:
     """The earlier short names of spec-grammar defences: 'jpeg:75' -> 'jpeg:quality=75',
-    'pureddpm:75' -> 'ddpm:steps=75'."""
+    'pureddpm:75' -> 'ddpm:model=<--ddpm-model>,steps=75'."""
     name, _, arg = spec.partition(":")
     if name == "jpeg" and arg and "=" not in arg:
         return f"jpeg:quality={arg}"
     if name == "pureddpm":
-        return f"ddpm:steps={arg}" if arg else "ddpm"
+        if ddpm_model is None:
+            raise ValueError("pureddpm rows need --ddpm-model")
+        return f"ddpm:model={ddpm_model}" + (f",steps={arg}" if arg else "")
     return spec
 
 
@@ -121,7 +123,8 @@ class Defender:
             if (steps := chain_steps(spec, self.params.steps)) is not None
         }
         for spec in self.specs:
-            if spec not in self.chains and spec != "none" and not is_spec(short_spec(spec)):
+            short = short_spec(spec, config.ddpm_model) if spec not in self.chains else spec
+            if spec not in self.chains and spec != "none" and not is_spec(short):
                 raise ValueError(
                     f"unknown defence {spec!r} (FAMILY[:FIELD=VALUE,...] with FAMILY one of "
                     f"{', '.join(FAMILIES)}; or none, jpeg:Q, pureebm[:T], filt:K|auto[:T], "
@@ -129,7 +132,7 @@ class Defender:
                 )
         self.purifiers = {
             spec: defences.spec_purifier(
-                short_spec(spec), registry, config.model, config.ddpm_model, device
+                short_spec(spec, config.ddpm_model), registry, config.model, device
             )
             for spec in self.specs
             if spec not in self.chains and spec != "none"

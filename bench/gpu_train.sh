@@ -12,8 +12,9 @@
 # most 6 files under 15 MiB (the tool returns 8 of 16 MiB):
 #   $OUT/<name>.tar.partNN   one registry entry each (split at 15 MiB)
 #   $OUT/logs.tar            training logs, throughput.json, the CUDA tests' output
-# Unpack: `cat $OUT/<name>.tar.part* | tar -x -C back/`; then `pureebm import-entry`
-# is not needed: copy back/<name>/<version>/ into the registry (docs: GPU visits).
+# Register: `cat $OUT/<name>.tar.part* | tar -x -C models/` adds the preset
+# (<name>/<version>/, renumbered by hand if that version exists) and its weights
+# (_weights/<sha256>/); models/DEFAULT does not move.
 #
 # Prepare once, here: `bench/gpu_wheels.sh` puts the wheels the device machine lacks
 # (pydantic, diffusers, pytest and what they need) in .whl/, which the run carries.
@@ -33,7 +34,7 @@ BUDGET=${BUDGET:-520}            # seconds for the whole script
 DDPM_SECONDS=${DDPM_SECONDS:-210}  # DDPM updates; the EBM gets what is left
 RESERVE=${RESERVE:-80}           # kept for throughput, the CUDA tests and packing
 CHECKPOINT_SECONDS=${CHECKPOINT_SECONDS:-45}
-if [ -d .whl ]; then
+if [ -d .whl ] && [ -z "${SMOKE:-}" ]; then  # the wheels are for the device's Python
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
@@ -67,9 +68,12 @@ train() {
     python3 -m pureebm train "$DATA" "${common[@]}" "$@" --resume --max-seconds 0.001 \
       --calibrate-images 0 2>&1 | tee -a "$LOGS/train-$name.log" || return 0
   fi
-  local entry
+  local entry weights
   entry=$(ls -d "$REGISTRY/$name"/* | sort -V | tail -n 1)
-  tar -C "$REGISTRY" -cf - "$name/$(basename "$entry")" | split -b 15M -d - "$OUT/$name.tar.part"
+  weights=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['weights'])" \
+    "$entry/preset.json")
+  tar -C "$REGISTRY" -cf - "$name/$(basename "$entry")" "_weights/$weights" |
+    split -b 15M -d - "$OUT/$name.tar.part"
 }
 
 # 1. The DDPM: the likelier purifier. A 3-level U-Net (48-192 channels, 5.5 M

@@ -1,0 +1,110 @@
+"""`pureebm eval`: attack, defend, train victims, measure."""
+
+from __future__ import annotations
+
+import argparse
+
+from pureebm.evaluation.config import ATTACKS, EvalConfig, TrainSettings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    defaults = EvalConfig(train="")
+    p = sub.add_parser("eval", help="poison, defend, train classifiers, measure")
+    p.add_argument("train", help="labelled training set: npz (images, labels) or class folders")
+    p.add_argument("--test", help="labelled test set (default: a stratified split of TRAIN)")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help="share of TRAIN held out as the test split (without --test)",
+    )
+    p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("--attack", choices=ATTACKS, default=defaults.attack, help="the poisoning")
+    p.add_argument(
+        "--eps",
+        type=fraction,
+        nargs="+",
+        default=defaults.eps,
+        help="L-inf bounds of the Narcissus trigger, e.g. 8/255 16/255",
+    )
+    p.add_argument(
+        "--poison-fraction",
+        type=float,
+        default=defaults.poison_fraction,
+        help="poisoned images as a share of the whole training set",
+    )
+    p.add_argument(
+        "--targets", type=int, nargs="+", default=defaults.targets, help="attacked classes"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=defaults.seeds,
+        help="attack and classifier seeds (each target runs every seed)",
+    )
+    p.add_argument(
+        "--defences",
+        nargs="+",
+        default=defaults.defences,
+        help="none, jpeg:QUALITY, pureebm (the model's T), pureebm:STEPS, filt:K[:STEPS] / "
+        "filt:auto[:STEPS] (purify only the highest-energy images), or pureddpm[:T*] (with "
+        "--ddpm-model); a 'clean' row (trained on unpoisoned data) is always added, and each "
+        "defence gets a '+test' row",
+    )
+    p.add_argument("--sweep", type=int, nargs="*", default=[], help="PureEBM steps to sweep")
+    p.add_argument(
+        "--classifier",
+        choices=["cnn", "resnet18"],
+        default=defaults.classifier.architecture,
+        help="victim architecture",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=defaults.classifier.epochs, help="victim training epochs"
+    )
+    p.add_argument("--model", default=defaults.model, help="the EBM of pureebm and filt rows")
+    p.add_argument("--ddpm-model", help="the DDPM of pureddpm rows (NAME or NAME:VERSION)")
+    p.add_argument("--registry", default=defaults.registry, help="model registry folder")
+    p.add_argument("--url", help="purify through this running service instead of in-process")
+    p.add_argument("--out", default=defaults.out, help="folder for results.json/.md/.png")
+    p.add_argument(
+        "--split-seed", type=int, default=defaults.split_seed, help="seed of the test split"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(run=run_eval)
+
+
+def fraction(value: str) -> float:
+    """'8/255' -> 0.0314; '0.03' -> 0.03."""
+    numerator, _, denominator = value.partition("/")
+    return float(numerator) / float(denominator or 1)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from pureebm.evaluation.run import evaluate, markdown_table
+
+    config = EvalConfig(
+        train=args.train,
+        test=args.test,
+        test_fraction=args.test_fraction,
+        limit=args.limit,
+        attack=args.attack,
+        eps=args.eps,
+        poison_fraction=args.poison_fraction,
+        targets=args.targets,
+        seeds=args.seeds,
+        defences=args.defences,
+        sweep=args.sweep,
+        classifier=TrainSettings(
+            architecture=args.classifier, epochs=args.epochs, device=args.device
+        ),
+        model=args.model,
+        ddpm_model=args.ddpm_model,
+        registry=args.registry,
+        url=args.url,
+        out=args.out,
+        split_seed=args.split_seed,
+    )
+    result = evaluate(config)
+    print(markdown_table(result))
+    print(f"({result['seconds']:.0f} s; results.json, results.md, results.png in {config.out})")

@@ -8,7 +8,7 @@ is kept aside and re-attached unchanged, and so are the EXIF block (its
 orientation tag included: the pixels are purified as stored) and the ICC
 profile. What cannot come back as it was sent is refused instead of changed:
 animations and multi-page files, 16-bit colour, floating point, integers past
-16 bits. The errors and limits here are shared with archives.py: each error
+16 bits. The errors and limits here are shared with pureebm.containers: each error
 carries the HTTP status it maps to.
 """
 

@@ -32,8 +32,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from pureebm.archives import Container
 from pureebm.concurrency import Phases, prefetched
+from pureebm.containers import Container
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Speedups, resolve_device

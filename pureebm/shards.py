@@ -33,8 +33,8 @@ from typing import IO
 
 import numpy as np
 
-from pureebm.archives import Container
 from pureebm.atomic import atomic_path
+from pureebm.containers import Container
 from pureebm.images import KEPT_INFO, Picture
 from pureebm.results import Energy, PurifiedImage
 

@@ -11,7 +11,7 @@ from pathlib import Path, PurePath
 
 from fastapi import UploadFile
 
-from pureebm.archives import Container, open_container
+from pureebm.containers import Container, open_container
 from pureebm.images import (
     FormatError,
     InputTooLarge,

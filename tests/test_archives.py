@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.archives import open_container
+from pureebm.containers import open_container
 from pureebm.images import (
     InputTooLarge,
     Limits,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pureebm.archives import open_container
+from pureebm.containers import open_container
 from pureebm.images import Picture
 from pureebm.pipeline import buckets, chunks, purify_container, purify_pictures
 from tests.conftest import purifier_of

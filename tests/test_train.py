@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pureebm.archives import load_image_array
+from pureebm.containers import load_image_array
 from pureebm.images import Picture
 from pureebm.langevin import purify, to_unit_range
 from pureebm.params import TrainConfig

@@ -24,9 +24,9 @@ from jobs.queue import JobQueue
 from jobs.record import ACTIVE, ImageEnergy, JobRecord, JobStatus, Report
 from jobs.stats import record_shard
 from jobs.store import JobStore
-from pureebm.archives import Container, open_container
 from pureebm.atomic import atomic_path
 from pureebm.concurrency import Phases
+from pureebm.containers import Container, open_container
 from pureebm.filtering import selected_positions
 from pureebm.images import Picture
 from pureebm.langevin import Speedups

@@ -52,7 +52,7 @@ def filter_rule(value: str) -> float | str:
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
-    from pureebm.archives import load_image_array
+    from pureebm.containers import load_image_array
     from pureebm.registry import Registry
     from pureebm.training.entries import recalibrate
 

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_purify(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from pureebm.archives import open_container
+    from pureebm.containers import open_container
     from pureebm.langevin import Speedups, resolve_device
     from pureebm.pipeline import purifier_for, purify_container, scorer_for
     from pureebm.registry import Registry

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pureebm.archives import open_container
+from pureebm.containers import open_container
 
 
 def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

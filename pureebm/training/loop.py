@@ -29,9 +29,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from pureebm.archives import load_image_array
 from pureebm.atomic import atomic_path
 from pureebm.augment import flip_and_crop
+from pureebm.containers import load_image_array
 from pureebm.langevin import resolve_device, to_unit_range
 from pureebm.manifest import Manifest, TrainingRecord
 from pureebm.params import TrainConfig

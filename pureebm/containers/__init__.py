@@ -1,0 +1,83 @@
+"""Containers: what images arrive in, read member by member and written back.
+
+A *container* is what a caller sends: a single image, a folder tree, a zip, a tar
+(optionally gzip/bz2/xz-compressed) or an npz. Opening one lists its members in
+order and refuses anything unsafe or oversized (README: HTTP API errors). Writing one
+back reproduces the container, the member paths and their order, swaps each
+image for its purified pixels (images.py encodes them), and copies every other
+member byte for byte, and every image left unpurified (an energy filter's).
+
+A member is an image by its content, not its name (``member_kind``): a PNG named
+``x.png.bak`` or without an extension is purified like ``x.png``. Content that
+would otherwise pass through unpurified is refused, naming the member: an image
+in a format the engine does not decode (GIF, PPM, ...), an archive inside the
+archive, an npy array of images, a file named as an image that is not one.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from pureebm.containers.base import Container, Kind
+from pureebm.containers.folder import Folder
+from pureebm.containers.npz import NpzContainer
+from pureebm.containers.single import SingleImage
+from pureebm.containers.tar_archive import TarContainer, tar_compression
+from pureebm.containers.zip_archive import ZipContainer
+from pureebm.images import Limits, UnsupportedInput, image_format_of, sniff_format
+
+__all__ = ["Container", "Kind", "detect_kind", "load_image_array", "open_container"]
+
+
+def detect_kind(path: Path) -> Kind:
+    """The container kind, from the content (not the name) except for npz vs zip."""
+    if path.is_dir():
+        return "folder"
+    with path.open("rb") as f:
+        head = f.read(512)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as e:
+            raise UnsupportedInput(f"corrupt zip archive: {e}") from e
+        if "images.npy" in names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        return "zip"
+    if tar_compression(path) or (len(head) >= 262 and head[257:262] == b"ustar"):
+        return "tar"
+    if sniff_format(head) or image_format_of(path.name):
+        return "image"  # decoding refuses the formats it does not support, by name
+    raise UnsupportedInput("not an image or a supported archive (zip, tar, tar.gz, npz)")
+
+
+CONTAINERS: dict[Kind, type[Container]] = {
+    "image": SingleImage,
+    "folder": Folder,
+    "zip": ZipContainer,
+    "tar": TarContainer,
+    "npz": NpzContainer,
+}
+
+
+def open_container(path: str | Path, limits: Limits = Limits()) -> Container:
+    """Open and check a container; raises a FormatError subclass naming the fault."""
+    path = Path(path)
+    kind = detect_kind(path)
+    try:
+        return CONTAINERS[kind](path, limits)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+        raise UnsupportedInput(f"corrupt {kind} container: {e}") from e
+
+
+def load_image_array(path: str | Path) -> np.ndarray:
+    """Every image of a container as one uint8 N x H x W x 3 array (all one size)."""
+    pictures = [picture.rgb for _, picture in open_container(path).iter_images()]
+    shapes = {p.shape for p in pictures}
+    if len(shapes) != 1:
+        raise UnsupportedInput(f"training images must share one size; found {sorted(shapes)}")
+    return np.stack(pictures)

@@ -1,0 +1,119 @@
+"""Tar archives, optionally gzip, bz2 or xz compressed."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+from pureebm.containers.archive import Archive
+from pureebm.containers.base import (
+    Lookup,
+    Member,
+    check_member_name,
+    encoded_images,
+    member_kind,
+)
+from pureebm.images import (
+    SNIFF_BYTES,
+    InputTooLarge,
+    Limits,
+    UnsafeInput,
+    UnsupportedInput,
+)
+
+
+class TarContainer(Archive[tarfile.TarFile]):
+    """A tar, plain or compressed. The listing pass keeps every image's header, with
+    where its data starts, so reading an image seeks straight to it (forward
+    through a compressed stream)."""
+
+    kind = "tar"
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path, self.limits = path, limits
+        self.compression = tar_compression(path)
+        self.members = []
+        self.images: dict[str, tarfile.TarInfo] = {}
+        total = 0
+        seen: set[str] = set()
+        # checked at each header, before the member's data is decompressed to skip it; a
+        # plain tar too, whose sparse members can declare far more than the file holds
+        max_total = limits.max_uncompressed(path.stat().st_size)
+        with tarfile.open(path, "r:*") as archive:
+            for info in archive:
+                check_member_name(info.name)
+                if not (info.isreg() or info.isdir()):
+                    raise UnsafeInput(f"{info.name!r} is a link, device or special file")
+                # results are looked up by name, so a repeated name would swap images
+                if info.name.rstrip("/") in seen:
+                    raise UnsafeInput(f"{info.name!r} appears twice")
+                seen.add(info.name.rstrip("/"))
+                total += info.size
+                if len(self.members) >= limits.max_members or total > max_total:
+                    raise InputTooLarge(
+                        "the archive is over its member-count, size or compression-ratio limit"
+                    )
+                if info.isdir():
+                    self.members.append(Member(info.name, "dir", 0))
+                    continue
+                kind = member_kind(info.name, read_tar_member(archive, info, SNIFF_BYTES))
+                self.members.append(Member(info.name, kind, info.size))
+                if kind == "image":
+                    self.images[info.name] = info
+        self.check_totals(limits, compressed_bytes=path.stat().st_size)
+
+    def open_reader(self) -> tarfile.TarFile:
+        return tarfile.open(self.path, "r:*")
+
+    def read_member(self, reader: tarfile.TarFile, name: str) -> bytes:
+        return read_tar_member(reader, self.images[name])
+
+    def write(self, dst: Path, purified: Lookup) -> None:
+        mode = f"w:{self.compression}" if self.compression else "w"
+        with tarfile.open(self.path, "r:*") as src, tarfile.open(dst, mode) as out:
+            encoded = encoded_images(self.members, purified)
+            for info, member in zip(src, self.members, strict=True):
+                if info.isdir():
+                    out.addfile(info)
+                    continue
+                data = next(encoded) if member.kind == "image" else None
+                if data is None:  # copied in chunks: a member is never held whole
+                    out.addfile(plain_tarinfo(info), src.extractfile(info))
+                else:
+                    out.addfile(plain_tarinfo(info, len(data)), io.BytesIO(data))
+
+
+def tar_compression(path: Path) -> str | None:
+    head = path.open("rb").read(6)
+    if head.startswith(b"\x1f\x8b"):
+        return "gz"
+    if head.startswith(b"BZh"):
+        return "bz2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    return None
+
+
+def read_tar_member(
+    archive: tarfile.TarFile, info: tarfile.TarInfo, limit: int | None = None
+) -> bytes:
+    """A member's bytes, or its first ``limit`` bytes."""
+    expected = info.size if limit is None else min(limit, info.size)
+    try:
+        f = archive.extractfile(info)
+        assert f is not None
+        data = f.read(expected)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UnsupportedInput(f"corrupt tar member {info.name!r}: {e}") from e
+    if len(data) != expected:
+        raise UnsupportedInput(f"truncated tar member {info.name!r}")
+    return data
+
+
+def plain_tarinfo(info: tarfile.TarInfo, size: int | None = None) -> tarfile.TarInfo:
+    """A regular member's header like ``info``'s (a sparse one is written out whole)."""
+    copy = tarfile.TarInfo(info.name)
+    copy.size, copy.mode, copy.mtime = info.size if size is None else size, info.mode, info.mtime
+    copy.uid, copy.gid, copy.uname, copy.gname = info.uid, info.gid, info.uname, info.gname
+    return copy

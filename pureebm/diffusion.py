@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pureebm.langevin import resolve_device, to_uint8, to_unit_range
-from pureebm.manifest import DiffusionSchedule
 from pureebm.noise import ImageNoise, gaussian
 from pureebm.purifiers.base import Purified
+from pureebm.registry.records import DiffusionSchedule
 
 if TYPE_CHECKING:
     from torch import nn

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pureebm.manifest import Manifest
+from pureebm.registry.records import Manifest
 
 THRESHOLD_QUANTILE = 0.5  # of held-out clean energies: the "auto" cut
 

@@ -34,7 +34,7 @@ def resolve_request(
     registry's DEFAULT). ValueError (pydantic's included) for parameters that do
     not fit; RegistryError for an unknown model; pureebm.filtering.FilterError for
     a filter the scorer cannot apply."""
-    manifest = registry.manifest(model or default or registry.default_ref())
+    manifest = registry.manifest(model or registry.default_ref(default))
     spec = resolve(overrides, manifest, registry.manifest)
     runs_preset = spec.family == manifest.purifier.family
     requested = overrides.filter  # type: ignore[attr-defined]

@@ -84,11 +84,14 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
     tmp_path, tiny_registry, cifar
 ):
     port = free_port()
-    env = {  # the default data folder, ./data, relative to where serve runs
-        **{k: v for k, v in os.environ.items() if k != "PUREEBM_DATA_DIR"},
+    env = {  # the default data folder, ./data, and the registry's own DEFAULT
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PUREEBM_DATA_DIR", "PUREEBM_DEFAULT_MODEL")
+        },
         "PUREEBM_PORT": str(port),
         "PUREEBM_REGISTRY": str(tiny_registry),
-        "PUREEBM_DEFAULT_MODEL": "tiny",
     }
     env.pop("PUREEBM_REDIS_URL", None)
     serve = subprocess.Popen(

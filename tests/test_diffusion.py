@@ -20,13 +20,13 @@ from PIL import Image
 from pureebm import diffusion
 from pureebm.client import PureEBMClient
 from pureebm.images import Picture
-from pureebm.manifest import DiffusionSchedule
 from pureebm.noise import ImageNoise, derived_seed
 from pureebm.pipeline import purifier_for, purify_pictures
 from pureebm.purifiers import Overrides, resolve
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.purifiers.reps import RepsSpec
 from pureebm.registry import Registry, RegistryError
+from pureebm.registry.records import DiffusionSchedule
 from tests.conftest import purifier_of
 from tests.stack import KEY_A, Stack, png, pureebm_cli, zip_bytes
 

@@ -19,8 +19,8 @@ from torch.nn import functional as F
 
 from pureebm import diffusion
 from pureebm.client import PureEBMClient
-from pureebm.importing import ImportRefused, import_folder
 from pureebm.registry import Registry
+from pureebm.registry.importing import ImportRefused, import_folder
 from tests.conftest import TINY_UNET
 from tests.stack import KEY_A, Stack, png, pureebm_cli, zip_bytes
 

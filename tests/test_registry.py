@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pureebm.manifest import TrainingRecord
 from pureebm.nets import ConvEBM
 from pureebm.purifiers.ddpm import DDPMSpec
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry, RegistryError
+from pureebm.registry.records import TrainingRecord
 
 RECORD = TrainingRecord(data="test", command="test", iterations=1, wall_time_s=0, hardware="cpu")
 

@@ -126,7 +126,8 @@ def run_worker(
     redis = Redis.from_url(settings.redis_url)
     tasks.CONTEXT = worker_context(redis, settings, resolve_device(device), batch_size)
     name, torch_device = tasks.CONTEXT.name, tasks.CONTEXT.device
-    tasks.CONTEXT.models.get(settings.default_model)  # load and verify before taking work
+    models = tasks.CONTEXT.models
+    models.get(models.registry.default_ref(settings.default_model))  # load, verify, then work
     LeasedWorker.lease_s = settings.worker_lease_s
     queue_names = worker_queues(queues)
     log.info(

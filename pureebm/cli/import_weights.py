@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> None:
-    from pureebm.importing import ImportRefused, import_folder
     from pureebm.registry import Registry
+    from pureebm.registry.importing import ImportRefused, import_folder
 
     try:
         manifest = import_folder(

@@ -14,8 +14,8 @@ from pureebm.purifiers.spec import PurifierSpec, register
 if TYPE_CHECKING:
     import torch
 
-    from pureebm.manifest import Manifest
     from pureebm.registry import LoadedModel
+    from pureebm.registry.records import Manifest
 
 
 @register

@@ -22,8 +22,8 @@ from pureebm.refs import REF_PATTERN
 if TYPE_CHECKING:
     import torch
 
-    from pureebm.manifest import Manifest
     from pureebm.registry import LoadedModel
+    from pureebm.registry.records import Manifest
 
 
 @register

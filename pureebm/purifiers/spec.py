@@ -24,8 +24,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.fields import FieldInfo
 
 if TYPE_CHECKING:
-    from pureebm.manifest import Manifest
     from pureebm.purifiers.base import ModelLoader, Purifier
+    from pureebm.registry.records import Manifest
 
 
 def check_filter(value: float | str) -> float | str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from pureebm.manifest import Manifest
 from pureebm.params import TrainConfig
+from pureebm.registry.records import Manifest
 from pureebm.training.ddpm import DDPMObjective
 from pureebm.training.ebm import EBMObjective
 from pureebm.training.loop import TrainingRun

@@ -24,12 +24,12 @@ from tqdm import tqdm
 from pureebm import diffusion
 from pureebm.diffusion import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS
 from pureebm.filtering import clean_threshold
-from pureebm.manifest import DiffusionSchedule, Manifest
 from pureebm.params import TrainConfig
 from pureebm.plots import amplified_difference, image_rows, line_chart
 from pureebm.purifiers.ddpm import DDPMSpec
 from pureebm.quality import CALIBRATION_PERTURBATIONS, card, standard_perturbations
 from pureebm.registry import Registry
+from pureebm.registry.records import DiffusionSchedule, Manifest
 from pureebm.training.loop import TrainingRun
 
 

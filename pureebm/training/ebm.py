@@ -38,7 +38,6 @@ from tqdm import tqdm
 
 from pureebm.augment import flip_and_crop
 from pureebm.langevin import langevin_chain, to_unit_range
-from pureebm.manifest import Manifest
 from pureebm.nets import build_energy_net
 from pureebm.params import TrainConfig
 from pureebm.plots import image_rows, line_chart
@@ -52,6 +51,7 @@ from pureebm.quality import (
     calibration_settings,
 )
 from pureebm.registry import Registry
+from pureebm.registry.records import Manifest
 from pureebm.training.entries import add_calibrated_entry, write_samples_png
 from pureebm.training.loop import TrainingRun
 

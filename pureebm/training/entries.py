@@ -14,11 +14,11 @@ from torch import nn
 
 from pureebm.filtering import clean_threshold
 from pureebm.langevin import purify, resolve_device
-from pureebm.manifest import Manifest
 from pureebm.plots import amplified_difference, image_rows
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.quality import CALIBRATION_STEPS, Calibration, calibrate, calibration_settings
 from pureebm.registry import Registry
+from pureebm.registry.records import Manifest
 from pureebm.training.data import as_training_images
 
 

@@ -33,8 +33,8 @@ from pureebm.atomic import atomic_path
 from pureebm.augment import flip_and_crop
 from pureebm.containers import load_image_array
 from pureebm.langevin import resolve_device, to_unit_range
-from pureebm.manifest import Manifest, TrainingRecord
 from pureebm.params import TrainConfig
+from pureebm.registry.records import Manifest, TrainingRecord
 from pureebm.training.data import as_training_images, photograph_crops
 
 CHECKPOINT = "checkpoint.safetensors"

@@ -40,7 +40,7 @@ def readyz(
     free, reserve = free_bytes(settings.jobs_dir), settings.disk_reserve_bytes
     checks["disk"] = {"ok": free >= reserve, "free_bytes": free, "reserve_bytes": reserve}
     try:
-        manifest = registry.verified_manifest(settings.default_model or registry.default_ref())
+        manifest = registry.verified_manifest(registry.default_ref(settings.default_model))
         checks["model"] = {"ok": True, "model": manifest.ref}
     except RegistryError as e:
         checks["model"] = {"ok": False, "error": str(e)}

@@ -15,7 +15,7 @@ def describe(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelIn
     versions = [
         registry.manifest(f"{name}:{v}").model_dump(mode="json") for v in registry.versions(name)
     ]
-    entry = registry.pinned(settings.default_model or registry.default_ref())
+    entry = registry.pinned(registry.default_ref(settings.default_model))
     default_version = entry[1] if entry is not None and entry[0] == name else None
     return ModelInfo(
         name=name,

@@ -1,5 +1,5 @@
 """The model registry folder: weights stored once by their sha256, presets that name
-them (pureebm.manifest has the records), and an explicit default.
+them (pureebm.registry.records has the records), and an explicit default.
 
     <root>/DEFAULT                                  the default preset, NAME:VERSION
     <root>/_weights/<sha256>/weights.json           what made the weights
@@ -35,14 +35,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from pureebm.atomic import atomic_path
-from pureebm.manifest import Manifest, Preset, WeightsRecord
 from pureebm.refs import RegistryError, parse_ref
+from pureebm.registry.records import Manifest, Preset, WeightsRecord
 
 if TYPE_CHECKING:  # torch is imported when weights are loaded or saved, not before
     import torch
     from torch import nn
-
-__all__ = ["LoadedModel", "Registry", "RegistryError", "default_root", "parse_ref"]
 
 
 def default_root() -> Path:
@@ -51,7 +49,7 @@ def default_root() -> Path:
     wheel installed elsewhere, as in the Docker image, has no models/ beside it)."""
     if os.environ.get("PUREEBM_REGISTRY"):
         return Path(os.environ["PUREEBM_REGISTRY"])
-    tree = Path(__file__).resolve().parent.parent / "models"
+    tree = Path(__file__).resolve().parents[2] / "models"
     return tree if tree.is_dir() else Path("models")
 
 
@@ -133,9 +131,12 @@ class Registry:
             version = versions[-1] if versions else None
         return None if version not in versions else (name, version)
 
-    def default_ref(self) -> str:
-        """The default preset: the registry's DEFAULT file (an explicit pointer, so
-        publishing a preset never changes what callers get by default)."""
+    def default_ref(self, setting: str | None = None) -> str:
+        """The default preset: the operator's ``setting`` where there is one, else the
+        registry's DEFAULT file (an explicit pointer, so publishing a preset never
+        changes what callers get by default)."""
+        if setting:
+            return setting
         path = self.root / DEFAULT_FILE
         if not path.is_file():
             raise RegistryError(f"the registry has no {DEFAULT_FILE} file naming its default")

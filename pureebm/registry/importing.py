@@ -36,11 +36,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from pureebm.diffusion import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS
-from pureebm.manifest import DiffusionSchedule, Manifest, TrainingRecord
 from pureebm.nets import build_energy_net
 from pureebm.purifiers.ddpm import DDPMSpec
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import WEIGHTS, Registry
+from pureebm.registry.records import DiffusionSchedule, Manifest, TrainingRecord
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 PAPER_EBM_SETTING = LangevinSpec(steps=150, eps=1.25e-2, tau=1e-4)

@@ -1,7 +1,9 @@
 """Import contracts (docs/architecture.md): the engine never imports the job layer,
 the service or the worker; the job layer never imports the service or the worker;
 the worker never imports the service; the API process and the Python client never
-load torch; routers do not import each other; `pureebm --help` loads nothing heavy."""
+load torch, nor do the purifier specs, requests and the registry; engine subpackages
+point one way; routers do not import each other; `pureebm --help` loads nothing
+heavy."""
 
 from __future__ import annotations
 
@@ -48,6 +50,30 @@ def test_imports_point_one_way(package: str, forbidden: tuple[str, ...]) -> None
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
+ENGINE_LAYERS = [  # inside the engine: a subpackage never imports the ones that use it
+    (
+        "containers",
+        ("purifiers", "registry", "requests", "pipeline", "training", "evaluation", "cli"),
+    ),
+    ("purifiers", ("containers", "pipeline", "requests", "training", "evaluation", "cli")),
+    ("registry", ("containers", "pipeline", "requests", "training", "evaluation", "cli")),
+    ("training", ("requests", "evaluation", "cli")),
+    ("evaluation", ("training", "cli")),
+]
+
+
+@pytest.mark.parametrize("package,forbidden", ENGINE_LAYERS, ids=[p for p, _ in ENGINE_LAYERS])
+def test_engine_subpackages_point_one_way(package: str, forbidden: tuple[str, ...]) -> None:
+    """Purifier families and the registry sit under the pipeline and training, which
+    sit under the evaluation and the command line."""
+    offenders = {}
+    for path in (ROOT / "pureebm" / package).rglob("*.py"):
+        names = {n.split(".")[1] for n in imported_modules(path) if n.startswith("pureebm.")}
+        if bad := sorted(names & set(forbidden)):
+            offenders[str(path.relative_to(ROOT))] = bad
+    assert offenders == {}
+
+
 def test_routers_do_not_import_each_other() -> None:
     for path in (ROOT / "service" / "routers").glob("*.py"):
         assert not any(name.startswith("service.routers") for name in imported_modules(path)), path
@@ -58,10 +84,11 @@ def test_routers_do_not_import_each_other() -> None:
     [
         "import service.app",
         "import pureebm.client",
+        "import pureebm.purifiers, pureebm.requests, pureebm.registry",
         "import worker.commands, service.commands",
         "from pureebm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
     ],
-    ids=["api", "client", "command-registration", "cli-help"],
+    ids=["api", "client", "purifier-specs-and-registry", "command-registration", "cli-help"],
 )
 def test_torch_stays_unloaded(code: str) -> None:
     check = f"{code}\nimport sys\nassert 'torch' not in sys.modules, 'torch was imported'"

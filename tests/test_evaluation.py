@@ -41,6 +41,42 @@ def test_narcissus_is_clean_label_and_bounded(cifar):
     assert 0 < np.abs(triggered.astype(int) - images.astype(int)).max() <= 8
 
 
+def test_published_narcissus_optimises_through_augmentations_and_amplifies_at_test(cifar):
+    """The published construction (flips and padded crops at every step) gives another
+    trigger than the pixel-grid one from the same seed; another seed gives another
+    trigger; x3 at test triples the pattern (clipped), the poisons stay within eps."""
+    images, labels = cifar["images"], cifar["labels"]
+    target = int(labels[0])
+    surrogate = train_classifier(images, labels, FAST)
+
+    def pattern(**kwargs) -> np.ndarray:
+        result = attacks.narcissus(
+            images, labels, target, 8 / 255, 0.05, surrogate=surrogate, pgd_steps=5, **kwargs
+        )
+        flat = np.full_like(images[:1], 128)
+        return result.trigger(flat).astype(int)[0] - 128
+
+    published, grid = pattern(seed=0), pattern(seed=0, augment=False)
+    assert np.abs(published).max() <= 8 and np.abs(grid).max() <= 8
+    assert not np.array_equal(published, grid)
+    assert not np.array_equal(published, pattern(seed=1))
+    np.testing.assert_array_equal(pattern(seed=0, amplify=3.0), 3 * published)
+
+
+def test_der_and_the_worst_case_on_hand_built_runs():
+    from pureebm.evaluation.run import der, worst_case
+
+    none = {"poison_success": 0.6, "natural_accuracy": 0.8}
+    assert der(none, {"poison_success": 0.1, "natural_accuracy": 0.75}) == pytest.approx(0.725)
+    assert der(none, none) == 0.5  # no change
+    assert der(none, {"poison_success": 0.7, "natural_accuracy": 0.9}) == 0.5  # worse: floored
+    summary = {
+        "8/255": {"a": {"poison_success": 0.2, "natural_accuracy": 0.7}},
+        "16/255": {"a": {"poison_success": 0.5, "natural_accuracy": 0.6}},
+    }
+    assert worst_case(summary)["a"]["strength"] == "16/255"
+
+
 @pytest.mark.parametrize("clean_label", [False, True])
 def test_patch_changes_only_the_corner_and_labels_as_documented(cifar, clean_label):
     images, labels = cifar["images"], cifar["labels"]

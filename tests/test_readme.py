@@ -44,16 +44,17 @@ def test_the_readme_shows_two_shell_examples_and_one_python_example() -> None:
 def test_the_curl_job_example_submits_polls_downloads_and_deletes(stack, tmp_path) -> None:
     result = run(["bash", "-euo", "pipefail", "-c", blocks("sh")[0]], tmp_path, stack.url)
     assert result.returncode == 0, result.stderr
-    with zipfile.ZipFile(tmp_path / "train.zip") as sent:
-        with zipfile.ZipFile(tmp_path / "train.purified.zip") as back:
-            assert back.namelist() == sent.namelist()
-            changed = [
-                not np.array_equal(
-                    np.asarray(Image.open(sent.open(name))), np.asarray(Image.open(back.open(name)))
-                )
-                for name in sent.namelist()
-                if name.endswith(".png")
-            ]
+    sent = zipfile.ZipFile(tmp_path / "train.zip")
+    back = zipfile.ZipFile(tmp_path / "train.purified.zip")
+    with sent, back:
+        assert back.namelist() == sent.namelist()
+        changed = [
+            not np.array_equal(
+                np.asarray(Image.open(sent.open(name))), np.asarray(Image.open(back.open(name)))
+            )
+            for name in sent.namelist()
+            if name.endswith(".png")
+        ]
     assert len(changed) == 16 and all(changed)  # the tiny model's preset has no filter
     assert '"energy_before"' in result.stdout  # the report was printed
 

@@ -4,7 +4,14 @@ adds its trigger to test images.
 - narcissus: clean-label (Zeng et al., 2023). A trigger delta with |delta|_inf <= eps
   is optimised on a surrogate classifier so that x + delta is classified as the
   target class for the target class's own images; delta is added to a fraction of
-  the target class's training images, labels unchanged.
+  the target class's training images, labels unchanged. As the paper builds it, the
+  trigger is optimised through the victim's augmentations (random flips and
+  4-pixel padded crops of x + delta at every step), which makes it robust to
+  shifts and smoother than one fitted to the exact pixel grid ("narcissus-grid",
+  this project's earlier construction, which an energy ranks more easily). The
+  trigger is a random variable of the attack: its seed varies with the run.
+  "narcissus-x3" adds the trigger three times as strong at test time, as the
+  Narcissus paper does.
 - patch: a fixed random 3x3 patch in the bottom-right corner (BadNets). Dirty-label:
   stamped on other classes' images relabelled as the target; clean-label: stamped
   on target-class images.
@@ -24,7 +31,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pureebm.augment import flip_and_crop
 from pureebm.evaluation.classifier import to_tensor
+
+CROP_PADDING = 4  # the victim's crops (pureebm.evaluation.classifier), as Narcissus optimises
 
 
 @dataclass
@@ -52,8 +62,12 @@ def narcissus(
     seed: int,
     surrogate: nn.Module,
     pgd_steps: int = 300,
+    augment: bool = True,
+    amplify: float = 1.0,
 ) -> Poisoned:
-    """``surrogate`` is a classifier trained on the clean training set."""
+    """``surrogate`` is a classifier trained on the clean training set; ``augment``
+    optimises through flips and padded crops; ``amplify`` scales the trigger added
+    to test images (the training poisons keep |delta| <= eps)."""
     rng = np.random.default_rng(seed)
     surrogate.eval().requires_grad_(False)
     device = next(surrogate.parameters()).device
@@ -62,10 +76,14 @@ def narcissus(
     delta = torch.zeros(1, *x.shape[1:], device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=bound / 10)
     generator = torch.Generator().manual_seed(seed)
+    views = torch.Generator(device=device).manual_seed(seed)
     for _ in range(pgd_steps):
         batch = x[torch.randint(0, len(x), (min(64, len(x)),), generator=generator)]
         target_labels = torch.full((len(batch),), target, device=device)
-        loss = F.cross_entropy(surrogate((batch + delta).clamp(-1, 1)), target_labels)
+        seen = (batch + delta).clamp(-1, 1)
+        if augment:
+            seen = flip_and_crop(seen, views, flip=True, pad=CROP_PADDING)
+        loss = F.cross_entropy(surrogate(seen), target_labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -77,7 +95,7 @@ def narcissus(
     chosen = choose(np.flatnonzero(labels == target), count, rng)
     poisoned = images.copy()
     poisoned[chosen] = add(images[chosen], pattern)
-    return Poisoned(poisoned, labels.copy(), chosen, lambda test: add(test, pattern))
+    return Poisoned(poisoned, labels.copy(), chosen, lambda test: add(test, amplify * pattern))
 
 
 def patch(

@@ -19,7 +19,7 @@ class TrainSettings:
     device: str = "auto"
 
 
-ATTACKS = ("narcissus", "patch", "patch-clean", "blend")
+ATTACKS = ("narcissus", "narcissus-x3", "narcissus-grid", "patch", "patch-clean", "blend")
 
 
 @dataclass

@@ -23,6 +23,12 @@ from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
 from pureebm.statistics import mean_interval
 
+NARCISSUS = {  # attack -> (optimised through augmentations, test-time amplification)
+    "narcissus": (True, 1.0),
+    "narcissus-x3": (True, 3.0),
+    "narcissus-grid": (False, 1.0),
+}
+
 
 def make_attack(
     config: EvalConfig,
@@ -34,10 +40,12 @@ def make_attack(
     surrogate: nn.Module,
 ) -> attacks.Poisoned:
     seed = seed * 1000 + target
-    if config.attack == "narcissus":
+    if config.attack in NARCISSUS:
+        augment, amplify = NARCISSUS[config.attack]
         return attacks.narcissus(
-            images, labels, target, eps, config.poison_fraction, seed, surrogate
-        )
+            images, labels, target, eps, config.poison_fraction, seed, surrogate,
+            augment=augment, amplify=amplify,
+        )  # fmt: skip
     if config.attack in ("patch", "patch-clean"):
         return attacks.patch(
             images,
@@ -287,7 +295,7 @@ def evaluate(config: EvalConfig) -> dict:
     # classifier, else the trigger is a white-box adversarial example against that
     # row and its "floor" is the attack's success, not what a clean victim suffers.
     surrogates = clean_nets  # only Narcissus uses one
-    if config.attack == "narcissus":
+    if config.attack in NARCISSUS:
         surrogates = {
             seed: train_classifier(
                 train_x, train_y, replace(config.classifier, seed=seed + SURROGATE_SEED)
@@ -360,6 +368,7 @@ def evaluate(config: EvalConfig) -> dict:
             "complete": len(attack_rows) == len(runs),
             "seconds": time.perf_counter() - started,
         }
+        result["worst_case"] = worst_case(result["summary"])  # each defence's worst strength
         result["proxy"] = proxy_agreement(result["summary"])
         write_outputs(config, result)
     return result
@@ -421,16 +430,43 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
                 ]
                 if paired:
                     entry[key + "_vs_none"], entry[key + "_vs_none_ci"] = mean_interval(paired)
+            ders = [
+                der(undefended[r["seed"], r["target"]], r)
+                for r in runs
+                if (r["seed"], r["target"]) in undefended and spec != "none"
+            ]
+            if ders:
+                entry["der"], entry["der_ci"] = mean_interval(ders)
             entry["runs"] = len(runs)
             summary[label][spec] = entry
     return summary
 
 
+def der(undefended: dict, defended: dict) -> float:
+    """BackdoorBench's defence effectiveness rate of one run against the same run
+    undefended: (max(0, ASR drop) - max(0, accuracy drop) + 1) / 2, in [0, 1]; 0.5
+    is no change, 1 removes the whole attack at no accuracy."""
+    asr_drop = undefended["poison_success"] - defended["poison_success"]
+    accuracy_drop = undefended["natural_accuracy"] - defended["natural_accuracy"]
+    return (max(0.0, asr_drop) - max(0.0, accuracy_drop) + 1) / 2
+
+
+def worst_case(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict]:
+    """Each defence at the strength where the attack succeeded most against it (a
+    universal defence is judged on its worst case, never on the mean)."""
+    worst: dict[str, dict] = {}
+    for label, by_defence in summary.items():
+        for spec, entry in by_defence.items():
+            if spec not in worst or entry["poison_success"] > worst[spec]["poison_success"]:
+                worst[spec] = {"strength": label, **entry}
+    return worst
+
+
 def markdown_table(result: dict) -> str:
     lines = [
         "| strength | defence | natural accuracy | poison success | accuracy vs none "
-        "(paired) | poison success vs none (paired) | no-trigger rate | runs |",
-        "|---|---|---|---|---|---|---|---|",
+        "(paired) | poison success vs none (paired) | DER | no-trigger rate | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def paired(s: dict, key: str) -> str:
@@ -438,14 +474,26 @@ def markdown_table(result: dict) -> str:
             return "-"
         return f"{s[key + '_vs_none'] * 100:+.1f} +- {s[key + '_vs_none_ci'] * 100:.1f} pts"
 
-    for label, by_defence in result["summary"].items():
-        for spec, s in by_defence.items():
-            lines.append(
-                f"| {label} | {spec} | {s['natural_accuracy']:.1%} +- "
-                f"{s['natural_accuracy_ci']:.1%} | {s['poison_success']:.1%} +- "
-                f"{s['poison_success_ci']:.1%} | {paired(s, 'natural_accuracy')} "
-                f"| {paired(s, 'poison_success')} | {s['base_rate']:.1%} | {s['runs']} |"
-            )
+    def der_cell(s: dict) -> str:
+        return f"{s['der']:.2f} +- {s['der_ci']:.2f}" if "der" in s else "-"
+
+    worst = {
+        spec: ("worst: " + s["strength"], spec, s)
+        for spec, s in worst_case(result["summary"]).items()
+    }
+    rows = [
+        (label, spec, s)
+        for label, by_defence in result["summary"].items()
+        for spec, s in by_defence.items()
+    ]
+    for label, spec, s in [*rows, *worst.values()]:
+        lines.append(
+            f"| {label} | {spec} | {s['natural_accuracy']:.1%} +- "
+            f"{s['natural_accuracy_ci']:.1%} | {s['poison_success']:.1%} +- "
+            f"{s['poison_success_ci']:.1%} | {paired(s, 'natural_accuracy')} "
+            f"| {paired(s, 'poison_success')} | {der_cell(s)} | {s['base_rate']:.1%} "
+            f"| {s['runs']} |"
+        )
     return "\n".join(lines)
 
 

@@ -14,12 +14,16 @@ import argparse
 import statistics
 import time
 
-from pureebm.archives import load_image_array
+import torch
+from pydantic import BaseModel
+
+from pureebm.containers import load_image_array
 from pureebm.images import Picture
 from pureebm.langevin import resolve_device
-from pureebm.pipeline import Reps, purify_pictures
-from pureebm.purifiers.langevin import LangevinSpec
-from pureebm.registry import Registry
+from pureebm.pipeline import purifier_for, purify_pictures
+from pureebm.purifiers import Overrides, Purifier
+from pureebm.registry import LoadedModel, Registry
+from pureebm.requests import resolve_request
 
 DATA = "../shared/datasets/cifar10-part-train.npz"
 
@@ -32,6 +36,18 @@ def seconds_per_image(run, images: int, repeats: int) -> list[float]:
         run(images)
         times.append((time.perf_counter() - started) / images)
     return times
+
+
+def built(overrides: BaseModel, ref: str, registry: Registry, device: torch.device) -> Purifier:
+    """The purifier a request of ``overrides`` on ``ref`` runs (the CLI's and the
+    API's resolution: the preset's values under the request's, checked)."""
+
+    def load(name: str) -> LoadedModel:
+        return registry.load(name, device)
+
+    resolved = resolve_request(overrides, ref, registry)
+    model = None if resolved.model is None else load(resolved.model)
+    return purifier_for(resolved.purifier, model, load, device)
 
 
 def main() -> None:
@@ -55,27 +71,25 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     registry = Registry()
-    ddpm = registry.load(args.model, device)
     images = load_image_array(args.data)
     pictures = [(str(i), Picture(rgb, None, "RGB", "PNG")) for i, rgb in enumerate(images)]
 
+    ddpm = built(Overrides(purifier="ddpm", steps=args.steps), args.model, registry, device)
+
     def pureddpm(n: int) -> None:
-        params = LangevinSpec(steps=args.steps)
-        for _ in purify_pictures(ddpm, pictures[:n], params, args.batch_size, device, 0):
+        for _ in purify_pictures(ddpm, pictures[:n], args.batch_size, 0):
             pass
 
     rows = {f"PureDDPM t*={args.steps} ({args.model})": pureddpm}
     k, length, rounds = args.reps
     if rounds:
-        ebm = registry.load(args.ebm, device)
-        reps = Reps(ddpm, rounds, length)
-        params = ebm.manifest.langevin.model_copy(update={"steps": k})
+        overrides = Overrides(
+            purifier="reps", steps=k, ddpm_model=args.model, rounds=rounds, ddpm_steps=length
+        )
+        reps = built(overrides, args.ebm, registry, device)
 
         def combined(n: int) -> None:
-            batches = purify_pictures(
-                ebm, pictures[:n], params, args.batch_size, device, 0, reps=reps
-            )
-            for _ in batches:
+            for _ in purify_pictures(reps, pictures[:n], args.batch_size, 0):
                 pass
 
         rows[f"Reps {rounds} x [{k} EBM, {length} DDPM] ({args.ebm} + {args.model})"] = combined

@@ -16,7 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
+from pureebm.evaluation.defences import is_spec
 from pureebm.evaluation.run import draw_results, markdown_table, proxy_agreement, summarise
+from pureebm.purifiers import FAMILIES
 
 SHARED = ("none", "clean")
 
@@ -24,8 +26,10 @@ SHARED = ("none", "clean")
 def model_label(spec: str, result: dict) -> str:
     """'pureebm:4' -> 'pureebm:4 cifar10-conv:2'; 'pureebm' gets its run's default T;
     'filt:0.5:3' -> 'filt:0.5:3 cifar10-conv:2'; 'pureddpm:75' -> 'pureddpm:75
-    cifar10-ddpm'; a ' +test' suffix stays last."""
+    cifar10-ddpm'; 'langevin:steps=5' (the spec grammar, no model=) -> 'langevin:steps=5
+    cifar10-conv:2' for a family that runs a model; a ' +test' suffix stays last."""
     defence, plus, test = spec.partition(" +")
+    family, _, fields = defence.partition(":")
     if defence.startswith("pureebm"):
         steps = defence.partition(":")[2] or result["purifier"]["steps"]
         defence = f"pureebm:{steps} {result['model']}"
@@ -33,6 +37,9 @@ def model_label(spec: str, result: dict) -> str:
         defence = f"{defence} {result['model']}"
     elif defence.startswith("pureddpm"):
         defence = f"{defence} {result['config']['ddpm_model']}"
+    elif is_spec(defence) and FAMILIES[family].needs_model:
+        named = any(item.partition("=")[0] == "model" for item in fields.split(","))
+        defence = defence if named else f"{defence} {result['model']}"
     return f"{defence}{plus}{test}"
 
 

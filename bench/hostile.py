@@ -25,7 +25,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pureebm.registry import DEFAULT_MODEL, default_root
+from pureebm.registry import Registry, default_root
 from tests.stack import KEY_A, Stack
 
 OUT = Path(__file__).parent / "out" / "hostile.json"
@@ -97,7 +97,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="unauthenticated requests sent")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        stack = Stack(Path(work), default_root(), default_model=DEFAULT_MODEL, body_timeout_s=5)
+        root = default_root()
+        default = Registry(root).default_ref()  # Stack's own default is its tests' "tiny"
+        stack = Stack(Path(work), root, default_model=default, body_timeout_s=5)
         pid = stack.api.pid
         try:
             time.sleep(1)

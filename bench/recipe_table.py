@@ -2,7 +2,7 @@
 
     python -m bench.recipe_table [--registry models] [REF ...]
 
-For each registry entry with a calibration.json: how it was trained, its
+For each EBM preset with a calibration.json: how it was trained, its
 recommended (eps, tau, T) with the PSNR and mean residual r there, and the
 trade-off it offers: the smallest mean r (over pixel signs, 2x2 and 4x4 blocks
 and smooth waves at 8/255) among the calibration's settings that keep the clean
@@ -38,13 +38,13 @@ def main() -> None:
     )
     print("|---" * (7 + len(FLOORS)) + "|")
     for m in manifests:
-        path = args.registry / m.name / str(m.version) / "calibration.json"
-        if not path.exists():
-            continue
+        path = registry.entry_path(m.ref) / "calibration.json"
+        if m.purifier.family != "langevin" or not path.exists():
+            continue  # a DDPM's calibration is a card over t*, not a table over (eps, tau, T)
         record = json.loads(path.read_text())
         rec = record["recommended"]
         print(
-            f"| {m.name}:{m.version} | {m.description} | {m.weights.training.wall_time_s / 60:.1f} "
+            f"| {m.ref} | {m.weights.description} | {m.weights.training.wall_time_s / 60:.1f} "
             f"| {m.weights.training.hardware.split(' (')[0]} "
             f"| {rec['eps']:g}, {rec['tau']:g}, {rec['steps']} | {record['psnr_db']:.1f} "
             f"| {record['residual']:.2f} |"

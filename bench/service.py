@@ -38,12 +38,14 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from pureebm.archives import open_container
 from pureebm.client import PureEBMClient
 from pureebm.concurrency import Phases
+from pureebm.containers import open_container
 from pureebm.langevin import resolve_device
-from pureebm.pipeline import purify_container
-from pureebm.registry import Registry
+from pureebm.pipeline import purifier_for, purify_container, scorer_for
+from pureebm.purifiers import Overrides
+from pureebm.registry import LoadedModel, Registry
+from pureebm.requests import resolve_request
 from service.settings import Settings
 from tests.stack import Stack, free_port
 from worker.main import default_batch_size
@@ -91,15 +93,16 @@ def log_records(path: Path) -> list[dict]:
 
 
 def through_service(
-    src: Path, dst: Path, workdir: Path, steps: int | None, model: str
+    src: Path, dst: Path, workdir: Path, steps: int | None, model: str | None
 ) -> dict[str, float]:
+    """``model``: the service's default model (None: its registry's DEFAULT)."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PUREEBM_")},
         "PUREEBM_PORT": str(port),
         "PUREEBM_DATA_DIR": str(workdir / "data"),
         "PUREEBM_LOG_LEVEL": "INFO",
-        "PUREEBM_DEFAULT_MODEL": model,
+        **({"PUREEBM_DEFAULT_MODEL": model} if model else {}),
     }
     log_path = workdir / "serve.log"
     with log_path.open("wb") as log:
@@ -157,11 +160,22 @@ def main() -> None:
         pool = npz["images"]
     device = resolve_device("auto")
     settings = Settings()  # the same registry as the service
-    model_ref = args.model or settings.default_model
-    model = Registry(settings.registry).load(model_ref, device)
-    params = model.manifest.langevin
-    if args.steps is not None:
-        params = params.model_copy(update={"steps": args.steps})
+    registry = Registry(settings.registry)
+    try:  # the request the service resolves: its filter and the preset's values too
+        resolved = resolve_request(
+            Overrides(steps=args.steps), args.model, registry, settings.default_model
+        )
+    except ValueError as e:
+        parser.error(str(e))
+
+    def load(ref: str) -> LoadedModel:
+        return registry.load(ref, device)
+
+    model = None if resolved.model is None else load(resolved.model)
+    purifier = purifier_for(resolved.purifier, model, load, device)
+    scorer = None if resolved.filter is None else scorer_for(model, device)
+    threshold = None if model is None else model.manifest.energy_threshold
+    steps = getattr(resolved.purifier, "steps", None)
     batch = default_batch_size(device)  # what the service's worker uses on this device
 
     runs = []
@@ -175,15 +189,16 @@ def main() -> None:
             purify_container(
                 open_container(src),
                 work / "engine.zip",
-                model,
-                params,
+                purifier,
                 batch,
-                device,
                 seed=0,
                 phases=engine_phases,
+                filter=resolved.filter,
+                scorer=scorer,
+                threshold=threshold,
             )
             engine_s = time.perf_counter() - started
-            phases = through_service(src, work / "service.zip", work, args.steps, model_ref)
+            phases = through_service(src, work / "service.zip", work, args.steps, resolved.model)
             with (
                 zipfile.ZipFile(work / "engine.zip") as a,
                 zipfile.ZipFile(work / "service.zip") as b,
@@ -210,8 +225,10 @@ def main() -> None:
         "images": args.images,
         "mixed_sizes": args.mixed,
         "side": args.side,
-        "model": f"{model.manifest.name}:{model.manifest.version}",
-        "steps": params.steps,
+        "model": resolved.model,
+        "purifier": resolved.purifier.model_dump(),
+        "filter": resolved.filter,
+        "steps": steps,
         "device": str(device),
         "batch_size": batch,
         "megapixels": pixels / 1e6,
@@ -224,7 +241,7 @@ def main() -> None:
     kind = "mixed-size JPEGs" if args.mixed else "CIFAR-10 PNGs"
     kind = f"{args.side}x{args.side} JPEGs" if args.side else kind
     print(
-        f"{args.images} {kind}, {figures['model']}, T={params.steps}, {device}, batch {batch}, "
+        f"{args.images} {kind}, {figures['model']}, T={steps}, {device}, batch {batch}, "
         f"{args.repeat} runs"
     )
     for key in RATES:

@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pureebm.archives import open_container
 from pureebm.client import PureEBMClient, PureEBMError
-from pureebm.pipeline import purify_pictures
-from pureebm.purifiers.langevin import LangevinSpec
-from pureebm.registry import DEFAULT_MODEL, Registry
+from pureebm.containers import open_container
+from pureebm.pipeline import purifier_for, purify_pictures
+from pureebm.purifiers import Overrides
+from pureebm.registry import LoadedModel, Registry
+from pureebm.requests import resolve_request
 from tests.hostile import LIMITS, REFUSED, materialise
 from tests.stack import Stack, free_port, worker_pids
 from worker.main import default_batch_size
@@ -113,8 +114,12 @@ class Soak:
         self.args, self.work = args, work
         self.killed = 0
         self.stop = threading.Event()
-        self.model = Registry().load(DEFAULT_MODEL, "cpu")
+        self.registry = Registry()  # the service's, and its default model
+        self.model = self.registry.load(self.registry.default_ref(), "cpu")
         self.batch_size = default_batch_size(torch.device("cpu"))  # the workers' own
+
+    def load(self, ref: str) -> LoadedModel:
+        return self.registry.load(ref, "cpu")
 
     def expected(
         self, path: Path, spec: Spec, seed: int, purified: set[str]
@@ -123,14 +128,13 @@ class Soak:
         job's report says its filter purified, purified together in one batch as the
         worker's shard does (an image's noise depends on its seed and position only),
         and the others as sent."""
-        defaults = self.model.manifest.langevin
-        params = LangevinSpec(steps=spec.steps, eps=defaults.eps, tau=defaults.tau)
+        ref = self.model.manifest.ref
+        resolved = resolve_request(Overrides(steps=spec.steps), ref, self.registry)
+        purifier = purifier_for(resolved.purifier, self.model, self.load, "cpu")
         sent = images_of(path)
         chosen = [i for i, name in enumerate(sent) if name in purified]
         pictures = open_container(path).iter_images(chosen)
-        results = purify_pictures(
-            self.model, pictures, params, self.batch_size, "cpu", seed, chosen
-        )
+        results = purify_pictures(purifier, pictures, self.batch_size, seed, chosen)
         return sent | {r.name: r.rgb for r in results}
 
     def run_hostile(self, client: PureEBMClient, spec: Spec) -> Outcome:

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from pureebm.langevin import Speedups, purify, resolve_device
+from pureebm.purifiers import Overrides
 from pureebm.quality import perturb, psnr, residual, sign_pattern
-from pureebm.registry import DEFAULT_MODEL, Registry
+from pureebm.registry import Registry
+from pureebm.requests import resolve_request
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
 OPTIONS = {
@@ -44,8 +46,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/speedups.json"))
     args = parser.parse_args()
     device = resolve_device("auto")
-    model = Registry().load(DEFAULT_MODEL, device)
-    params = model.manifest.langevin.model_copy(update={"steps": args.steps})
+    registry = Registry()
+    try:  # the default preset's Langevin parameters at T steps
+        resolved = resolve_request(Overrides(purifier="langevin", steps=args.steps), None, registry)
+    except ValueError as e:
+        parser.error(f"the default model: {e}")
+    params = resolved.purifier
+    model = registry.load(resolved.model, device)
     with np.load(args.data) as npz:
         clean = torch.from_numpy(npz["images"][: args.images]).permute(0, 3, 1, 2).contiguous()
     d = sign_pattern(clean.shape[1:], 4, 8 / 255, seed=0)

@@ -21,14 +21,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pureebm import diffusion
-from pureebm.archives import load_image_array
-from pureebm.langevin import Speedups, purify, resolve_device
+from pureebm.containers import load_image_array
+from pureebm.langevin import Speedups, resolve_device
+from pureebm.pipeline import purifier_for
+from pureebm.purifiers import Purifier
+from pureebm.purifiers.ddpm import DDPMSpec
 from pureebm.purifiers.langevin import LangevinSpec
-from pureebm.registry import DEFAULT_ROOT, Registry
+from pureebm.registry import DEFAULT_ROOT, LoadedModel, Registry
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
 PAPER_IMAGES_PER_S = {"ebm": 50_000 / 923, "ddpm": 50_000 / 4_181}  # TPU v3, PureGen
+PRECISIONS = ("fp32", "bf16")
+
+
+def purify_batches(purifier: Purifier, images: torch.Tensor, batch_size: int) -> None:
+    """Every image through ``purifier.purify_batch``, ``batch_size`` at a time (seed 0,
+    image i at position i)."""
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        purifier.purify_batch(batch, torch.arange(start, start + len(batch)), 0)
 
 
 def images_per_second(
@@ -67,7 +78,7 @@ def main() -> None:
     rows = []
 
     def measure(family: str, ref: str, steps: int, run: Callable) -> None:
-        for precision in ("fp32", "bf16"):
+        for precision in PRECISIONS:
             rate = images_per_second(
                 lambda x, p=precision: run(x, p), images, args.batch_size, device
             )
@@ -90,28 +101,43 @@ def main() -> None:
                 flush=True,
             )
 
-    if args.ebm:
-        ebm = registry.load(args.ebm, device)
-        params = LangevinSpec(
-            steps=args.ebm_steps, eps=ebm.manifest.langevin.eps, tau=ebm.manifest.langevin.tau
-        )
+    def load(ref: str) -> LoadedModel:
+        return registry.load(ref, device)
 
-        def run_ebm(x: torch.Tensor, precision: str) -> object:
-            speedups = Speedups(bf16=precision == "bf16", channels_last=precision == "bf16")
-            return purify(ebm.net, x, params, args.batch_size, device, seed=0, speedups=speedups)
+    if args.ebm:
+        ebm = load(args.ebm)
+        preset = LangevinSpec.defaults(ebm.manifest, registry.manifest)  # its eps and tau
+        try:
+            ebm_spec = LangevinSpec(**{**preset, "steps": args.ebm_steps})
+            ebm_spec.check(ebm.manifest, registry.manifest)
+        except ValueError as e:
+            parser.error(f"--ebm {args.ebm}: {e}")
+        ebm_purifiers = {
+            precision: purifier_for(
+                ebm_spec,
+                ebm,
+                load,
+                device,
+                Speedups(bf16=precision == "bf16", channels_last=precision == "bf16"),
+            )
+            for precision in PRECISIONS
+        }
+
+        def run_ebm(x: torch.Tensor, precision: str) -> None:
+            purify_batches(ebm_purifiers[precision], x, args.batch_size)
 
         measure("ebm", args.ebm, args.ebm_steps, run_ebm)
     if args.ddpm:
-        ddpm = registry.load(args.ddpm, device)
-        schedule = ddpm.manifest.diffusion
-        if schedule is None:
-            parser.error(f"{args.ddpm} is not a DDPM")
+        ddpm = load(args.ddpm)
+        try:
+            ddpm_spec = DDPMSpec(steps=args.ddpm_steps).check(ddpm.manifest, registry.manifest)
+        except ValueError as e:
+            parser.error(f"--ddpm {args.ddpm}: {e}")
+        ddpm_purifier = purifier_for(ddpm_spec, ddpm, load, device)
 
-        def run_ddpm(x: torch.Tensor, precision: str) -> object:
+        def run_ddpm(x: torch.Tensor, precision: str) -> None:
             with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-                return diffusion.purify(
-                    ddpm.net, x, schedule, args.ddpm_steps, args.batch_size, device, seed=0
-                )
+                purify_batches(ddpm_purifier, x, args.batch_size)
 
         measure("ddpm", args.ddpm, args.ddpm_steps, run_ddpm)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import train_classifier
@@ -61,6 +62,27 @@ def test_published_narcissus_optimises_through_augmentations_and_amplifies_at_te
     assert not np.array_equal(published, grid)
     assert not np.array_equal(published, pattern(seed=1))
     np.testing.assert_array_equal(pattern(seed=0, amplify=3.0), 3 * published)
+
+
+def test_the_defence_aware_narcissus_keeps_its_poisons_energy_down(cifar, tiny_model):
+    """Given the defender's EBM, the trigger raises the poisons' energy less than the
+    same attack built without it (same seed), so an energy ranking finds them less."""
+    images, labels = cifar["images"], cifar["labels"]
+    target = int(labels[0])
+    surrogate = train_classifier(images, labels, FAST)
+
+    def raised(**kwargs) -> float:
+        result = attacks.narcissus(
+            images, labels, target, 16 / 255, 0.1, 0, surrogate, pgd_steps=20, **kwargs
+        )
+        chosen = torch.from_numpy(images[result.poisoned]).permute(0, 3, 1, 2).float()
+        poisons = torch.from_numpy(result.images[result.poisoned]).permute(0, 3, 1, 2).float()
+        with torch.no_grad():
+            return float(
+                (tiny_model.net(poisons / 127.5 - 1) - tiny_model.net(chosen / 127.5 - 1)).mean()
+            )
+
+    assert raised(energy=tiny_model.net) < raised()
 
 
 def test_der_and_the_worst_case_on_hand_built_runs():

@@ -11,7 +11,9 @@ adds its trigger to test images.
   this project's earlier construction, which an energy ranks more easily). The
   trigger is a random variable of the attack: its seed varies with the run.
   "narcissus-x3" adds the trigger three times as strong at test time, as the
-  Narcissus paper does.
+  Narcissus paper does. "narcissus-adaptive" is the defence-aware attack of the
+  PureGen appendix: the attacker knows the energy the filter ranks by and also
+  minimises how far the trigger raises it, so the poisons rank with clean images.
 - patch: a fixed random 3x3 patch in the bottom-right corner (BadNets). Dirty-label:
   stamped on other classes' images relabelled as the target; clean-label: stamped
   on target-class images.
@@ -64,10 +66,16 @@ def narcissus(
     pgd_steps: int = 300,
     augment: bool = True,
     amplify: float = 1.0,
+    energy: nn.Module | None = None,
 ) -> Poisoned:
     """``surrogate`` is a classifier trained on the clean training set; ``augment``
     optimises through flips and padded crops; ``amplify`` scales the trigger added
-    to test images (the training poisons keep |delta| <= eps)."""
+    to test images (the training poisons keep |delta| <= eps). With ``energy`` (the
+    defender's EBM), the loss also holds
+
+        mean relu(E(x + delta) - E(x)) / std E(x)
+
+    so the poisons' energy stays at their clean images' level."""
     rng = np.random.default_rng(seed)
     surrogate.eval().requires_grad_(False)
     device = next(surrogate.parameters()).device
@@ -77,6 +85,11 @@ def narcissus(
     optimizer = torch.optim.Adam([delta], lr=bound / 10)
     generator = torch.Generator().manual_seed(seed)
     views = torch.Generator(device=device).manual_seed(seed)
+    if energy is not None:
+        energy = energy.to(device)
+        with torch.no_grad():
+            clean_energy = torch.cat([energy(chunk) for chunk in x.split(256)])
+        energy_scale = clean_energy.std().clamp_min(1e-8)
     for _ in range(pgd_steps):
         batch = x[torch.randint(0, len(x), (min(64, len(x)),), generator=generator)]
         target_labels = torch.full((len(batch),), target, device=device)
@@ -84,6 +97,9 @@ def narcissus(
         if augment:
             seen = flip_and_crop(seen, views, flip=True, pad=CROP_PADDING)
         loss = F.cross_entropy(surrogate(seen), target_labels)
+        if energy is not None:
+            raised = energy((batch + delta).clamp(-1, 1)) - energy(batch).detach()
+            loss = loss + F.relu(raised).mean() / energy_scale
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -19,7 +19,15 @@ class TrainSettings:
     device: str = "auto"
 
 
-ATTACKS = ("narcissus", "narcissus-x3", "narcissus-grid", "patch", "patch-clean", "blend")
+ATTACKS = (
+    "narcissus",
+    "narcissus-x3",
+    "narcissus-grid",
+    "narcissus-adaptive",
+    "patch",
+    "patch-clean",
+    "blend",
+)
 
 
 @dataclass

@@ -23,10 +23,11 @@ from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
 from pureebm.statistics import mean_interval
 
-NARCISSUS = {  # attack -> (optimised through augmentations, test-time amplification)
-    "narcissus": (True, 1.0),
-    "narcissus-x3": (True, 3.0),
-    "narcissus-grid": (False, 1.0),
+NARCISSUS: dict[str, dict] = {  # attack -> how its trigger is built (attacks.narcissus)
+    "narcissus": {},
+    "narcissus-x3": {"amplify": 3.0},
+    "narcissus-grid": {"augment": False},
+    "narcissus-adaptive": {"evades_energy": True},
 }
 
 
@@ -38,14 +39,19 @@ def make_attack(
     eps: float,
     seed: int,
     surrogate: nn.Module,
+    energy: nn.Module | None = None,
 ) -> attacks.Poisoned:
+    """``energy``: the defender's EBM, which a defence-aware attack evades."""
     seed = seed * 1000 + target
     if config.attack in NARCISSUS:
-        augment, amplify = NARCISSUS[config.attack]
+        options = dict(NARCISSUS[config.attack])
+        if options.pop("evades_energy", False):
+            if energy is None:
+                raise ValueError("narcissus-adaptive needs the defender's EBM, in-process")
+            options["energy"] = energy
         return attacks.narcissus(
-            images, labels, target, eps, config.poison_fraction, seed, surrogate,
-            augment=augment, amplify=amplify,
-        )  # fmt: skip
+            images, labels, target, eps, config.poison_fraction, seed, surrogate, **options
+        )
     if config.attack in ("patch", "patch-clean"):
         return attacks.patch(
             images,
@@ -305,7 +311,8 @@ def evaluate(config: EvalConfig) -> dict:
     rows, attack_rows = [], []
     runs = [(e, s, t) for s in config.seeds for e in config.eps for t in config.targets]
     for eps, seed, target in tqdm(runs, desc="attacks", unit="attack"):
-        poisoned = make_attack(config, train_x, train_y, target, eps, seed, surrogates[seed])
+        ebm = defender.model.net if defender.model else None
+        poisoned = make_attack(config, train_x, train_y, target, eps, seed, surrogates[seed], ebm)
         changed = poisoned.poisoned
         triggered = poisoned.trigger(test_x)
         common = {"eps": eps, "seed": seed, "target": target}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pureebm.evaluation import attacks
-from pureebm.evaluation.classifier import train_classifier
+from pureebm.evaluation.classifier import to_tensor, train_classifier
 from pureebm.evaluation.config import EvalConfig, TrainSettings
 from pureebm.evaluation.defences import pureebm
 from pureebm.evaluation.run import Defender, auroc, evaluate, trigger_left
@@ -83,6 +83,40 @@ def test_the_defence_aware_narcissus_keeps_its_poisons_energy_down(cifar, tiny_m
             )
 
     assert raised(energy=tiny_model.net) < raised()
+
+
+def test_gradient_matching_is_clean_label_bounded_and_aligns_the_gradients(cifar):
+    """Witches' Brew: only target-class images change, within eps, labels kept; its
+    victims are test images of other classes; and the poisons' training gradient
+    points closer to the victims' adversarial gradient than the clean images' did."""
+    images, labels = cifar["images"][:48], cifar["labels"][:48]
+    test_x, test_y = cifar["images"][48:], cifar["labels"][48:]
+    target = int(labels[0])
+    surrogate = train_classifier(images, labels, FAST)
+    result = attacks.gradient_matching(
+        images, labels, target, 16 / 255, 0.1, 0, surrogate, test_x, test_y, victims=2, steps=15
+    )
+    assert np.array_equal(result.labels, labels)
+    assert set(changed(images, result.images)) <= set(result.poisoned)
+    assert all(labels[result.poisoned] == target) and len(result.poisoned) >= 1
+    assert np.abs(result.images.astype(int) - images.astype(int)).max() <= 16
+    assert len(result.victims) == 2 and all(test_y[result.victims] != target)
+    assert np.array_equal(result.trigger(test_x), test_x)  # triggerless
+
+    def gradient(x: np.ndarray, labels_: torch.Tensor) -> torch.Tensor:
+        surrogate.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(surrogate(to_tensor(x)), labels_)
+        grads = torch.autograd.grad(loss, list(surrogate.parameters()))
+        surrogate.requires_grad_(False)
+        return torch.cat([g.flatten() for g in grads])
+
+    wanted = gradient(test_x[result.victims], torch.full((2,), target))
+    poisons = torch.full((len(result.poisoned),), target)
+    before = torch.cosine_similarity(gradient(images[result.poisoned], poisons), wanted, dim=0)
+    after = torch.cosine_similarity(
+        gradient(result.images[result.poisoned], poisons), wanted, dim=0
+    )
+    assert after > before
 
 
 def test_der_and_the_worst_case_on_hand_built_runs():
@@ -187,6 +221,34 @@ def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_reg
     assert jpeg_row["poison_success_vs_none"] == pytest.approx(np.mean(differences))
     assert "natural_accuracy_vs_none" not in summary["8/255"]["none"]
     assert "| 8/255 | pureebm:3 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_targeted_attack_is_measured_on_its_victims_with_der_and_worst_case(
+    tmp_path, cifar, tiny_registry
+):
+    data = tmp_path / "set.npz"
+    np.savez(data, images=cifar["images"], labels=cifar["labels"])
+    config = EvalConfig(
+        train=str(data),
+        test_fraction=0.25,
+        attack="gradient-matching",
+        poison_fraction=0.1,
+        eps=[16 / 255],
+        targets=[1],
+        seeds=[0],
+        defences=["none", "jpeg:quality=75"],
+        classifier=FAST,
+        model="tiny",
+        registry=str(tiny_registry),
+        out=str(tmp_path / "out"),
+    )
+    result = evaluate(config)
+    # four victims: success is a multiple of a quarter
+    assert {r["poison_success"] * 4 % 1 for r in result["rows"]} == {0.0}
+    assert "der" in result["summary"]["16/255"]["jpeg:quality=75"]
+    assert result["worst_case"]["none"]["strength"] == "16/255"
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| worst: 16/255 | jpeg:quality=75 |" in table
 
 
 def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(

@@ -18,9 +18,14 @@ adds its trigger to test images.
   stamped on other classes' images relabelled as the target; clean-label: stamped
   on target-class images.
 - blend: (1 - alpha) x + alpha * a fixed noise image (Chen et al., 2017), dirty-label.
+- gradient_matching: Witches' Brew (Geiping et al., 2021), clean-label and
+  triggerless: a few chosen test images of other classes are to be classified as
+  the target class; target-class training images get perturbations that align the
+  surrogate's training gradient on them with the gradient that would do that.
 
 Poison success is the share of triggered test images from other classes that the
-trained classifier assigns to the target class.
+trained classifier assigns to the target class; for a targeted attack (``victims``),
+the share of its chosen test images, untriggered, assigned to the target.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Poisoned:
     labels: np.ndarray
     poisoned: np.ndarray  # indices of the changed training images
     trigger: Callable[[np.ndarray], np.ndarray]  # adds the trigger to test images
+    victims: np.ndarray | None = None  # a targeted attack's chosen test images (indices)
 
 
 def add(images: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -158,6 +164,61 @@ def blend(
     poisoned[chosen] = trigger(images[chosen])
     new_labels[chosen] = target
     return Poisoned(poisoned, new_labels, chosen, trigger)
+
+
+def gradient_matching(
+    images: np.ndarray,
+    labels: np.ndarray,
+    target: int,
+    eps: float,
+    fraction: float,
+    seed: int,
+    surrogate: nn.Module,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    victims: int = 4,
+    steps: int = 240,
+) -> Poisoned:
+    """Witches' Brew. With theta the surrogate's parameters, x_v the chosen test
+    images and x_p + delta the poisons (target-class images, labels kept):
+
+        min_delta  1 - cos( grad_theta L(f(aug(x_p + delta)), y_p),
+                            grad_theta L(f(x_v), target) ),   |delta|_inf <= eps
+
+    by signed Adam through the victim's flips and padded crops."""
+    rng = np.random.default_rng(seed)
+    chosen_victims = choose(np.flatnonzero(test_labels != target), victims, rng)
+    chosen = choose(np.flatnonzero(labels == target), round(fraction * len(images)), rng)
+    surrogate.eval().requires_grad_(True)
+    params = [p for p in surrogate.parameters() if p.requires_grad]
+    device = params[0].device
+    x_v = to_tensor(test_images[chosen_victims]).to(device)
+    adversarial = torch.full((len(x_v),), target, device=device)
+    wanted = torch.autograd.grad(F.cross_entropy(surrogate(x_v), adversarial), params)
+    wanted = torch.cat([g.flatten() for g in wanted]).detach()
+    x_p = to_tensor(images[chosen]).to(device)
+    y_p = torch.full((len(x_p),), target, device=device)
+    bound = eps * 2  # in [-1, 1] units
+    delta = torch.zeros_like(x_p, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=bound / 10)
+    views = torch.Generator(device=device).manual_seed(seed)
+    for _ in range(steps):
+        seen = flip_and_crop((x_p + delta).clamp(-1, 1), views, flip=True, pad=CROP_PADDING)
+        loss = F.cross_entropy(surrogate(seen), y_p)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        alignment = F.cosine_similarity(torch.cat([g.flatten() for g in grads]), wanted, dim=0)
+        (step,) = torch.autograd.grad(1 - alignment, delta)
+        optimizer.zero_grad()
+        delta.grad = step.sign()
+        optimizer.step()
+        with torch.no_grad():
+            delta.clamp_(-bound, bound)
+    surrogate.requires_grad_(False)
+    perturbation = np.round(delta.detach().cpu().numpy().transpose(0, 2, 3, 1) * 127.5)
+    perturbation = np.clip(perturbation, -round(eps * 255), round(eps * 255))
+    poisoned = images.copy()
+    poisoned[chosen] = add(images[chosen], perturbation)
+    return Poisoned(poisoned, labels.copy(), chosen, lambda test: test, chosen_victims)
 
 
 def poison_success(predictions: np.ndarray, true_labels: np.ndarray, target: int) -> float:

@@ -24,6 +24,7 @@ ATTACKS = (
     "narcissus-x3",
     "narcissus-grid",
     "narcissus-adaptive",
+    "gradient-matching",
     "patch",
     "patch-clean",
     "blend",

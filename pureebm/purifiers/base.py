@@ -59,5 +59,4 @@ def no_sweep(purifier: Purifier, sweep: Collection[int]) -> None:
 
 
 def built_with(spec: Any, model: Any) -> str:
-    ref = f" on {model.manifest.name}:{model.manifest.version}" if model is not None else ""
-    return f"{spec.summary()}{ref}"
+    return spec.summary() + (f" on {model.manifest.ref}" if model is not None else "")

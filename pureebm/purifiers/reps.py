@@ -75,6 +75,7 @@ class RepsPurifier(Purifier):
         self, spec: RepsSpec, ebm: LangevinPurifier, ddpm: DDPMPurifier, name: str
     ) -> None:
         self.spec, self.ebm, self.ddpm, self.name = spec, ebm, ddpm, name
+        self.scorer = LangevinPurifier(ebm.spec.scoring(), ebm.model, ebm.device, ebm.speedups)
         self.image_size = ebm.image_size
         self.channels = ebm.channels
         self.size_multiple = ddpm.size_multiple
@@ -97,8 +98,5 @@ class RepsPurifier(Purifier):
             images = self.ddpm.purify_batch(
                 langevin.images, positions, derived_seed(seed, round_, 1)
             ).images
-        scorer = LangevinPurifier(
-            self.ebm.spec.scoring(), self.ebm.model, self.ebm.device, self.ebm.speedups
-        )
-        after = scorer.purify_batch(images, positions, 0).energy_before
+        after = self.scorer.purify_batch(images, positions, 0).energy_before
         return Purified(images, before, after)  # type: ignore[arg-type]

@@ -76,7 +76,7 @@ def recalibrate(
     device = resolve_device(device)
     model = registry.load(ref, device)
     old = model.manifest
-    if not isinstance(old.purifier, LangevinSpec) or old.purifier.family != "langevin":
+    if old.purifier.family != "langevin":
         raise ValueError(f"{old.ref} is not an EBM's Langevin preset: nothing to calibrate")
     clean = as_training_images(heldout, channels=old.channels).permute(0, 3, 1, 2).contiguous()
     if settings is None:

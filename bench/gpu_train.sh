@@ -40,7 +40,7 @@ if [ -d .whl ] && [ -z "${SMOKE:-}" ]; then  # the wheels are for the device's P
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 export TQDM_MININTERVAL=${TQDM_MININTERVAL:-15}  # a progress line every 15 s in the logs
-REGISTRY=$(mktemp -d)
+REGISTRY=${REGISTRY:-$(mktemp -d)}  # may hold an entry to reuse: EBM_SECONDS=0 skips training one
 WORK=$(mktemp -d)
 LOGS=$WORK/logs
 mkdir -p "$LOGS"
@@ -100,7 +100,7 @@ refs=()
 [ -d "$REGISTRY/$DDPM_NAME" ] && refs+=(--ddpm "$DDPM_NAME")
 if [ "$(left)" -gt 30 ] && [ ${#refs[@]} -gt 0 ]; then
   timeout -s KILL $(( $(left) - 25 )) python3 -m bench.throughput "${refs[@]}" \
-    --registry "$REGISTRY" --images "${BENCH_IMAGES:-2048}" --batch-size "${BENCH_BATCH:-1024}" \
+    --registry "$REGISTRY" --data "$DATA" --images "${BENCH_IMAGES:-2048}" --batch-size "${BENCH_BATCH:-1024}" \
     --ebm-steps "${BENCH_EBM_STEPS:-150}" --ddpm-steps "${BENCH_DDPM_STEPS:-75}" \
     --out "$LOGS/throughput.json" 2>&1 | tee "$LOGS/throughput.log" || true
 fi

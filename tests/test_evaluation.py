@@ -241,8 +241,11 @@ def test_a_targeted_attack_is_measured_on_its_victims_with_der_and_worst_case(
         model="tiny",
         registry=str(tiny_registry),
         out=str(tmp_path / "out"),
+        defend_test=False,
     )
     result = evaluate(config)
+    # no '+test' rows: clean, none and the defence
+    assert [r["defence"] for r in result["rows"]] == ["clean", "none", "jpeg:quality=75"]
     # four victims: success is a multiple of a quarter
     assert {r["poison_success"] * 4 % 1 for r in result["rows"]} == {0.0}
     assert "der" in result["summary"]["16/255"]["jpeg:quality=75"]

@@ -70,6 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split-seed", type=int, default=defaults.split_seed, help="seed of the test split"
     )
+    p.add_argument(
+        "--no-test-defence",
+        dest="defend_test",
+        action="store_false",
+        help="leave out the '+test' rows (test images purified too): a slow purifier's "
+        "cost on the test set, once, and on its triggered copy, per attack",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(run=run_eval)
 
@@ -104,6 +111,7 @@ def run_eval(args: argparse.Namespace) -> None:
         url=args.url,
         out=args.out,
         split_seed=args.split_seed,
+        defend_test=args.defend_test,
     )
     result = evaluate(config)
     print(markdown_table(result))

@@ -51,3 +51,4 @@ class EvalConfig:
     url: str | None = None  # purify through a running service instead of in-process
     out: str = "runs/eval"
     split_seed: int = 0
+    defend_test: bool = True  # also the '+test' rows: test images purified at inference

@@ -314,7 +314,7 @@ def evaluate(config: EvalConfig) -> dict:
         train_x, train_y = train_x[: config.limit], train_y[: config.limit]
     defender = Defender(config, train_x)
     kept = {spec: psnr(defender.clean_defended[spec], train_x) for spec in defender.specs}
-    defended_test = defender.apply_all(test_x)
+    defended_test = defender.apply_all(test_x) if config.defend_test else {}
     # the classifier trained on clean data: the "clean" row
     clean_nets = {
         seed: train_classifier(train_x, train_y, replace(config.classifier, seed=seed))
@@ -351,7 +351,7 @@ def evaluate(config: EvalConfig) -> dict:
         defended, energy = defender.defend_all(poisoned)
         others = np.setdiff1d(np.arange(len(train_x)), changed)
         attack_rows.append({**common, "energy_auroc": auroc(energy[changed], energy[others])})
-        defended_triggered = defender.apply_all(triggered)
+        defended_triggered = defender.apply_all(triggered) if config.defend_test else {}
         trigger = poisoned.images[changed].astype(np.int16) - train_x[changed]
         for spec, training_set in defended.items():
             settings = replace(config.classifier, seed=seed)
@@ -370,7 +370,8 @@ def evaluate(config: EvalConfig) -> dict:
                     **proxies,
                 }
             )
-            if spec != "none":
+            tested = spec != "none" and config.defend_test
+            if tested:
                 rows.append(
                     {
                         **common,
@@ -385,7 +386,7 @@ def evaluate(config: EvalConfig) -> dict:
                         ),
                     }
                 )
-            for row in rows[-1 if spec == "none" else -2 :]:  # the defence's row and '+test'
+            for row in rows[-2 if tested else -1 :]:  # the defence's row and its '+test'
                 tqdm.write(
                     f"eps {eps * 255:.0f}/255 seed {seed} target {target} "
                     f"{row['defence']:<20} accuracy {row['natural_accuracy']:.3f} "

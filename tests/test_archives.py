@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -375,15 +376,70 @@ def test_content_that_would_pass_unpurified_is_refused_naming_the_member(
             open_container(src)
 
 
-def test_an_npz_with_a_second_array_of_images_is_refused(tmp_path, cifar):
+def test_an_npz_with_a_second_array_that_could_hold_images_is_refused(tmp_path, cifar):
     images = cifar["images"][:2]
-    both = tmp_path / "both.npz"
-    np.savez(both, images=images, test_images=images, masks=images[..., 0], labels=[1, 2])
-    with pytest.raises(UnsupportedInput, match="'test_images'"):
-        open_container(both)
-    masks = tmp_path / "masks.npz"  # N x H x W uint8 beside the images: metadata (masks)
-    np.savez(masks, images=images, masks=images[..., 0], labels=[1, 2])
-    assert len(open_container(masks).image_names()) == 2
+    candidates = {
+        "test_images": images,  # N x H x W x C
+        "masks": images[..., 0],  # N x H x W
+        "train_chw": images.transpose(0, 3, 1, 2).copy(),  # N x C x H x W
+        "floats": images.astype(np.float32) / 255,
+    }
+    for key, array in candidates.items():
+        both = tmp_path / f"{key}.npz"
+        np.savez(both, images=images, labels=[1, 2], **{key: array})
+        with pytest.raises(UnsupportedInput, match=f"'{key}'"):
+            open_container(both)
+    small = tmp_path / "small.npz"  # 4 x 4 boxes per image: metadata, not images
+    np.savez(small, images=images, boxes=np.zeros((2, 4, 4), np.uint8), labels=[1, 2])
+    assert len(open_container(small).image_names()) == 2
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_every_npz_member_comes_back_under_its_name_byte_for_byte(tmp_path, cifar, compressed):
+    images = cifar["images"][:3]
+    others = {"file": npy_bytes(np.arange(3)), "allow_pickle.npy": npy_bytes(np.array([7]))}
+    others |= {"labels.npy": npy_bytes(np.array([1, 2, 3]))}
+    src = tmp_path / "in.npz"
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(src, "w", method) as z:
+        z.writestr("file.npy", others["file"])
+        z.writestr("images.npy", npy_bytes(images))
+        for name in ("allow_pickle.npy", "labels.npy"):
+            z.writestr(name, others[name])
+    container = open_container(src)
+    container.write(tmp_path / "out.npz", inverted(container))
+    with zipfile.ZipFile(tmp_path / "out.npz") as out:
+        assert out.namelist() == ["file.npy", "images.npy", "allow_pickle.npy", "labels.npy"]
+        assert {i.compress_type for i in out.infolist()} == {method}
+        assert out.read("file.npy") == others["file"]
+        for name in ("allow_pickle.npy", "labels.npy"):
+            assert out.read(name) == others[name]
+        written = np.load(io.BytesIO(out.read("images.npy")))
+    np.testing.assert_array_equal(written, 255 - images)
+
+
+def test_an_npz_with_a_member_twice_is_refused(tmp_path, cifar):
+    src = tmp_path / "twice.npz"
+    with zipfile.ZipFile(src, "w") as z, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate it writes
+        z.writestr("images.npy", npy_bytes(cifar["images"][:2]))
+        z.writestr("labels.npy", npy_bytes(np.array([1, 2])))
+        z.writestr("labels.npy", npy_bytes(np.array([3, 4])))
+    with pytest.raises(UnsafeInput, match=r"'labels\.npy' appears twice"):
+        open_container(src)
+
+
+def test_an_npz_is_checked_from_its_headers_and_its_images_mapped_not_loaded(tmp_path, cifar):
+    src = tmp_path / "big.npz"
+    padding = np.zeros(64 << 20, np.uint8)  # 64 MiB beside the images: never read
+    np.savez(src, images=cifar["images"][:4], padding=padding)
+    container = open_container(src)
+    assert isinstance(container.images, np.memmap)
+    np.testing.assert_array_equal(container.picture(3).rgb, cifar["images"][3])
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, images=cifar["images"][:4].astype(np.float32))
+    with pytest.raises(UnsupportedInput, match="uint8"):
+        open_container(floats)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -100,9 +100,9 @@ def member_kind(name: str, head: bytes) -> Literal["image", "file"]:
             f"member {name!r} is a {archive} archive inside the archive, whose images "
             "would not be purified: unpack it into the outer archive"
         )
-    if (header := npy_header(head)) is not None and image_shaped(header[1], header[0]):
+    if (header := npy_header(head)) is not None and image_shaped(header.dtype, header.shape):
         raise UnsupportedInput(
-            f"member {name!r} is an npy array of images {header[0]}: send it as an npz "
+            f"member {name!r} is an npy array of images {header.shape}: send it as an npz "
             "with an 'images' array"
         )
     if image_format_of(name):

@@ -1,90 +1,98 @@
-"""npz files: an image array, purified, and every other array back byte for byte."""
+"""npz files: an image array, purified, and every other member back byte for byte."""
 
 from __future__ import annotations
 
+import shutil
 import zipfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pureebm.containers.base import (
-    Container,
-    Lookup,
-    Member,
-)
-from pureebm.containers.npy import check_npy_headers, image_shaped
+from pureebm.containers.base import COPY_CHUNK, Container, Lookup, Member
+from pureebm.containers.npy import NpyHeader, image_shaped, npz_headers
 from pureebm.images import (
     InputTooLarge,
     Limits,
     Picture,
+    UnsafeInput,
     UnsupportedInput,
     restore_mode,
 )
+
+IMAGES = "images.npy"
+LOCAL_HEADER = 30  # a zip local file header's fixed part
 
 
 class NpzContainer(Container):
     """npz with ``images`` (uint8, N x H x W or N x H x W x C, C in 1, 3, 4).
 
-    Image members are named ``images/<index>``; every other key is carried
-    through unchanged.
+    Image members are named ``images/<index>``. Only the images are read: from the
+    file through a memory map where the member is stored, else decompressed once.
+    Every other member is checked from its header and copied through byte for byte.
     """
 
     kind = "npz"
 
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path, self.limits = path, limits
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            self.compressed = any(i.compress_type != zipfile.ZIP_STORED for i in infos)
-            total = sum(i.file_size for i in infos)
+        self._images: np.ndarray | None = None
+        try:
+            with zipfile.ZipFile(path) as archive:
+                infos = archive.infolist()
+                headers = npz_headers(archive, limits)
+        except zipfile.BadZipFile as e:
+            raise UnsupportedInput(f"unreadable npz: {e}") from e
+        repeated = [name for name, n in Counter(i.filename for i in infos).items() if n > 1]
+        if repeated:
+            raise UnsafeInput(f"npz member {repeated[0]!r} appears twice")
+        total = sum(i.file_size for i in infos)
         if total > limits.max_uncompressed(path.stat().st_size):
             raise InputTooLarge(
                 f"npz of {total} bytes uncompressed is over the size or compression-ratio limit"
             )
-        check_npy_headers(path, limits)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                self.arrays = {key: npz[key] for key in npz.files}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            raise UnsupportedInput(f"unreadable npz (object arrays are refused): {e}") from e
-        images = self.arrays.get("images")
-        if images is None:
+        self.info = next((i for i in infos if i.filename == IMAGES), None)
+        if self.info is None:
             raise UnsupportedInput("the npz has no 'images' array")
+        self.header = header = headers[IMAGES]
+        shape = header.shape
         if (
-            images.dtype != np.uint8
-            or images.ndim not in (3, 4)
-            or (images.ndim == 4 and images.shape[3] not in (1, 3, 4))
+            header.dtype != np.uint8
+            or len(shape) not in (3, 4)
+            or (len(shape) == 4 and shape[3] not in (1, 3, 4))
         ):
             raise UnsupportedInput(
-                "'images' must be uint8 NHW or NHWC with C in 1, 3, 4; "
-                f"got {images.dtype} {images.shape}"
+                f"'images' must be uint8 NHW or NHWC with C in 1, 3, 4; got {header.dtype} {shape}"
             )
-        for key, array in self.arrays.items():
-            if key != "images" and image_shaped(array.dtype, array.shape):
+        for name, other in headers.items():
+            if name != IMAGES and image_shaped(other.dtype, other.shape):
                 raise UnsupportedInput(
-                    f"npz array {key!r} {array.shape} holds images, which would pass through "
-                    "unpurified: send one array of images, 'images', per npz"
+                    f"npz array {name[:-4]!r} {other.shape} could hold images, which would pass "
+                    "through unpurified: send one array of images, 'images', per npz"
                 )
-        if 0 in images.shape[1:]:
-            raise UnsupportedInput(f"npz images of shape {images.shape} hold no pixels")
-        limits.check_size(width=images.shape[2], height=images.shape[1])
-        self.members = [
-            Member(f"images/{i}", "image", images[i].nbytes) for i in range(len(images))
-        ]
-        if len(self.members) > limits.max_members:
-            raise InputTooLarge(
-                f"{len(self.members)} images is over the {limits.max_members} limit"
-            )
-        if not self.members:
+        if 0 in shape[1:]:
+            raise UnsupportedInput(f"npz images of shape {shape} hold no pixels")
+        limits.check_size(width=shape[2], height=shape[1])
+        if shape[0] > limits.max_members:
+            raise InputTooLarge(f"{shape[0]} images is over the {limits.max_members} limit")
+        if not shape[0]:
             raise UnsupportedInput("the npz holds no images")
+        row_bytes = header.nbytes // shape[0]
+        self.members = [Member(f"images/{i}", "image", row_bytes) for i in range(shape[0])]
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = read_images(self.path, self.info, self.header)
+        return self._images
 
     def iter_images(self, positions: Sequence[int] | None = None) -> Iterator[tuple[str, Picture]]:
         for index in range(len(self.members)) if positions is None else positions:
             yield self.members[index].name, self.picture(index)
 
     def picture(self, index: int) -> Picture:
-        row = self.arrays["images"][index]
+        row = np.asarray(self.images[index])
         channels = 1 if row.ndim == 2 else row.shape[2]
         gray = row if row.ndim == 2 else row[..., 0]
         if channels == 1:
@@ -97,12 +105,46 @@ class NpzContainer(Container):
         )
 
     def write(self, dst: Path, purified: Lookup) -> None:
-        images = self.arrays["images"].copy()
+        """The same members in the same order: ``images`` with each purified row,
+        every other member copied as sent."""
+        images = np.array(self.images)
         for index in range(len(self.members)):
             picture = purified(index)
             if picture is not None:  # else the row stays as sent
                 images[index] = np.asarray(restore_mode(picture)).reshape(images[index].shape)
-        arrays = {**self.arrays, "images": images}
-        save = np.savez_compressed if self.compressed else np.savez
-        with dst.open("wb") as f:
-            save(f, **arrays)
+        with zipfile.ZipFile(self.path) as src, zipfile.ZipFile(dst, "w") as out:
+            for info in src.infolist():
+                copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                copy.compress_type = info.compress_type
+                large = info.file_size > 1 << 30 or images.nbytes > 1 << 30
+                with out.open(copy, "w", force_zip64=large) as f:
+                    if info.filename == IMAGES:
+                        np.lib.format.write_array(f, images, allow_pickle=False)
+                    else:
+                        with src.open(info) as member:
+                            shutil.copyfileobj(member, f, COPY_CHUNK)
+
+
+def read_images(path: Path, info: zipfile.ZipInfo, header: NpyHeader) -> np.ndarray:
+    """The ``images`` array: a read-only memory map of the file where the member is
+    stored uncompressed, else read once through the decompressor."""
+    order = "F" if header.fortran_order else "C"
+    if info.compress_type == zipfile.ZIP_STORED:
+        with path.open("rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(LOCAL_HEADER)
+        name_length = int.from_bytes(local[26:28], "little")
+        extra_length = int.from_bytes(local[28:30], "little")
+        start = info.header_offset + LOCAL_HEADER + name_length + extra_length
+        return np.memmap(path, header.dtype, "r", start + header.data_offset, header.shape, order)
+    with zipfile.ZipFile(path) as archive, archive.open(info) as f:
+        f.read(header.data_offset)
+        data = np.empty(header.shape, header.dtype, order=order)
+        view = memoryview(data.reshape(-1, order="A")).cast("B")
+        filled = 0
+        while filled < len(view):
+            chunk = f.readinto(view[filled : filled + COPY_CHUNK])
+            if not chunk:
+                raise UnsupportedInput("the npz's 'images' member ends early")
+            filled += chunk
+        return data

@@ -4,9 +4,11 @@ checks each against the real stack; bench/soak.py mixes them into its load."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import tarfile
+import warnings
 import zipfile
 import zlib
 
@@ -80,6 +82,13 @@ REFUSED = {
     "a 16-bit colour PNG": (415, {"files": ("a.png", "SIXTEEN_BIT_RGB")}, {}),
     "a zip inside a zip": (415, {"archive": ("a.zip", "NESTED_ZIP")}, {}),
     "an animated PNG": (415, {"files": ("a.png", "APNG")}, {}),
+    "a pax header of 48,000 digits": (422, {"archive": ("a.tar.gz", "PAX_DIGITS")}, {}),
+    "a GNU long name declaring 16 MiB": (422, {"archive": ("a.tar.gz", "LONG_NAME")}, {}),
+    "a zip declaring 400,000 members": (413, {"archive": ("a.zip", "MANY_ENTRIES")}, {}),
+    "a zip member with a bad CRC": (415, {"archive": ("a.zip", "BAD_CRC")}, {}),
+    "an npz of float images beside 64 MiB of zeros": (415, {"archive": ("a.npz", "NPZ_BOMB")}, {}),
+    "an npz with a member twice": (422, {"archive": ("a.npz", "NPZ_TWICE")}, {}),
+    "an npz with a second N x H x W array": (415, {"archive": ("a.npz", "NPZ_SECOND")}, {}),
     "two archives": (400, "TWO_ARCHIVES", {}),
     "both fields": (400, "BOTH", {}),
 }
@@ -112,6 +121,60 @@ def sixteen_bit_rgb_png(rgb: np.ndarray) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     chunks = [chunk(b"IHDR", header), chunk(b"IDAT", zlib.compress(rows)), chunk(b"IEND", b"")]
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def extended_header_targz(kind: bytes, size: int, cifar) -> bytes:
+    """A tar.gz whose first header is an extended one (pax 'x', GNU long name 'L') of
+    ``size`` bytes (digits for pax, zeros for 'L'), then one PNG."""
+    header = tarfile.TarInfo("././@Extended").tobuf(format=tarfile.USTAR_FORMAT)
+    header = bytearray(header)
+    header[124:136] = f"{size:011o}\0".encode()
+    header[156:157] = kind
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    body = (b"9" if kind == b"x" else b"\0") * size
+    padding = bytes(-size % 512)
+    return gzip.compress(
+        bytes(header) + body + padding + tar_bytes([("a.png", png(cifar["images"][0]))])
+    )
+
+
+def zip_declaring(entries: int, cifar) -> bytes:
+    """A small zip whose zip64 end-of-directory record declares ``entries`` members."""
+    data = zip_bytes({"a.png": png(cifar["images"][0])})
+    end = data.rfind(b"PK\x05\x06")
+    directory_size = int.from_bytes(data[end + 12 : end + 16], "little")
+    directory_offset = int.from_bytes(data[end + 16 : end + 20], "little")
+    record = b"PK\x06\x06" + struct.pack(
+        "<QHHIIQQQQ", 44, 45, 45, 0, 0, entries, entries, directory_size, directory_offset
+    )
+    locator = b"PK\x06\x07" + struct.pack("<IQI", 0, end, 1)
+    classic = bytearray(data[end:])
+    classic[8:12] = b"\xff\xff\xff\xff"
+    return data[:end] + record + locator + bytes(classic)
+
+
+def bad_crc_zip(cifar) -> bytes:
+    """A zip of an image and a stored 100 KB labels.txt with one bit flipped."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("a.png", png(cifar["images"][0]))
+        archive.writestr("labels.txt", b"7\n" * 51_000)
+    data = bytearray(buffer.getvalue())
+    data[data.find(b"7\n7\n") + 60_000] ^= 1
+    return bytes(data)
+
+
+def npz_bytes(members: list[tuple[str, np.ndarray]], compressed: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer, "w", method) as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a repeated name is the point of one case
+        for name, array in members:
+            npy = io.BytesIO()
+            np.save(npy, array)
+            archive.writestr(name + ".npy", npy.getvalue())
+    return buffer.getvalue()
 
 
 def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
@@ -176,6 +239,27 @@ def materialise(spec, cifar):
             buffer = io.BytesIO()
             frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
             data = buffer.getvalue()
+        elif data in ("PAX_DIGITS", "LONG_NAME"):
+            kind, size = (b"x", 48_000) if data == "PAX_DIGITS" else (b"L", 16 << 20)
+            data = extended_header_targz(kind, size, cifar)
+        elif data == "MANY_ENTRIES":
+            data = zip_declaring(400_000, cifar)
+        elif data == "BAD_CRC":
+            data = bad_crc_zip(cifar)
+        elif data == "NPZ_BOMB":
+            images = cifar["images"][:2].astype(np.float32)
+            zeros = np.zeros(64 << 20, np.uint8)
+            noise = np.random.default_rng(0).integers(0, 256, 300_000, np.uint8)  # under 250x
+            arrays = [("zeros", zeros), ("noise", noise), ("images", images)]
+            data = npz_bytes(arrays, compressed=True)
+        elif data == "NPZ_TWICE":
+            labels = np.array([1, 2])
+            data = npz_bytes(
+                [("images", cifar["images"][:2]), ("labels", labels), ("labels", labels)]
+            )
+        elif data == "NPZ_SECOND":
+            images = cifar["images"][:2]
+            data = npz_bytes([("images", images), ("test_images", images[..., 0])])
         elif data == "DUPLICATE":
             data = tar_bytes(
                 [("same.png", png(cifar["images"][0])), ("same.png", png(cifar["images"][1]))]

@@ -27,19 +27,20 @@ from pureebm.containers.folder import Folder
 from pureebm.containers.npz import NpzContainer
 from pureebm.containers.single import SingleImage
 from pureebm.containers.tar_archive import TarContainer, tar_compression
-from pureebm.containers.zip_archive import ZipContainer
+from pureebm.containers.zip_archive import ZipContainer, check_declared_entries
 from pureebm.images import Limits, UnsupportedInput, image_format_of, sniff_format
 
 __all__ = ["Container", "Kind", "detect_kind", "load_image_array", "open_container"]
 
 
-def detect_kind(path: Path) -> Kind:
+def detect_kind(path: Path, limits: Limits = Limits()) -> Kind:
     """The container kind, from the content (not the name) except for npz vs zip."""
     if path.is_dir():
         return "folder"
     with path.open("rb") as f:
         head = f.read(512)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        check_declared_entries(path, limits)
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
@@ -67,7 +68,7 @@ CONTAINERS: dict[Kind, type[Container]] = {
 def open_container(path: str | Path, limits: Limits = Limits()) -> Container:
     """Open and check a container; raises a FormatError subclass naming the fault."""
     path = Path(path)
-    kind = detect_kind(path)
+    kind = detect_kind(path, limits)
     try:
         return CONTAINERS[kind](path, limits)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:

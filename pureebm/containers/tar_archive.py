@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import tarfile
 from pathlib import Path
 
@@ -40,6 +43,7 @@ class TarContainer(Archive[tarfile.TarFile]):
         # checked at each header, before the member's data is decompressed to skip it; a
         # plain tar too, whose sparse members can declare far more than the file holds
         max_total = limits.max_uncompressed(path.stat().st_size)
+        check_tar_headers(path, self.compression, max_total)
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
                 check_member_name(info.name)
@@ -93,6 +97,53 @@ def tar_compression(path: Path) -> str | None:
     if head.startswith(b"\xfd7zXZ\x00"):
         return "xz"
     return None
+
+
+BLOCK = 512
+# Extended headers (pax 'x' and 'g', GNU long names 'L' and 'K') are parsed whole by
+# Python's tarfile, the pax ones in time quadratic in their length (CVE-2024-6232 in
+# 3.11.7): so their declared sizes are checked first, from the raw blocks.
+MAX_EXTENDED_HEADER = {b"x": 16 << 10, b"g": 16 << 10, b"L": 8 << 10, b"K": 8 << 10}
+OPENERS = {"gz": gzip.open, "bz2": bz2.open, "xz": lzma.open}
+
+
+def header_size(block: bytes) -> int:
+    """A tar header's size field: octal digits, or GNU base-256."""
+    field = block[124:136]
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits or b"0", 8)
+    except ValueError as e:
+        raise UnsupportedInput(f"a tar header with a corrupt size field {field!r}") from e
+
+
+def check_tar_headers(path: Path, compression: str | None, max_total: int) -> None:
+    """Walk the raw 512-byte headers, before tarfile parses any: refuse an extended
+    header over MAX_EXTENDED_HEADER and an archive over ``max_total`` bytes."""
+    opener = OPENERS.get(compression or "", open)
+    walked = 0
+    with opener(path, "rb") as f:
+        while block := f.read(BLOCK):
+            if len(block) < BLOCK or block == bytes(BLOCK):
+                return  # the end-of-archive blocks, or a truncation tarfile reports
+            size = header_size(block)
+            limit = MAX_EXTENDED_HEADER.get(block[156:157])
+            if limit is not None and size > limit:
+                kind = block[156:157].decode()
+                raise UnsafeInput(
+                    f"a tar extended header ('{kind}') of {size} bytes: over the {limit}-byte limit"
+                )
+            walked += BLOCK + size
+            if walked > max_total:
+                raise InputTooLarge("the archive is over its size or compression-ratio limit")
+            skip = -(-size // BLOCK) * BLOCK
+            if compression is None:
+                f.seek(skip, io.SEEK_CUR)
+            else:
+                while skip:
+                    skip -= len(f.read(min(skip, 1 << 20))) or skip
 
 
 def read_tar_member(

@@ -30,6 +30,7 @@ class ZipContainer(Archive[zipfile.ZipFile]):
 
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path, self.limits = path, limits
+        check_declared_entries(path, limits)
         with zipfile.ZipFile(path) as archive:
             self.members = self.list_members(archive, limits)
         self.check_totals(limits, compressed_bytes=path.stat().st_size)
@@ -60,10 +61,12 @@ class ZipContainer(Archive[zipfile.ZipFile]):
                 continue
             try:
                 with archive.open(info) as f:
-                    head = f.read(SNIFF_BYTES)
+                    kind = member_kind(info.filename, f.read(SNIFF_BYTES))
+                    if kind == "file":  # read to its end, so a bad CRC is refused now
+                        while f.read(COPY_CHUNK):
+                            pass
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as e:
                 raise UnsupportedInput(f"corrupt zip member {info.filename!r}: {e}") from e
-            kind = member_kind(info.filename, head)
             members.append(Member(info.filename, kind, info.file_size))
         return members
 
@@ -84,6 +87,32 @@ class ZipContainer(Archive[zipfile.ZipFile]):
                     copy_zip_member(src, out, info)
                 else:
                     out.writestr(info, data, compress_type=info.compress_type)
+
+
+END_OF_DIRECTORY = b"PK\x05\x06"
+ZIP64_LOCATOR = b"PK\x06\x07"
+END_SEARCH = 22 + 0xFFFF  # the record and the longest comment
+
+
+def check_declared_entries(path: Path, limits: Limits) -> None:
+    """Refuse a zip whose end-of-central-directory record declares more entries than
+    ``limits.max_members``, before the directory is parsed (zipfile reads all of it)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(0, size - END_SEARCH))
+        tail = f.read()
+        end = tail.rfind(END_OF_DIRECTORY)
+        if end < 0 or len(tail) < end + 22:
+            return  # not a zip: zipfile says so
+        entries = int.from_bytes(tail[end + 10 : end + 12], "little")
+        locator = end - 20
+        if entries == 0xFFFF and locator >= 0 and tail[locator : locator + 4] == ZIP64_LOCATOR:
+            f.seek(int.from_bytes(tail[locator + 8 : locator + 16], "little") + 32)
+            entries = int.from_bytes(f.read(8), "little")
+    if entries > limits.max_members:
+        raise InputTooLarge(
+            f"the zip declares {entries} members: over the {limits.max_members} limit"
+        )
 
 
 ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}

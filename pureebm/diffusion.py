@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pureebm.interrupts import checkpoint
 from pureebm.langevin import resolve_device, to_uint8, to_unit_range
 from pureebm.noise import ImageNoise, gaussian
 from pureebm.purifiers.base import Purified
@@ -138,11 +139,13 @@ def ddpm_chain(
     noise: Callable[[int], torch.Tensor],
 ) -> torch.Tensor:
     """Diffuse ``x0`` to t* with ``noise(0)``, then run t* reverse steps; ``noise(k)``
-    is the k-th reverse step's z (step t = t* - k + 1)."""
+    is the k-th reverse step's z (step t = t* - k + 1). Each step is a
+    cancellation point (``pureebm.interrupts``)."""
     if t_star == 0:
         return x0
     x = diffuse(x0, abar, t_star, noise(0))
     for k, t in enumerate(range(t_star, 0, -1), 1):
+        checkpoint()
         x = reverse_step(x, eps_theta(x, t), abar, t, noise(k) if t > 1 else None)
     return x
 

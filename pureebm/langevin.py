@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pureebm.interrupts import checkpoint
 from pureebm.nets import Valid
 from pureebm.noise import ImageNoise
 from pureebm.purifiers.base import Purified
@@ -46,13 +47,15 @@ def langevin_chain(
     ``noise(t)`` is step t's N(0, I) draw, t = 1 .. T. ``bounds`` clamps x after
     every step; the purifier never does, EBM training does to keep its sampling
     chains inside the data range. ``on_step(t, x_t)`` sees every state, x_0
-    included, so one chain serves a sweep over T.
+    included, so one chain serves a sweep over T. Each step is a cancellation
+    point (``pureebm.interrupts``).
     """
     drift = eps**2 / 2 / tau
     x = x.detach()
     if on_step is not None:
         on_step(0, x)
     for t in range(1, steps + 1):
+        checkpoint()
         x = x.requires_grad_(True)
         (grad_e,) = torch.autograd.grad(energy(x).sum(), x)
         x = x.detach() - drift * grad_e + eps * noise(t)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 from redis import Redis
 from redis.exceptions import NoPermissionError, RedisError
 from rq import Queue, Worker
@@ -196,6 +197,64 @@ def test_a_finaliser_that_keeps_failing_is_retried_then_fails_the_job(
             assert "finalising failed" in job["error"]
         finaliser = Job.fetch(f"{job_id}-finalize", connection=stack.redis)
         assert finaliser.get_status() == "failed" and finaliser.retries_left == 0
+    finally:
+        stack.stop()
+
+
+def test_a_canceled_job_frees_its_worker_mid_chain(tmp_path, tiny_registry, cifar):
+    """One 1-megapixel image at T = 2,000 holds the only worker for many minutes;
+    deleting the job stops the chain at its next step's check, and the worker takes
+    the next job at once."""
+    stack = Stack(tmp_path, tiny_registry)
+    try:
+        worker = stack.start_worker()
+        large = np.tile(cifar["images"][0], (32, 32, 1))  # 1024 x 1024
+        with stack.client() as client:
+            created = client.post(
+                "/v1/jobs", files={"files": ("large.png", png(large))}, data={"steps": "2000"}
+            )
+            assert created.status_code == 202, created.text
+            wait_until_busy_with(stack, worker, "-shard-0")
+            assert client.delete(f"/v1/jobs/{created.json()['id']}").status_code == 200
+            next_job = submit_zip(client, cifar_members(cifar, 1), steps=1)
+            job = stack.wait_job(client, next_job, timeout=60)
+            assert job["status"] == "finished", job["error"]
+    finally:
+        stack.stop()
+
+
+def test_a_finaliser_that_meets_a_corrupt_input_fails_the_job_at_once(
+    tmp_path, tiny_registry, cifar
+):
+    """A stored member of the input is corrupted on disk after its shards ran: the
+    finaliser's error is the input's, the same on every attempt, so the job fails
+    with it at once and the finaliser is not retried."""
+    stack, hold = held_stack(tmp_path, tiny_registry)
+    hold.write_text("finalize")
+    try:
+        stack.start_worker()
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("a.png", png(cifar["images"][0]))
+            archive.writestr("labels.txt", b"7\n" * 50_000)
+        with stack.client() as client:
+            created = client.post("/v1/jobs", files={"archive": ("set.zip", buffer.getvalue())})
+            assert created.status_code == 202, created.text
+            job_id = created.json()["id"]
+            stack.wait_for(
+                lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] == 1,
+                "the shard",
+                120,
+            )
+            stored = stack.data_dir / "jobs" / job_id / "input" / "set.zip"
+            data = bytearray(stored.read_bytes())
+            data[data.find(b"7\n7\n") + 50_000] ^= 1
+            stored.write_bytes(bytes(data))
+            hold.unlink()
+            job = stack.wait_job(client, job_id)
+            assert job["status"] == "failed" and "CRC" in job["error"], job
+        finaliser = Job.fetch(f"{job_id}-finalize", connection=stack.redis)
+        assert finaliser.retries_left == 3  # not one retry spent
     finally:
         stack.stop()
 

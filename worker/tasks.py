@@ -24,11 +24,12 @@ from jobs.queue import JobQueue
 from jobs.record import ACTIVE, ImageEnergy, JobRecord, JobStatus, Report
 from jobs.stats import record_shard
 from jobs.store import JobStore
+from pureebm import interrupts
 from pureebm.atomic import atomic_path
 from pureebm.concurrency import Phases
 from pureebm.containers import Container, open_container
 from pureebm.filtering import selected_positions
-from pureebm.images import Picture
+from pureebm.images import FormatError, Picture
 from pureebm.langevin import Speedups
 from pureebm.pipeline import energies_of, purifier_for, purify_pictures, scorer_for
 from pureebm.refs import parse_ref
@@ -36,6 +37,9 @@ from pureebm.registry import LoadedModel, Registry
 from pureebm.shards import OpenShard, assemble, write_shard
 
 log = logging.getLogger("pureebm.worker")
+
+
+CANCEL_CHECK_S = 1.0  # how often a running chain asks whether its job was canceled
 
 
 class JobCanceled(Exception):
@@ -252,6 +256,10 @@ def purify_shard(job_id: str, shard: int, start: int, stop: int) -> int:
         log.info("shard stopped: job canceled", extra={"job_id": job_id, "shard": shard})
         ctx.release(record)
         return 0
+    except FormatError as e:  # the input's fault: the same on every attempt
+        fail(store, record, f"shard {shard}: {e}")
+        ctx.release(record)
+        return 0
     except Exception as e:
         store.update(job_id, error=f"shard {shard}: {e}")
         raise
@@ -283,7 +291,8 @@ def run_shard(
     pictures = ctx.open_input(record).pictures(positions)
     batches = purify_pictures(purifier, pictures, ctx.batch_size, params.seed, positions, phases)
     shard_path = store.folders.shard_path(record.id, shard)
-    with write_shard(shard_path) as writer, contextlib.closing(batches):
+    canceled = interrupts.checking(lambda: stop_if_canceled(store, record.id), CANCEL_CHECK_S)
+    with write_shard(shard_path) as writer, contextlib.closing(batches), canceled:
         for done, item in enumerate(batches, 1):
             with phases.time("write"):
                 writer.add(item)
@@ -333,6 +342,9 @@ def finalize(job_id: str) -> str | None:
             fail(store, record, record.error or f"shards {missing} did not finish")
             return None
         return finish(ctx, store, record)
+    except FormatError as e:  # the input's fault: the same on every attempt
+        fail(store, record, f"finalising failed: {e}")
+        return None
     except Exception as e:
         current = get_current_job()
         if current is None or not current.retries_left:

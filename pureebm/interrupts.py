@@ -1,0 +1,44 @@
+"""Cancellation points inside long chains.
+
+A chain calls ``checkpoint()`` at every step; it does nothing unless the caller
+installed a check with ``checking(check)``, which then runs at most once every
+``interval`` seconds and stops the chain by raising. The worker installs one that
+raises when its job was canceled, so a canceled job frees its worker within
+seconds, however long one batch's chain is. No torch here, and no job concepts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass
+class Check:
+    check: Callable[[], None]  # raises to stop the chain
+    interval: float
+    last: float
+
+
+CURRENT: ContextVar[Check | None] = ContextVar("pureebm_interrupt_check", default=None)
+
+
+def checkpoint() -> None:
+    """Run the installed check if ``interval`` seconds passed since it last ran."""
+    current = CURRENT.get()
+    if current is not None and time.monotonic() - current.last >= current.interval:
+        current.last = time.monotonic()
+        current.check()
+
+
+@contextlib.contextmanager
+def checking(check: Callable[[], None], interval: float = 1.0) -> Iterator[None]:
+    """Run ``check`` at the chains' checkpoints inside this block (in this thread)."""
+    token = CURRENT.set(Check(check, interval, time.monotonic()))
+    try:
+        yield
+    finally:
+        CURRENT.reset(token)

@@ -40,6 +40,10 @@ class Settings(JobSettings):
     body_timeout_s: float = Field(30, gt=0)  # a request body silent this long is cut (408)
     max_uploads_in_flight: int = Field(64, ge=1)  # bodies read at once; others wait, then 503
     max_job_pixels: int = Field(10_000_000_000, ge=1)  # all images of one job together
+    # a job's compute: its purified pixels x the purifier's network passes per image
+    # (Langevin steps, DDPM t*, Reps rounds x both); about 1.6 h of the default model
+    # on the lent H100 (docs/benchmarks.md)
+    max_job_pixel_passes: int = Field(1_000_000_000_000, ge=1)
     # decoded images the API keeps per job for the workers (raw bytes; later ones are
     # decoded again by the workers)
     max_decoded_bytes: int = Field(4 << 30, ge=0)

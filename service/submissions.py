@@ -21,7 +21,7 @@ from jobs.store import JobStore
 from pureebm.filtering import FilterError
 from pureebm.purifiers import Overrides
 from pureebm.registry import Registry
-from pureebm.requests import resolve_request
+from pureebm.requests import Resolved, resolve_request
 from pureebm.shards import cut_shards
 from service.problems import Problem
 from service.schemas import PurifyParams
@@ -89,6 +89,7 @@ class Submitter:
                 archive,
             )
             validate_s = time.perf_counter() - started
+            check_compute(resolved, sum(prepared.pixels), settings.max_job_pixel_passes)
             now = time.time()
             record = JobRecord(
                 id=job_id,
@@ -154,6 +155,21 @@ class Submitter:
         if winner is None:
             raise Problem(409, "a concurrent request with this Idempotency-Key failed: retry")
         return replay(*winner, fingerprint), True
+
+
+def check_compute(resolved: Resolved, pixels: int, limit: int) -> None:
+    """Refuse a job whose compute (purified pixels x network passes) is over ``limit``,
+    saying by how much; a filter that purifies a fraction k counts k of the pixels."""
+    share = resolved.filter if isinstance(resolved.filter, float) else 1.0
+    compute = pixels * share * resolved.purifier.passes()
+    if compute > limit:
+        raise Problem(
+            413,
+            f"the job's compute, {compute:.3g} pixel-passes ({pixels} pixels x "
+            f"{resolved.purifier.passes()} network passes), is {compute / limit:.1f}x the "
+            f"{limit:.3g} limit (PUREEBM_MAX_JOB_PIXEL_PASSES): send fewer or smaller "
+            "images, or fewer steps",
+        )
 
 
 def replay(record: JobRecord, fingerprint: str, request: str) -> JobRecord:

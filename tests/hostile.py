@@ -22,6 +22,7 @@ LIMITS = {
     "max_upload_bytes": 5_000_000,
     "max_pixels": 1_000_000,
     "max_job_pixels": 2_000_000,
+    "max_job_pixel_passes": 100_000_000,
 }
 
 
@@ -89,6 +90,11 @@ REFUSED = {
     "an npz of float images beside 64 MiB of zeros": (415, {"archive": ("a.npz", "NPZ_BOMB")}, {}),
     "an npz with a member twice": (422, {"archive": ("a.npz", "NPZ_TWICE")}, {}),
     "an npz with a second N x H x W array": (415, {"archive": ("a.npz", "NPZ_SECOND")}, {}),
+    "over the job's compute (512 x 512 at T = 2,000)": (
+        413,
+        {"files": ("a.png", "QUARTER_MPX")},
+        {"steps": "2000"},
+    ),
     "two archives": (400, "TWO_ARCHIVES", {}),
     "both fields": (400, "BOTH", {}),
 }
@@ -204,6 +210,8 @@ def materialise(spec, cifar):
             data = png(cifar["images"][0])
         elif data == "STRIP":
             data = png(np.zeros((1, 100_000, 3), np.uint8))
+        elif data == "QUARTER_MPX":
+            data = png(np.tile(cifar["images"][0], (16, 16, 1)))
         elif data == "HUGE":
             data = png(np.zeros((1000, 1200, 3), np.uint8))
         elif data == "BOMB":

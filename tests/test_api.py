@@ -267,6 +267,19 @@ def test_refused_inputs_get_their_status_and_leave_nothing(stack, cifar, case):
     assert stack.job_folders() == folders
 
 
+def test_a_job_over_its_compute_bound_is_told_by_how_much(stack, cifar):
+    """512 x 512 pixels x 2,000 Langevin steps against LIMITS' 1e8 pixel-passes;
+    a filter purifying half the images counts half."""
+    image = {"files": ("a.png", png(np.tile(cifar["images"][0], (16, 16, 1))))}
+    with stack.client() as client:
+        response = client.post("/v1/jobs", files=image, data={"steps": "2000"})
+        assert response.status_code == 413
+        assert "5.24e+08 pixel-passes" in response.json()["detail"]
+        assert "5.2x the 1e+08 limit" in response.json()["detail"]
+        halved = client.post("/v1/jobs", files=image, data={"steps": "2000", "filter": "0.5"})
+        assert "2.6x" in halved.json()["detail"]
+
+
 def test_an_unexpected_error_is_a_problem_json_500_naming_the_job(stack, cifar):
     """A job record damaged in Redis (its params field gone) makes reading it fail
     in a way no handler expects: the answer is still problem+json."""

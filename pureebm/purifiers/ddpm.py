@@ -38,6 +38,9 @@ class DDPMSpec(PurifierSpec):
     def scoring(self) -> DDPMSpec:
         return DDPMSpec(steps=0)
 
+    def passes(self) -> int:
+        return max(self.steps, 1)  # t* U-Net passes
+
     def build(self, model: LoadedModel, load: Any, device: Any, speedups: Any) -> DDPMPurifier:
         return DDPMPurifier(self, model, device)
 

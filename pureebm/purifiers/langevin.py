@@ -53,6 +53,9 @@ class LangevinSpec(PurifierSpec):
     def scoring(self) -> LangevinSpec:
         return LangevinSpec(steps=0, eps=self.eps, tau=self.tau)
 
+    def passes(self) -> int:
+        return max(self.steps, 1)  # T energy gradients
+
     def build(
         self, model: LoadedModel, load: Any, device: torch.device, speedups: Speedups
     ) -> LangevinPurifier:

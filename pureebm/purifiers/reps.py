@@ -60,6 +60,9 @@ class RepsSpec(LangevinSpec):  # the EBM phase's fields, then the DDPM's
     def scoring(self) -> LangevinSpec:
         return self.ebm_phase().scoring()
 
+    def passes(self) -> int:
+        return self.rounds * (self.steps + (self.ddpm_steps or 0))
+
     def build(
         self, model: LoadedModel, load: ModelLoader, device: Any, speedups: Any
     ) -> RepsPurifier:

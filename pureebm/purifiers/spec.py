@@ -89,6 +89,11 @@ class PurifierSpec(BaseModel):
     def parameters(cls) -> list[str]:
         return [name for name in cls.model_fields if name != "family"]
 
+    def passes(self) -> int:
+        """Network passes per image: what a job's compute is counted in (pixels x
+        passes). A family with no network counts one."""
+        return 1
+
     def scoring(self) -> PurifierSpec | None:
         """The spec that scores images without changing them (a filter's ranking), or
         None where the family has no score."""

@@ -13,10 +13,22 @@ report.json           the energy report (jobs.record.Report)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from jobs.keys import JOB_ID
 from jobs.record import JobRecord
+
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700: one tenant's data, no other user's
+
+
+def make_private(data_dir: Path) -> None:
+    """From here on, this process and those it starts (Valkey, workers) create files
+    and folders only their user can read; ``data_dir`` itself is made so too,
+    which also closes whatever an earlier, laxer start left inside it."""
+    os.umask(PRIVATE_UMASK)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
 
 
 class JobFolders:

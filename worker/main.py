@@ -29,6 +29,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
+from jobs.folders import make_private
 from jobs.keys import BATCH_LANES
 from jobs.logs import configure_logging
 from jobs.queue import JobQueue, worker_queues
@@ -123,6 +124,7 @@ def run_worker(
     configure_logging(settings.log_level)
     if settings.redis_url is None:
         raise SystemExit("pureebm worker needs PUREEBM_REDIS_URL (or --redis-url)")
+    make_private(settings.data_dir)
     redis = Redis.from_url(settings.redis_url)
     tasks.CONTEXT = worker_context(redis, settings, resolve_device(device), batch_size)
     name, torch_device = tasks.CONTEXT.name, tasks.CONTEXT.device

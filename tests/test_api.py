@@ -302,7 +302,14 @@ def test_models_health_and_metrics(stack):
         assert models[0]["default_version"] == 1  # the version a job without `model` runs
         version = models[0]["versions"][0]
         assert len(version["weights"]["sha256"]) == 64 and version["purifier"]["family"]
+        training = version["weights"]["training"]
+        assert "iterations" in training and not {"command", "data"} & set(training)
+        assert str(Path(__file__).parent) not in client.get("/v1/models").text  # no paths
         assert client.get("/v1/models/absent").status_code == 404
+    with stack.client(key=None) as anonymous:  # keys are configured: models need one too
+        assert anonymous.get("/v1/models").status_code == 401
+        assert anonymous.get("/v1/models/tiny").status_code == 401
+    with stack.client() as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["workers"]["alive"] >= 1

@@ -1,19 +1,26 @@
-"""/v1/models: the registry's presets, each with its weights' record."""
+"""/v1/models: the registry's presets, each with its weights' record, for callers
+with a key (where keys are configured). How a model was trained is told by its
+iterations, time and hardware; the training command and data path, which name the
+machine it ran on, stay in the registry."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import RegistryDep, SettingsDep
+from service.deps import OwnerDep, RegistryDep, SettingsDep
 from service.problems import Problem
 from service.schemas import ModelInfo
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
+PRIVATE_FIELDS = {"weights": {"training": {"command", "data"}}}
+
+
 def describe(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
     versions = [
-        registry.manifest(f"{name}:{v}").model_dump(mode="json") for v in registry.versions(name)
+        registry.manifest(f"{name}:{v}").model_dump(mode="json", exclude=PRIVATE_FIELDS)
+        for v in registry.versions(name)
     ]
     entry = registry.pinned(registry.default_ref(settings.default_model))
     default_version = entry[1] if entry is not None and entry[0] == name else None
@@ -26,13 +33,13 @@ def describe(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelIn
 
 
 @router.get("", response_model=list[ModelInfo])
-def list_models(registry: RegistryDep, settings: SettingsDep) -> list[ModelInfo]:
+def list_models(registry: RegistryDep, settings: SettingsDep, _: OwnerDep) -> list[ModelInfo]:
     names = sorted({m.name for m in registry.list()})
     return [describe(name, registry, settings) for name in names]
 
 
 @router.get("/{name}", response_model=ModelInfo, responses={404: {}})
-def get_model(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelInfo:
+def get_model(name: str, registry: RegistryDep, settings: SettingsDep, _: OwnerDep) -> ModelInfo:
     if not registry.versions(name):
         raise Problem(404, f"no model named {name!r}")
     return describe(name, registry, settings)

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from prometheus_client import Counter
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -91,10 +93,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     if settings.redis_url is None:
         raise ValueError("the API needs a Redis URL (pureebm serve starts an embedded one)")
-    # a Redis that stops answering (hung, overloaded) is a 503 after this, not a hang
+    # a Redis that stops answering (hung, overloaded) is a 503 after this, not a hang:
+    # one wait per call, without redis-py's retries (with them, 25 s for a 2 s timeout)
     timeout = settings.redis_timeout_s
     redis = Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
     )
     make_private(settings.data_dir)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)

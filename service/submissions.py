@@ -1,19 +1,26 @@
-"""Job creation: quota, model pinning, validation of the upload (off the event loop),
-saving, queueing, and Idempotency-Key replay. Routers call it; it knows no HTTP
-beyond raising Problem."""
+"""Job creation: quota, model pinning, validation of the upload, saving, queueing,
+and Idempotency-Key replay. Routers call it; it knows no HTTP beyond raising
+Problem. Everything that waits (the upload's checks, every Redis call, which a hung
+Redis holds for REDIS_TIMEOUT_S) runs in the thread pool, never on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import UploadFile
 from fastapi.concurrency import run_in_threadpool
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.queue import JobQueue
 from jobs.record import JobParams, JobRecord, JobStatus
@@ -29,6 +36,7 @@ from service.settings import Settings
 from service.uploads import CHUNK, prepare_input
 
 log = logging.getLogger("pureebm.api")
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,6 +48,16 @@ class Submitter:
     settings: Settings
     registry: Registry
     owner: str
+
+    async def redis(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` (one that talks to Redis) in the thread pool, given up on
+        after REDIS_TIMEOUT_S: a frozen Redis can leave redis-py reading a fresh
+        connection's handshake with no timeout, so the wait is bounded here too."""
+        deadline = self.settings.redis_timeout_s + 0.5
+        try:
+            return await asyncio.wait_for(run_in_threadpool(call, *args), deadline)
+        except TimeoutError as e:
+            raise RedisTimeoutError(f"no answer from Redis within {deadline} s") from e
 
     def over_quota(self) -> Problem:
         limit = self.settings.max_active_jobs_per_key
@@ -55,14 +73,18 @@ class Submitter:
         """Store and validate the upload, then queue its shards. Nothing is left behind
         on error."""
         store, settings, owner = self.store, self.settings, self.owner
-        if store.active_count(owner) >= settings.max_active_jobs_per_key:
+        if await self.redis(store.active_count, owner) >= settings.max_active_jobs_per_key:
             raise self.over_quota()
         # An unknown model is a RegistryError: 400. Every model is pinned now, so that
         # every shard runs the same versions and the job shows what it ran with.
         overrides = params.model_dump(exclude={"model", "seed"})
         try:
-            resolved = resolve_request(
-                Overrides(**overrides), params.model, self.registry, settings.default_model
+            resolved = await self.redis(
+                resolve_request,
+                Overrides(**overrides),
+                params.model,
+                self.registry,
+                settings.default_model,
             )
         except FilterError as e:
             raise Problem(400, str(e)) from e
@@ -110,9 +132,10 @@ class Submitter:
                 expires_at=now + settings.retention_s,
             )
             # the check above is cheap; this one, with the save, is atomic (concurrent uploads)
-            if not store.save_within_quota(record, settings.max_active_jobs_per_key):
+            quota = settings.max_active_jobs_per_key
+            if not await self.redis(store.save_within_quota, record, quota):
                 raise self.over_quota()
-            self.queue.enqueue(record)
+            await self.redis(self.queue.enqueue, record)
             log.info(
                 "job queued",
                 extra={
@@ -124,11 +147,16 @@ class Submitter:
             )
             return record
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            existing = store.get(job_id)
-            if existing is not None:
-                store.delete(existing)
+            await self.redis(self.discard, job_id)
             raise
+
+    def discard(self, job_id: str) -> None:
+        """A job that failed while being created: its folder and any record."""
+        shutil.rmtree(self.store.folders.folder(job_id), ignore_errors=True)
+        with contextlib.suppress(RedisError):  # a hung Redis: the cleaner sees the record
+            existing = self.store.get(job_id)
+            if existing is not None:
+                self.store.delete(existing)
 
     async def create_once(
         self,
@@ -144,14 +172,15 @@ class Submitter:
             return await self.create(params, files, archive), False
         store, owner = self.store, self.owner
         fingerprint = await run_in_threadpool(request_fingerprint, params, files, archive)
-        if (existing := store.idempotent_job(owner, idempotency_key)) is not None:
+        existing = await self.redis(store.idempotent_job, owner, idempotency_key)
+        if existing is not None:
             return replay(*existing, fingerprint), True
         record = await self.create(params, files, archive)
-        if store.claim_idempotency_key(owner, idempotency_key, record.id, fingerprint):
+        claim = store.claim_idempotency_key
+        if await self.redis(claim, owner, idempotency_key, record.id, fingerprint):
             return record, False
-        self.queue.cancel(record)  # a concurrent request with the same key won the race
-        store.delete(record)
-        winner = store.idempotent_job(owner, idempotency_key)
+        await self.redis(self.lose_race, record)
+        winner = await self.redis(store.idempotent_job, owner, idempotency_key)
         if winner is None:
             raise Problem(409, "a concurrent request with this Idempotency-Key failed: retry")
         return replay(*winner, fingerprint), True
@@ -170,6 +199,11 @@ def check_compute(resolved: Resolved, pixels: int, limit: int) -> None:
             f"{limit:.3g} limit (PUREEBM_MAX_JOB_PIXEL_PASSES): send fewer or smaller "
             "images, or fewer steps",
         )
+
+    def lose_race(self, record: JobRecord) -> None:
+        """A concurrent request with the same Idempotency-Key won: drop this job."""
+        self.queue.cancel(record)
+        self.store.delete(record)
 
 
 def replay(record: JobRecord, fingerprint: str, request: str) -> JobRecord:

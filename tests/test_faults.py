@@ -525,6 +525,38 @@ def test_a_hung_valkey_is_503_not_500_and_the_api_recovers(tmp_path, tiny_regist
         stack.stop()
 
 
+def test_a_hung_valkey_blocks_no_request_behind_another(tmp_path, tiny_registry, cifar):
+    """Four submissions and a sync purify wait on a frozen Valkey at once: each is a
+    503 after its own REDIS_TIMEOUT_S (3 s), together, not one after another (15 s),
+    and /healthz answers meanwhile, since no Redis call runs on the event loop. The
+    API recovers when Valkey does."""
+    stack = Stack(tmp_path, tiny_registry, redis_timeout_s=3)
+    stack.start_worker()
+    valkey_pid = stack.redis.info("server")["process_id"]
+    image = {"files": ("a.png", png(cifar["images"][0]))}
+    try:
+        with stack.client() as client, ThreadPoolExecutor(5) as pool:
+            assert client.get("/readyz").status_code == 200
+            os.kill(valkey_pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                posts = [pool.submit(client.post, "/v1/jobs", files=image) for _ in range(4)]
+                posts.append(pool.submit(client.post, "/v1/purify", files=image))
+                time.sleep(1)
+                assert client.get("/healthz").status_code == 200
+                assert not all(p.done() for p in posts)  # answered while they still wait
+                answers = [p.result(timeout=60) for p in posts]
+                waited = time.monotonic() - started
+            finally:
+                os.kill(valkey_pid, signal.SIGCONT)
+            assert [a.status_code for a in answers] == [503] * 5, [a.text for a in answers]
+            assert waited < 12, waited  # one after another would take 15 s
+            assert stack.job_folders() == []
+            assert client.post("/v1/jobs", files=image).status_code == 202
+    finally:
+        stack.stop()
+
+
 def test_a_sync_purify_whose_worker_dies_answers_503_not_a_hang(tmp_path, tiny_registry, cifar):
     """The worker is killed while it holds the request's shard: the waiting request
     notices within two leases (4 s here) and answers 503, not 504 after a minute."""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import FileResponse
+from redis.exceptions import RedisError
+from starlette.background import BackgroundTask
 
 from jobs.keys import SYNC_QUEUE
-from jobs.record import ACTIVE, JobStatus
+from jobs.record import ACTIVE, JobRecord, JobStatus
 from service.deps import ArchiveField, FilesField, ParamsForm, SubmitterDep
 from service.media import attachment, media_type_of
 from service.problems import Problem
@@ -21,7 +24,7 @@ WORKER_LOOK_S = 2.0  # how often a waiting request checks that a worker is still
 
 @router.post(
     "/purify",
-    response_class=Response,
+    response_class=FileResponse,
     responses={
         200: {"content": {"image/png": {}, "application/zip": {}}},
         413: {},
@@ -36,7 +39,7 @@ async def purify_now(
     params: ParamsForm,
     archive: ArchiveField,
     files: FilesField = None,
-) -> Response:
+) -> FileResponse:
     """Purify up to `sync_max_images` images and return them: one PNG for one image, else a zip.
 
     The work runs on a worker through a priority queue; the request waits at most
@@ -51,31 +54,47 @@ async def purify_now(
             413,
             f"/v1/purify takes at most {settings.sync_max_images} images; use /v1/jobs for more",
         )
-    if not queue.live_workers(SYNC_QUEUE):
+    if not await submitter.redis(queue.live_workers, SYNC_QUEUE):
         raise Problem(503, "no live worker: none has sent a heartbeat within 2 leases")
     record = await submitter.create(params, files, None, sync=True)
+
+    def delete() -> None:
+        store.delete(store.get(record.id) or record)
+
+    try:
+        current = await wait_for_end(submitter, record)
+    except BaseException:
+        with contextlib.suppress(RedisError):  # a hung Redis: the cleaner removes it later
+            await submitter.redis(delete)
+        raise
+    path = store.folders.result_path(current)
+    return FileResponse(  # streamed from disk; the job is deleted once it is sent
+        path,
+        media_type=media_type_of(path),
+        headers={"Content-Disposition": attachment(path.name)},
+        background=BackgroundTask(delete),
+    )
+
+
+async def wait_for_end(submitter: SubmitterDep, record: JobRecord) -> JobRecord:
+    """The finished job, polled off the event loop; 504 past ``sync_timeout_s``, 503
+    once no live worker is left, 500 if it failed."""
+    store, queue, settings = submitter.store, submitter.queue, submitter.settings
     deadline = time.monotonic() + settings.sync_timeout_s
     next_look = time.monotonic() + WORKER_LOOK_S
-    try:
-        while (current := store.get(record.id)) is not None and current.status in ACTIVE:
-            if time.monotonic() > deadline:
-                queue.cancel(current)
-                raise Problem(504, f"purification took over {settings.sync_timeout_s} s")
-            if time.monotonic() > next_look:  # the worker died meanwhile: no wait till 504
-                next_look = time.monotonic() + WORKER_LOOK_S
-                if not queue.live_workers(SYNC_QUEUE):
-                    queue.cancel(current)
-                    raise Problem(503, "no live worker left to finish the purification")
-            await asyncio.sleep(POLL_S)
-        if current is None or current.status != JobStatus.finished:
-            error = current.error if current else "the job disappeared"
-            raise Problem(500, f"purification failed: {error}")
-        path = store.folders.result_path(current)
-        content = path.read_bytes()
-        return Response(
-            content,
-            media_type=media_type_of(path),
-            headers={"Content-Disposition": attachment(path.name)},
-        )
-    finally:
-        store.delete(store.get(record.id) or record)
+    while (current := await submitter.redis(store.get, record.id)) is not None:
+        if current.status not in ACTIVE:
+            break
+        if time.monotonic() > deadline:
+            await submitter.redis(queue.cancel, current)
+            raise Problem(504, f"purification took over {settings.sync_timeout_s} s")
+        if time.monotonic() > next_look:  # the worker died meanwhile: no wait till 504
+            next_look = time.monotonic() + WORKER_LOOK_S
+            if not await submitter.redis(queue.live_workers, SYNC_QUEUE):
+                await submitter.redis(queue.cancel, current)
+                raise Problem(503, "no live worker left to finish the purification")
+        await asyncio.sleep(POLL_S)
+    if current is None or current.status != JobStatus.finished:
+        error = current.error if current else "the job disappeared"
+        raise Problem(500, f"purification failed: {error}")
+    return current

@@ -80,6 +80,25 @@ def test_a_changed_byte_in_the_weights_is_refused(registry: Registry) -> None:
     registry.load("m:1")  # the other version is untouched
 
 
+def test_a_change_that_keeps_size_and_mtime_is_refused_by_a_warm_process(
+    registry: Registry,
+) -> None:
+    """A long-running worker loaded the model (its hash cached by size and mtime);
+    then one byte changes in place and the mtime is put back: loading again hashes
+    the bytes it loads, and refuses them."""
+    registry.load("m:2")
+    assert registry.verified_manifest("m:2").ref == "m:2"  # the cache is warm
+    path = weights(registry, 2)
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    with pytest.raises(RegistryError, match="sha256"):
+        registry.load("m:2")
+
+
 def test_truncated_and_missing_weights_are_refused(registry: Registry) -> None:
     path = weights(registry, 2)
     path.write_bytes(path.read_bytes()[:100])

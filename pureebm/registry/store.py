@@ -277,11 +277,13 @@ class Registry:
         return manifest
 
     def load(self, ref: str, device: str | torch.device = "cpu") -> LoadedModel:
-        """Load a preset's net after checking its architecture and weights' sha256."""
+        """Load a preset's net after checking its architecture and the sha256 of the
+        very bytes it loads (never a cached hash: a file changed in place, same size
+        and mtime, is refused)."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        manifest = self.verified_manifest(ref)
+        manifest = self.manifest(ref)
         record = manifest.weights
         if record is None:
             raise RegistryError(f"{manifest.ref} has no weights: its purifier needs no model")
@@ -290,8 +292,14 @@ class Registry:
             raise RegistryError(f"{manifest.ref}: unknown architecture {record.architecture!r}")
         weights = self.weights_path(manifest)
         try:
-            state = load_file(weights, device=str(device))
-        except (SafetensorError, OSError) as e:
+            data = weights.read_bytes()
+        except OSError as e:
+            raise RegistryError(f"weights file {weights} is missing or unreadable: {e}") from e
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            raise RegistryError(f"weights file {weights} does not match its sha256")
+        try:
+            state = {name: t.to(device) for name, t in load(data).items()}
+        except SafetensorError as e:
             raise RegistryError(f"weights file {weights} is unreadable: {e}") from e
         net = builders[record.architecture](**record.arch_kwargs)
         try:

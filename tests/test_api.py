@@ -18,6 +18,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.datastructures import UploadFile
 
+from jobs.record import Report
 from pureebm.images import Picture, UnsafeInput
 from pureebm.pipeline import purify_pictures
 from service.schemas import PurifyParams
@@ -64,7 +65,13 @@ def test_zip_with_folders_and_a_text_member_round_trips(stack, cifar, tiny_model
         result = client.get(job["links"]["result"])
         assert result.status_code == 200 and result.headers["content-type"] == "application/zip"
         assert 'filename="data.purified.zip"' in result.headers["content-disposition"]
-        report = client.get(job["links"]["report"]).json()
+        answer = client.get(job["links"]["report"])
+        assert answer.headers["content-type"] == "application/json"
+        report = Report.model_validate(answer.json()).model_dump(mode="json")
+        schema = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/report"]
+        assert schema["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Report"
+        }
     with zipfile.ZipFile(io.BytesIO(result.content)) as archive:
         assert archive.namelist() == list(members)
         assert archive.read("README.md") == members["README.md"]

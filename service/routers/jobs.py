@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Annotated
@@ -133,12 +132,17 @@ def get_result(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
     return FileResponse(path, media_type=media_type, filename=record.result_name)
 
 
-@router.get("/{job_id}/report", response_model=Report, responses={404: {}, 409: {}})
-def get_report(job_id: str, store: StoreDep, owner: OwnerDep) -> Report:
-    """Each image's energy before and after purification."""
+@router.get(
+    "/{job_id}/report",
+    response_class=FileResponse,
+    responses={200: {"model": Report}, 404: {}, 409: {}},
+)
+def get_report(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
+    """Each image's energy before and after purification (a Report), streamed from
+    the file the finaliser wrote, however many images the job had."""
     record = owned(store, job_id, owner)
     require_finished(record)
-    return Report.model_validate(json.loads(store.folders.report_path(job_id).read_text()))
+    return FileResponse(store.folders.report_path(job_id), media_type="application/json")
 
 
 @router.delete("/{job_id}", response_model=JobResource, responses={404: {}})

@@ -1,12 +1,22 @@
 """The cleaner, run by the API every cleanup_interval_s: it fails the jobs nothing
-will move on any more, and deletes jobs (and orphaned folders) past retention."""
+will move on any more, deletes jobs (and orphaned folders) past retention, and
+prunes the indexes that records leave behind when Redis expires them."""
 
 from __future__ import annotations
 
 import shutil
 import time
 
-from jobs.keys import JOB_ID, KEY_GRACE_S, STATES_KEY, finalize_job_id, job_key, select_job_id
+from jobs.keys import (
+    JOB_ID,
+    KEY_GRACE_S,
+    STATES_KEY,
+    WORKER_RATE_KEY,
+    finalize_job_id,
+    job_key,
+    owner_key,
+    select_job_id,
+)
 from jobs.queue import JobQueue
 from jobs.record import ACTIVE
 from jobs.store import JobStore
@@ -63,3 +73,34 @@ def delete_expired(store: JobStore, now: float | None = None) -> int:
             if orphan and folder.stat().st_mtime < now - 3600:
                 shutil.rmtree(folder, ignore_errors=True)
     return deleted
+
+
+WORKER_RATE_KEEP_S = 3600  # a worker's last rate is dropped this long after its last shard
+
+
+def prune_indexes(store: JobStore, now: float | None = None) -> int:
+    """Drop the ids of jobs whose records are gone (expired by Redis, or deleted)
+    from the owners' sets, which the quota walks and listings count, and the rates
+    of workers gone for an hour (one per restart). Returns how many were dropped."""
+    now = time.time() if now is None else now
+    redis, dropped = store.redis, 0
+    for key in redis.scan_iter(match=owner_key("*"), count=500):
+        ids = redis.zrange(key, 0, -1)
+        if not ids:
+            continue
+        with redis.pipeline() as pipe:
+            for job_id in ids:
+                pipe.exists(job_key(job_id.decode()))
+            exists = pipe.execute()
+        dead = [job_id for job_id, alive in zip(ids, exists, strict=True) if not alive]
+        if dead:
+            dropped += redis.zrem(key, *dead)
+            redis.hdel(STATES_KEY, *dead)
+    stale = [
+        worker
+        for worker, value in redis.hgetall(WORKER_RATE_KEY).items()
+        if float(value.decode().rsplit(":", 1)[1]) < now - WORKER_RATE_KEEP_S
+    ]
+    if stale:
+        dropped += redis.hdel(WORKER_RATE_KEY, *stale)
+    return dropped

@@ -42,7 +42,8 @@ MultiPartParser.spool_max_size = SPOOL_BYTES
 
 
 async def clean_periodically(queue: JobQueue, interval_s: float) -> None:
-    """The cleaner: fails stalled jobs, deletes expired jobs' data and metadata."""
+    """The cleaner: fails stalled jobs, deletes expired jobs' data and metadata, and
+    prunes the indexes expired records leave behind."""
     while True:
         try:
             failed = await asyncio.to_thread(cleaner.fail_stalled, queue)
@@ -51,6 +52,7 @@ async def clean_periodically(queue: JobQueue, interval_s: float) -> None:
             deleted = await asyncio.to_thread(cleaner.delete_expired, queue.store)
             if deleted:
                 log.info("expired jobs deleted", extra={"count": deleted})
+            await asyncio.to_thread(cleaner.prune_indexes, queue.store)
         except Exception:
             log.exception("cleaner failed")
         await asyncio.sleep(interval_s)

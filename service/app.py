@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -106,6 +107,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     make_private(settings.data_dir)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    # uploads spool to the data volume, whose space admission counts, not to /tmp
+    spool = settings.data_dir / "spool"
+    spool.mkdir(exist_ok=True)
+    tempfile.tempdir = str(spool)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import tarfile
@@ -624,6 +625,27 @@ def test_a_body_that_stalls_is_cut_with_408_and_one_waiting_for_its_turn_gets_50
             assert behind.startswith("HTTP/1.1 503"), behind
             assert slow.result().startswith("HTTP/1.1 408")
         assert stack.job_folders() == []
+    finally:
+        stack.stop()
+
+
+def test_an_upload_spools_to_the_data_volume_not_the_system_temp(tmp_path, tiny_registry):
+    """A part past the in-memory spool (16 KiB) is written to <data_dir>/spool, where
+    the disk admission looks, while its body is still coming."""
+    stack = Stack(tmp_path, tiny_registry, body_timeout_s=4)
+    try:
+        part = b'--b\r\nContent-Disposition: form-data; name="archive"; filename="a.zip"\r\n\r\n'
+        headers = {**MULTIPART, "X-API-Key": KEY_A}
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(raw_post, stack.port, headers, part + bytes(200_000), 20)
+
+            def spooled() -> list[str]:
+                fds = Path(f"/proc/{stack.api.pid}/fd")
+                links = [os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()]
+                return [link for link in links if str(stack.data_dir / "spool") in link]
+
+            Stack.wait_for(lambda: spooled() != [], "a spooled part", 10)
+            assert answer.result().startswith("HTTP/1.1 408")  # then it stalls: cut
     finally:
         stack.stop()
 

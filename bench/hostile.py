@@ -8,6 +8,10 @@ stalled uploads, against the API alone (uvicorn on 127.0.0.1, a real Valkey).
    is 401.
 2. ``--stalled`` uploads with a valid key that declare 10 MB, send 64 KB and then
    nothing: each is cut with 408 after BODY_TIMEOUT_S (5 s here).
+3. Hostile archives at full size, one at a time with a valid key: a pax header of
+   48,000 digits, a GNU long name declaring 256 MiB, a zip of 400,000 entries, an
+   npz of 256 MiB of zeros beside float images, a bad CRC. For each: its status,
+   the API's peak RSS above idle, and the slowest /healthz answered meanwhile.
 
 Prints the API's resident memory (VmRSS) idle, at its peak during each phase
 (VmHWM, reset before it) and after, and the statuses the requests got. Writes
@@ -21,11 +25,16 @@ import json
 import socket
 import tempfile
 import time
+import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+import numpy as np
+
 from pureebm.registry import Registry, default_root
+from tests.hostile import bad_crc_zip, extended_header_targz, npz_bytes
 from tests.stack import KEY_A, Stack
 
 OUT = Path(__file__).parent / "out" / "hostile.json"
@@ -90,6 +99,53 @@ def stalled_upload(port: int) -> socket.socket:
     return connection
 
 
+def hostile_archives() -> dict[str, tuple[str, bytes]]:
+    """The issue-26 inputs at the size they were reported at."""
+    with np.load(Path(__file__).parents[1] / "tests" / "data" / "cifar64.npz") as data:
+        cifar = {"images": data["images"]}
+    with tempfile.SpooledTemporaryFile() as entries:
+        with zipfile.ZipFile(entries, "w") as archive:
+            for i in range(400_000):
+                archive.writestr(f"{i}.txt", b"")
+        entries.seek(0)
+        many_entries = entries.read()
+    noise = np.random.default_rng(0).integers(0, 256, 1_200_000, np.uint8)
+    float_images = cifar["images"][:2].astype(np.float32)
+    zeros = [("zeros", np.zeros(256 << 20, np.uint8)), ("noise", noise), ("images", float_images)]
+    return {
+        "pax header of 48,000 digits": ("a.tar.gz", extended_header_targz(b"x", 48_000, cifar)),
+        "GNU long name declaring 256 MiB": (
+            "a.tar.gz",
+            extended_header_targz(b"L", 256 << 20, cifar),
+        ),
+        "zip of 400,000 entries": ("a.zip", many_entries),
+        "npz: 256 MiB of zeros, float images": ("a.npz", npz_bytes(zeros, compressed=True)),
+        "zip member with a bad CRC": ("a.zip", bad_crc_zip(cifar)),
+    }
+
+
+def upload_watched(stack: Stack, name: str, data: bytes) -> dict:
+    """Upload ``data`` as an archive; meanwhile ask /healthz every 50 ms."""
+    pid, slowest = stack.api.pid, 0.0
+    reset_peak(pid)
+    with ThreadPoolExecutor(1) as pool, stack.client() as client:
+        started = time.monotonic()
+        answer = pool.submit(client.post, "/v1/jobs", files={"archive": (name, data)})
+        while not answer.done():
+            asked = time.monotonic()
+            httpx.get(f"http://127.0.0.1:{stack.port}/healthz", timeout=30)
+            slowest = max(slowest, time.monotonic() - asked)
+            time.sleep(0.05)
+        response = answer.result()
+    return {
+        "bytes": len(data),
+        "status": response.status_code,
+        "seconds": round(time.monotonic() - started, 2),
+        "peak_rss_mb": round(memory_mb(pid, "VmHWM"), 1),
+        "slowest_healthz_s": round(slowest, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", type=int, default=1000)
@@ -121,6 +177,10 @@ def main() -> None:
                 connection.close()
             stalled_peak = memory_mb(pid, "VmHWM")
             after = memory_mb(pid, "VmRSS")
+            archives = {
+                what: upload_watched(stack, name, data)
+                for what, (name, data) in hostile_archives().items()
+            }
         finally:
             stack.stop()
     figures = {
@@ -138,6 +198,7 @@ def main() -> None:
             "peak_rss_mb": round(stalled_peak, 1),
         },
         "after_rss_mb": round(after, 1),
+        "archives": archives,
     }
     print(json.dumps(figures, indent=2))
     OUT.parent.mkdir(exist_ok=True)

@@ -14,6 +14,7 @@ CANCELED_KEY = f"{PREFIX}:canceled"  # counter: jobs canceled (their records are
 IMAGES_KEY = f"{PREFIX}:stats:images"  # counter: images purified by all workers
 SHARD_SECONDS_KEY = f"{PREFIX}:stats:shard_seconds"  # hash: a histogram's buckets
 WORKER_RATE_KEY = f"{PREFIX}:stats:worker_rate"  # hash: worker -> "images/s:time"
+DISK_RESERVED_KEY = f"{PREFIX}:disk:reserved"  # hash: job id -> bytes it may still write
 
 BATCH_QUEUE = "pureebm"  # on a worker's command line: every lane
 BATCH_LANES = [f"pureebm-lane-{n}" for n in range(16)]

@@ -14,6 +14,7 @@ from redis import Redis
 from jobs.folders import JobFolders
 from jobs.keys import (
     CANCELED_KEY,
+    DISK_RESERVED_KEY,
     JOB_ID,
     KEY_GRACE_S,
     STATES_KEY,
@@ -187,6 +188,26 @@ class JobStore:
         ids = [i.decode() for i in self.redis.zrange(owner_key(owner), 0, -1)]
         states = self.redis.hmget(STATES_KEY, ids) if ids else []
         return sum(s is not None and s.decode() in ACTIVE for s in states)
+
+    # -- disk reservations ------------------------------------------------------
+
+    def reserve_disk(self, job_id: str, nbytes: int) -> None:
+        """Hold ``nbytes`` of the data volume for an admitted job until it ends."""
+        self.redis.hset(DISK_RESERVED_KEY, job_id, nbytes)
+
+    def reserved_disk(self) -> int:
+        """Bytes held for the jobs still active; the reservations of jobs that ended
+        (however they ended) are dropped here."""
+        held = {k.decode(): int(v) for k, v in self.redis.hgetall(DISK_RESERVED_KEY).items()}
+        if not held:
+            return 0
+        states = self.redis.hmget(STATES_KEY, list(held))
+        ended = [
+            i for i, s in zip(held, states, strict=True) if s is None or s.decode() not in ACTIVE
+        ]
+        if ended:
+            self.redis.hdel(DISK_RESERVED_KEY, *ended)
+        return sum(n for i, n in held.items() if i not in ended)
 
     # -- progress ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from service.problems import Problem
 
 RESULT_FACTOR = 2  # a result can outgrow its input (JPEG re-encoded at quality 95, say)
+RESULT_PIXEL_BYTES = 4  # ... or its pixels: purified pixels compress worse, a TIFF not at all
 
 
 def free_bytes(path: Path) -> int:
@@ -18,18 +19,20 @@ def free_bytes(path: Path) -> int:
 
 def job_needs(input_bytes: int, pixels: list[int]) -> int:
     """Bytes a validated job will still write: its shards (RGB and alpha of every
-    image) and its result."""
-    return 4 * sum(pixels) + RESULT_FACTOR * input_bytes
+    image) and its result, at most its pixels uncompressed or twice its input."""
+    return 4 * sum(pixels) + max(RESULT_FACTOR * input_bytes, RESULT_PIXEL_BYTES * sum(pixels))
 
 
-def check_space(path: Path, needed: int, reserve: int) -> None:
+def check_space(path: Path, needed: int, reserve: int, held: int = 0) -> None:
     """Refuse (507) work needing ``needed`` bytes that would leave less than ``reserve``
-    free on the volume holding ``path``."""
+    free on the volume holding ``path``, counting ``held`` bytes that the jobs
+    admitted before may still write."""
     free = free_bytes(path)
-    if free - needed < reserve:
+    if free - held - needed < reserve:
         raise Problem(
             507,
-            f"the data volume has {free} bytes free; this job needs about {needed} and "
-            f"{reserve} are kept in reserve: retry later or send less",
+            f"the data volume has {free} bytes free, {held} of them held for the jobs "
+            f"admitted before; this job needs about {needed} and {reserve} are kept in "
+            "reserve: retry later or send less",
             headers={"Retry-After": "60"},
         )

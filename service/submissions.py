@@ -30,6 +30,7 @@ from pureebm.purifiers import Overrides
 from pureebm.registry import Registry
 from pureebm.requests import Resolved, resolve_request
 from pureebm.shards import cut_shards
+from service.disk import job_needs
 from service.problems import Problem
 from service.schemas import PurifyParams
 from service.settings import Settings
@@ -101,6 +102,7 @@ class Submitter:
         try:
             store.folders.create(job_id)
             started = time.perf_counter()
+            held = await self.redis(store.reserved_disk)
             prepared = await run_in_threadpool(
                 prepare_input,
                 folder / "input",
@@ -109,6 +111,7 @@ class Submitter:
                 settings.limits.model_copy(update={"min_side": min_side}),
                 files,
                 archive,
+                held,
             )
             validate_s = time.perf_counter() - started
             check_compute(resolved, sum(prepared.pixels), settings.max_job_pixel_passes)
@@ -135,6 +138,8 @@ class Submitter:
             quota = settings.max_active_jobs_per_key
             if not await self.redis(store.save_within_quota, record, quota):
                 raise self.over_quota()
+            needs = job_needs(prepared.input_bytes, prepared.pixels)
+            await self.redis(store.reserve_disk, job_id, needs)
             await self.redis(self.queue.enqueue, record)
             log.info(
                 "job queued",

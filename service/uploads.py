@@ -118,12 +118,14 @@ def prepare_input(
     limits: Limits,
     files: list[UploadFile] | None,
     archive: UploadFile | None,
+    held: int = 0,
 ) -> PreparedInput:
     """Store the upload in ``folder`` and check it completely against ``limits``,
     keeping decoded images in ``decoded`` (see ``validate_images``); raises
-    FormatError or Problem (507 when the data volume cannot hold the job)."""
+    FormatError or Problem (507 when the data volume cannot hold the job beside the
+    ``held`` bytes reserved for the jobs admitted before)."""
     try:
-        return store_and_validate(folder, decoded, settings, limits, files, archive)
+        return store_and_validate(folder, decoded, settings, limits, files, archive, held)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise Problem(507, "the data volume is full: retry later") from e
@@ -137,11 +139,12 @@ def store_and_validate(
     limits: Limits,
     files: list[UploadFile] | None,
     archive: UploadFile | None,
+    held: int = 0,
 ) -> PreparedInput:
     if bool(files) == bool(archive):
         raise Problem(400, "send either one or more `files` or one `archive`, not both or neither")
     reserve = settings.disk_reserve_bytes
-    check_space(folder, sum(u.size or 0 for u in files or [archive]), reserve)
+    check_space(folder, sum(u.size or 0 for u in files or [archive]), reserve, held)
     if archive is not None:
         name = sent_filename(archive.filename, "upload")
         size = copy_upload(archive, folder / name)
@@ -179,5 +182,5 @@ def store_and_validate(
     room = max(0, free_bytes(folder) - reserve) // 2
     keep_bytes = 0 if container.kind == "npz" else min(settings.max_decoded_bytes, room)
     pixels, modes = validate_images(container, settings.max_job_pixels, decoded, keep_bytes)
-    check_space(folder, job_needs(size, pixels), reserve)
+    check_space(folder, job_needs(size, pixels), reserve, held)
     return PreparedInput(kind, stored, name, size, result_name(kind, name, modes[0]), pixels)

@@ -650,6 +650,28 @@ def test_an_upload_spools_to_the_data_volume_not_the_system_temp(tmp_path, tiny_
         stack.stop()
 
 
+def test_admitted_jobs_hold_the_space_they_will_write(tmp_path, tiny_registry, cifar):
+    """No worker runs, so admitted jobs stay queued: the first of four 1-Mpx images
+    (16 MB of shards, 16 MB of result) fits above a reserve 50 MB under the free
+    space; an identical second would fit the space still free, but not beside
+    what the first will write: 507. Once the first is deleted, the second fits."""
+    flat = png(np.zeros((1000, 1000, 3), np.uint8))
+    archive = {"archive": ("f.zip", zip_bytes({f"{i}.png": flat for i in range(4)}))}
+    free = shutil.disk_usage(tmp_path).free
+    stack = Stack(tmp_path, tiny_registry, disk_reserve_bytes=free - (50 << 20))
+    try:
+        with stack.client() as client:
+            first = client.post("/v1/jobs", files=archive)
+            assert first.status_code == 202, first.text
+            second = client.post("/v1/jobs", files=archive)
+            assert second.status_code == 507, second.text
+            assert "held for the jobs admitted before" in second.json()["detail"]
+            client.delete(f"/v1/jobs/{first.json()['id']}")
+            assert client.post("/v1/jobs", files=archive).status_code == 202
+    finally:
+        stack.stop()
+
+
 def test_a_job_the_disk_cannot_hold_is_507_and_readiness_says_so(tmp_path, tiny_registry, cifar):
     """The reserve is set just under the free space: a small job fits above it, one
     whose shards need ~180 MB does not, and with a reserve past the disk every upload

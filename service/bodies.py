@@ -19,6 +19,11 @@ from service.problems import Problem, problem
 from service.settings import Settings
 
 WITH_BODY = {"POST", "PUT", "PATCH"}
+FORM_PATHS = {"/v1/jobs", "/v1/purify"}  # the routes whose body is the upload form
+RAW_BODY = (
+    "the body is not a multipart form: send images as form parts, `-F files=@a.png` "
+    "or `-F archive=@data.zip` with curl (a raw body, as `--data-binary` sends, is not read)"
+)
 
 
 class BodyGuard:
@@ -52,6 +57,9 @@ class BodyGuard:
         except Problem as e:
             response = problem(scope["path"], e.status_code, str(e.detail), e.headers)
             return await response(scope, receive, send)
+        form = headers.get("content-type", "").lower().startswith("multipart/form-data")
+        if scope["path"] in FORM_PATHS and not form:
+            return await problem(scope["path"], 422, RAW_BODY)(scope, receive, send)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await problem(scope["path"], 413, self.over_limit)(scope, receive, send)

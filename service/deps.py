@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated
 
 from fastapi import Depends, File, Form, Header, Request, UploadFile
@@ -93,4 +94,31 @@ async def single_archive(
 
 
 ArchiveField = Annotated[UploadFile | None, Depends(single_archive)]
+
+FORM_FIELDS = sorted({*PurifyParams.model_fields, "files", "archive"})
+REPEATABLE = {"files", "archive"}  # a second archive is refused by single_archive
+
+
+async def strict_form(request: Request) -> None:
+    """Refuse a field the form does not take, or one given twice, naming it (with
+    the nearest field's name), rather than run with the defaults in its place."""
+    form = await request.form()
+    for name in dict.fromkeys(form.keys()):
+        if name not in FORM_FIELDS:
+            nearest = difflib.get_close_matches(name.lower(), FORM_FIELDS, n=1, cutoff=0.6)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            raise Problem(
+                422,
+                f"unknown field {name!r}{hint} (fields: {', '.join(FORM_FIELDS)})",
+                errors=[{"loc": ["body", name], "msg": f"unknown field{hint}"}],
+            )
+        if name not in REPEATABLE and len(form.getlist(name)) > 1:
+            raise Problem(
+                422,
+                f"field {name!r} is given {len(form.getlist(name))} times: give it once",
+                errors=[{"loc": ["body", name], "msg": "given more than once"}],
+            )
+
+
+StrictForm = Annotated[None, Depends(strict_form)]
 IdempotencyKeyHeader = Annotated[str | None, Header(max_length=200)]  # Idempotency-Key

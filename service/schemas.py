@@ -14,7 +14,8 @@ from pureebm.purifiers import Overrides
 class PurifyParams(Overrides):  # type: ignore[valid-type,misc]
     """Purification parameters (every purifier family's, pureebm.purifiers); unset
     values take the model's preset's. The form's file parts come beside these, so
-    this model does not refuse other fields itself."""
+    this model does not refuse other fields itself: deps.strict_form does, naming
+    them."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -288,6 +288,26 @@ def test_a_job_over_its_compute_bound_is_told_by_how_much(stack, cifar):
         assert "2.6x" in halved.json()["detail"]
 
 
+def test_a_misspelled_repeated_or_raw_request_is_refused_naming_the_fault(stack, cifar):
+    image = {"files": ("a.png", png(cifar["images"][0]))}
+    with stack.client() as client:
+        before = client.get("/v1/jobs").json()["total"]
+        for sent, hint in [("step", "steps"), ("Steps", "steps"), ("modle", "model")]:
+            answer = client.post("/v1/jobs", files=image, data={sent: "7"})
+            assert answer.status_code == 422, answer.text
+            detail = answer.json()["detail"]
+            assert f"unknown field {sent!r}; did you mean {hint!r}?" in detail
+            assert answer.json()["errors"][0]["loc"] == ["body", sent]
+        answer = client.post("/v1/purify", files=image, data={"T": "7"})
+        assert answer.status_code == 422 and "unknown field 'T'" in answer.json()["detail"]
+        twice = [("files", image["files"]), ("steps", (None, "3")), ("steps", (None, "5"))]
+        answer = client.post("/v1/jobs", files=twice)
+        assert answer.status_code == 422 and "'steps' is given 2 times" in answer.json()["detail"]
+        raw = client.post("/v1/jobs", content=zip_bytes({"a.png": png(cifar["images"][0])}))
+        assert raw.status_code == 422 and "not a multipart form" in raw.json()["detail"]
+        assert client.get("/v1/jobs").json()["total"] == before
+
+
 def test_an_unexpected_error_is_a_problem_json_500_naming_the_job(stack, cifar):
     """A job record damaged in Redis (its params field gone) makes reading it fail
     in a way no handler expects: the answer is still problem+json."""

@@ -19,6 +19,7 @@ from service.deps import (
     ParamsForm,
     QueueDep,
     StoreDep,
+    StrictForm,
     SubmitterDep,
 )
 from service.media import media_type_of
@@ -69,6 +70,7 @@ async def submit(
     response: Response,
     submitter: SubmitterDep,
     params: ParamsForm,
+    _: StrictForm,
     archive: ArchiveField,
     files: FilesField = None,
     idempotency_key: IdempotencyKeyHeader = None,

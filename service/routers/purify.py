@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 
 from jobs.keys import SYNC_QUEUE
 from jobs.record import ACTIVE, JobRecord, JobStatus
-from service.deps import ArchiveField, FilesField, ParamsForm, SubmitterDep
+from service.deps import ArchiveField, FilesField, ParamsForm, StrictForm, SubmitterDep
 from service.media import attachment, media_type_of
 from service.problems import Problem
 
@@ -37,6 +37,7 @@ WORKER_LOOK_S = 2.0  # how often a waiting request checks that a worker is still
 async def purify_now(
     submitter: SubmitterDep,
     params: ParamsForm,
+    _: StrictForm,
     archive: ArchiveField,
     files: FilesField = None,
 ) -> FileResponse:

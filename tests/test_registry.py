@@ -131,6 +131,8 @@ def test_unknown_names_and_bad_references(registry: Registry) -> None:
         registry.load("absent")
     with pytest.raises(RegistryError, match="no model 'm:7'"):
         registry.load("m:7")
+    with pytest.raises(RegistryError, match=r"no model 'mx'; did you mean 'm'\? \(models: m\)"):
+        registry.load("mx")
     with pytest.raises(RegistryError, match="bad model reference"):
         registry.load("../etc:1")
 

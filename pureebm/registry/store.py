@@ -20,6 +20,7 @@ highest version) or "name:version".
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -154,8 +155,10 @@ class Registry:
     def preset(self, ref: str) -> Preset:
         pinned = self.pinned(ref)
         if pinned is None:
-            known = ", ".join(self.names()) or "none"
-            raise RegistryError(f"no model {ref!r} (models: {known})")
+            names = self.names()
+            nearest = difflib.get_close_matches(parse_ref(ref)[0], names, n=1, cutoff=0.6)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            raise RegistryError(f"no model {ref!r}{hint} (models: {', '.join(names) or 'none'})")
         name, version = pinned
         preset = read_model(self.root / name / str(version) / PRESET, Preset)
         if (preset.name, preset.version) != (name, version):

@@ -65,7 +65,7 @@ def delete_expired(store: JobStore, now: float | None = None) -> int:
         if record is None:
             store.redis.hdel(STATES_KEY, job_id)
         elif record.expires_at < now and record.status not in ACTIVE:
-            store.delete(record)
+            store.delete(record, reason="deleted after its retention period")
             deleted += 1
     if store.settings.jobs_dir.is_dir():
         for folder in store.settings.jobs_dir.iterdir():

@@ -33,6 +33,10 @@ def samples_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:samples"
 
 
+def gone_key(job_id: str) -> str:
+    return f"{PREFIX}:gone:{job_id}"  # hash: owner, reason, at; for retention_s
+
+
 def owner_key(owner: str) -> str:
     return f"{PREFIX}:owner:{owner}"
 

@@ -18,6 +18,7 @@ from jobs.keys import (
     JOB_ID,
     KEY_GRACE_S,
     STATES_KEY,
+    gone_key,
     idempotency_key,
     job_key,
     owner_key,
@@ -270,11 +271,23 @@ class JobStore:
         shutil.rmtree(self.folders.folder(record.id), ignore_errors=True)
         return True
 
-    def delete(self, record: JobRecord) -> None:
-        """Remove the job's folder and every key that names it."""
+    def delete(self, record: JobRecord, reason: str | None = None) -> None:
+        """Remove the job's folder and every key that names it; with ``reason``,
+        leave a note of when and why for its owner (``gone``), kept retention_s."""
         shutil.rmtree(self.folders.folder(record.id), ignore_errors=True)
         with self.redis.pipeline() as pipe:
             pipe.delete(job_key(record.id), progress_key(record.id), samples_key(record.id))
             pipe.zrem(owner_key(record.owner), record.id)
             pipe.hdel(STATES_KEY, record.id)
+            if reason is not None:
+                note = {"owner": record.owner, "reason": reason, "at": time.time()}
+                pipe.hset(gone_key(record.id), mapping=note)
+                pipe.expire(gone_key(record.id), self.settings.retention_s)
             pipe.execute()
+
+    def gone(self, job_id: str, owner: str) -> tuple[str, float] | None:
+        """Why and when ``owner``'s job ``job_id`` was deleted, if it was (recently)."""
+        note = {k.decode(): v.decode() for k, v in self.redis.hgetall(gone_key(job_id)).items()}
+        if note.get("owner") != owner:
+            return None
+        return note["reason"], float(note["at"])

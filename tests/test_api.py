@@ -241,7 +241,11 @@ def test_cancel_stops_a_running_job_and_deletes_it(stack, cifar):
         )
         canceled = client.delete(f"/v1/jobs/{job['id']}")
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
-        assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+        gone = client.get(f"/v1/jobs/{job['id']}")
+        assert gone.status_code == 410 and "deleted by its owner at" in gone.json()["detail"]
+        assert client.get(f"/v1/jobs/{'0' * 32}").status_code == 404  # never a job
+        with stack.client(key=KEY_B) as bob:  # someone else's deleted job: still 404
+            assert bob.get(f"/v1/jobs/{job['id']}").status_code == 404
         assert job["id"] not in stack.job_folders()
         # the worker drops the rest after its current batch and takes the next job
         after = client.post(
@@ -257,7 +261,7 @@ def test_cancel_stops_a_running_job_and_deletes_it(stack, cifar):
     # the running shard reported progress after the delete: no key of the job came back
     assert stack.redis.keys(f"pureebm:job:{job['id']}*") == []
     with stack.client() as client:
-        assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+        assert client.get(f"/v1/jobs/{job['id']}").status_code == 410
 
 
 @pytest.mark.parametrize("case", list(REFUSED))

@@ -142,6 +142,9 @@ def test_cleaner_deletes_expired_jobs_and_their_folders(store: JobStore) -> None
     orphan.mkdir()
     assert cleaner.delete_expired(store) == 1
     assert store.get(old.id) is None and not store.folders.folder(old.id).exists()
+    reason, _ = store.gone(old.id, old.owner)  # its owner is told when and why: 410
+    assert reason == "deleted after its retention period"
+    assert store.gone(old.id, "someone else") is None and store.gone(fresh.id, "o") is None
     assert store.get(fresh.id) is not None and orphan.exists()  # orphans get an hour's grace
     assert cleaner.delete_expired(store, now=time.time() + 7200) == 1
     assert store.get(fresh.id) is None and not orphan.exists()

@@ -90,8 +90,15 @@ async def submit(
 
 
 def owned(store: JobStore, job_id: str, owner: str) -> JobRecord:
+    """The caller's job; 410 saying when and why for one deleted since (by its owner
+    or at the end of retention), 404 for an id that never was the caller's."""
     record = store.get_owned(job_id, owner)
     if record is None:
+        gone = store.gone(job_id, owner)
+        if gone is not None:
+            reason, at = gone
+            when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+            raise Problem(410, f"job {job_id} was {reason} at {when}", deleted_at=when)
         raise Problem(404, f"no job {job_id}")
     return record
 
@@ -111,7 +118,7 @@ def list_jobs(
     return JobPage(items=items, total=total, offset=offset, limit=limit, next_offset=following)
 
 
-@router.get("/{job_id}", response_model=JobResource, responses={404: {}})
+@router.get("/{job_id}", response_model=JobResource, responses={404: {}, 410: {}})
 def get_job(job_id: str, store: StoreDep, owner: OwnerDep) -> JobResource:
     return to_resource(store, owned(store, job_id, owner))
 
@@ -124,7 +131,7 @@ def require_finished(record: JobRecord) -> None:
         raise Problem(409, detail, job_status=record.status.value)
 
 
-@router.get("/{job_id}/result", response_class=FileResponse, responses={404: {}, 409: {}})
+@router.get("/{job_id}/result", response_class=FileResponse, responses={404: {}, 409: {}, 410: {}})
 def get_result(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
     """The purified data, in the container it came in."""
     record = owned(store, job_id, owner)
@@ -137,7 +144,7 @@ def get_result(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
 @router.get(
     "/{job_id}/report",
     response_class=FileResponse,
-    responses={200: {"model": Report}, 404: {}, 409: {}},
+    responses={200: {"model": Report}, 404: {}, 409: {}, 410: {}},
 )
 def get_report(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
     """Each image's energy before and after purification (a Report), streamed from
@@ -147,7 +154,7 @@ def get_report(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
     return FileResponse(store.folders.report_path(job_id), media_type="application/json")
 
 
-@router.delete("/{job_id}", response_model=JobResource, responses={404: {}})
+@router.delete("/{job_id}", response_model=JobResource, responses={404: {}, 410: {}})
 def delete_job(job_id: str, queue: QueueDep, owner: OwnerDep) -> JobResource:
     """Cancel the job if it is queued or running, and delete its data."""
     store = queue.store
@@ -156,5 +163,5 @@ def delete_job(job_id: str, queue: QueueDep, owner: OwnerDep) -> JobResource:
         queue.cancel(record)
         record = store.get(job_id) or record
     resource = to_resource(store, record)
-    store.delete(record)
+    store.delete(record, reason="deleted by its owner")
     return resource

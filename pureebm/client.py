@@ -2,17 +2,24 @@
 
 from pureebm.client import PureEBMClient
 client = PureEBMClient("http://127.0.0.1:8000", api_key="...")
-job = client.purify("train.zip", "train.purified.zip", steps=150)
+job = client.purify("train.zip", "train.purified.zip")  # the model's own settings
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+
+def sent_name(disposition: str, fallback: str) -> str:
+    """The file name a Content-Disposition header gives, reduced to its last part."""
+    match = re.search(r'filename="([^"]+)"', disposition)
+    return Path(match.group(1)).name if match else fallback
 
 
 class PureEBMError(Exception):
@@ -62,6 +69,11 @@ class PureEBMClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/jobs/{job_id}").json()
 
+    def jobs(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """A page of the caller's jobs, newest first: {"total", "items": [job, ...]}."""
+        params = {"limit": limit, "offset": offset}
+        return self.request("GET", "/v1/jobs", params=params).json()
+
     def wait(
         self,
         job_id: str,
@@ -85,11 +97,15 @@ class PureEBMClient:
             time.sleep(poll_s)
 
     def download(self, job_id: str, dest: str | Path) -> Path:
+        """The job's result into ``dest``: a file, or a folder to write it into under
+        the name the service gives it. Returns the file written."""
         dest = Path(dest)
         with self.http.stream("GET", f"/v1/jobs/{job_id}/result") as response:
             if response.is_error:
                 response.read()
                 raise PureEBMError(response.status_code, response.text)
+            if dest.is_dir():
+                dest = dest / sent_name(response.headers.get("content-disposition", ""), job_id)
             with dest.open("wb") as out:
                 for chunk in response.iter_bytes(1 << 20):
                     out.write(chunk)

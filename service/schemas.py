@@ -34,6 +34,7 @@ class JobResource(BaseModel):
     kind: str
     input_name: str
     input_bytes: int
+    images: int  # in the upload (progress counts each phase's work: a filter scores first)
     params: JobParams
     progress: Progress
     error: str | None

@@ -80,6 +80,68 @@ def test_submit_command_uploads_follows_and_downloads(stack, tmp_path, cifar):
     assert bad.returncode != 0 and "403" in bad.stderr
 
 
+def pureebm(*argv: str, url: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pureebm", *argv, "--url", url, "--api-key", KEY_A],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_jobs_are_listed_followed_downloaded_reported_and_canceled_from_the_cli(
+    stack, tmp_path, cifar
+):
+    src = tmp_path / "set.zip"
+    src.write_bytes(zip_bytes({f"{i}.png": png(cifar["images"][i]) for i in range(3)}))
+    with PureEBMClient(stack.url, KEY_A) as client:
+        job = client.submit(src, steps=2)
+        assert job["images"] == 3
+        done = client.submit(src, steps=1, filter=0.5)
+        client.wait(done["id"])
+        assert client.download(done["id"], tmp_path).name == "set.purified.zip"  # a folder
+        assert job["id"] in {j["id"] for j in client.jobs()["items"]}
+    waited = pureebm("wait", job["id"], url=stack.url)
+    assert waited.returncode == 0 and f"{job['id']}  finished  3/3" in waited.stdout
+    listed = pureebm("jobs", url=stack.url)
+    assert job["id"] in listed.stdout and done["id"] in listed.stdout
+    status = pureebm("status", job["id"], url=stack.url)
+    assert "finished" in status.stdout and "set.zip" in status.stdout
+    out = tmp_path / "out"
+    out.mkdir()
+    fetched = pureebm("download", job["id"], "-o", str(out), url=stack.url)
+    assert fetched.returncode == 0, fetched.stderr
+    assert zipfile.ZipFile(out / "set.purified.zip").namelist() == ["0.png", "1.png", "2.png"]
+    report = pureebm("report", job["id"], url=stack.url)
+    assert '"purified": 3' in report.stdout
+    canceled = pureebm("cancel", job["id"], url=stack.url)
+    assert canceled.returncode == 0 and job["id"] in canceled.stdout
+    gone = pureebm("status", job["id"], url=stack.url)
+    assert gone.returncode != 0 and "410" in gone.stderr and "deleted by its owner" in gone.stderr
+    folder = pureebm("submit", str(tmp_path), "-o", str(out), url=stack.url)
+    assert folder.returncode != 0 and "is not a file" in folder.stderr
+
+
+def test_ctrl_c_on_submit_without_a_terminal_leaves_the_job_running(stack, tmp_path, cifar):
+    """SIGINT while `pureebm submit` follows a long job: it says how to reattach, and
+    the job is still there to wait for."""
+    src = tmp_path / "one.png"
+    src.write_bytes(png(np.tile(cifar["images"][0], (8, 8, 1))))
+    argv = ["submit", str(src), "-o", str(tmp_path / "o.png"), "--steps", "400"]
+    command = [sys.executable, "-m", "pureebm", *argv, "--url", stack.url, "--api-key", KEY_A]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    announced = process.stderr.readline()  # "job <id>: 1 images", printed at once
+    job_id = announced.split()[1].rstrip(":")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert f"`pureebm wait {job_id}` follows it" in stderr and "Traceback" not in stderr
+    with PureEBMClient(stack.url, KEY_A) as client:
+        assert client.job(job_id)["status"] in ("queued", "running", "finished")
+        client.cancel(job_id)
+
+
 def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
     tmp_path, tiny_registry, cifar
 ):

@@ -17,13 +17,14 @@ from pureebm.cli import (
     calibrate,
     evaluate,
     import_weights,
+    jobs,
     models,
     purify,
     submit,
     train,
 )
 
-COMMANDS = (purify, models, train, calibrate, import_weights, submit, evaluate)
+COMMANDS = (purify, models, train, calibrate, import_weights, submit, jobs, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,6 @@
-"""`pureebm submit`: purify through a running service."""
+"""`pureebm submit`: purify through a running service. The job id is printed at once;
+Ctrl-C asks whether to cancel the job or leave it running (`pureebm wait` follows it
+again)."""
 
 from __future__ import annotations
 
@@ -7,45 +9,59 @@ import sys
 import time
 from pathlib import Path
 
+from pureebm.cli.jobs import add_service_options, follow, service_client
 from pureebm.cli.options import add_purifier_options, purifier_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="purify through a running service")
     submit.add_argument("input", type=Path, help="an image or an archive (zip, tar, npz)")
-    submit.add_argument("-o", "--output", type=Path, required=True, help="the purified copy")
-    submit.add_argument("--url", default="http://127.0.0.1:8000", help="the service")
-    submit.add_argument("--api-key", help="default: PUREEBM_API_KEY")
+    submit.add_argument(
+        "-o", "--output", type=Path, required=True, help="the purified copy (a file or a folder)"
+    )
+    add_service_options(submit)
     submit.add_argument("--model", help="NAME or NAME:VERSION (default: the service's)")
     add_purifier_options(submit)
     submit.set_defaults(run=run_submit)
 
 
 def run_submit(args: argparse.Namespace) -> None:
-    import os
-
-    from tqdm import tqdm
-
-    from pureebm.client import PureEBMClient
-
+    if not args.input.is_file():
+        sys.exit(f"pureebm: {args.input} is not a file (send a folder as a zip or tar)")
     params = {"model": args.model, "seed": args.seed, **purifier_overrides(args)}
-    api_key = args.api_key or os.environ.get("PUREEBM_API_KEY")
     started = time.perf_counter()
-    with PureEBMClient(args.url, api_key) as client, tqdm(unit="img", desc="purify") as bar:
+    with service_client(args) as client:
         job = client.submit(args.input, **params)
-        bar.total = job["progress"]["total"]
-        print(f"job {job['id']}: {job['progress']['total']} images", file=sys.stderr)
-
-        def show(job: dict) -> None:
-            bar.total = job["progress"]["total"]  # a filter's second phase is sized once chosen
-            bar.set_postfix_str(job["status"])
-            bar.update(job["progress"]["done"] - bar.n)
-
-        client.wait(job["id"], on_progress=show)
-        client.download(job["id"], args.output)
+        try:
+            print(f"job {job['id']}: {job['images']} images", file=sys.stderr, flush=True)
+            follow(client, job["id"])
+        except KeyboardInterrupt:
+            interrupted(client, job["id"])
+            return
+        output = client.download(job["id"], args.output)
         report = client.report(job["id"])
     seconds = time.perf_counter() - started
     print(
         f"purified {report['purified']} of {len(report['images'])} images in {seconds:.1f} s "
-        f"-> {args.output}"
+        f"-> {output}"
     )
+
+
+def interrupted(client, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C while following: cancel the job, or leave it running (the default, and
+    the only choice without a terminal to ask on)."""
+    answer = ""
+    if sys.stdin.isatty():
+        try:
+            answer = input(f"\ncancel job {job_id}? [y/N] ").strip().lower()
+        except (EOFError, KeyboardInterrupt):
+            answer = ""
+    if answer in ("y", "yes"):
+        client.cancel(job_id)
+        print(f"job {job_id} canceled", file=sys.stderr)
+    else:
+        print(
+            f"job {job_id} runs on: `pureebm wait {job_id}` follows it, "
+            f"`pureebm download {job_id}` fetches its result",
+            file=sys.stderr,
+        )

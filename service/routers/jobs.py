@@ -45,6 +45,7 @@ def to_resource(store: JobStore, record: JobRecord) -> JobResource:
         kind=record.kind,
         input_name=record.input_name,
         input_bytes=record.input_bytes,
+        images=record.images,
         params=record.params,
         progress=store.progress(record),
         error=record.error if record.status == JobStatus.failed else None,

@@ -1,0 +1,103 @@
+"""Job management against a running service: `pureebm jobs`, `status`, `wait`,
+`download`, `cancel` and `report`; and the options every service command shares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pureebm.client import PureEBMClient
+
+
+def add_service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service")
+    parser.add_argument("--api-key", help="default: PUREEBM_API_KEY")
+
+
+def service_client(args: argparse.Namespace) -> PureEBMClient:
+    from pureebm.client import PureEBMClient
+
+    return PureEBMClient(args.url, args.api_key or os.environ.get("PUREEBM_API_KEY"))
+
+
+def describe(job: dict[str, Any]) -> str:
+    progress = job["progress"]
+    line = f"{job['id']}  {job['status']:<8}  {progress['done']}/{progress['total']}  "
+    line += job["input_name"]
+    if job.get("error"):
+        line += f"  ({job['error']})"
+    return line
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    listing = sub.add_parser("jobs", help="list your jobs on a running service, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(run=run_jobs)
+    for name, run, about in [
+        ("status", run_status, "show one job"),
+        ("wait", run_wait, "follow a job until it ends (reattach after a detach)"),
+        ("cancel", run_cancel, "cancel a job and delete its data"),
+        ("report", run_report, "print a finished job's energy report (JSON)"),
+        ("download", run_download, "download a finished job's result"),
+    ]:
+        command = sub.add_parser(name, help=about)
+        command.add_argument("job", help="the job id")
+        if name == "download":
+            command.add_argument(
+                "-o", "--output", type=Path, default=Path("."), help="a file or a folder"
+            )
+        add_service_options(command)
+        command.set_defaults(run=run)
+    add_service_options(listing)
+
+
+def run_jobs(args: argparse.Namespace) -> None:
+    with service_client(args) as client:
+        page = client.jobs(limit=args.limit)
+    for job in page["items"]:
+        print(describe(job))
+    print(f"{len(page['items'])} of {page['total']} jobs", file=sys.stderr)
+
+
+def run_status(args: argparse.Namespace) -> None:
+    with service_client(args) as client:
+        print(describe(client.job(args.job)))
+
+
+def run_wait(args: argparse.Namespace) -> None:
+    with service_client(args) as client:
+        print(describe(follow(client, args.job)))
+
+
+def follow(client: PureEBMClient, job_id: str) -> dict[str, Any]:
+    """Wait for the job with a progress bar; the finished job."""
+    from tqdm import tqdm
+
+    with tqdm(unit="img", desc=job_id[:8]) as bar:
+
+        def show(job: dict[str, Any]) -> None:
+            bar.total = job["progress"]["total"]  # a filter's second phase is sized once chosen
+            bar.set_postfix_str(job["status"])
+            bar.update(job["progress"]["done"] - bar.n)
+
+        return client.wait(job_id, on_progress=show)
+
+
+def run_cancel(args: argparse.Namespace) -> None:
+    with service_client(args) as client:
+        print(describe(client.cancel(args.job)))
+
+
+def run_report(args: argparse.Namespace) -> None:
+    with service_client(args) as client:
+        print(json.dumps(client.report(args.job), indent=2))
+
+
+def run_download(args: argparse.Namespace) -> None:
+    with service_client(args) as client:
+        print(client.download(args.job, args.output))

@@ -418,6 +418,32 @@ def test_every_npz_member_comes_back_under_its_name_byte_for_byte(tmp_path, cifa
     np.testing.assert_array_equal(written, 255 - images)
 
 
+def test_an_npz_images_array_is_found_by_name_or_by_shape(tmp_path, cifar):
+    images, labels = cifar["images"][:3], cifar["labels"][:3]
+    for arrays, key in [
+        ({"x": images, "y": labels}, "x"),  # Keras' names
+        ({"x_train": images, "y_train": labels}, "x_train"),
+        ({"pixels": images, "targets": labels}, "pixels"),  # the one image-shaped array
+    ]:
+        src = tmp_path / f"{key}.npz"
+        np.savez(src, **arrays)
+        container = open_container(src)
+        assert container.image_names()[0] == f"{key}/0"
+        container.write(tmp_path / "out.npz", inverted(container))
+        with np.load(tmp_path / "out.npz") as out:
+            assert out.files == list(arrays)
+            np.testing.assert_array_equal(out[key], 255 - images)
+            np.testing.assert_array_equal(out[next(k for k in arrays if k != key)], labels)
+    both = tmp_path / "both.npz"
+    np.savez(both, a=images, b=images, y=labels)
+    with pytest.raises(UnsupportedInput, match="'a', 'b' could each hold images"):
+        open_container(both)
+    none = tmp_path / "none.npz"
+    np.savez(none, y=labels, names=np.array([1.5]))
+    with pytest.raises(UnsupportedInput, match=r"no array of images \(arrays: y, names\)"):
+        open_container(none)
+
+
 def test_an_npz_with_a_member_twice_is_refused(tmp_path, cifar):
     src = tmp_path / "twice.npz"
     with zipfile.ZipFile(src, "w") as z, warnings.catch_warnings():

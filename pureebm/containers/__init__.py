@@ -46,8 +46,8 @@ def detect_kind(path: Path, limits: Limits = Limits()) -> Kind:
                 names = archive.namelist()
         except zipfile.BadZipFile as e:
             raise UnsupportedInput(f"corrupt zip archive: {e}") from e
-        if "images.npy" in names and all(n.endswith(".npy") for n in names):
-            return "npz"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"  # NpzContainer finds the images array among them
         return "zip"
     if tar_compression(path) or (len(head) >= 262 and head[257:262] == b"ustar"):
         return "tar"

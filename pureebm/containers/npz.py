@@ -21,14 +21,16 @@ from pureebm.images import (
     restore_mode,
 )
 
-IMAGES = "images.npy"
+# the names an images array goes by, in the order they are looked for
+IMAGE_KEYS = ("images", "x", "x_train", "X", "X_train", "imgs", "data", "inputs", "features")
 LOCAL_HEADER = 30  # a zip local file header's fixed part
 
 
 class NpzContainer(Container):
-    """npz with ``images`` (uint8, N x H x W or N x H x W x C, C in 1, 3, 4).
+    """npz with one images array (uint8, N x H x W or N x H x W x C, C in 1, 3, 4),
+    found by ``images_key``.
 
-    Image members are named ``images/<index>``. Only the images are read: from the
+    Image members are named ``<key>/<index>``. Only the images are read: from the
     file through a memory map where the member is stored, else decompressed once.
     Every other member is checked from its header and copied through byte for byte.
     """
@@ -52,10 +54,9 @@ class NpzContainer(Container):
             raise InputTooLarge(
                 f"npz of {total} bytes uncompressed is over the size or compression-ratio limit"
             )
-        self.info = next((i for i in infos if i.filename == IMAGES), None)
-        if self.info is None:
-            raise UnsupportedInput("the npz has no 'images' array")
-        self.header = header = headers[IMAGES]
+        self.key = images_key(headers)
+        self.info = next(i for i in infos if i.filename == self.key + ".npy")
+        self.header = header = headers[self.key + ".npy"]
         shape = header.shape
         if (
             header.dtype != np.uint8
@@ -63,14 +64,9 @@ class NpzContainer(Container):
             or (len(shape) == 4 and shape[3] not in (1, 3, 4))
         ):
             raise UnsupportedInput(
-                f"'images' must be uint8 NHW or NHWC with C in 1, 3, 4; got {header.dtype} {shape}"
+                f"{self.key!r} must be uint8 NHW or NHWC with C in 1, 3, 4; "
+                f"got {header.dtype} {shape}"
             )
-        for name, other in headers.items():
-            if name != IMAGES and image_shaped(other.dtype, other.shape):
-                raise UnsupportedInput(
-                    f"npz array {name[:-4]!r} {other.shape} could hold images, which would pass "
-                    "through unpurified: send one array of images, 'images', per npz"
-                )
         if 0 in shape[1:]:
             raise UnsupportedInput(f"npz images of shape {shape} hold no pixels")
         limits.check_size(width=shape[2], height=shape[1])
@@ -79,7 +75,7 @@ class NpzContainer(Container):
         if not shape[0]:
             raise UnsupportedInput("the npz holds no images")
         row_bytes = header.nbytes // shape[0]
-        self.members = [Member(f"images/{i}", "image", row_bytes) for i in range(shape[0])]
+        self.members = [Member(f"{self.key}/{i}", "image", row_bytes) for i in range(shape[0])]
 
     @property
     def images(self) -> np.ndarray:
@@ -118,11 +114,34 @@ class NpzContainer(Container):
                 copy.compress_type = info.compress_type
                 large = info.file_size > 1 << 30 or images.nbytes > 1 << 30
                 with out.open(copy, "w", force_zip64=large) as f:
-                    if info.filename == IMAGES:
+                    if info.filename == self.info.filename:
                         np.lib.format.write_array(f, images, allow_pickle=False)
                     else:
                         with src.open(info) as member:
                             shutil.copyfileobj(member, f, COPY_CHUNK)
+
+
+def images_key(headers: dict[str, NpyHeader]) -> str:
+    """The array that holds the images: the only one that could (``image_shaped``),
+    else the first of IMAGE_KEYS among them. Any other array that could hold images
+    is refused, naming the arrays: it would pass through unpurified."""
+    arrays = {name[: -len(".npy")]: header for name, header in headers.items()}
+    candidates = [key for key, h in arrays.items() if image_shaped(h.dtype, h.shape)]
+    named = [key for key in IMAGE_KEYS if key in arrays]
+    if not candidates and not named:
+        raise UnsupportedInput(
+            f"the npz has no array of images (arrays: {', '.join(arrays) or 'none'}): name it "
+            "'images' (uint8, N x H x W or N x H x W x C)"
+        )
+    key = candidates[0] if len(candidates) == 1 else (named or candidates)[0]
+    others = [c for c in candidates if c != key]
+    if others:
+        raise UnsupportedInput(
+            f"npz arrays {', '.join(repr(c) for c in [key, *others])} could each hold images; "
+            f"{key!r} would be purified and {', '.join(repr(c) for c in others)} passed through "
+            "unpurified: send one array of images per npz"
+        )
+    return key
 
 
 def read_images(path: Path, info: zipfile.ZipInfo, header: NpyHeader) -> np.ndarray:

@@ -53,6 +53,7 @@ class JobRecord(BaseModel):
     finished_at: float | None = None
     expires_at: float
     error: str | None = None
+    warnings: list[str] = []  # what the caller should know about the parameters it chose
 
     @property
     def shards(self) -> int:

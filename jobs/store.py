@@ -108,6 +108,7 @@ class JobStore:
         fields = record.model_dump(mode="json", exclude_none=True)
         fields["params"] = json.dumps(fields["params"])
         fields["shard_bounds"] = json.dumps(fields["shard_bounds"])
+        fields["warnings"] = json.dumps(fields["warnings"])
         fields["sync"] = int(record.sync)
         return fields
 
@@ -132,6 +133,7 @@ class JobStore:
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         fields["params"] = json.loads(fields["params"])
         fields["shard_bounds"] = json.loads(fields["shard_bounds"])
+        fields["warnings"] = json.loads(fields.get("warnings", "[]"))
         fields["sync"] = fields.get("sync") == "1"
         return JobRecord.model_validate(fields)
 

@@ -41,3 +41,25 @@ def resolve_request(
     rule = resolve_filter(requested, manifest if runs_preset else None, manifest)
     keeps_model = spec.needs_model or rule is not None or model is not None
     return Resolved(model=manifest.ref if keeps_model else None, purifier=spec, filter=rule)
+
+
+OFF_CALIBRATION = 4  # steps past this many times a preset's are worth a warning
+
+
+def calibration_warnings(resolved: Resolved, registry: Registry) -> list[str]:
+    """What a caller should know before trusting the result: a chain far longer than
+    the one its model's preset was calibrated for changes images visibly."""
+    if resolved.model is None:
+        return []
+    preset = registry.manifest(resolved.model).purifier
+    spec = resolved.purifier
+    if spec.family != preset.family or not getattr(preset, "steps", 0):
+        return []
+    steps, calibrated = spec.steps, preset.steps  # type: ignore[attr-defined]
+    if steps <= OFF_CALIBRATION * calibrated:
+        return []
+    return [
+        f"steps={steps} is {steps / calibrated:.0f}x the {calibrated} steps {resolved.model} "
+        "is calibrated for (at its eps and tau): expect images visibly changed, not only "
+        "purified; leave steps unset to use the model's own (docs/models.md)"
+    ]

@@ -43,6 +43,7 @@ class JobResource(BaseModel):
     finished_at: datetime | None
     expires_at: datetime
     timings: Timings
+    warnings: list[str]  # e.g. steps far outside what the model was calibrated for
     links: dict[str, str]
 
 

@@ -28,7 +28,7 @@ from jobs.store import JobStore
 from pureebm.filtering import FilterError
 from pureebm.purifiers import Overrides
 from pureebm.registry import Registry
-from pureebm.requests import Resolved, resolve_request
+from pureebm.requests import Resolved, calibration_warnings, resolve_request
 from pureebm.shards import cut_shards
 from service.disk import job_needs
 from service.problems import Problem
@@ -130,6 +130,7 @@ class Submitter:
                     prepared.pixels, settings.shard_size, settings.shard_pixels
                 ),
                 params=job_params,
+                warnings=calibration_warnings(resolved, self.registry),
                 sync=sync,
                 created_at=now,
                 expires_at=now + settings.retention_s,

@@ -312,6 +312,19 @@ def test_a_misspelled_repeated_or_raw_request_is_refused_naming_the_fault(stack,
         assert client.get("/v1/jobs").json()["total"] == before
 
 
+def test_steps_far_past_the_models_calibration_come_with_a_warning(stack, cifar):
+    """'tiny' keeps the paper's T = 150: 2,000 steps is 13x that, and says so."""
+    image = {"files": ("a.png", png(cifar["images"][0]))}
+    with stack.client() as client:
+        far = client.post("/v1/jobs", files=image, data={"steps": "2000"}).json()
+        usual = client.post("/v1/jobs", files=image).json()
+        assert len(far["warnings"]) == 1 and "steps=2000 is 13x the 150 steps" in far["warnings"][0]
+        assert client.get(f"/v1/jobs/{far['id']}").json()["warnings"] == far["warnings"]
+        assert usual["warnings"] == []
+        for job in (far, usual):
+            client.delete(f"/v1/jobs/{job['id']}")
+
+
 def test_an_unexpected_error_is_a_problem_json_500_naming_the_job(stack, cifar):
     """A job record damaged in Redis (its params field gone) makes reading it fail
     in a way no handler expects: the answer is still problem+json."""

@@ -34,6 +34,8 @@ def run_submit(args: argparse.Namespace) -> None:
         job = client.submit(args.input, **params)
         try:
             print(f"job {job['id']}: {job['images']} images", file=sys.stderr, flush=True)
+            for warning in job.get("warnings", []):
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             follow(client, job["id"])
         except KeyboardInterrupt:
             interrupted(client, job["id"])

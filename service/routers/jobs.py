@@ -57,6 +57,7 @@ def to_resource(store: JobStore, record: JobRecord) -> JobResource:
             queued_s=(record.started_at or end) - record.created_at,
             running_s=end - record.started_at if record.started_at else None,
         ),
+        warnings=record.warnings,
         links=links,
     )
 

@@ -69,11 +69,11 @@ async def purify_now(
             await submitter.redis(delete)
         raise
     path = store.folders.result_path(current)
+    headers = {"Content-Disposition": attachment(path.name)}
+    if current.warnings:  # RFC 7234's Warning header, code 299: a persistent warning
+        headers["Warning"] = " ".join(f'299 pureebm "{w}"' for w in current.warnings)
     return FileResponse(  # streamed from disk; the job is deleted once it is sent
-        path,
-        media_type=media_type_of(path),
-        headers={"Content-Disposition": attachment(path.name)},
-        background=BackgroundTask(delete),
+        path, media_type=media_type_of(path), headers=headers, background=BackgroundTask(delete)
     )
 
 

@@ -36,7 +36,7 @@ def describe(job: dict[str, Any]) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     listing = sub.add_parser("jobs", help="list your jobs on a running service, newest first")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (1-200)")
     listing.set_defaults(run=run_jobs)
     for name, run, about in [
         ("status", run_status, "show one job"),

@@ -130,7 +130,13 @@ def test_ctrl_c_on_submit_without_a_terminal_leaves_the_job_running(stack, tmp_p
     argv = ["submit", str(src), "-o", str(tmp_path / "o.png"), "--steps", "400"]
     command = [sys.executable, "-m", "pureebm", *argv, "--url", stack.url, "--api-key", KEY_A]
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        command,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        # a shell's background job (CI's, say) ignores SIGINT, and so would the child
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     announced = process.stderr.readline()  # "job <id>: 1 images", printed at once
     job_id = announced.split()[1].rstrip(":")

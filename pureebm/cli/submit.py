@@ -8,9 +8,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pureebm.cli.jobs import add_service_options, follow, service_client
 from pureebm.cli.options import add_purifier_options, purifier_overrides
+
+if TYPE_CHECKING:
+    from pureebm.client import PureEBMClient
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +53,7 @@ def run_submit(args: argparse.Namespace) -> None:
     )
 
 
-def interrupted(client, job_id: str) -> None:  # type: ignore[no-untyped-def]
+def interrupted(client: PureEBMClient, job_id: str) -> None:
     """Ctrl-C while following: cancel the job, or leave it running (the default, and
     the only choice without a terminal to ask on)."""
     answer = ""

@@ -12,7 +12,7 @@ import torch
 from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import to_tensor, train_classifier
 from pureebm.evaluation.config import EvalConfig, TrainSettings
-from pureebm.evaluation.defences import pureebm
+from pureebm.evaluation.defences import cached, pureebm
 from pureebm.evaluation.run import Defender, auroc, evaluate, trigger_left
 from pureebm.images import Picture
 from pureebm.pipeline import purify_pictures
@@ -302,6 +302,27 @@ def test_a_filter_purifies_exactly_the_highest_energy_images_and_passes_the_rest
     untouched = np.setdiff1d(np.arange(len(images)), poisoned.poisoned)
     assert np.array_equal(energy[untouched], defender.clean_energy[untouched])
     assert not np.allclose(energy[poisoned.poisoned], defender.clean_energy[poisoned.poisoned])
+
+
+def test_the_cache_computes_a_defended_set_once_per_set_and_name(tmp_path, cifar):
+    calls = []
+
+    def compute(images: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(len(images))
+        return {"images": 255 - images, "energy": images.mean(axis=(1, 2, 3))}
+
+    images = cifar["images"][:8]
+    first = cached(str(tmp_path), images, "invert", lambda: compute(images))
+    again = cached(str(tmp_path), images.copy(), "invert", lambda: compute(images))
+    assert calls == [8]
+    for key in ("images", "energy"):
+        np.testing.assert_array_equal(first[key], again[key])
+    other = images.copy()
+    other[0, 0, 0, 0] ^= 1
+    cached(str(tmp_path), other, "invert", lambda: compute(other))
+    cached(str(tmp_path), images, "another", lambda: compute(images))
+    cached(None, images, "invert", lambda: compute(images))
+    assert calls == [8] * 4
 
 
 def test_auroc_and_trigger_share_on_hand_built_cases():

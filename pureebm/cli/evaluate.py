@@ -78,6 +78,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cost on the test set, once, and on its triggered copy, per attack",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--purify-batch",
+        type=int,
+        default=defaults.purify_batch,
+        help="images per purifier batch (a GPU takes 512 or more)",
+    )
+    p.add_argument(
+        "--cache",
+        help="folder keeping defended sets, so evaluations run side by side (one per "
+        "attack) defend the clean training set once",
+    )
     p.set_defaults(run=run_eval)
 
 
@@ -112,6 +123,8 @@ def run_eval(args: argparse.Namespace) -> None:
         out=args.out,
         split_seed=args.split_seed,
         defend_test=args.defend_test,
+        purify_batch=args.purify_batch,
+        cache=args.cache,
     )
     result = evaluate(config)
     print(markdown_table(result))

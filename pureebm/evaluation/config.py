@@ -52,3 +52,5 @@ class EvalConfig:
     out: str = "runs/eval"
     split_seed: int = 0
     defend_test: bool = True  # also the '+test' rows: test images purified at inference
+    purify_batch: int = 64  # images per purifier batch (a GPU takes far more)
+    cache: str | None = None  # folder of defended sets shared by evaluations side by side

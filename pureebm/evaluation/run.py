@@ -6,6 +6,7 @@ import json
 import tempfile
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,8 @@ class Defender:
             if spec == "none" or self.chains.get(spec) == 0:
                 out[spec] = images
             elif spec in self.purifiers:
-                out[spec] = defences.purified(self.purifiers[spec], images, spec)
+                purify = partial(self.purify, spec, images)
+                out[spec] = defences.cached(self.config.cache, images, spec, purify)["images"]
         lengths = sorted(set(self.chains.values()))
         energy = np.full(len(images), np.nan)
         if self.config.url:
@@ -186,10 +188,21 @@ class Defender:
                 model = self.config.model
                 out[f"T={steps}"] = purify_through_service(self.config.url, images, steps, model)
         elif lengths:
-            device = self.config.classifier.device
-            swept, energy = defences.pureebm(self.model, images, self.params, lengths, device)
-            out |= {f"T={steps}": swept[steps] for steps in lengths}
+            key, sweep = f"{self.model_ref} T={lengths}", partial(self.sweep, images, lengths)
+            swept = defences.cached(self.config.cache, images, key, sweep)
+            energy = swept.pop("energy")
+            out |= swept
         return out, energy
+
+    def purify(self, spec: str, images: np.ndarray) -> dict[str, np.ndarray]:
+        purifier, batch = self.purifiers[spec], self.config.purify_batch
+        return {"images": defences.purified(purifier, images, spec, batch)}
+
+    def sweep(self, images: np.ndarray, lengths: list[int]) -> dict[str, np.ndarray]:
+        """Psi_T of ``images`` for each chain length, keyed 'T=t', and their energy."""
+        device, batch = self.config.classifier.device, self.config.purify_batch
+        swept, energy = defences.pureebm(self.model, images, self.params, lengths, device, batch)
+        return {f"T={steps}": swept[steps] for steps in lengths} | {"energy": energy}
 
     def finish(
         self, spec: str, out: dict[str, np.ndarray], images: np.ndarray, energy: np.ndarray

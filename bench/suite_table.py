@@ -1,0 +1,192 @@
+"""One table of the attack suite: every defence against every attack, and its worst case.
+
+    python -m bench.suite_table runs/suite/* --out docs/eval/suite
+
+Each folder is a `pureebm eval --out` of one attack (any seeds, targets and
+strengths); folders of the same attack are pooled. For each defence and attack,
+poison success is taken above the clean floor run by run (the same attack, seed
+and target, so the floor's own spread cancels), with its mean and 95% interval;
+natural accuracy is paired with no defence the same way. A defence's worst case
+is the attack it leaves the most above the floor: a defence meant to be
+universal is judged on that row, never on a mean over attacks. The bar a default
+must clear (issue 25): at most 3 points above the floor for every attack, at most
+2 points of accuracy below no defence, and better than JPEG q75 on both.
+Writes results.json, results.md and suite.png (a heat map of the same table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from pureebm.statistics import mean_interval
+
+FLOOR_BAR = 0.03  # poison success above the clean floor, every attack
+ACCURACY_BAR = 0.02  # natural accuracy below no defence
+
+
+def attack_label(config: dict, eps: float) -> str:
+    if config["attack"] in ("patch", "patch-clean", "blend"):  # no strength
+        return config["attack"]
+    return f"{config['attack']} {eps * 255:.0f}/255"
+
+
+def pooled_rows(results: list[dict]) -> dict[str, list[dict]]:
+    """Rows by attack label, each run's rows once (a run kept by two folders is an error)."""
+    by_attack: dict[str, dict[tuple, dict]] = defaultdict(dict)
+    for result in results:
+        for row in result["rows"]:
+            label = attack_label(result["config"], row["eps"])
+            key = (row["seed"], row["target"], row["defence"])
+            if key in by_attack[label] and by_attack[label][key] != row:
+                raise SystemExit(f"{label}: two different runs of {key}")
+            by_attack[label][key] = row
+    return {label: list(rows.values()) for label, rows in by_attack.items()}
+
+
+def paired(rows: list[dict], spec: str, reference: str, key: str) -> tuple[float, float, int]:
+    """Mean and interval of ``spec``'s ``key`` minus ``reference``'s, run by run."""
+    ref = {(r["seed"], r["target"]): r[key] for r in rows if r["defence"] == reference}
+    differences = [
+        r[key] - ref[r["seed"], r["target"]]
+        for r in rows
+        if r["defence"] == spec and (r["seed"], r["target"]) in ref
+    ]
+    return (*mean_interval(differences), len(differences))
+
+
+def suite(results: list[dict]) -> dict:
+    by_attack = pooled_rows(results)
+    defences = list(dict.fromkeys(r["defence"] for rows in by_attack.values() for r in rows))
+    defences.remove("clean")
+    cells: dict[str, dict[str, dict]] = {}
+    for spec in defences:
+        cells[spec] = {}
+        for label, rows in by_attack.items():
+            above, above_ci, runs = paired(rows, spec, "clean", "poison_success")
+            accuracy, accuracy_ci, _ = paired(rows, spec, "none", "natural_accuracy")
+            if runs:
+                cells[spec][label] = {
+                    "above_floor": above,
+                    "above_floor_ci": above_ci,
+                    "accuracy_vs_none": accuracy,
+                    "accuracy_vs_none_ci": accuracy_ci,
+                    "runs": runs,
+                }
+    worst = {
+        spec: max(by.items(), key=lambda item: item[1]["above_floor"]) for spec, by in cells.items()
+    }
+    jpeg = worst.get("jpeg:75")
+    verdicts = {}
+    for spec, (label, cell) in worst.items():
+        accuracy = min(c["accuracy_vs_none"] for c in cells[spec].values())
+        verdicts[spec] = {
+            "worst_attack": label,
+            **cell,
+            "lowest_accuracy_vs_none": accuracy,
+            "within_floor_bar": cell["above_floor"] <= FLOOR_BAR,
+            "within_accuracy_bar": accuracy >= -ACCURACY_BAR,
+            "beats_jpeg75": jpeg is not None
+            and spec != "jpeg:75"
+            and cell["above_floor"] < jpeg[1]["above_floor"]
+            and accuracy > min(c["accuracy_vs_none"] for c in cells["jpeg:75"].values()),
+        }
+    return {
+        "attacks": list(by_attack),
+        "cells": cells,
+        "worst_case": verdicts,
+        "runs": [r["config"] for r in results],
+        "energy_auroc": {
+            attack_label(r["config"], a["eps"]): a["energy_auroc"]
+            for r in results
+            for a in r.get("attacks", [])
+        },
+    }
+
+
+def markdown(table: dict) -> str:
+    attacks = table["attacks"]
+
+    def pts(value: float, half: float) -> str:
+        return f"{value * 100:+.1f} +- {half * 100:.1f}"
+
+    lines = [
+        "Poison success above the clean floor (points, paired run by run; mean +- 95% "
+        "interval over targets and seeds), then natural accuracy against no defence.",
+        "",
+        "| defence | " + " | ".join(attacks) + " | worst attack | worst above floor "
+        "| lowest accuracy vs none | bars (floor, accuracy, beats JPEG q75) |",
+        "|---" * (len(attacks) + 5) + "|",
+    ]
+    for spec, by in table["cells"].items():
+        cells = [
+            pts(by[a]["above_floor"], by[a]["above_floor_ci"]) if a in by else "-" for a in attacks
+        ]
+        v = table["worst_case"][spec]
+        bars = " ".join(
+            "yes" if v[k] else "no"
+            for k in ("within_floor_bar", "within_accuracy_bar", "beats_jpeg75")
+        )
+        lines.append(
+            f"| {spec} | " + " | ".join(cells) + f" | {v['worst_attack']} | "
+            f"{pts(v['above_floor'], v['above_floor_ci'])} | "
+            f"{v['lowest_accuracy_vs_none'] * 100:+.1f} | {bars} |"
+        )
+    lines += ["", "| defence | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
+    for spec, by in table["cells"].items():
+        cells = [
+            pts(by[a]["accuracy_vs_none"], by[a]["accuracy_vs_none_ci"]) if a in by else "-"
+            for a in attacks
+        ]
+        lines.append(f"| {spec} (accuracy vs none) | " + " | ".join(cells) + " |")
+    runs = {
+        a: max(c["runs"] for c in (by.get(a, {"runs": 0}) for by in table["cells"].values()))
+        for a in attacks
+    }
+    lines += ["", "Runs per attack: " + ", ".join(f"{a} {n}" for a, n in runs.items()) + "."]
+    return "\n".join(lines)
+
+
+def draw(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    attacks, defences = table["attacks"], list(table["cells"])
+    values = [
+        [100 * table["cells"][d].get(a, {}).get("above_floor", float("nan")) for a in attacks]
+        for d in defences
+    ]
+    fig, ax = plt.subplots(figsize=(1.6 * len(attacks) + 4, 0.6 * len(defences) + 2))
+    image = ax.imshow(values, cmap="RdYlGn_r", vmin=-10, vmax=40, aspect="auto")
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:+.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(defences)), defences, fontsize=8)
+    fig.colorbar(image, label="poison success above the clean floor (points)")
+    ax.set_title("attack suite: lower is better, 0 is the clean floor", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="`pureebm eval --out` folders")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    results = [json.loads((run / "results.json").read_text()) for run in args.runs]
+    table = suite(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(table, indent=2))
+    (args.out / "results.md").write_text(markdown(table) + "\n")
+    draw(table, args.out / "suite.png")
+    print(markdown(table))
+
+
+if __name__ == "__main__":
+    main()

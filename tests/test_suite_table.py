@@ -1,0 +1,83 @@
+"""bench/suite_table.py: each defence against each attack above its floor, and its worst case."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.suite_table import markdown, suite
+
+
+def run(attack: str, seed: int, measured: dict[str, tuple[float, float]]) -> dict:
+    """A results.json of one attack at 16/255, target 0: defence -> (accuracy, success)."""
+    return {
+        "config": {"attack": attack},
+        "attacks": [{"eps": 16 / 255, "seed": seed, "target": 0, "energy_auroc": 0.8}],
+        "rows": [
+            {
+                "eps": 16 / 255,
+                "seed": seed,
+                "target": 0,
+                "defence": defence,
+                "natural_accuracy": accuracy,
+                "poison_success": success,
+            }
+            for defence, (accuracy, success) in measured.items()
+        ],
+    }
+
+
+def test_worst_case_is_the_attack_left_most_above_its_floor_paired_run_by_run():
+    results = [
+        # narcissus: floors 0.30 and 0.50; the filter leaves +0.01 and +0.03 above them
+        run(
+            "narcissus",
+            0,
+            {
+                "clean": (0.72, 0.30),
+                "none": (0.73, 0.60),
+                "filt": (0.71, 0.31),
+                "jpeg:75": (0.72, 0.50),
+            },
+        ),
+        run(
+            "narcissus",
+            1,
+            {
+                "clean": (0.72, 0.50),
+                "none": (0.73, 0.70),
+                "filt": (0.70, 0.53),
+                "jpeg:75": (0.72, 0.60),
+            },
+        ),
+        # blend: the filter leaves +0.01, JPEG +0.05
+        run(
+            "blend",
+            0,
+            {
+                "clean": (0.72, 0.00),
+                "none": (0.73, 0.40),
+                "filt": (0.69, 0.01),
+                "jpeg:75": (0.73, 0.05),
+            },
+        ),
+    ]
+    table = suite(results)
+    assert table["attacks"] == ["narcissus 16/255", "blend"]
+    cell = table["cells"]["filt"]["narcissus 16/255"]
+    assert cell["above_floor"] == pytest.approx(0.02) and cell["runs"] == 2
+    assert cell["accuracy_vs_none"] == pytest.approx(-0.025)
+    filt, jpeg = table["worst_case"]["filt"], table["worst_case"]["jpeg:75"]
+    assert filt["worst_attack"] == "narcissus 16/255" and filt["above_floor"] == pytest.approx(0.02)
+    assert filt["lowest_accuracy_vs_none"] == pytest.approx(-0.04)
+    assert filt["within_floor_bar"] and not filt["within_accuracy_bar"]
+    assert not filt["beats_jpeg75"]  # removes more, but costs more accuracy
+    assert jpeg["worst_attack"] == "narcissus 16/255" and jpeg["above_floor"] == pytest.approx(0.15)
+    assert "clean" not in table["cells"]
+    assert "| filt | +2.0 +- " in markdown(table)
+
+
+def test_two_different_rows_for_the_same_run_are_refused():
+    a = run("blend", 0, {"clean": (0.7, 0.0), "none": (0.7, 0.3)})
+    b = run("blend", 0, {"clean": (0.7, 0.0), "none": (0.7, 0.4)})
+    with pytest.raises(SystemExit, match="two different runs"):
+        suite([a, b])

@@ -5,8 +5,9 @@ One module per noun, as rq has them: ``record`` (the job and its parameters),
 ``keys`` (every Redis key and RQ job id), ``folders`` (the job folder's layout),
 ``store`` (records, status changes, quota, idempotency, progress), ``queue``
 (lanes, enqueueing, cancelling, live workers), ``cleaner`` (stalled and expired
-jobs), ``stats`` (the figures workers leave for /metrics), ``settings`` (what
-both processes read) and ``logs``. Nothing here imports FastAPI or torch.
+jobs), ``stats`` (the figures workers leave for /metrics), ``webhooks`` (a job's
+events POSTed to its owner, signed), ``settings`` (what both processes read) and
+``logs``. Nothing here imports FastAPI or torch.
 
 A job is split into shards of at most ``shard_size`` images and ``shard_pixels``
 pixels (``pureebm.shards.cut_shards``). Each shard is one RQ job
@@ -34,6 +35,8 @@ queue, ``pureebm-sync``, which workers always look at first. Redis keys (``keys`
     pureebm:idem:<owner>:<key>  the job id created under an Idempotency-Key
     pureebm:states              hash: job id -> status (for /metrics)
     pureebm:canceled            counter: jobs canceled (for /metrics)
+    pureebm:webhooks:due        sorted set: webhook deliveries by their next attempt's time
+    pureebm:webhook:<id>        hash: one delivery (its URL, owner, job, event, body, attempts)
 
 Job folder (``<data_dir>/jobs/<id>/``): ``input/<file>``, ``decoded.npz`` (the
 images the API decoded while validating, up to ``max_decoded_bytes``),

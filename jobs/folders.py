@@ -9,6 +9,7 @@ selection.npz         with a filter: the chosen positions, and where each
                       purification shard starts among them
 result/<name>         the purified container
 report.json           the energy report (jobs.record.Report)
+preview.png           the job's card (pureebm.preview): samples, and the scores' histogram
 """
 
 from __future__ import annotations
@@ -67,3 +68,6 @@ class JobFolders:
 
     def report_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "report.json"
+
+    def preview_path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "preview.png"

@@ -15,6 +15,9 @@ IMAGES_KEY = f"{PREFIX}:stats:images"  # counter: images purified by all workers
 SHARD_SECONDS_KEY = f"{PREFIX}:stats:shard_seconds"  # hash: a histogram's buckets
 WORKER_RATE_KEY = f"{PREFIX}:stats:worker_rate"  # hash: worker -> "images/s:time"
 DISK_RESERVED_KEY = f"{PREFIX}:disk:reserved"  # hash: job id -> bytes it may still write
+WEBHOOK_DUE_KEY = f"{PREFIX}:webhooks:due"  # sorted set: delivery id -> its next attempt's time
+WEBHOOK_PROGRESS_KEY = f"{PREFIX}:webhooks:progress"  # hash: job id -> done at its last event
+WEBHOOK_OUTCOMES_KEY = f"{PREFIX}:stats:webhooks"  # hash: delivered, failed (counters)
 
 BATCH_QUEUE = "pureebm"  # on a worker's command line: every lane
 BATCH_LANES = [f"pureebm-lane-{n}" for n in range(16)]
@@ -35,6 +38,14 @@ def samples_key(job_id: str) -> str:
 
 def gone_key(job_id: str) -> str:
     return f"{PREFIX}:gone:{job_id}"  # hash: owner, reason, at; for retention_s
+
+
+def webhook_delivery_key(delivery_id: str) -> str:
+    return f"{PREFIX}:webhook:{delivery_id}"  # hash: url, owner, job, event, body, attempts
+
+
+def webhook_throttle_key(job_id: str) -> str:
+    return f"{PREFIX}:webhook-throttle:{job_id}"  # set while a progress event is too recent
 
 
 def owner_key(owner: str) -> str:

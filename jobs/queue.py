@@ -24,7 +24,7 @@ from jobs.keys import (
     select_job_id,
     shard_job_id,
 )
-from jobs.record import JobRecord
+from jobs.record import JobRecord, JobStatus, Progress
 from jobs.store import JobStore
 
 ENDED_RQ_STATES = (RQStatus.FINISHED, RQStatus.FAILED, RQStatus.CANCELED, RQStatus.STOPPED)
@@ -110,6 +110,24 @@ class JobQueue:
             "result_ttl": ttl,
             "failure_ttl": ttl,
         }
+
+    def position(self, record: JobRecord) -> int | None:
+        """How many other jobs' work waits ahead of a queued job's first RQ job in its
+        queue (0: it is next); None once that has left the queue."""
+        first = (score_job_id if record.params.filter is not None else shard_job_id)(record.id, 0)
+        queue = self.queue(record)
+        index = self.redis.lpos(queue.key, first)
+        if index is None:
+            return None
+        ahead = self.redis.lrange(queue.key, 0, index - 1) if index else []
+        return len({rq_id.decode().partition("-")[0] for rq_id in ahead})
+
+    def progress(self, record: JobRecord) -> Progress:
+        """The store's progress, with a queued job's place in its queue."""
+        progress = self.store.progress(record)
+        if record.status == JobStatus.queued:
+            progress.queue_position = self.position(record)
+        return progress
 
     def cancel(self, record: JobRecord) -> None:
         """Stop a queued or running job: queued shards never start, running ones stop

@@ -32,6 +32,19 @@ class JobStatus(StrEnum):
 ACTIVE = (JobStatus.queued, JobStatus.running)
 
 
+class WebhookEvent(StrEnum):
+    start = "start"  # a worker took the job
+    progress = "progress"  # images got done (at most one per interval)
+    completed = "completed"  # the job ended: finished, failed or canceled
+
+
+class Webhook(BaseModel):
+    """Where a job's events are POSTed, and which of them (jobs.webhooks)."""
+
+    url: str
+    events: list[WebhookEvent]
+
+
 class JobRecord(BaseModel):
     """What Redis holds about a job (its images live in the job's folder)."""
 
@@ -54,6 +67,7 @@ class JobRecord(BaseModel):
     expires_at: float
     error: str | None = None
     warnings: list[str] = []  # what the caller should know about the parameters it chose
+    webhook: Webhook | None = None  # never shown by the API: its URL may hold a token
 
     @property
     def shards(self) -> int:
@@ -61,18 +75,26 @@ class JobRecord(BaseModel):
 
     @property
     def work(self) -> int:
-        """Image passes the job makes: one per image, and with a filter one more per
-        image it purifies (all of them, until its ranking has chosen)."""
-        if self.params.filter is None:
-            return self.images
-        return self.images + (self.images if self.selected is None else self.selected)
+        """Image passes the job's progress counts: one per image, and with a filter
+        one more per image, whether purified or passed through as sent (its
+        ranking's choice is not known in advance; the total never changes)."""
+        return self.images if self.params.filter is None else 2 * self.images
+
+    @property
+    def passed_through(self) -> int:
+        """Images a filter's ranking left as sent (0 until it has chosen): done at once."""
+        return 0 if self.selected is None else self.images - self.selected
 
 
 class Progress(BaseModel):
+    """Image passes done of the total; neither ever goes down. With a filter the
+    total is twice the images: each is scored, then purified or passed through."""
+
     done: int
     total: int
     images_per_s: float | None
     eta_s: float | None
+    queue_position: int | None = None  # queued: jobs ahead of it in its queue (0: next)
 
 
 class ImageEnergy(BaseModel):
@@ -80,6 +102,7 @@ class ImageEnergy(BaseModel):
     energy_before: float | None  # None: the purifier gives no score (JPEG)
     energy_after: float | None
     purified: bool = True  # False: an energy filter passed it through as sent
+    psnr: float | None = None  # dB, purified against sent (99: unchanged); None: not purified
 
 
 class Report(BaseModel):
@@ -89,6 +112,7 @@ class Report(BaseModel):
     job: str
     model: str | None = None
     purifier: Spec  # type: ignore[valid-type]
+    score: str | None = None  # what energy_before/after hold: "energy", "denoising error"
     seed: int
     filter: float | str | None = None
     purified: int | None = None  # images purified (all without a filter); None: an older report

@@ -25,8 +25,9 @@ from jobs.keys import (
     progress_key,
     samples_key,
 )
-from jobs.record import ACTIVE, JobRecord, JobStatus, Progress
+from jobs.record import ACTIVE, JobRecord, JobStatus, Progress, WebhookEvent
 from jobs.settings import JobSettings
+from jobs.webhooks import announce
 
 # Compare-and-set of a job's status: the transition happens only from the expected state.
 SET_STATUS_IF = """
@@ -46,11 +47,14 @@ if redis.call('exists', KEYS[1]) == 0 then return 0 end
 redis.call('hset', KEYS[1], unpack(ARGV))
 return 1
 """
-# It also appends "time:images done in all shards" to the job's recent samples, from
-# which the API computes a sliding-window rate.
+# A shard's count only rises: a retried shard starts again from 0, and holds at
+# the count it had reached until the retry passes it. It also appends "time:images
+# done in all shards" to the job's recent samples, from which the API computes a
+# sliding-window rate.
 SET_PROGRESS_IF_EXISTS = """
 if redis.call('exists', KEYS[1]) == 0 then return 0 end
-redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
+local reached = tonumber(redis.call('hget', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > reached then redis.call('hset', KEYS[2], ARGV[1], ARGV[2]) end
 local done = 0
 for _, v in ipairs(redis.call('hvals', KEYS[2])) do done = done + tonumber(v) end
 redis.call('rpush', KEYS[3], ARGV[3] .. ':' .. done)
@@ -110,6 +114,8 @@ class JobStore:
         fields["shard_bounds"] = json.dumps(fields["shard_bounds"])
         fields["warnings"] = json.dumps(fields["warnings"])
         fields["sync"] = int(record.sync)
+        if record.webhook is not None:
+            fields["webhook"] = record.webhook.model_dump_json()
         return fields
 
     def save_within_quota(self, record: JobRecord, limit: int) -> bool:
@@ -135,6 +141,8 @@ class JobStore:
         fields["shard_bounds"] = json.loads(fields["shard_bounds"])
         fields["warnings"] = json.loads(fields.get("warnings", "[]"))
         fields["sync"] = fields.get("sync") == "1"
+        if "webhook" in fields:
+            fields["webhook"] = json.loads(fields["webhook"])
         return JobRecord.model_validate(fields)
 
     def get_owned(self, job_id: str, owner: str) -> JobRecord | None:
@@ -217,8 +225,8 @@ class JobStore:
     def set_shard_progress(
         self, job_id: str, shard: int | str, done: int, now: float | None = None
     ) -> None:
-        """Images done in one shard. A retried shard starts again from 0, so the
-        aggregate never counts an image twice."""
+        """Images done in one shard, counted once however often it is retried, and
+        never less than it has shown."""
         now = time.time() if now is None else now
         keys = [job_key(job_id), progress_key(job_id), samples_key(job_id)]
         self.set_progress_if_exists(keys=keys, args=[str(shard), done, repr(now), RATE_SAMPLES])
@@ -231,7 +239,8 @@ class JobStore:
         if record.status == JobStatus.finished:
             done = record.work
         else:
-            done = sum(int(v) for v in self.redis.hvals(progress_key(record.id)))
+            shards = sum(int(v) for v in self.redis.hvals(progress_key(record.id)))
+            done = min(shards + record.passed_through, record.work)
         if record.status in ACTIVE:
             rate = self.recent_rate(record.id, now)
             eta = (record.work - done) / rate if rate else None
@@ -260,6 +269,7 @@ class JobStore:
             if self.transition(record.id, status, JobStatus.canceled):
                 self.mark_ended(record.id)
                 self.redis.incr(CANCELED_KEY)
+                announce(self, record, WebhookEvent.completed)
                 return True
         return False
 
@@ -271,6 +281,7 @@ class JobStore:
         if not self.transition(record.id, record.status, JobStatus.failed):
             return False
         shutil.rmtree(self.folders.folder(record.id), ignore_errors=True)
+        announce(self, record, WebhookEvent.completed)
         return True
 
     def delete(self, record: JobRecord, reason: str | None = None) -> None:

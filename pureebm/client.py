@@ -3,10 +3,13 @@
 from pureebm.client import PureEBMClient
 client = PureEBMClient("http://127.0.0.1:8000", api_key="...")
 job = client.purify("train.zip", "train.purified.zip")  # the model's own settings
+
+`AsyncPureEBMClient` has the same methods, awaitable, for asyncio programs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -28,6 +31,43 @@ class PureEBMError(Exception):
         self.status, self.detail = status, detail
 
 
+def checked(response: httpx.Response) -> httpx.Response:
+    """The response, or PureEBMError with the problem's detail and which fields failed."""
+    if response.is_error:
+        try:
+            problem = response.json()
+            detail = str(problem.get("detail", response.text))
+            for error in problem.get("errors", []):  # which field failed, and why
+                field = ".".join(str(part) for part in error.get("loc", [])[1:])
+                detail += f"; {field}: {error.get('msg')}"
+        except (ValueError, AttributeError):
+            detail = response.text
+        raise PureEBMError(response.status_code, detail)
+    return response
+
+
+def has_ended(job: dict[str, Any]) -> bool:
+    """True for a finished job; PureEBMError for a failed or canceled one."""
+    if job["status"] in ("failed", "canceled"):
+        raise PureEBMError(409, f"job {job['id']} {job['status']}: {job.get('error')}")
+    return job["status"] == "finished"
+
+
+def submission(
+    params: dict[str, Any], idempotency_key: str | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The form fields and headers of a submission."""
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    return {k: str(v) for k, v in params.items() if v is not None}, headers
+
+
+def destination(dest: Path, response: httpx.Response, job_id: str) -> Path:
+    """``dest``, or in a folder ``dest`` the file name the service gives the result."""
+    if dest.is_dir():
+        return dest / sent_name(response.headers.get("content-disposition", ""), job_id)
+    return dest
+
+
 class PureEBMClient:
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 300.0) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
@@ -40,18 +80,7 @@ class PureEBMClient:
         self.http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self.http.request(method, path, **kwargs)
-        if response.is_error:
-            try:
-                problem = response.json()
-                detail = str(problem.get("detail", response.text))
-                for error in problem.get("errors", []):  # which field failed, and why
-                    field = ".".join(str(part) for part in error.get("loc", [])[1:])
-                    detail += f"; {field}: {error.get('msg')}"
-            except (ValueError, AttributeError):
-                detail = response.text
-            raise PureEBMError(response.status_code, detail)
-        return response
+        return checked(self.http.request(method, path, **kwargs))
 
     def submit(
         self, path: str | Path, idempotency_key: str | None = None, **params: Any
@@ -59,8 +88,7 @@ class PureEBMClient:
         """Upload an image or an archive; returns the job. The service tells the two
         apart by their content, so both go as the `archive` field."""
         path = Path(path)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        data = {k: str(v) for k, v in params.items() if v is not None}
+        data, headers = submission(params, idempotency_key)
         with path.open("rb") as f:
             return self.request(
                 "POST", "/v1/jobs", files={"archive": (path.name, f)}, data=data, headers=headers
@@ -88,10 +116,8 @@ class PureEBMClient:
             job = self.job(job_id)
             if on_progress is not None:
                 on_progress(job)
-            if job["status"] == "finished":
+            if has_ended(job):
                 return job
-            if job["status"] in ("failed", "canceled"):
-                raise PureEBMError(409, f"job {job_id} {job['status']}: {job.get('error')}")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)
@@ -102,10 +128,8 @@ class PureEBMClient:
         dest = Path(dest)
         with self.http.stream("GET", f"/v1/jobs/{job_id}/result") as response:
             if response.is_error:
-                response.read()
-                raise PureEBMError(response.status_code, response.text)
-            if dest.is_dir():
-                dest = dest / sent_name(response.headers.get("content-disposition", ""), job_id)
+                checked(httpx.Response(response.status_code, content=response.read()))
+            dest = destination(dest, response, job_id)
             with dest.open("wb") as out:
                 for chunk in response.iter_bytes(1 << 20):
                     out.write(chunk)
@@ -131,4 +155,89 @@ class PureEBMClient:
         job = self.submit(path, **params)
         job = self.wait(job["id"], on_progress=on_progress)
         self.download(job["id"], dest)
+        return job
+
+
+class AsyncPureEBMClient:
+    """PureEBMClient's methods for asyncio: ``async with AsyncPureEBMClient(url) as c:
+    job = await c.purify("train.zip", "out.zip")``."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 300.0) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncPureEBMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return checked(await self.http.request(method, path, **kwargs))
+
+    async def submit(
+        self, path: str | Path, idempotency_key: str | None = None, **params: Any
+    ) -> dict[str, Any]:
+        path = Path(path)
+        data, headers = submission(params, idempotency_key)
+        with path.open("rb") as f:  # streamed from the file, as the blocking client does
+            files = {"archive": (path.name, f)}
+            response = await self.request(
+                "POST", "/v1/jobs", files=files, data=data, headers=headers
+            )
+        return response.json()
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/v1/jobs/{job_id}")).json()
+
+    async def jobs(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        params = {"limit": limit, "offset": offset}
+        return (await self.request("GET", "/v1/jobs", params=params)).json()
+
+    async def wait(
+        self,
+        job_id: str,
+        poll_s: float = 1.0,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                job = await self.job(job_id)
+                if on_progress is not None:
+                    on_progress(job)
+                if has_ended(job):
+                    return job
+                await asyncio.sleep(poll_s)
+
+    async def download(self, job_id: str, dest: str | Path) -> Path:
+        dest = Path(dest)
+        async with self.http.stream("GET", f"/v1/jobs/{job_id}/result") as response:
+            if response.is_error:
+                checked(httpx.Response(response.status_code, content=await response.aread()))
+            dest = destination(dest, response, job_id)
+            with dest.open("wb") as out:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    out.write(chunk)
+        return dest
+
+    async def report(self, job_id: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/v1/jobs/{job_id}/report")).json()
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return (await self.request("DELETE", f"/v1/jobs/{job_id}")).json()
+
+    async def models(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/models")).json()
+
+    async def purify(
+        self,
+        path: str | Path,
+        dest: str | Path,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        job = await self.submit(path, **params)
+        job = await self.wait(job["id"], on_progress=on_progress)
+        await self.download(job["id"], dest)
         return job

@@ -140,12 +140,12 @@ def ddpm_chain(
 ) -> torch.Tensor:
     """Diffuse ``x0`` to t* with ``noise(0)``, then run t* reverse steps; ``noise(k)``
     is the k-th reverse step's z (step t = t* - k + 1). Each step is a
-    cancellation point (``pureebm.interrupts``)."""
+    cancellation point (``pureebm.interrupts``) that tells how far the chain is."""
     if t_star == 0:
         return x0
     x = diffuse(x0, abar, t_star, noise(0))
     for k, t in enumerate(range(t_star, 0, -1), 1):
-        checkpoint()
+        checkpoint(len(x) * (k - 1) / t_star)
         x = reverse_step(x, eps_theta(x, t), abar, t, noise(k) if t > 1 else None)
     return x
 

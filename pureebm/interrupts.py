@@ -1,10 +1,13 @@
-"""Cancellation points inside long chains.
+"""Cancellation points inside long chains, which also tell how far the chain is.
 
-A chain calls ``checkpoint()`` at every step; it does nothing unless the caller
-installed a check with ``checking(check)``, which then runs at most once every
-``interval`` seconds and stops the chain by raising. The worker installs one that
-raises when its job was canceled, so a canceled job frees its worker within
-seconds, however long one batch's chain is. No torch here, and no job concepts.
+A chain calls ``checkpoint(images_done)`` at every step: its batch's images times
+the share of its steps done. It does nothing unless the caller installed a check
+with ``checking(check)``, which then runs at most once every ``interval`` seconds
+with that count, and stops the chain by raising. The worker installs one that
+raises when its job was canceled and reports the images in flight as partly done,
+so a canceled job frees its worker within seconds, and a slow purifier shows a
+rate within its first batch, however long one batch's chain is. No torch here,
+and no job concepts.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 @dataclass
 class Check:
-    check: Callable[[], None]  # raises to stop the chain
+    check: Callable[[float], None]  # given the batch's images done; raises to stop the chain
     interval: float
     last: float
 
@@ -26,16 +29,16 @@ class Check:
 CURRENT: ContextVar[Check | None] = ContextVar("pureebm_interrupt_check", default=None)
 
 
-def checkpoint() -> None:
+def checkpoint(images_done: float) -> None:
     """Run the installed check if ``interval`` seconds passed since it last ran."""
     current = CURRENT.get()
     if current is not None and time.monotonic() - current.last >= current.interval:
         current.last = time.monotonic()
-        current.check()
+        current.check(images_done)
 
 
 @contextlib.contextmanager
-def checking(check: Callable[[], None], interval: float = 1.0) -> Iterator[None]:
+def checking(check: Callable[[float], None], interval: float = 1.0) -> Iterator[None]:
     """Run ``check`` at the chains' checkpoints inside this block (in this thread)."""
     token = CURRENT.set(Check(check, interval, time.monotonic()))
     try:

@@ -48,14 +48,14 @@ def langevin_chain(
     every step; the purifier never does, EBM training does to keep its sampling
     chains inside the data range. ``on_step(t, x_t)`` sees every state, x_0
     included, so one chain serves a sweep over T. Each step is a cancellation
-    point (``pureebm.interrupts``).
+    point (``pureebm.interrupts``) that tells how far the chain is.
     """
     drift = eps**2 / 2 / tau
     x = x.detach()
     if on_step is not None:
         on_step(0, x)
     for t in range(1, steps + 1):
-        checkpoint()
+        checkpoint(len(x) * (t - 1) / steps)
         x = x.requires_grad_(True)
         (grad_e,) = torch.autograd.grad(energy(x).sum(), x)
         x = x.detach() - drift * grad_e + eps * noise(t)

@@ -39,7 +39,7 @@ from pureebm.images import Picture
 from pureebm.langevin import Speedups, resolve_device
 from pureebm.purifiers import ModelLoader, Purifier, PurifierSpec
 from pureebm.registry import LoadedModel
-from pureebm.results import Energy, PurifiedImage
+from pureebm.results import Energy, PurifiedImage, psnr
 from pureebm.shards import assemble, write_shard
 from pureebm.tiles import DEFAULT_TILE_PIXELS
 
@@ -222,7 +222,8 @@ def purify_pictures(
                     purified = picture.with_pixels(out[j])
                     steps = {t: images[j] for t, images in swept.items()}
                     energies = float(before[j]), float(after[j])
-                    results[i] = PurifiedImage(name, purified, *energies, steps)
+                    moved = psnr(picture.rgb, purified.rgb)
+                    results[i] = PurifiedImage(name, purified, *energies, steps, moved)
             yield from (results[i] for i in range(len(chunk)))
             index += len(chunk)
     finally:

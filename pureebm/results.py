@@ -1,9 +1,10 @@
-"""What purification gives back: each image's purified picture and its energies.
-A leaf module, so that the pipeline (which makes them) and the shard files (which
-store them) need not import each other."""
+"""What purification gives back: each image's purified picture, its energies and how
+far it moved (PSNR to the original). A leaf module, so that the pipeline (which
+makes them) and the shard files (which store them) need not import each other."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -11,12 +12,21 @@ import numpy as np
 
 from pureebm.images import Picture
 
+MAX_PSNR = 99.0  # dB, for an unchanged image (JSON has no infinity)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 images (or sets of them), capped at MAX_PSNR."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return min(float(10 * np.log10(255**2 / mse)), MAX_PSNR) if mse > 0 else MAX_PSNR
+
 
 class Energy(NamedTuple):
     name: str
     energy_before: float
     energy_after: float
     purified: bool = True  # False: left as it was sent by an energy filter
+    psnr: float | None = None  # dB, purified against sent; None: not purified or not known
 
 
 @dataclass
@@ -26,6 +36,7 @@ class PurifiedImage:
     energy_before: float
     energy_after: float
     sweep: dict[int, np.ndarray] = field(default_factory=dict)  # t -> Psi_t RGB, if asked
+    psnr: float = math.nan  # dB, the purified RGB against the RGB sent
 
     @property
     def rgb(self) -> np.ndarray:  # H x W x 3 uint8

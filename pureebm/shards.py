@@ -6,7 +6,8 @@ A shard file is an uncompressed (stored) zip written member by member:
   bytes (H x W) if it has one, back to back, streamed as images come;
 - then small ``.npy`` arrays: ``names``, ``shapes`` (N x 2), ``offsets`` (where
   each image's bytes start, plus the end), ``has_alpha``, ``modes``, ``formats``,
-  ``energy_before``, ``energy_after``, and ``kept`` with ``kept_offsets`` (each
+  ``energy_before``, ``energy_after``, ``psnr`` (dB to the original; NaN: not
+  known), and ``kept`` with ``kept_offsets`` (each
   image's EXIF block and ICC profile, back to back): what is needed to encode
   each image like its original without decoding the original again.
 
@@ -56,7 +57,9 @@ class ShardWriter:
         self.kept: list[bytes] = []  # per image, KEPT_INFO's blocks in order
 
     def add(self, image: PurifiedImage) -> None:
-        self.add_picture(image.name, image.picture, image.energy_before, image.energy_after)
+        self.add_picture(
+            image.name, image.picture, image.energy_before, image.energy_after, image.psnr
+        )
 
     def add_picture(
         self,
@@ -64,6 +67,7 @@ class ShardWriter:
         picture: Picture,
         energy_before: float = math.nan,
         energy_after: float = math.nan,
+        psnr: float = math.nan,
     ) -> None:
         size = 0
         for plane in (picture.rgb,) if picture.alpha is None else (picture.rgb, picture.alpha):
@@ -73,7 +77,7 @@ class ShardWriter:
         self.offsets.append(self.offsets[-1] + size)
         self.shapes.append(picture.rgb.shape[:2])
         self.has_alpha.append(picture.alpha is not None)
-        self.energies.append(Energy(name, energy_before, energy_after))
+        self.energies.append(Energy(name, energy_before, energy_after, psnr=psnr))
         self.modes.append(picture.mode)
         self.formats.append(picture.format)
         self.kept.extend(getattr(picture, key) for key in KEPT_INFO)
@@ -91,6 +95,7 @@ class ShardWriter:
         names = [e.name for e in self.energies]
         before = [e.energy_before for e in self.energies]
         after = [e.energy_after for e in self.energies]
+        moved = [e.psnr for e in self.energies]
         self.write_array("names", np.array(names, dtype=str))
         self.write_array("shapes", np.array(self.shapes, np.int64).reshape(-1, 2))
         self.write_array("offsets", np.array(self.offsets, np.int64))
@@ -99,6 +104,7 @@ class ShardWriter:
         self.write_array("formats", np.array(self.formats, dtype=str))
         self.write_array("energy_before", np.array(before, np.float32))
         self.write_array("energy_after", np.array(after, np.float32))
+        self.write_array("psnr", np.array(moved, np.float32))
         sizes = [len(block) for block in self.kept]
         self.write_array("kept", np.frombuffer(b"".join(self.kept), np.uint8))
         self.write_array("kept_offsets", np.cumsum([0, *sizes], dtype=np.int64))
@@ -173,8 +179,12 @@ class ShardSet:
         purified: list[Energy] = []  # in rank order: the shards' rows, shard by shard
         for path in self.paths:
             with np.load(path, allow_pickle=False) as f:
-                rows = zip(f["names"], f["energy_before"], f["energy_after"], strict=True)
-                purified += [Energy(str(n), float(b), float(a)) for n, b, a in rows]
+                moved = f["psnr"] if "psnr" in f.files else np.full(len(f["names"]), np.nan)
+                rows = zip(f["names"], f["energy_before"], f["energy_after"], moved, strict=True)
+                purified += [
+                    Energy(str(n), float(b), float(a), psnr=None if np.isnan(p) else float(p))
+                    for n, b, a, p in rows
+                ]
         for position, name in enumerate(self.names):
             rank = self.rank.get(position)
             if rank is not None:

@@ -26,10 +26,11 @@ from jobs.keys import BATCH_LANES, SYNC_QUEUE
 from jobs.logs import configure_logging
 from jobs.queue import JobQueue
 from jobs.store import JobStore
-from service import problems
+from jobs.webhooks import WebhookSender
+from service import openapi, problems
 from service.bodies import BodyGuard
 from service.metrics import build_registry
-from service.routers import health, jobs, models, purify
+from service.routers import health, jobs, models, purify, webhooks
 from service.settings import Settings
 
 log = logging.getLogger("pureebm.api")
@@ -57,6 +58,20 @@ async def clean_periodically(queue: JobQueue, interval_s: float) -> None:
         except Exception:
             log.exception("cleaner failed")
         await asyncio.sleep(interval_s)
+
+
+def webhook_sender(store: JobStore, settings: Settings) -> WebhookSender | None:
+    """The thread that delivers the jobs' webhooks, when the service sends them (it has
+    a master secret)."""
+    if settings.webhook_secret is None:
+        return None
+    return WebhookSender(
+        store,
+        settings.webhook_secret.get_secret_value().encode(),
+        settings.webhook_targets,
+        settings.webhook_attempts,
+        settings.webhook_progress_interval_s,
+    )
 
 
 class CountRequests:
@@ -117,8 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cleaner = asyncio.create_task(
             clean_periodically(app.state.queue, settings.cleanup_interval_s)
         )
+        sender = webhook_sender(app.state.store, settings)
+        if sender is not None:
+            sender.start()
         yield
         cleaner.cancel()
+        if sender is not None:
+            await asyncio.to_thread(sender.stop)
         redis.close()
 
     app = FastAPI(
@@ -126,9 +146,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         summary="Purify image training data of poisons with energy-based-model Langevin dynamics",
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs else None,
-        redoc_url="/redoc" if settings.docs else None,
+        docs_url=None,  # served from the package by service.openapi, not from a CDN
+        redoc_url=None,
         openapi_url="/openapi.json" if settings.docs else None,
+        generate_unique_id_function=openapi.operation_id,
         # form fields are small numbers and names: 64 KiB each, 100 at most, in memory
         form_limits={"max_fields": 100, "max_part_size": FORM_FIELD_BYTES},
     )
@@ -139,8 +160,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = JobQueue(app.state.store)
     app.state.metrics, requests = build_registry(app.state.queue, [SYNC_QUEUE, *BATCH_LANES])
     problems.install(app)
-    for router in (jobs.router, purify.router, models.router, health.router):
+    for router in (jobs.router, purify.router, models.router, webhooks.router, health.router):
         app.include_router(router)
+    openapi.serve_document(app)
+    if settings.docs:
+        openapi.serve_pages(app)
 
     app.add_middleware(BodyGuard, settings=settings)
     app.add_middleware(CountRequests, requests=requests)  # outermost: counts BodyGuard's too

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, File, Form, Header, Request, UploadFile
+from fastapi import Depends, File, Form, Header, Path, Request, UploadFile
+from pydantic import BaseModel
 from redis import Redis
 
 from jobs.queue import JobQueue
@@ -13,7 +15,7 @@ from jobs.store import JobStore
 from pureebm.registry import Registry
 from service.auth import authenticate
 from service.problems import Problem
-from service.schemas import PurifyParams
+from service.schemas import JobSubmission, PurifyParams
 from service.settings import Settings
 from service.submissions import Submitter
 
@@ -76,8 +78,9 @@ def get_submitter(
 
 SubmitterDep = Annotated[Submitter, Depends(get_submitter)]
 
-# the upload form of POST /v1/jobs and POST /v1/purify
+# the upload forms: POST /v1/purify's parameters; POST /v1/jobs's, and its webhook
 ParamsForm = Annotated[PurifyParams, Form()]
+JobForm = Annotated[JobSubmission, Form()]
 FilesField = Annotated[list[UploadFile] | None, File(description="one or more images")]
 
 
@@ -95,30 +98,44 @@ async def single_archive(
 
 ArchiveField = Annotated[UploadFile | None, Depends(single_archive)]
 
-FORM_FIELDS = sorted({*PurifyParams.model_fields, "files", "archive"})
 REPEATABLE = {"files", "archive"}  # a second archive is refused by single_archive
 
 
-async def strict_form(request: Request) -> None:
-    """Refuse a field the form does not take, or one given twice, naming it (with
-    the nearest field's name), rather than run with the defaults in its place."""
-    form = await request.form()
-    for name in dict.fromkeys(form.keys()):
-        if name not in FORM_FIELDS:
-            nearest = difflib.get_close_matches(name.lower(), FORM_FIELDS, n=1, cutoff=0.6)
-            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
-            raise Problem(
-                422,
-                f"unknown field {name!r}{hint} (fields: {', '.join(FORM_FIELDS)})",
-                errors=[{"loc": ["body", name], "msg": f"unknown field{hint}"}],
-            )
-        if name not in REPEATABLE and len(form.getlist(name)) > 1:
-            raise Problem(
-                422,
-                f"field {name!r} is given {len(form.getlist(name))} times: give it once",
-                errors=[{"loc": ["body", name], "msg": "given more than once"}],
-            )
+def strict_form(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
+    """A dependency that refuses a field the form of ``model`` (and the file parts)
+    does not take, or one given twice, naming it (with the nearest field's name),
+    rather than run with the defaults in its place."""
+    fields = sorted({*model.model_fields, "files", "archive"})
+
+    async def check(request: Request) -> None:
+        form = await request.form()
+        for name in dict.fromkeys(form.keys()):
+            if name not in fields:
+                nearest = difflib.get_close_matches(name.lower(), fields, n=1, cutoff=0.6)
+                hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+                raise Problem(
+                    422,
+                    f"unknown field {name!r}{hint} (fields: {', '.join(fields)})",
+                    errors=[{"loc": ["body", name], "msg": f"unknown field{hint}"}],
+                )
+            if name not in REPEATABLE and len(form.getlist(name)) > 1:
+                raise Problem(
+                    422,
+                    f"field {name!r} is given {len(form.getlist(name))} times: give it once",
+                    errors=[{"loc": ["body", name], "msg": "given more than once"}],
+                )
+
+    return check
 
 
-StrictForm = Annotated[None, Depends(strict_form)]
-IdempotencyKeyHeader = Annotated[str | None, Header(max_length=200)]  # Idempotency-Key
+StrictForm = Annotated[None, Depends(strict_form(PurifyParams))]
+StrictJobForm = Annotated[None, Depends(strict_form(JobSubmission))]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="makes retries safe: the same key and request get the same job back",
+    ),
+]
+JobIdPath = Annotated[str, Path(description="the job's id, as POST /v1/jobs answered it")]
+ModelNamePath = Annotated[str, Path(description="a registry model's NAME")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 MEDIA_TYPES = {
@@ -14,6 +15,13 @@ MEDIA_TYPES = {
     ".tgz": "application/gzip",
     ".npz": "application/octet-stream",
 }
+
+
+def binary_content(*media_types: str) -> dict[str, dict[str, Any]]:
+    """The OpenAPI ``content`` of a response that is a file of one of ``media_types``."""
+    return {
+        media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in media_types
+    }
 
 
 def media_type_of(result: Path) -> str:

@@ -21,6 +21,7 @@ from jobs.keys import (
     IMAGES_KEY,
     SHARD_SECONDS_KEY,
     STATES_KEY,
+    WEBHOOK_OUTCOMES_KEY,
     WORKER_RATE_KEY,
 )
 from jobs.queue import JobQueue
@@ -31,8 +32,8 @@ RATE_FRESH_S = 600
 
 
 class QueueCollector(Collector):
-    """Jobs by state, images purified, queue depth, live workers, shard durations,
-    worker rates."""
+    """Jobs by state, images purified, webhook deliveries, queue depth, live workers,
+    shard durations, worker rates."""
 
     def __init__(self, queue: JobQueue, queue_names: list[str]) -> None:
         self.queue, self.redis = queue, queue.redis
@@ -56,6 +57,16 @@ class QueueCollector(Collector):
             "Images purified by all workers",
             value=int(self.redis.get(IMAGES_KEY) or 0),
         )
+
+        webhooks = CounterMetricFamily(
+            "pureebm_webhook_deliveries",
+            "Webhook deliveries: delivered, or failed (given up on after their last attempt)",
+            labels=["outcome"],
+        )
+        outcomes = self.redis.hgetall(WEBHOOK_OUTCOMES_KEY)
+        for outcome in ("delivered", "failed"):
+            webhooks.add_metric([outcome], int(outcomes.get(outcome.encode(), 0)))
+        yield webhooks
 
         depth = GaugeMetricFamily("pureebm_queue_depth", "RQ jobs waiting", labels=["queue"])
         for name in self.queue_names:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from jobs.record import JobStatus
 from pureebm.images import FormatError
 from pureebm.registry import RegistryError
 
@@ -22,6 +27,7 @@ TITLES = {
     404: "Not found",
     408: "Request timeout",
     409: "Conflict",
+    410: "Gone",
     411: "Length required",
     413: "Content too large",
     415: "Unsupported media type",
@@ -32,6 +38,89 @@ TITLES = {
     504: "Gateway timeout",
     507: "Insufficient storage",
 }
+PROBLEM_JSON = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    """One reason a request failed validation."""
+
+    loc: list[str | int] = Field(description="where: body, query or header, then the field")
+    msg: str = Field(description="what is wrong with it")
+    type: str | None = Field(None, description="pydantic's error type, where pydantic found it")
+
+
+class ProblemDetails(BaseModel):
+    """Every error's body, as RFC 9457 has it (application/problem+json); a few
+    statuses add a member of their own."""
+
+    type: str = Field("about:blank", description="about:blank: the status says what kind")
+    title: str = Field(description="the status's name")
+    status: int = Field(description="the HTTP status code")
+    detail: str = Field(description="what went wrong with this request, in words")
+    instance: str = Field(description="the request's path")
+    errors: list[FieldError] | None = Field(None, description="422: each field that failed")
+    job_status: JobStatus | None = Field(None, description="409: the unfinished job's status")
+    deleted_at: datetime | None = Field(None, description="410: when the job was deleted")
+    job: str | None = Field(None, description="500: the job the request was about, or -")
+
+
+EXAMPLES: dict[int, dict[str, Any]] = {
+    400: {"detail": "no model 'cifar10-conv:9' (models: cifar10-conv, cifar10-ddpm)"},
+    401: {"detail": "an API key is required (X-API-Key or Authorization: Bearer)"},
+    403: {"detail": "this API key is not accepted"},
+    404: {"detail": "no job 3f2c9a7e1b4d4c0e9a5b6c7d8e9f0a1b"},
+    408: {"detail": "the body sent nothing for 30 s"},
+    409: {
+        "detail": "job 3f2c9a7e1b4d4c0e9a5b6c7d8e9f0a1b is running",
+        "job_status": "running",
+    },
+    410: {
+        "detail": "job 3f2c9a7e1b4d4c0e9a5b6c7d8e9f0a1b was deleted by its owner at "
+        "2025-06-01T12:00:00+00:00",
+        "deleted_at": "2025-06-01T12:00:00+00:00",
+    },
+    413: {"detail": "the upload is over the 8589934592-byte limit"},
+    415: {"detail": "not an image or a supported archive (zip, tar, tar.gz, npz)"},
+    422: {
+        "detail": "request parameters failed validation",
+        "errors": [
+            {
+                "loc": ["body", "steps"],
+                "msg": "Input should be a valid integer, unable to parse string as an integer",
+                "type": "int_parsing",
+            }
+        ],
+    },
+    429: {"detail": "at most 20 active jobs per key"},
+    500: {
+        "detail": "an unexpected error occurred; it has been logged",
+        "job": "3f2c9a7e1b4d4c0e9a5b6c7d8e9f0a1b",
+    },
+    503: {"detail": "the job queue is unreachable or not answering"},
+    504: {"detail": "purification took over 120 s"},
+    507: {"detail": "the data volume is full: retry later"},
+}
+
+
+def problem_responses(
+    *statuses: int, details: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=`` for the errors it answers, ``statuses`` and the 500 any
+    route may answer: each a ProblemDetails with an example (``details`` replaces an
+    example's detail). service.openapi adds the schema to the document and sets each
+    example's ``instance`` to its route's path."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, 500}):
+        example = {"type": "about:blank", "title": TITLES[status], "status": status}
+        example.update(EXAMPLES[status])
+        if details and status in details:
+            example["detail"] = details[status]
+        schema = {"$ref": "#/components/schemas/ProblemDetails"}
+        responses[status] = {
+            "description": TITLES[status],
+            "content": {PROBLEM_JSON: {"schema": schema, "example": example}},
+        }
+    return responses
 
 
 class Problem(HTTPException):
@@ -59,7 +148,7 @@ def problem(
         "instance": path,
         **extra,
     }
-    return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
+    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_JSON)
 
 
 QUEUE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,9 +23,60 @@ class PurifyParams(Overrides):  # type: ignore[valid-type,misc]
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="random seed; drawn if unset")
 
 
+class JobSubmission(PurifyParams):
+    """POST /v1/jobs's form fields: the purification parameters, and a webhook that
+    hears of the job's events (docs/api.md#webhooks)."""
+
+    webhook: str | None = Field(
+        None, description="an https URL that each of the job's events is POSTed to, signed"
+    )
+    webhook_events: str | None = Field(
+        None,
+        description="comma-separated: start, progress, completed (any end); default: all",
+    )
+
+
 class Timings(BaseModel):
     queued_s: float | None
     running_s: float | None
+
+
+JOB_ID = "3f2c9a7e1b4d4c0e9a5b6c7d8e9f0a1b"
+JOB_EXAMPLE = {  # a JobResource, as the OpenAPI document shows it (service.openapi)
+    "id": JOB_ID,
+    "status": "running",
+    "kind": "zip",
+    "input_name": "train.zip",
+    "input_bytes": 48213,
+    "images": 16,
+    "params": {
+        "model": "cifar10-conv:5",
+        "purifier": {
+            "family": "langevin",
+            "steps": 3,
+            "eps": 0.01,
+            "tau": 0.00390625,
+            "init_noise": 0.0,
+        },
+        "filter": 0.5,
+        "seed": 1234,
+    },
+    "progress": {
+        "done": 28,
+        "total": 32,
+        "images_per_s": 40.0,
+        "eta_s": 0.1,
+        "queue_position": None,
+    },
+    "error": None,
+    "created_at": "2025-06-01T12:00:00Z",
+    "started_at": "2025-06-01T12:00:00.4Z",
+    "finished_at": None,
+    "expires_at": "2025-06-08T12:00:00Z",
+    "timings": {"queued_s": 0.4, "running_s": 0.5},
+    "warnings": [],
+    "links": {"self": f"/v1/jobs/{JOB_ID}"},
+}
 
 
 class JobResource(BaseModel):
@@ -55,8 +106,34 @@ class JobPage(BaseModel):
     next_offset: int | None
 
 
+class Health(BaseModel):
+    status: Literal["ok", "lost"]
+    reason: str | None = Field(None, description="lost: what `pureebm serve` gave up on")
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, dict[str, Any]] = Field(
+        description="queue, workers, disk, model: each with `ok` and what was found",
+        examples=[
+            {
+                "queue": {"ok": True},
+                "workers": {"ok": True, "alive": 1},
+                "disk": {"ok": True, "free_bytes": 52_000_000_000, "reserve_bytes": 1 << 30},
+                "model": {"ok": True, "model": "cifar10-conv:5"},
+            }
+        ],
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     default: bool  # a job without `model` runs one of this name's versions:
     default_version: int | None = None  # this one (the entry the default reference pins)
     versions: list[dict[str, Any]]
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(
+        description="signs this key's webhooks (Standard Webhooks: whsec_ and the base64 key)"
+    )

@@ -7,9 +7,10 @@ import ipaddress
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from jobs.settings import JobSettings
+from jobs.webhooks import Targets
 
 
 class Settings(JobSettings):
@@ -54,6 +55,15 @@ class Settings(JobSettings):
     public_metrics: bool = True  # /metrics, for a scraper on a private network; false: a key
     docs: bool = True  # /docs and /openapi.json; false: not served at all
 
+    # webhooks (docs/api.md#webhooks): off while no master secret is set; each key's
+    # signing secret is derived from it
+    webhook_secret: SecretStr | None = Field(None, min_length=16)
+    # beyond https to public addresses: hosts (names, *.domain) and networks (addresses,
+    # CIDRs) that webhooks may reach over http too and at internal addresses
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    webhook_attempts: int = Field(5, ge=1)  # then a delivery is given up on (1, 2, 4 ... s apart)
+    webhook_progress_interval_s: float = Field(5, gt=0)  # at most one progress event per job
+
     @model_validator(mode="after")
     def auth_is_required_off_loopback(self) -> Settings:
         self.key_hashes  # noqa: B018 (reads the keys file now: a bad one fails at startup)
@@ -62,6 +72,11 @@ class Settings(JobSettings):
                 f"refusing to serve on {self.host} without API keys: set PUREEBM_API_KEY_HASHES "
                 "or PUREEBM_API_KEYS_FILE, or bind to 127.0.0.1"
             )
+        return self
+
+    @model_validator(mode="after")
+    def webhook_allow_list_parses(self) -> Settings:
+        self.webhook_targets  # noqa: B018 (a bad entry fails at startup)
         return self
 
     @cached_property
@@ -80,6 +95,10 @@ class Settings(JobSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.key_hashes)
+
+    @cached_property
+    def webhook_targets(self) -> Targets:
+        return Targets.parse(self.webhook_allowed_hosts)
 
 
 def is_loopback(host: str) -> bool:

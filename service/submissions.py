@@ -23,8 +23,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.queue import JobQueue
-from jobs.record import JobParams, JobRecord, JobStatus
+from jobs.record import JobParams, JobRecord, JobStatus, Webhook
 from jobs.store import JobStore
+from jobs.webhooks import WebhookError, parse_events
 from pureebm.filtering import FilterError
 from pureebm.purifiers import Overrides
 from pureebm.registry import Registry
@@ -32,7 +33,7 @@ from pureebm.requests import Resolved, calibration_warnings, resolve_request
 from pureebm.shards import cut_shards
 from service.disk import job_needs
 from service.problems import Problem
-from service.schemas import PurifyParams
+from service.schemas import JobSubmission, PurifyParams
 from service.settings import Settings
 from service.uploads import CHUNK, prepare_input
 
@@ -70,6 +71,7 @@ class Submitter:
         files: list[UploadFile] | None,
         archive: UploadFile | None,
         sync: bool = False,
+        webhook: Webhook | None = None,
     ) -> JobRecord:
         """Store and validate the upload, then queue its shards. Nothing is left behind
         on error."""
@@ -78,7 +80,7 @@ class Submitter:
             raise self.over_quota()
         # An unknown model is a RegistryError: 400. Every model is pinned now, so that
         # every shard runs the same versions and the job shows what it ran with.
-        overrides = params.model_dump(exclude={"model", "seed"})
+        overrides = params.model_dump(include=set(PurifyParams.model_fields) - {"model", "seed"})
         try:
             resolved = await self.redis(
                 resolve_request,
@@ -132,6 +134,7 @@ class Submitter:
                 params=job_params,
                 warnings=calibration_warnings(resolved, self.registry),
                 sync=sync,
+                webhook=webhook,
                 created_at=now,
                 expires_at=now + settings.retention_s,
             )
@@ -164,24 +167,47 @@ class Submitter:
             if existing is not None:
                 self.store.delete(existing)
 
+    async def webhook(self, params: JobSubmission) -> Webhook | None:
+        """The job's webhook: its events known and its target allowed (resolved in the
+        thread pool); a 422 naming the field otherwise."""
+        try:
+            if params.webhook is None:
+                if params.webhook_events is not None:
+                    raise WebhookError("webhook_events", "given without a webhook")
+                return None
+            if self.settings.webhook_secret is None:
+                raise WebhookError(
+                    "webhook", "this service sends no webhooks (PUREEBM_WEBHOOK_SECRET is unset)"
+                )
+            events = parse_events(params.webhook_events)
+            await run_in_threadpool(self.settings.webhook_targets.check, params.webhook)
+        except WebhookError as e:
+            raise Problem(
+                422, f"{e.field}: {e}", errors=[{"loc": ["body", e.field], "msg": str(e)}]
+            ) from e
+        return Webhook(url=params.webhook, events=events)
+
     async def create_once(
         self,
-        params: PurifyParams,
+        params: JobSubmission,
         files: list[UploadFile] | None,
         archive: UploadFile | None,
         idempotency_key: str | None,
     ) -> tuple[JobRecord, bool]:
         """Create a job or, with an Idempotency-Key that created one before from the same
         request, return that job (IETF Idempotency-Key draft). The same key with another
-        request is 422; a key whose job is gone starts afresh. Returns (job, replayed)."""
+        request is 422; a key whose job is gone starts afresh. Returns (job, replayed).
+        The webhook is checked before a job is created (``webhook``)."""
         if not idempotency_key:
-            return await self.create(params, files, archive), False
+            webhook = await self.webhook(params)
+            return await self.create(params, files, archive, webhook=webhook), False
         store, owner = self.store, self.owner
         fingerprint = await run_in_threadpool(request_fingerprint, params, files, archive)
         existing = await self.redis(store.idempotent_job, owner, idempotency_key)
         if existing is not None:
             return replay(*existing, fingerprint), True
-        record = await self.create(params, files, archive)
+        webhook = await self.webhook(params)
+        record = await self.create(params, files, archive, webhook=webhook)
         claim = store.claim_idempotency_key
         if await self.redis(claim, owner, idempotency_key, record.id, fingerprint):
             return record, False
@@ -190,6 +216,11 @@ class Submitter:
         if winner is None:
             raise Problem(409, "a concurrent request with this Idempotency-Key failed: retry")
         return replay(*winner, fingerprint), True
+
+    def lose_race(self, record: JobRecord) -> None:
+        """A concurrent request with the same Idempotency-Key won: drop this job."""
+        self.queue.cancel(record)
+        self.store.delete(record)
 
 
 def check_compute(resolved: Resolved, pixels: int, limit: int) -> None:
@@ -205,11 +236,6 @@ def check_compute(resolved: Resolved, pixels: int, limit: int) -> None:
             f"{limit:.3g} limit (PUREEBM_MAX_JOB_PIXEL_PASSES): send fewer or smaller "
             "images, or fewer steps",
         )
-
-    def lose_race(self, record: JobRecord) -> None:
-        """A concurrent request with the same Idempotency-Key won: drop this job."""
-        self.queue.cancel(record)
-        self.store.delete(record)
 
 
 def replay(record: JobRecord, fingerprint: str, request: str) -> JobRecord:

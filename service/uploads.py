@@ -7,18 +7,17 @@ import re
 import shutil
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from fastapi import UploadFile
 
-from pureebm.containers import Container, open_container
+from pureebm.containers import Container, open_container, purified_name
 from pureebm.images import (
     FormatError,
     InputTooLarge,
     Limits,
     UnsafeInput,
     UnsupportedInput,
-    lossless_format,
 )
 from pureebm.shards import write_shard
 from service.disk import check_space, free_bytes, job_needs
@@ -58,22 +57,6 @@ def copy_upload(upload: UploadFile, dest: Path) -> int:
     with dest.open("wb") as out:
         shutil.copyfileobj(upload.file, out, CHUNK)
     return dest.stat().st_size
-
-
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip", ".npz")
-
-
-def result_name(kind: str, input_name: str, mode: str) -> str:
-    """The result's file name; a single image (of Pillow ``mode``) comes back lossless."""
-    if kind == "image":
-        suffix = ".tif" if lossless_format(mode) == "TIFF" else ".png"
-        return f"{PurePath(input_name).stem}.purified{suffix}"
-    if kind == "files":
-        return "purified.zip"
-    lower = input_name.lower()
-    suffix = next((s for s in ARCHIVE_SUFFIXES if lower.endswith(s)), None)
-    stem = input_name[: -len(suffix)] if suffix else input_name
-    return f"{stem}.purified{suffix or {'zip': '.zip', 'tar': '.tar', 'npz': '.npz'}[kind]}"
 
 
 def validate_images(
@@ -183,4 +166,4 @@ def store_and_validate(
     keep_bytes = 0 if container.kind == "npz" else min(settings.max_decoded_bytes, room)
     pixels, modes = validate_images(container, settings.max_job_pixels, decoded, keep_bytes)
     check_space(folder, job_needs(size, pixels), reserve, held)
-    return PreparedInput(kind, stored, name, size, result_name(kind, name, modes[0]), pixels)
+    return PreparedInput(kind, stored, name, size, purified_name(kind, name, modes[0]), pixels)

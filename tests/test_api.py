@@ -22,6 +22,8 @@ from starlette.datastructures import UploadFile
 from jobs.record import Report
 from pureebm.images import Picture, UnsafeInput
 from pureebm.pipeline import purify_pictures
+from pureebm.preview import TILE
+from pureebm.results import psnr
 from service.schemas import PurifyParams
 from service.submissions import request_fingerprint
 from service.uploads import sent_filename
@@ -159,12 +161,40 @@ def test_synchronous_purify(stack, cifar):
         )
         assert two.status_code == 200 and two.headers["content-type"] == "application/zip"
         assert zipfile.ZipFile(io.BytesIO(two.content)).namelist() == ["a.png", "b.png"]
+        assert two.headers["purified-images"] == "0, 1"
+        sent = [png(cifar["images"][i]) for i in range(4)]
+        filtered = client.post(  # the half of highest energy purified, the rest as sent
+            "/v1/purify",
+            data={"steps": "3", "filter": "0.5"},
+            files=[("files", (f"{i}.png", data)) for i, data in enumerate(sent)],
+        )
+        assert filtered.status_code == 200, filtered.text
+        back = zipfile.ZipFile(io.BytesIO(filtered.content))
+        purified = [int(i) for i in filtered.headers["purified-images"].split(", ")]
+        assert len(purified) == 2
+        for i, data in enumerate(sent):
+            assert (back.read(f"{i}.png") != data) == (i in purified)
         too_many = client.post(
             "/v1/purify",
             files=[("files", (f"{i}.png", png(cifar["images"][0]))) for i in range(65)],
         )
         assert too_many.status_code == 413
     assert stack.job_folders() == folders  # synchronous jobs leave nothing behind
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_job(stack, cifar):
+    """Eight uploads at once with the same key: those that lose the race to claim it
+    drop the job they made and answer with the winner's."""
+    upload = {"files": ("a.png", png(cifar["images"][5]))}
+    with stack.client() as client, ThreadPoolExecutor(8) as pool:
+        before = client.get("/v1/jobs").json()["total"]
+        headers = {"Idempotency-Key": "race"}
+        answers = list(
+            pool.map(lambda _: client.post("/v1/jobs", files=upload, headers=headers), range(8))
+        )
+        assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]
+        assert len({a.json()["id"] for a in answers}) == 1
+        assert client.get("/v1/jobs").json()["total"] == before + 1
 
 
 def test_idempotent_submit(stack, cifar):
@@ -478,6 +508,7 @@ def test_a_filtered_job_purifies_the_highest_energy_images_and_passes_the_rest(s
             assert jobs[name]["status"] == "finished", jobs[name]
             results[name] = client.get(jobs[name]["links"]["result"]).content
         report = client.get(jobs["half"]["links"]["report"]).json()
+        preview = client.get(jobs["half"]["links"]["preview"])
         auto = client.post(
             "/v1/jobs",
             files={"archive": ("data.zip", zip_bytes(members))},
@@ -489,7 +520,7 @@ def test_a_filtered_job_purifies_the_highest_energy_images_and_passes_the_rest(s
             data={"filter": "1.5"},
         )
     assert jobs["half"]["params"]["filter"] == 0.5
-    assert jobs["half"]["progress"]["done"] == jobs["half"]["progress"]["total"] == 9 + 5
+    assert jobs["half"]["progress"]["done"] == jobs["half"]["progress"]["total"] == 2 * 9
     assert report["filter"] == 0.5 and report["purified"] == 5
     assert [row["name"] for row in report["images"]] == list(members)[:-1]
     ranked = sorted(report["images"], key=lambda row: -row["energy_before"])
@@ -506,6 +537,24 @@ def test_a_filtered_job_purifies_the_highest_energy_images_and_passes_the_rest(s
             assert half.read(name) == expected
     assert auto.status_code == 400 and "threshold" in auto.json()["detail"]
     assert out_of_range.status_code == 422
+    # the card: 5 purified samples (sent, purified, difference), then the histogram
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    card = Image.open(io.BytesIO(preview.content))
+    assert card.width >= 640 and card.height > 5 * TILE + 200
+    for row in report["images"]:  # how far each purified image moved, from the same pixels
+        if row["purified"]:
+            purified = decode(every_result(results["all"], row["name"]))
+            assert row["psnr"] == pytest.approx(
+                psnr(cifar["images"][int(row["name"][4:-4])], purified), abs=1e-3
+            )
+        else:
+            assert row["psnr"] is None
+    assert report["score"] == "energy"
+
+
+def every_result(archive: bytes, name: str) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        return opened.read(name)
 
 
 def test_a_page_past_any_list_is_refused(stack):

@@ -181,3 +181,43 @@ def test_the_cli_finds_the_registry_that_pureebm_registry_names(tiny_registry) -
         [sys.executable, "-m", "pureebm", "models"], capture_output=True, text=True, env=env
     )
     assert listed.returncode == 0 and listed.stdout.startswith("tiny:1"), listed.stderr
+
+
+def test_output_is_a_file_or_a_folder_and_its_extension_must_fit_the_input(
+    tmp_path, tiny_registry, cifar
+):
+    src = tmp_path / "train.zip"
+    write_zip(src, cifar, 2)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(cifar["images"][0]).save(folder / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "kept.txt").write_text("mine")
+    common = ("--registry", str(tiny_registry), "--model", "tiny", "--steps", "1")
+
+    into_folder = pureebm("purify", str(src), "-o", str(tmp_path / "out"), *common)
+    assert into_folder.returncode == 0, into_folder.stderr
+    assert zipfile.ZipFile(tmp_path / "out" / "train.purified.zip").namelist() == (
+        zipfile.ZipFile(src).namelist()
+    )
+    beside = pureebm("purify", str(folder), *common)  # no -o: beside the input
+    assert beside.returncode == 0, beside.stderr
+    assert (tmp_path / "images.purified" / "a.png").exists()
+    again = pureebm("purify", str(folder), "-o", str(tmp_path / "images.purified"), *common)
+    assert again.returncode == 0  # an existing folder: written into it
+    assert (tmp_path / "images.purified" / "images.purified" / "a.png").exists()
+    refused = {
+        "a zip named .tar": pureebm("purify", str(src), "-o", str(tmp_path / "o.tar"), *common),
+        "an image named .zip": pureebm(
+            "purify", str(folder / "a.png"), "-o", str(tmp_path / "o.zip"), *common
+        ),
+        "a folder named .zip": pureebm(
+            "purify", str(folder), "-o", str(tmp_path / "o.zip"), *common
+        ),
+        "no such input": pureebm("purify", str(tmp_path / "nosuch.zip"), *common),
+    }
+    for what, result in refused.items():
+        assert result.returncode != 0, what
+        assert result.stderr.startswith("pureebm: ") and "Traceback" not in result.stderr, what
+    assert not any((tmp_path / name).exists() for name in ("o.tar", "o.zip"))
+    assert (tmp_path / "out" / "kept.txt").read_text() == "mine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -9,12 +10,13 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from pureebm.client import PureEBMClient, PureEBMError
+from pureebm.client import AsyncPureEBMClient, PureEBMClient, PureEBMError
 from tests.stack import KEY_A, Stack, free_port, png, worker_pids, zip_bytes
 
 
@@ -42,6 +44,42 @@ def test_client_purifies_an_npz_and_reports_progress(stack, tmp_path, cifar):
         assert refused.value.status == 422
     with np.load(dst) as out:
         np.testing.assert_array_equal(out["labels"], cifar["labels"][:9])
+
+
+def test_the_async_client_purifies_lists_downloads_into_a_folder_and_reports_errors(
+    stack, tmp_path, cifar
+):
+    src = tmp_path / "d.npz"
+    np.savez(src, images=cifar["images"][:5], labels=cifar["labels"][:5])
+    (tmp_path / "out").mkdir()
+
+    async def session() -> tuple[dict, list[int], Path, dict]:
+        seen: list[int] = []
+        async with AsyncPureEBMClient(stack.url, KEY_A) as client:
+            job = await client.purify(
+                src,
+                tmp_path / "d.purified.npz",
+                lambda j: seen.append(j["progress"]["done"]),
+                steps=3,
+                seed=4,
+            )
+            written = await client.download(job["id"], tmp_path / "out")
+            listed = await client.jobs(limit=1)
+            assert listed["items"][0]["id"] == job["id"]
+            with pytest.raises(PureEBMError) as refused:
+                await client.submit(src, step=3)
+            assert refused.value.status == 422 and "'steps'" in refused.value.detail
+            with pytest.raises(PureEBMError) as missing:
+                await client.download("0" * 32, tmp_path / "out")
+            assert missing.value.status == 404
+            return job, seen, written, await client.report(job["id"])
+
+    job, seen, written, report = asyncio.run(session())
+    assert job["status"] == "finished" and seen[-1] == 5 and len(report["images"]) == 5
+    assert written == tmp_path / "out" / "d.purified.npz"  # the name the service gives
+    assert written.read_bytes() == (tmp_path / "d.purified.npz").read_bytes()
+    with PureEBMClient(stack.url, KEY_A) as client:  # the same job as the blocking client sees
+        assert client.job(job["id"])["params"] == job["params"]
 
 
 def test_client_filters_an_npz_by_energy(stack, tmp_path, cifar):

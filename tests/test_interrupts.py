@@ -1,4 +1,5 @@
-"""Cancellation points: a check installed around a chain stops it mid-way."""
+"""Cancellation points: a check installed around a chain stops it mid-way, and sees
+how far the chain is."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class Stop(Exception):
 
 
 def stop_after(counter: list[int], limit: int):
-    def check() -> None:
+    def check(images_done: float) -> None:
         if counter[0] >= limit:
             raise Stop
 
@@ -52,6 +53,19 @@ def test_a_check_stops_a_ddpm_chain_and_runs_at_most_once_per_interval():
         ddpm_chain(eps_theta, x0, 100, abar, noise)
     assert passes[0] == 3
     calls = []
-    with interrupts.checking(lambda: calls.append(1), interval=3600):
+    with interrupts.checking(calls.append, interval=3600):
         ddpm_chain(eps_theta, x0, 50, abar, noise)
     assert calls == []  # not yet due: the check costs nothing per step
+
+
+def test_the_check_sees_the_batchs_images_times_the_share_of_steps_done():
+    seen: list[float] = []
+    x = torch.zeros(2, 3, 4, 4)
+    with interrupts.checking(seen.append, interval=0):
+        langevin_chain(lambda x: (x**2).sum(dim=(1, 2, 3)), x, 4, 0.01, 1.0, lambda t: 0 * x)
+    assert seen == [0, 0.5, 1, 1.5]
+    seen.clear()
+    abar = torch.linspace(0.999, 0.5, 1000)
+    with interrupts.checking(seen.append, interval=0):
+        ddpm_chain(lambda x, t: torch.zeros_like(x), x, 5, abar, lambda k: torch.zeros_like(x))
+    assert seen == pytest.approx([0, 0.4, 0.8, 1.2, 1.6])

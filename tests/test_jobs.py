@@ -62,17 +62,34 @@ def test_status_changes_only_from_the_expected_state(store: JobStore) -> None:
     assert store.active_count("o") == 0
 
 
-def test_progress_sums_shards_and_a_retried_shard_restarts(store: JobStore) -> None:
+def test_progress_sums_shards_and_never_goes_back_when_a_shard_restarts(store: JobStore) -> None:
     job = job_record("c" * 32, images=10, started_at=time.time() - 2)
     store.save(job)
     store.set_shard_progress(job.id, 0, 4)
     store.set_shard_progress(job.id, 1, 3)
     assert store.progress(job).done == 7
     store.set_shard_progress(job.id, 1, 0)  # the shard's worker died; its retry begins
+    store.set_shard_progress(job.id, 1, 2)
+    assert store.progress(job).done == 7  # held at what it had shown
     store.set_shard_progress(job.id, 1, 4)
     progress = store.progress(job)
     assert progress.done == 8 and progress.total == 10
     assert progress.images_per_s > 0 and progress.eta_s > 0
+
+
+def test_a_filtered_jobs_total_stays_put_and_passed_through_images_count_as_done(
+    store: JobStore,
+) -> None:
+    job = job_record("f" * 32, images=10, started_at=time.time() - 2)
+    job.params = job.params.model_copy(update={"filter": 0.3})
+    store.save(job)
+    store.set_shard_progress(job.id, "score-0", 10)
+    assert (store.progress(job).done, store.progress(job).total) == (10, 20)
+    store.update(job.id, selected=3)  # the ranking chose 3: 7 pass through as sent
+    job = store.get(job.id)
+    assert (store.progress(job).done, store.progress(job).total) == (17, 20)
+    store.set_shard_progress(job.id, 0, 3)
+    assert (store.progress(job).done, store.progress(job).total) == (20, 20)
 
 
 def test_images_per_s_and_eta_follow_the_last_30_s_not_the_whole_run(store: JobStore) -> None:
@@ -92,6 +109,19 @@ def test_images_per_s_and_eta_follow_the_last_30_s_not_the_whole_run(store: JobS
     store.transition(job.id, JobStatus.queued, JobStatus.finished)
     finished = store.progress(store.get(job.id))
     assert finished.images_per_s == pytest.approx(2000 / 700) and finished.eta_s == 0.0
+
+
+def test_a_queued_job_knows_how_many_jobs_wait_ahead_of_it(store: JobStore) -> None:
+    queue = JobQueue(store)
+    jobs = [job_record(c * 32, images=10) for c in "0123"]  # 3 shards each, one owner's lane
+    for job in jobs:
+        store.save(job)
+        queue.enqueue(job)
+    assert [queue.progress(job).queue_position for job in jobs] == [0, 1, 2, 3]
+    Queue(lane_of(jobs[0].owner), connection=store.redis).remove(shard_job_id(jobs[0].id, 0))
+    store.transition(jobs[0].id, JobStatus.queued, JobStatus.running)  # a worker took it
+    assert queue.progress(store.get(jobs[0].id)).queue_position is None
+    assert queue.progress(jobs[1]).queue_position == 1  # shards 1-2 of the first still wait
 
 
 def test_enqueue_makes_one_rq_job_per_shard_and_a_finaliser(store: JobStore) -> None:

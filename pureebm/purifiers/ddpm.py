@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 @register
 class DDPMSpec(PurifierSpec):
     family: Literal["ddpm"] = "ddpm"
+    score: ClassVar[str | None] = "denoising error"
     steps: int = Field(
         75, ge=0, le=1000, description="t*: diffuse forward to t*, then run the reverse chain back"
     )

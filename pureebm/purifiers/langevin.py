@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -35,6 +35,7 @@ class LangevinSpec(PurifierSpec):
     tau = 1e-4). A model's preset carries the values calibrated for it."""
 
     family: Literal["langevin"] = "langevin"
+    score: ClassVar[str | None] = "energy"
     steps: Steps = 150
     eps: Eps = 1.25e-2
     tau: Tau = 1e-4

@@ -20,7 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+)
 from pydantic.fields import FieldInfo
 
 if TYPE_CHECKING:
@@ -52,10 +60,18 @@ FILTER_HELP = (
     "(0 < k <= 1) of images of highest score, or 'auto': those above the model's calibrated "
     "threshold; the others pass through byte-identical. 1 or 'none': every image"
 )
+# what a request may give, validators included ('none', the fraction's bounds)
+FILTER_INPUT_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        {"type": "string", "enum": ["auto", "none"]},
+    ]
+}
 Filter = Annotated[
     float | Literal["auto"],
     BeforeValidator(parse_filter),
     AfterValidator(check_filter),
+    WithJsonSchema(FILTER_INPUT_SCHEMA, mode="validation"),
     Field(description=FILTER_HELP),
 ]
 
@@ -68,6 +84,7 @@ class PurifierSpec(BaseModel):
 
     family: str
     needs_model: ClassVar[bool] = True  # runs a registry entry (the job's ``model``)
+    score: ClassVar[str | None] = None  # what its per-image score is; None: it gives none
 
     @classmethod
     def defaults(cls, model: Manifest | None, load: Callable[[str], Manifest]) -> dict[str, Any]:

@@ -9,11 +9,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pureebm.registry import RegistryError
 from service.deps import MetricsAccessDep, QueueDep, RedisDep, RegistryDep, SettingsDep
 from service.disk import free_bytes
+from service.problems import problem_responses
+from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", responses={503: {}})
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses=problem_responses()
+    | {503: {"model": Health, "description": "lost: what `pureebm serve` gave up on"}},
+)
 async def healthz(request: Request) -> JSONResponse:  # on the event loop: no pool to wait for
     """The process is up, and nothing it needs is beyond repair (`pureebm serve`'s
     embedded Valkey has not been given up on)."""
@@ -23,7 +30,12 @@ async def healthz(request: Request) -> JSONResponse:  # on the event loop: no po
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", responses={503: {}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses=problem_responses()
+    | {503: {"model": Readiness, "description": "not ready: the checks say why"}},
+)
 def readyz(
     redis: RedisDep, queue: QueueDep, registry: RegistryDep, settings: SettingsDep
 ) -> JSONResponse:
@@ -48,6 +60,11 @@ def readyz(
     return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, responses={401: {}, 403: {}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
+    | problem_responses(401, 403),
+)
 def metrics(request: Request, _: MetricsAccessDep) -> Response:
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

@@ -9,35 +9,42 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
+from jobs.queue import JobQueue
 from jobs.record import ACTIVE, JobRecord, JobStatus, Report
 from jobs.store import JobStore
 from service.deps import (
     ArchiveField,
     FilesField,
     IdempotencyKeyHeader,
+    JobForm,
+    JobIdPath,
     OwnerDep,
-    ParamsForm,
     QueueDep,
     StoreDep,
-    StrictForm,
+    StrictJobForm,
     SubmitterDep,
 )
-from service.media import media_type_of
-from service.problems import Problem
+from service.media import MEDIA_TYPES, binary_content, media_type_of
+from service.problems import Problem, problem_responses
 from service.schemas import JobPage, JobResource, Timings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# every job route authenticates the caller and reads the queue
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 503))
 
 
 def timestamp(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def to_resource(store: JobStore, record: JobRecord) -> JobResource:
+def to_resource(queue: JobQueue, record: JobRecord) -> JobResource:
     base = f"/v1/jobs/{record.id}"
     links = {"self": base}
     if record.status == JobStatus.finished:
-        links |= {"result": f"{base}/result", "report": f"{base}/report"}
+        links |= {
+            "result": f"{base}/result",
+            "report": f"{base}/report",
+            "preview": f"{base}/preview.png",
+        }
     end = record.finished_at or time.time()
     return JobResource(
         id=record.id,
@@ -47,7 +54,7 @@ def to_resource(store: JobStore, record: JobRecord) -> JobResource:
         input_bytes=record.input_bytes,
         images=record.images,
         params=record.params,
-        progress=store.progress(record),
+        progress=queue.progress(record),
         error=record.error if record.status == JobStatus.failed else None,
         created_at=timestamp(record.created_at),
         started_at=timestamp(record.started_at),
@@ -66,13 +73,13 @@ def to_resource(store: JobStore, record: JobRecord) -> JobResource:
     "",
     status_code=202,
     response_model=JobResource,
-    responses={400: {}, 401: {}, 409: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}, 507: {}},
+    responses=problem_responses(400, 408, 409, 413, 415, 422, 429, 507),
 )
 async def submit(
     response: Response,
     submitter: SubmitterDep,
-    params: ParamsForm,
-    _: StrictForm,
+    params: JobForm,
+    _: StrictJobForm,
     archive: ArchiveField,
     files: FilesField = None,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -88,7 +95,7 @@ async def submit(
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return to_resource(submitter.store, record)
+    return to_resource(submitter.queue, record)
 
 
 def owned(store: JobStore, job_id: str, owner: str) -> JobRecord:
@@ -105,24 +112,25 @@ def owned(store: JobStore, job_id: str, owner: str) -> JobRecord:
     return record
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, responses=problem_responses(422))
 def list_jobs(
-    store: StoreDep,
+    queue: QueueDep,
     owner: OwnerDep,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9, description="jobs to skip")] = 0,
+    limit: Annotated[int, Query(ge=1, le=200, description="jobs on this page, at most")] = 50,
 ) -> JobPage:
     """The caller's jobs, newest first."""
+    store = queue.store
     ids, total = store.owned_ids(owner, offset, limit)
     records = [r for r in (store.get(i) for i in ids) if r is not None]
-    items = [to_resource(store, r) for r in records]
+    items = [to_resource(queue, r) for r in records]
     following = offset + limit if offset + limit < total else None
     return JobPage(items=items, total=total, offset=offset, limit=limit, next_offset=following)
 
 
-@router.get("/{job_id}", response_model=JobResource, responses={404: {}, 410: {}})
-def get_job(job_id: str, store: StoreDep, owner: OwnerDep) -> JobResource:
-    return to_resource(store, owned(store, job_id, owner))
+@router.get("/{job_id}", response_model=JobResource, responses=problem_responses(404, 410))
+def get_job(job_id: JobIdPath, queue: QueueDep, owner: OwnerDep) -> JobResource:
+    return to_resource(queue, owned(queue.store, job_id, owner))
 
 
 def require_finished(record: JobRecord) -> None:
@@ -133,8 +141,13 @@ def require_finished(record: JobRecord) -> None:
         raise Problem(409, detail, job_status=record.status.value)
 
 
-@router.get("/{job_id}/result", response_class=FileResponse, responses={404: {}, 409: {}, 410: {}})
-def get_result(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
+@router.get(
+    "/{job_id}/result",
+    response_class=FileResponse,
+    responses={200: {"content": binary_content(*MEDIA_TYPES.values())}}
+    | problem_responses(404, 409, 410),
+)
+def get_result(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> FileResponse:
     """The purified data, in the container it came in."""
     record = owned(store, job_id, owner)
     require_finished(record)
@@ -146,9 +159,9 @@ def get_result(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
 @router.get(
     "/{job_id}/report",
     response_class=FileResponse,
-    responses={200: {"model": Report}, 404: {}, 409: {}, 410: {}},
+    responses={200: {"model": Report}} | problem_responses(404, 409, 410),
 )
-def get_report(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
+def get_report(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> FileResponse:
     """Each image's energy before and after purification (a Report), streamed from
     the file the finaliser wrote, however many images the job had."""
     record = owned(store, job_id, owner)
@@ -156,14 +169,30 @@ def get_report(job_id: str, store: StoreDep, owner: OwnerDep) -> FileResponse:
     return FileResponse(store.folders.report_path(job_id), media_type="application/json")
 
 
-@router.delete("/{job_id}", response_model=JobResource, responses={404: {}, 410: {}})
-def delete_job(job_id: str, queue: QueueDep, owner: OwnerDep) -> JobResource:
+@router.get(
+    "/{job_id}/preview.png",
+    response_class=FileResponse,
+    responses={200: {"content": binary_content("image/png")}} | problem_responses(404, 409, 410),
+)
+def get_preview(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> FileResponse:
+    """The job's card, to look at: a few images as sent, purified, and their difference
+    amplified, above a histogram of the scores with the filter's cut."""
+    record = owned(store, job_id, owner)
+    require_finished(record)
+    path = store.folders.preview_path(job_id)
+    if not path.exists():
+        raise Problem(404, f"job {job_id} has no preview (its card could not be drawn)")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.delete("/{job_id}", response_model=JobResource, responses=problem_responses(404, 410))
+def delete_job(job_id: JobIdPath, queue: QueueDep, owner: OwnerDep) -> JobResource:
     """Cancel the job if it is queued or running, and delete its data."""
     store = queue.store
     record = owned(store, job_id, owner)
     if record.status in ACTIVE:
         queue.cancel(record)
         record = store.get(job_id) or record
-    resource = to_resource(store, record)
+    resource = to_resource(queue, record)
     store.delete(record, reason="deleted by its owner")
     return resource

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import OwnerDep, RegistryDep, SettingsDep
-from service.problems import Problem
+from service.deps import ModelNamePath, OwnerDep, RegistryDep, SettingsDep
+from service.problems import Problem, problem_responses
 from service.schemas import ModelInfo
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=problem_responses(401, 403))
 
 
 PRIVATE_FIELDS = {"weights": {"training": {"command", "data"}}}
@@ -38,8 +38,14 @@ def list_models(registry: RegistryDep, settings: SettingsDep, _: OwnerDep) -> li
     return [describe(name, registry, settings) for name in names]
 
 
-@router.get("/{name}", response_model=ModelInfo, responses={404: {}})
-def get_model(name: str, registry: RegistryDep, settings: SettingsDep, _: OwnerDep) -> ModelInfo:
+@router.get(
+    "/{name}",
+    response_model=ModelInfo,
+    responses=problem_responses(404, details={404: "no model named 'cifar10-conv2'"}),
+)
+def get_model(
+    name: ModelNamePath, registry: RegistryDep, settings: SettingsDep, _: OwnerDep
+) -> ModelInfo:
     if not registry.versions(name):
         raise Problem(404, f"no model named {name!r}")
     return describe(name, registry, settings)

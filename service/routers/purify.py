@@ -12,10 +12,10 @@ from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 
 from jobs.keys import SYNC_QUEUE
-from jobs.record import ACTIVE, JobRecord, JobStatus
+from jobs.record import ACTIVE, JobRecord, JobStatus, Report
 from service.deps import ArchiveField, FilesField, ParamsForm, StrictForm, SubmitterDep
-from service.media import attachment, media_type_of
-from service.problems import Problem
+from service.media import attachment, binary_content, media_type_of
+from service.problems import Problem, problem_responses
 
 router = APIRouter(prefix="/v1", tags=["purify"])
 POLL_S = 0.1
@@ -25,14 +25,8 @@ WORKER_LOOK_S = 2.0  # how often a waiting request checks that a worker is still
 @router.post(
     "/purify",
     response_class=FileResponse,
-    responses={
-        200: {"content": {"image/png": {}, "application/zip": {}}},
-        413: {},
-        415: {},
-        422: {},
-        503: {},
-        504: {},
-    },
+    responses={200: {"content": binary_content("image/png", "image/tiff", "application/zip")}}
+    | problem_responses(400, 401, 403, 408, 413, 415, 422, 429, 503, 504, 507),
 )
 async def purify_now(
     submitter: SubmitterDep,
@@ -43,6 +37,8 @@ async def purify_now(
 ) -> FileResponse:
     """Purify up to `sync_max_images` images and return them: one PNG for one image, else a zip.
 
+    The `Purified-Images` header lists the positions (in the order sent, from 0) of the
+    images that were purified; with a filter, the others come back as sent.
     The work runs on a worker through a priority queue; the request waits at most
     `sync_timeout_s` (504 after that, and the work is canceled), or 503 as soon as no
     live worker is left.
@@ -69,7 +65,14 @@ async def purify_now(
             await submitter.redis(delete)
         raise
     path = store.folders.result_path(current)
-    headers = {"Content-Disposition": attachment(path.name)}
+    report = await asyncio.to_thread(store.folders.report_path(current.id).read_text)
+    rows = Report.model_validate_json(report).images
+    headers = {
+        "Content-Disposition": attachment(path.name),
+        # which images were purified (positions in the order sent); a filter passes the
+        # others through byte-identical
+        "Purified-Images": ", ".join(str(i) for i, row in enumerate(rows) if row.purified),
+    }
     if current.warnings:  # RFC 7234's Warning header, code 299: a persistent warning
         headers["Warning"] = " ".join(f'299 pureebm "{w}"' for w in current.warnings)
     return FileResponse(  # streamed from disk; the job is deleted once it is sent

@@ -1,0 +1,438 @@
+"""Webhooks: a job's events POSTed to the URL its owner gave at submission, signed
+as Standard Webhooks has it, retried with backoff, and never sent to an internal
+address.
+
+Events (``jobs.record.WebhookEvent``): ``start`` (a worker took the job),
+``progress`` (images got done; at most one per ``progress_interval_s``) and
+``completed`` (the job ended: finished, failed or canceled). A delivery's body is
+``{"type": EVENT, "timestamp": ..., "data": JOB}``, JOB the main fields of GET
+/v1/jobs/{id} as they were at the event.
+
+Where the events come from: the worker announces a job's start and its finish, the
+store a failure or a cancel (``announce``); each becomes a delivery in Redis, its
+body fixed then (the outbox: ``WEBHOOK_DUE_KEY``, ``webhook_delivery_key``). The
+API process runs the ``WebhookSender``, a thread that claims due deliveries, signs
+each attempt afresh, and POSTs it to an address it has just resolved and checked
+(a host that now resolves to an internal address is refused: DNS rebinding); it
+also polls the progress of running jobs that asked for it. No worker and no request
+ever waits on a receiver; a delivery whose last attempt fails is logged and
+counted, and its job is unaffected.
+
+Targets (``Targets``): https to public addresses; http, and internal addresses
+(loopback, private, link-local such as the cloud metadata address, ...), only for
+the hosts and networks the allow-list names.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
+
+import httpx
+from pydantic import BaseModel
+
+from jobs.keys import (
+    WEBHOOK_DUE_KEY,
+    WEBHOOK_OUTCOMES_KEY,
+    WEBHOOK_PROGRESS_KEY,
+    webhook_delivery_key,
+    webhook_throttle_key,
+)
+from jobs.record import JobRecord, JobStatus, Progress, WebhookEvent
+
+if TYPE_CHECKING:
+    from jobs.store import JobStore
+
+log = logging.getLogger("pureebm.webhooks")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_URL_CHARS = 2000
+SECRET_PREFIX = "whsec_"  # Standard Webhooks: the secret is this and its key in base64
+DELIVERY_TIMEOUT_S = 10.0  # per attempt: connecting, sending and the answer's status
+MAX_BACKOFF_S = 60.0  # the wait before a retry doubles from 1 s up to this
+CLAIM_S = 60.0  # a claimed delivery is due again after this unless its attempt ends first
+DELIVERY_TTL_S = 24 * 3600  # an undelivered delivery is forgotten after this
+PARALLEL_DELIVERIES = 8
+TICK_S = 0.25  # how often the sender looks for due deliveries
+PAUSE_AFTER_ERROR_S = 5.0  # and after an error (Redis away, say)
+HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+# Claims the due deliveries (at most ARGV[3]): each is due again at ARGV[2], when a
+# sender that died during the attempt has not rescheduled or removed it.
+CLAIM_DUE = """
+local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('zadd', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+
+class WebhookError(ValueError):
+    """A webhook the service refuses; ``field`` is the form field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# -- the subscription -----------------------------------------------------------
+
+
+def parse_events(text: str | None) -> list[WebhookEvent]:
+    """``webhook_events`` as sent: a comma-separated subset of the events; every
+    event when unset."""
+    if text is None:
+        return list(WebhookEvent)
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    known = ", ".join(WebhookEvent)
+    if not names:
+        raise WebhookError("webhook_events", f"name at least one event ({known})")
+    for name in names:
+        if name not in {event.value for event in WebhookEvent}:
+            raise WebhookError("webhook_events", f"unknown event {name!r} (events: {known})")
+    return [WebhookEvent(name) for name in names]
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64), if any."""
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped or address.sixtofour
+
+
+def is_public(address: Address) -> bool:
+    """Whether the address is on the public internet: not loopback, private,
+    link-local (the cloud metadata address), shared, reserved or multicast."""
+    if isinstance(address, ipaddress.IPv6Address) and (inner := embedded_ipv4(address)):
+        address = inner
+    return address.is_global and not address.is_multicast
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    """Every address ``host`` resolves to now."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise WebhookError("webhook", f"cannot resolve {host}: {e}") from e
+    found = (ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where webhooks may go: any host over https at public addresses; beyond that,
+    the hosts (``hooks.example.com``, ``*.example.com``) and networks (``10.1.2.3``,
+    ``10.0.0.0/8``) that the allow-list names, over http too and at any address."""
+
+    hosts: tuple[str, ...] = ()
+    networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> Targets:
+        hosts, networks = [], []
+        for entry in (e.strip().lower() for e in entries):
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]")))
+            except ValueError as e:
+                if "/" in entry or ":" in entry or not HOST_PATTERN.fullmatch(entry):
+                    raise ValueError(
+                        f"webhook allow-list entry {entry!r} is not a host name, a *.domain "
+                        "pattern, an IP address or a network"
+                    ) from e
+                hosts.append(entry.rstrip("."))
+        return cls(tuple(hosts), tuple(networks))
+
+    def names(self, host: str) -> bool:
+        """Whether the allow-list names the host: by name or pattern or, for an
+        address, by a network that holds it."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            name = host.lower().rstrip(".")
+            return any(fnmatchcase(name, pattern) for pattern in self.hosts)
+        return any(address in network for network in self.networks)
+
+    def allows(self, host: str, address: Address) -> bool:
+        """Whether the host may be reached at this address."""
+        named = self.names(host) or any(address in network for network in self.networks)
+        return named or is_public(address)
+
+    def check(self, url: str) -> tuple[httpx.URL, list[Address]]:
+        """The URL and the addresses it may be sent to, resolved now; raises
+        WebhookError saying why it may not."""
+        if len(url) > MAX_URL_CHARS:
+            raise WebhookError("webhook", f"the URL is over {MAX_URL_CHARS} characters")
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as e:
+            raise WebhookError("webhook", f"not a URL: {e}") from e
+        if parsed.scheme not in ("https", "http") or not parsed.host:
+            raise WebhookError("webhook", "must be an https:// URL with a host")
+        host = parsed.host
+        if parsed.scheme == "http" and not self.names(host):
+            raise WebhookError(
+                "webhook",
+                f"http is allowed only to hosts the allow-list names (not {host}): use https",
+            )
+        addresses = resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+        for address in addresses:
+            if not self.allows(host, address):
+                where = "" if host == str(address) else f" (where {host} is)"
+                raise WebhookError(
+                    "webhook",
+                    f"{address}{where} is an internal address that the allow-list "
+                    "(PUREEBM_WEBHOOK_ALLOWED_HOSTS) does not name",
+                )
+        return parsed, addresses
+
+
+# -- signatures -------------------------------------------------------------------
+
+
+def owner_secret(master: bytes, owner: str) -> str:
+    """The secret that signs ``owner``'s webhooks, as Standard Webhooks writes one
+    (``whsec_`` and its key in base64): the key is HMAC-SHA256 of the owner under the
+    service's master secret, so it is never stored, and changes with the master."""
+    key = hmac.new(master, f"pureebm webhooks {owner}".encode(), hashlib.sha256).digest()
+    return SECRET_PREFIX + base64.b64encode(key).decode()
+
+
+def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header: v1, and the base64 HMAC-SHA256 of
+    ``{id}.{timestamp}.{body}`` under the secret's key."""
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+# -- events -----------------------------------------------------------------------
+
+
+class JobSummary(BaseModel):
+    """The job in a webhook's body: the fields of GET /v1/jobs/{id} that a receiver
+    acts on, in the same form."""
+
+    id: str
+    status: JobStatus
+    input_name: str
+    images: int
+    progress: Progress
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime
+    warnings: list[str]
+    links: dict[str, str]
+
+
+class WebhookBody(BaseModel):
+    type: WebhookEvent
+    timestamp: datetime
+    data: JobSummary
+
+
+def event_body(record: JobRecord, event: WebhookEvent, progress: Progress) -> bytes:
+    """The JSON body of the job's event (WebhookBody)."""
+    base = f"/v1/jobs/{record.id}"
+    links = {"self": base}
+    if record.status == JobStatus.finished:
+        links |= {"result": f"{base}/result", "report": f"{base}/report"}
+    job = JobSummary(
+        **record.model_dump(include=set(JobSummary.model_fields) - {"error"}),
+        error=record.error if record.status == JobStatus.failed else None,
+        progress=progress,
+        links=links,
+    )
+    return WebhookBody(type=event, timestamp=datetime.now(UTC), data=job).model_dump_json().encode()
+
+
+def queue_delivery(store: JobStore, record: JobRecord, event: WebhookEvent, url: str) -> None:
+    """Put the event of ``record`` (the job as it is now) in the outbox, for ``url``."""
+    body = event_body(record, event, store.progress(record))
+    delivery_id = f"msg_{uuid.uuid4().hex}"  # webhook-id: the same on every attempt
+    delivery = {
+        "url": url,
+        "owner": record.owner,
+        "job": record.id,
+        "event": event.value,
+        "body": body,
+        "attempts": 0,
+    }
+    with store.redis.pipeline() as pipe:
+        pipe.hset(webhook_delivery_key(delivery_id), mapping=delivery)
+        pipe.expire(webhook_delivery_key(delivery_id), DELIVERY_TTL_S)
+        pipe.zadd(WEBHOOK_DUE_KEY, {delivery_id: time.time()})
+        pipe.execute()
+
+
+def announce(store: JobStore, record: JobRecord, event: WebhookEvent) -> None:
+    """Queue the job's ``event`` for its webhook, if it asked for it, with the job as
+    it is now (``record``: as it was before, which says whether it asked). A job that
+    asked for progress is watched from its start (``WebhookSender.send_progress``).
+    Never raises: a webhook does not affect its job."""
+    webhook = record.webhook
+    if webhook is None:
+        return
+    try:
+        if event == WebhookEvent.start and WebhookEvent.progress in webhook.events:
+            store.redis.hsetnx(WEBHOOK_PROGRESS_KEY, record.id, -1)
+        if event in webhook.events:
+            queue_delivery(store, store.get(record.id) or record, event, webhook.url)
+    except Exception:
+        log.exception("webhook event not queued", extra={"job_id": record.id, "event": event})
+
+
+# -- delivery ---------------------------------------------------------------------
+
+
+class WebhookSender:
+    """The API's delivery thread (see the module docstring): ``start``, ``stop``."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        master_secret: bytes,
+        targets: Targets,
+        attempts: int,
+        progress_interval_s: float,
+    ) -> None:
+        self.store, self.redis = store, store.redis
+        self.master_secret, self.targets = master_secret, targets
+        self.attempts, self.progress_interval_s = attempts, progress_interval_s
+        self.claim_due = self.redis.register_script(CLAIM_DUE)
+        # one connection per attempt (each is pinned to the address checked for it),
+        # no proxy from the environment, no redirect followed
+        self.http = httpx.Client(
+            timeout=DELIVERY_TIMEOUT_S,
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={"user-agent": "PureEBM-webhooks"},
+        )
+        self.pool = ThreadPoolExecutor(PARALLEL_DELIVERIES, thread_name_prefix="webhook")
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="webhook-sender", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=DELIVERY_TIMEOUT_S + 1)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.http.close()
+
+    def run(self) -> None:
+        pause = TICK_S
+        while not self.stopping.wait(pause):
+            try:
+                self.send_progress()
+                while self.send_due() == PARALLEL_DELIVERIES and not self.stopping.is_set():
+                    pass  # a backlog: the next batch at once
+                pause = TICK_S
+            except Exception:
+                log.exception("webhook sender failed; trying again shortly")
+                pause = PAUSE_AFTER_ERROR_S
+
+    def send_due(self) -> int:
+        """Attempt every due delivery (in parallel, up to PARALLEL_DELIVERIES at a
+        time); returns how many there were."""
+        now = time.time()
+        claimed = self.claim_due(
+            keys=[WEBHOOK_DUE_KEY], args=[now, now + CLAIM_S, PARALLEL_DELIVERIES]
+        )
+        list(self.pool.map(self.attempt, [c.decode() for c in claimed]))
+        return len(claimed)
+
+    def attempt(self, delivery_id: str) -> None:
+        """One attempt at a delivery; then it is done, due again after a backoff, or
+        given up on (logged and counted) after its last attempt."""
+        key = webhook_delivery_key(delivery_id)
+        delivery = {k.decode(): v for k, v in self.redis.hgetall(key).items()}
+        if not delivery:  # expired unsent
+            self.redis.zrem(WEBHOOK_DUE_KEY, delivery_id)
+            return
+        attempts = int(delivery["attempts"]) + 1
+        try:
+            status = self.post(
+                delivery_id, delivery["url"].decode(), delivery["owner"].decode(), delivery["body"]
+            )
+            error = None if 200 <= status < 300 else f"the receiver answered {status}"
+        except (WebhookError, httpx.HTTPError) as e:
+            error = str(e) or type(e).__name__
+        with self.redis.pipeline() as pipe:
+            if error is None or attempts >= self.attempts:
+                pipe.zrem(WEBHOOK_DUE_KEY, delivery_id)
+                pipe.delete(key)
+                pipe.hincrby(WEBHOOK_OUTCOMES_KEY, "failed" if error else "delivered", 1)
+            else:
+                backoff = min(2.0 ** (attempts - 1), MAX_BACKOFF_S)
+                pipe.hset(key, "attempts", attempts)
+                pipe.zadd(WEBHOOK_DUE_KEY, {delivery_id: time.time() + backoff})
+            pipe.execute()
+        if error is not None and attempts >= self.attempts:
+            log.error(
+                f"webhook not delivered; its last attempt: {error}",
+                extra={
+                    "job_id": delivery["job"].decode(),
+                    "event": delivery["event"].decode(),
+                    "attempts": attempts,
+                },
+            )
+
+    def post(self, delivery_id: str, url: str, owner: str, body: bytes) -> int:
+        """POST the signed body to the URL's host at an address checked just now;
+        the answer's status."""
+        parsed, addresses = self.targets.check(url)
+        timestamp = int(time.time())
+        secret = owner_secret(self.master_secret, owner)
+        headers = {
+            "host": parsed.netloc.decode("ascii"),
+            "content-type": "application/json",
+            "webhook-id": delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature(secret, delivery_id, timestamp, body),
+        }
+        # TLS checks the certificate against the URL's host, not the address
+        extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
+        address = min(addresses, key=lambda a: a.version)  # IPv4 first: reachable more often
+        pinned = parsed.copy_with(host=str(address))
+        with self.http.stream(
+            "POST", pinned, content=body, headers=headers, extensions=extensions
+        ) as response:
+            return response.status_code
+
+    def send_progress(self) -> None:
+        """A progress event for each running job that asked for them, when its count
+        has moved, at most one per ``progress_interval_s`` per job (across APIs)."""
+        throttle_ms = int(self.progress_interval_s * 1000)
+        for watched, last in self.redis.hgetall(WEBHOOK_PROGRESS_KEY).items():
+            job_id = watched.decode()
+            if not self.redis.set(webhook_throttle_key(job_id), 1, nx=True, px=throttle_ms):
+                continue
+            record = self.store.get(job_id)
+            if record is None or record.status != JobStatus.running or record.webhook is None:
+                self.redis.hdel(WEBHOOK_PROGRESS_KEY, job_id)
+                continue
+            done = self.store.progress(record).done
+            if done != int(last):
+                queue_delivery(self.store, record, WebhookEvent.progress, record.webhook.url)
+                self.redis.hset(WEBHOOK_PROGRESS_KEY, job_id, done)

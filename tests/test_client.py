@@ -116,6 +116,15 @@ def test_submit_command_uploads_follows_and_downloads(stack, tmp_path, cifar):
     assert "purified 2 of 5 images" in filtered.stdout
     bad = submit_command(src, dst, stack.url, "wrong")
     assert bad.returncode != 0 and "403" in bad.stderr
+    with PureEBMClient(stack.url, KEY_A) as client:
+        before = client.jobs()["total"]
+        misnamed = submit_command(src, tmp_path / "out.tar", stack.url, KEY_A)
+        assert misnamed.returncode != 0 and "a zip comes back as a zip" in misnamed.stderr
+        assert client.jobs()["total"] == before  # refused before the upload
+    (tmp_path / "into").mkdir()
+    into = submit_command(src, tmp_path / "into", stack.url, KEY_A, "--steps", "1")
+    assert into.returncode == 0, into.stderr
+    assert (tmp_path / "into" / "in.purified.zip").exists()  # the service's name for it
 
 
 def pureebm(*argv: str, url: str) -> subprocess.CompletedProcess:

@@ -21,7 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="purify through a running service")
     submit.add_argument("input", type=Path, help="an image or an archive (zip, tar, npz)")
     submit.add_argument(
-        "-o", "--output", type=Path, required=True, help="the purified copy (a file or a folder)"
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("."),
+        help="the purified copy: a file named for the input's container, or a folder to "
+        "write it into under the service's name (default: this folder)",
     )
     add_service_options(submit)
     submit.add_argument("--model", help="NAME or NAME:VERSION (default: the service's)")
@@ -30,8 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> None:
+    from pureebm.containers import check_output_name, detect_kind
+    from pureebm.images import FormatError
+
     if not args.input.is_file():
         sys.exit(f"pureebm: {args.input} is not a file (send a folder as a zip or tar)")
+    if not args.output.is_dir():  # refused before the upload, not after the work
+        try:
+            check_output_name(detect_kind(args.input), args.output)
+        except FormatError as e:
+            sys.exit(f"pureebm: {e}")
     params = {"model": args.model, "seed": args.seed, **purifier_overrides(args)}
     started = time.perf_counter()
     with service_client(args) as client:

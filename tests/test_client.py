@@ -159,6 +159,9 @@ def test_jobs_are_listed_followed_downloaded_reported_and_canceled_from_the_cli(
     fetched = pureebm("download", job["id"], "-o", str(out), url=stack.url)
     assert fetched.returncode == 0, fetched.stderr
     assert zipfile.ZipFile(out / "set.purified.zip").namelist() == ["0.png", "1.png", "2.png"]
+    misnamed = pureebm("download", job["id"], "-o", str(tmp_path / "set.tar"), url=stack.url)
+    assert misnamed.returncode != 0 and "a zip comes back as a zip" in misnamed.stderr
+    assert not (tmp_path / "set.tar").exists()
     report = pureebm("report", job["id"], url=stack.url)
     assert '"purified": 3' in report.stdout
     canceled = pureebm("cancel", job["id"], url=stack.url)

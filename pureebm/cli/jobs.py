@@ -101,5 +101,14 @@ def run_report(args: argparse.Namespace) -> None:
 
 
 def run_download(args: argparse.Namespace) -> None:
+    from pureebm.containers import check_output_name
+    from pureebm.images import FormatError
+
     with service_client(args) as client:
+        if not args.output.is_dir():
+            kind = client.job(args.job)["kind"]
+            try:  # loose files sent together come back as one zip
+                check_output_name("zip" if kind == "files" else kind, args.output)
+            except FormatError as e:
+                sys.exit(f"pureebm: {e}")
         print(client.download(args.job, args.output))

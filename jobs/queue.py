@@ -27,6 +27,7 @@ from jobs.keys import (
 from jobs.record import JobRecord, JobStatus, Progress
 from jobs.store import JobStore
 
+QUEUE_SCAN = 1000  # queue entries a job's position is looked for among
 ENDED_RQ_STATES = (RQStatus.FINISHED, RQStatus.FAILED, RQStatus.CANCELED, RQStatus.STOPPED)
 
 
@@ -113,10 +114,12 @@ class JobQueue:
 
     def position(self, record: JobRecord) -> int | None:
         """How many other jobs' work waits ahead of a queued job's first RQ job in its
-        queue (0: it is next); None once that has left the queue."""
+        lane (0: none; workers take the lanes in turn, so others' lanes interleave);
+        None once that has left the queue, or lies past the first QUEUE_SCAN entries
+        (a poll never scans a long backlog)."""
         first = (score_job_id if record.params.filter is not None else shard_job_id)(record.id, 0)
         queue = self.queue(record)
-        index = self.redis.lpos(queue.key, first)
+        index = self.redis.lpos(queue.key, first, maxlen=QUEUE_SCAN)
         if index is None:
             return None
         ahead = self.redis.lrange(queue.key, 0, index - 1) if index else []

@@ -94,7 +94,7 @@ class Progress(BaseModel):
     total: int
     images_per_s: float | None
     eta_s: float | None
-    queue_position: int | None = None  # queued: jobs ahead of it in its queue (0: next)
+    queue_position: int | None = None  # queued: other jobs ahead of it in its lane
 
 
 class ImageEnergy(BaseModel):

@@ -26,12 +26,15 @@ the hosts and networks the allow-list names.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -64,15 +67,19 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_CHARS = 2000
 SECRET_PREFIX = "whsec_"  # Standard Webhooks: the secret is this and its key in base64
-DELIVERY_TIMEOUT_S = 10.0  # per attempt: connecting, sending and the answer's status
-MAX_BACKOFF_S = 60.0  # the wait before a retry doubles from 1 s up to this
+DELIVERY_TIMEOUT_S = 10.0  # each phase of an attempt: connecting, sending, each read
+ATTEMPT_DEADLINE_S = 15.0  # a whole attempt, however slowly the receiver answers
+MAX_BACKOFF_S = 3600.0  # the wait before a retry doubles from 1 s up to this
 CLAIM_S = 60.0  # a claimed delivery is due again after this unless its attempt ends first
 DELIVERY_TTL_S = 24 * 3600  # an undelivered delivery is forgotten after this
 PARALLEL_DELIVERIES = 8
 TICK_S = 0.25  # how often the sender looks for due deliveries
 PAUSE_AFTER_ERROR_S = 5.0  # and after an error (Redis away, say)
+USER_AGENT = "PureEBM-webhooks"
 HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: reaches internal IPv4
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated, but it still embeds IPv4
 
 # Claims the due deliveries (at most ARGV[3]): each is due again at ARGV[2], when a
 # sender that died during the attempt has not rescheduled or removed it.
@@ -110,8 +117,8 @@ def parse_events(text: str | None) -> list[WebhookEvent]:
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64), if any."""
-    if address in NAT64:
+    """The IPv4 address an IPv6 one stands for (mapped, compatible, 6to4, NAT64), if any."""
+    if address in NAT64 or address in LOCAL_NAT64 or address in IPV4_COMPATIBLE:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address.ipv4_mapped or address.sixtofour
 
@@ -119,9 +126,13 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
 def is_public(address: Address) -> bool:
     """Whether the address is on the public internet: not loopback, private,
     link-local (the cloud metadata address), shared, reserved or multicast."""
-    if isinstance(address, ipaddress.IPv6Address) and (inner := embedded_ipv4(address)):
-        address = inner
-    return address.is_global and not address.is_multicast
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:  # fec0::/10, which Python may still call global
+            return False
+        if inner := embedded_ipv4(address):
+            address = inner
+    refused = address.is_multicast or address.is_reserved or address.is_unspecified
+    return address.is_global and not refused
 
 
 def resolve(host: str, port: int) -> list[Address]:
@@ -192,11 +203,11 @@ class Targets:
             )
         addresses = resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         for address in addresses:
-            if not self.allows(host, address):
-                where = "" if host == str(address) else f" (where {host} is)"
+            if not self.allows(host, address):  # a name's address is not told: no DNS oracle
+                log.warning("webhook target refused", extra={"host": host, "address": str(address)})
                 raise WebhookError(
                     "webhook",
-                    f"{address}{where} is an internal address that the allow-list "
+                    f"{host} is or resolves to an internal address, which the allow-list "
                     "(PUREEBM_WEBHOOK_ALLOWED_HOSTS) does not name",
                 )
         return parsed, addresses
@@ -292,7 +303,7 @@ def announce(store: JobStore, record: JobRecord, event: WebhookEvent) -> None:
         return
     try:
         if event == WebhookEvent.start and WebhookEvent.progress in webhook.events:
-            store.redis.hsetnx(WEBHOOK_PROGRESS_KEY, record.id, -1)
+            store.redis.hsetnx(WEBHOOK_PROGRESS_KEY, record.id, 0)
         if event in webhook.events:
             queue_delivery(store, store.get(record.id) or record, event, webhook.url)
     except Exception:
@@ -300,6 +311,35 @@ def announce(store: JobStore, record: JobRecord, event: WebhookEvent) -> None:
 
 
 # -- delivery ---------------------------------------------------------------------
+
+
+def post_pinned(
+    url: httpx.URL, address: str, target: str, headers: dict[str, str], body: bytes
+) -> int:
+    """POST ``body`` to ``url``'s host at ``address``, on a connection of its own (no
+    proxy, no redirect followed; TLS checks the certificate against the URL's host);
+    the answer's status. The socket is shut down at ATTEMPT_DEADLINE_S, however slowly
+    the receiver answers, so no receiver holds a delivery slot for long."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    sock = socket.create_connection((address, port), timeout=DELIVERY_TIMEOUT_S)
+    if url.scheme == "https":
+        sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.host)
+    connection = http.client.HTTPConnection(url.host, port, timeout=DELIVERY_TIMEOUT_S)
+    connection.sock = sock
+    deadline = threading.Timer(ATTEMPT_DEADLINE_S, shut, (sock,))
+    deadline.start()
+    try:
+        connection.request("POST", target, body, {**headers, "user-agent": USER_AGENT})
+        return connection.getresponse().status
+    finally:
+        deadline.cancel()
+        connection.close()
+
+
+def shut(sock: socket.socket) -> None:
+    """Wake a thread blocked on ``sock`` (closing it alone would not)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class WebhookSender:
@@ -317,15 +357,6 @@ class WebhookSender:
         self.master_secret, self.targets = master_secret, targets
         self.attempts, self.progress_interval_s = attempts, progress_interval_s
         self.claim_due = self.redis.register_script(CLAIM_DUE)
-        # one connection per attempt (each is pinned to the address checked for it),
-        # no proxy from the environment, no redirect followed
-        self.http = httpx.Client(
-            timeout=DELIVERY_TIMEOUT_S,
-            trust_env=False,
-            follow_redirects=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
-            headers={"user-agent": "PureEBM-webhooks"},
-        )
         self.pool = ThreadPoolExecutor(PARALLEL_DELIVERIES, thread_name_prefix="webhook")
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="webhook-sender", daemon=True)
@@ -338,7 +369,6 @@ class WebhookSender:
         if self.thread.is_alive():
             self.thread.join(timeout=DELIVERY_TIMEOUT_S + 1)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.http.close()
 
     def run(self) -> None:
         pause = TICK_S
@@ -367,7 +397,8 @@ class WebhookSender:
         given up on (logged and counted) after its last attempt."""
         key = webhook_delivery_key(delivery_id)
         delivery = {k.decode(): v for k, v in self.redis.hgetall(key).items()}
-        if not delivery:  # expired unsent
+        if "url" not in delivery:  # expired unsent (or only its count left behind)
+            self.redis.delete(key)
             self.redis.zrem(WEBHOOK_DUE_KEY, delivery_id)
             return
         attempts = int(delivery["attempts"]) + 1
@@ -376,7 +407,7 @@ class WebhookSender:
                 delivery_id, delivery["url"].decode(), delivery["owner"].decode(), delivery["body"]
             )
             error = None if 200 <= status < 300 else f"the receiver answered {status}"
-        except (WebhookError, httpx.HTTPError) as e:
+        except Exception as e:  # a refused target, the network, a receiver cut off
             error = str(e) or type(e).__name__
         with self.redis.pipeline() as pipe:
             if error is None or attempts >= self.attempts:
@@ -411,28 +442,29 @@ class WebhookSender:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature(secret, delivery_id, timestamp, body),
         }
-        # TLS checks the certificate against the URL's host, not the address
-        extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
         address = min(addresses, key=lambda a: a.version)  # IPv4 first: reachable more often
-        pinned = parsed.copy_with(host=str(address))
-        with self.http.stream(
-            "POST", pinned, content=body, headers=headers, extensions=extensions
-        ) as response:
-            return response.status_code
+        target = parsed.raw_path.decode("ascii")
+        return post_pinned(parsed, str(address), target, headers, body)
 
     def send_progress(self) -> None:
         """A progress event for each running job that asked for them, when its count
         has moved, at most one per ``progress_interval_s`` per job (across APIs)."""
         throttle_ms = int(self.progress_interval_s * 1000)
         for watched, last in self.redis.hgetall(WEBHOOK_PROGRESS_KEY).items():
-            job_id = watched.decode()
-            if not self.redis.set(webhook_throttle_key(job_id), 1, nx=True, px=throttle_ms):
-                continue
-            record = self.store.get(job_id)
-            if record is None or record.status != JobStatus.running or record.webhook is None:
-                self.redis.hdel(WEBHOOK_PROGRESS_KEY, job_id)
-                continue
-            done = self.store.progress(record).done
-            if done != int(last):
-                queue_delivery(self.store, record, WebhookEvent.progress, record.webhook.url)
-                self.redis.hset(WEBHOOK_PROGRESS_KEY, job_id, done)
+            try:
+                self.watch(watched.decode(), int(last), throttle_ms)
+            except Exception:  # one job's trouble holds up no other delivery
+                log.exception("progress not checked", extra={"job_id": watched.decode()})
+
+    def watch(self, job_id: str, last: int, throttle_ms: int) -> None:
+        """A progress event for the watched job if its count has risen past ``last``."""
+        if not self.redis.set(webhook_throttle_key(job_id), 1, nx=True, px=throttle_ms):
+            return
+        record = self.store.get(job_id)
+        if record is None or record.status != JobStatus.running or record.webhook is None:
+            self.redis.hdel(WEBHOOK_PROGRESS_KEY, job_id)
+            return
+        done = self.store.progress(record).done
+        if done > last:
+            queue_delivery(self.store, record, WebhookEvent.progress, record.webhook.url)
+            self.redis.hset(WEBHOOK_PROGRESS_KEY, job_id, done)

@@ -170,6 +170,9 @@ class AsyncPureEBMClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
         await self.http.aclose()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -180,7 +183,7 @@ class AsyncPureEBMClient:
     ) -> dict[str, Any]:
         path = Path(path)
         data, headers = submission(params, idempotency_key)
-        with path.open("rb") as f:  # streamed from the file, as the blocking client does
+        with path.open("rb") as f:  # streamed from the file (read in the event loop)
             files = {"archive": (path.name, f)}
             response = await self.request(
                 "POST", "/v1/jobs", files=files, data=data, headers=headers

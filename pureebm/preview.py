@@ -97,7 +97,7 @@ def job_card(
         for picture in row:
             card.paste(picture, (x, y))
             x += picture.width + MARGIN
-        moved = "unchanged" if sample.psnr is None else f"{sample.psnr:.1f} dB"
+        moved = "" if sample.psnr is None else f"{sample.psnr:.1f} dB"
         draw.text((x, y + TILE // 2 - TEXT), sample.name[:40], fill=INK)
         draw.text((x, y + TILE // 2), moved, fill=INK)
         y += TILE + MARGIN

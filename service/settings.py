@@ -61,7 +61,8 @@ class Settings(JobSettings):
     # beyond https to public addresses: hosts (names, *.domain) and networks (addresses,
     # CIDRs) that webhooks may reach over http too and at internal addresses
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
-    webhook_attempts: int = Field(5, ge=1)  # then a delivery is given up on (1, 2, 4 ... s apart)
+    # then a delivery is given up on; attempts 1, 2, 4 ... s apart (12: about 34 minutes)
+    webhook_attempts: int = Field(12, ge=1)
     webhook_progress_interval_s: float = Field(5, gt=0)  # at most one progress event per job
 
     @model_validator(mode="after")

@@ -218,8 +218,9 @@ class Submitter:
         return replay(*winner, fingerprint), True
 
     def lose_race(self, record: JobRecord) -> None:
-        """A concurrent request with the same Idempotency-Key won: drop this job."""
-        self.queue.cancel(record)
+        """A concurrent request with the same Idempotency-Key won: drop this job (and
+        announce nothing: the caller never saw it)."""
+        self.queue.cancel(record.model_copy(update={"webhook": None}))
         self.store.delete(record)
 
 

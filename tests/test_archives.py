@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.containers import open_container
+from pureebm.containers import check_output_name, open_container
 from pureebm.images import (
     InputTooLarge,
     Limits,
@@ -481,3 +481,33 @@ def test_a_sparse_tar_member_counts_its_real_size_against_the_ratio(tmp_path, ci
         assert archive.getmembers()[0].size == 400 << 20  # what a reader would unpack
     with pytest.raises(InputTooLarge, match="compression-ratio"):
         open_container(src)
+
+
+def test_an_output_name_must_fit_the_copy_it_will_hold(tmp_path):
+    gz = tmp_path / "set.tar.gz"
+    with tarfile.open(gz, "w:gz"):
+        pass
+    fits = [
+        ("zip", "o.zip", "in.zip", False),
+        ("tar", "o.tgz", gz, False),  # the copy keeps the gzip compression
+        ("tar", "o.tar", "sent.tar", True),
+        ("npz", "o.npz", "in.npz", False),
+        ("files", "o.zip", "a.png", True),  # loose files come back as one zip
+        ("image", "o.jpg", "a.png", False),  # in-process: written in the name's format
+        ("image", "o.tif", "a.png", True),
+        ("folder", "out", "images", False),
+    ]
+    for kind, name, sent, service in fits:
+        check_output_name(kind, tmp_path / name, sent, service)
+    refused = [
+        ("zip", "o.tar", "in.zip", False),
+        ("tar", "o.tar", gz, False),
+        ("tar", "o.tar.bz2", "sent.tar.gz", True),
+        ("npz", "o.zip", "in.npz", False),
+        ("image", "o.zip", "a.png", False),
+        ("image", "o.jpg", "a.png", True),  # the service answers PNG or TIFF
+        ("folder", "out.zip", "images", False),
+    ]
+    for kind, name, sent, service in refused:
+        with pytest.raises(UnsupportedInput, match=name):
+            check_output_name(kind, tmp_path / name, sent, service)

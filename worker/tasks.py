@@ -311,11 +311,11 @@ def run_shard(
         for done, item in enumerate(batches, 1):
             with phases.time("write"):
                 writer.add(item)
+            if done == 1 or done % ctx.batch_size == 0 or done == stop - start:
+                store.set_shard_progress(record.id, shard, done)  # the first image at once
+                stop_if_canceled(store, record.id)
             if done == 1:
                 hold(ctx, "shard")
-            if done % ctx.batch_size == 0 or done == stop - start:
-                store.set_shard_progress(record.id, shard, done)
-                stop_if_canceled(store, record.id)
     return stop - start
 
 
@@ -416,7 +416,9 @@ def finish(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
     )
     with atomic_path(store.folders.report_path(job_id)) as partial:
         partial.write_text(report.model_dump_json())
-    write_preview(ctx, record, report, ShardSet(paths, bounds, container.image_names(), chosen))
+    if not record.sync:  # a /v1/purify answer is sent and deleted at once: no card
+        shards = ShardSet(paths, bounds, container.image_names(), chosen)
+        write_preview(ctx, record, report, shards)
     store.mark_ended(job_id)
     if store.transition(job_id, JobStatus.running, JobStatus.finished):
         announce(store, record, WebhookEvent.completed)

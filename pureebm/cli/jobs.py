@@ -106,9 +106,9 @@ def run_download(args: argparse.Namespace) -> None:
 
     with service_client(args) as client:
         if not args.output.is_dir():
-            kind = client.job(args.job)["kind"]
-            try:  # loose files sent together come back as one zip
-                check_output_name("zip" if kind == "files" else kind, args.output)
+            job = client.job(args.job)
+            try:
+                check_output_name(job["kind"], args.output, job["input_name"], service=True)
             except FormatError as e:
                 sys.exit(f"pureebm: {e}")
         print(client.download(args.job, args.output))

@@ -59,7 +59,7 @@ def output_path(kind: Kind, source: Path, output: Path | None) -> Path:
         output = (output or source.parent) / purified_name(kind, source.name, mode)
     if kind == "folder" and output.exists():
         raise UnsupportedInput(f"{output} exists: name a new folder, or one to write into")
-    check_output_name(kind, output)
+    check_output_name(kind, output, source)
     return output
 
 

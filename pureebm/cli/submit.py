@@ -42,7 +42,7 @@ def run_submit(args: argparse.Namespace) -> None:
         sys.exit(f"pureebm: {args.input} is not a file (send a folder as a zip or tar)")
     if not args.output.is_dir():  # refused before the upload, not after the work
         try:
-            check_output_name(detect_kind(args.input), args.output)
+            check_output_name(detect_kind(args.input), args.output, args.input, service=True)
         except FormatError as e:
             sys.exit(f"pureebm: {e}")
     params = {"model": args.model, "seed": args.seed, **purifier_overrides(args)}

@@ -75,18 +75,42 @@ def purified_name(kind: str, input_name: str, mode: str = "RGB") -> str:
     return f"{stem}.purified{suffix or SUFFIXES_OF[kind][0]}"
 
 
-def check_output_name(kind: Kind, output: Path) -> None:
-    """UnsupportedInput where ``output``'s extension names another container than
-    ``kind`` (a zip named out.tar, an image named out.zip)."""
+TAR_COMPRESSION = {".tar": None, ".tar.gz": "gz", ".tgz": "gz", ".tar.bz2": "bz2", ".tar.xz": "xz"}
+LOSSLESS_SUFFIXES = (".png", ".tif", ".tiff")  # what the service answers a single image with
+
+
+def check_output_name(kind: str, output: Path, sent: Path | str, service: bool = False) -> None:
+    """UnsupportedInput where ``output``'s extension does not fit the copy of ``sent``
+    (a path, or the name it was sent under) of container ``kind``: a zip named
+    out.tar, a tar.gz named out.tar (a tar keeps its compression), a folder named
+    out.zip, an image named out.zip. From the ``service``, an image comes back as a
+    PNG or a TIFF, and loose files as one zip."""
+    kind = "zip" if kind == "files" else kind
     suffix = archive_suffix(output.name)
-    if kind in SUFFIXES_OF:
+    if kind == "tar":
+        sent_path = Path(sent)
+        compression = (
+            tar_compression(sent_path)
+            if sent_path.is_file()
+            else TAR_COMPRESSION.get(archive_suffix(sent_path.name) or ".tar")
+        )
+        if suffix not in TAR_COMPRESSION or TAR_COMPRESSION[suffix] != compression:
+            names = [s for s, c in TAR_COMPRESSION.items() if c == compression]
+            raise UnsupportedInput(
+                f"{output.name}: this tar comes back as a tar compressed as it was sent "
+                f"(name it {' or '.join(names)})"
+            )
+    elif kind in SUFFIXES_OF:
         if suffix not in SUFFIXES_OF[kind]:
             raise UnsupportedInput(
                 f"{output.name}: a {kind} comes back as a {kind} "
                 f"(name it {' or '.join(SUFFIXES_OF[kind])})"
             )
-    elif kind == "image" and image_format_of(output.name) is None:
-        raise UnsupportedInput(f"{output.name}: an image comes back as an image (.png, .tif, ...)")
+    elif kind == "image":
+        lossless = output.suffix.lower() in LOSSLESS_SUFFIXES
+        if image_format_of(output.name) is None or (service and not lossless):
+            allowed = "/".join(LOSSLESS_SUFFIXES) if service else ".png, .tif, .jpg, ..."
+            raise UnsupportedInput(f"{output.name}: an image comes back as an image ({allowed})")
     elif kind == "folder" and suffix is not None:
         raise UnsupportedInput(f"{output.name}: a folder comes back as a folder, not a {suffix}")
 

@@ -95,7 +95,7 @@ async def submit(
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return to_resource(submitter.queue, record)
+    return await submitter.redis(to_resource, submitter.queue, record)
 
 
 def owned(store: JobStore, job_id: str, owner: str) -> JobRecord:

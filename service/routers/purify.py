@@ -60,13 +60,13 @@ async def purify_now(
 
     try:
         current = await wait_for_end(submitter, record)
+        report = await asyncio.to_thread(store.folders.report_path(current.id).read_text)
+        rows = Report.model_validate_json(report).images
     except BaseException:
         with contextlib.suppress(RedisError):  # a hung Redis: the cleaner removes it later
             await submitter.redis(delete)
         raise
     path = store.folders.result_path(current)
-    report = await asyncio.to_thread(store.folders.report_path(current.id).read_text)
-    rows = Report.model_validate_json(report).images
     headers = {
         "Content-Disposition": attachment(path.name),
         # which images were purified (positions in the order sent); a filter passes the

@@ -37,10 +37,13 @@ queue, ``pureebm-sync``, which workers always look at first. Redis keys (``keys`
     pureebm:canceled            counter: jobs canceled (for /metrics)
     pureebm:webhooks:due        sorted set: webhook deliveries by their next attempt's time
     pureebm:webhook:<id>        hash: one delivery (its URL, owner, job, event, body, attempts)
+    pureebm:webhooks:progress   hash: job id -> its done count at its last progress event
+    pureebm:webhook-throttle:<id>  a job's progress events, at most one per interval
+    pureebm:stats:webhooks      hash: deliveries delivered and failed (counters)
 
 Job folder (``<data_dir>/jobs/<id>/``): ``input/<file>``, ``decoded.npz`` (the
 images the API decoded while validating, up to ``max_decoded_bytes``),
-``shards/<i>.npz``, ``result/<name>`` and ``report.json``; with a filter also
+``shards/<i>.npz``, ``result/<name>``, ``report.json`` and ``preview.png``; with a filter also
 ``shards/score-<i>.npy`` (each shard's energies) and ``selection.npz`` (the chosen
 positions, and where each purification shard starts among them).
 """

@@ -66,6 +66,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_CHARS = 2000
+WEBHOOKS_OFF = "this service sends no webhooks (PUREEBM_WEBHOOK_SECRET is unset)"
 SECRET_PREFIX = "whsec_"  # Standard Webhooks: the secret is this and its key in base64
 DELIVERY_TIMEOUT_S = 10.0  # each phase of an attempt: connecting, sending, each read
 ATTEMPT_DEADLINE_S = 15.0  # a whole attempt, however slowly the receiver answers
@@ -169,7 +170,7 @@ class Targets:
                 hosts.append(entry.rstrip("."))
         return cls(tuple(hosts), tuple(networks))
 
-    def names(self, host: str) -> bool:
+    def is_listed(self, host: str) -> bool:
         """Whether the allow-list names the host: by name or pattern or, for an
         address, by a network that holds it."""
         try:
@@ -181,7 +182,7 @@ class Targets:
 
     def allows(self, host: str, address: Address) -> bool:
         """Whether the host may be reached at this address."""
-        named = self.names(host) or any(address in network for network in self.networks)
+        named = self.is_listed(host) or any(address in network for network in self.networks)
         return named or is_public(address)
 
     def check(self, url: str) -> tuple[httpx.URL, list[Address]]:
@@ -196,7 +197,7 @@ class Targets:
         if parsed.scheme not in ("https", "http") or not parsed.host:
             raise WebhookError("webhook", "must be an https:// URL with a host")
         host = parsed.host
-        if parsed.scheme == "http" and not self.names(host):
+        if parsed.scheme == "http" and not self.is_listed(host):
             raise WebhookError(
                 "webhook",
                 f"http is allowed only to hosts the allow-list names (not {host}): use https",

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from jobs.queue import JobQueue
 from jobs.record import JobParams, JobRecord, JobStatus, Webhook
 from jobs.store import JobStore
-from jobs.webhooks import WebhookError, parse_events
+from jobs.webhooks import WEBHOOKS_OFF, WebhookError, parse_events
 from pureebm.filtering import FilterError
 from pureebm.purifiers import Overrides
 from pureebm.registry import Registry
@@ -176,9 +176,7 @@ class Submitter:
                     raise WebhookError("webhook_events", "given without a webhook")
                 return None
             if self.settings.webhook_secret is None:
-                raise WebhookError(
-                    "webhook", "this service sends no webhooks (PUREEBM_WEBHOOK_SECRET is unset)"
-                )
+                raise WebhookError("webhook", WEBHOOKS_OFF)
             events = parse_events(params.webhook_events)
             await run_in_threadpool(self.settings.webhook_targets.check, params.webhook)
         except WebhookError as e:

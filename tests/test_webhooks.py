@@ -164,8 +164,8 @@ def test_the_allow_list_names_hosts_and_networks_which_may_use_http() -> None:
     targets = Targets.parse(["127.0.0.1", "10.0.0.0/8", "*.corp.example", "[::1]"])
     for url in ("http://127.0.0.1:9000/hook", "http://10.2.3.4/", "https://[::1]/"):
         targets.check(url)
-    assert targets.names("hooks.corp.example") and targets.names("A.B.Corp.Example.")
-    assert not targets.names("corp.example") and not targets.names("127.0.0.2")
+    assert targets.is_listed("hooks.corp.example") and targets.is_listed("A.B.Corp.Example.")
+    assert not targets.is_listed("corp.example") and not targets.is_listed("127.0.0.2")
     with pytest.raises(WebhookError, match="internal address"):
         targets.check("https://127.0.0.2/")
     with pytest.raises(WebhookError, match="http is allowed only"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from jobs.webhooks import owner_secret
+from jobs.webhooks import WEBHOOKS_OFF, owner_secret
 from service.deps import OwnerDep, SettingsDep
 from service.problems import Problem, problem_responses
 from service.schemas import WebhookSecret
@@ -20,6 +20,6 @@ def get_secret(settings: SettingsDep, owner: OwnerDep) -> WebhookSecret:
     same until the master changes. 404 when the service sends no webhooks.
     """
     if settings.webhook_secret is None:
-        raise Problem(404, "this service sends no webhooks (PUREEBM_WEBHOOK_SECRET is unset)")
+        raise Problem(404, WEBHOOKS_OFF)
     master = settings.webhook_secret.get_secret_value().encode()
     return WebhookSecret(secret=owner_secret(master, owner))

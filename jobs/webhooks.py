@@ -5,8 +5,8 @@ address.
 Events (``jobs.record.WebhookEvent``): ``start`` (a worker took the job),
 ``progress`` (images got done; at most one per ``progress_interval_s``) and
 ``completed`` (the job ended: finished, failed or canceled). A delivery's body is
-``{"type": EVENT, "timestamp": ..., "data": JOB}``, JOB the main fields of GET
-/v1/jobs/{id} as they were at the event.
+``{"type": EVENT, "timestamp": ..., "data": JOB}``, JOB the job as GET
+/v1/jobs/{id} returns it (``jobs.resource``), as it was at the event.
 
 Where the events come from: the worker announces a job's start and its finish, the
 store a failure or a cancel (``announce``); each becomes a delivery in Redis, its
@@ -56,6 +56,7 @@ from jobs.keys import (
     webhook_throttle_key,
 )
 from jobs.record import JobRecord, JobStatus, Progress, WebhookEvent
+from jobs.resource import JobResource, job_resource
 
 if TYPE_CHECKING:
     from jobs.store import JobStore
@@ -236,42 +237,15 @@ def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
 # -- events -----------------------------------------------------------------------
 
 
-class JobSummary(BaseModel):
-    """The job in a webhook's body: the fields of GET /v1/jobs/{id} that a receiver
-    acts on, in the same form."""
-
-    id: str
-    status: JobStatus
-    input_name: str
-    images: int
-    progress: Progress
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    expires_at: datetime
-    warnings: list[str]
-    links: dict[str, str]
-
-
 class WebhookBody(BaseModel):
     type: WebhookEvent
     timestamp: datetime
-    data: JobSummary
+    data: JobResource
 
 
 def event_body(record: JobRecord, event: WebhookEvent, progress: Progress) -> bytes:
     """The JSON body of the job's event (WebhookBody)."""
-    base = f"/v1/jobs/{record.id}"
-    links = {"self": base}
-    if record.status == JobStatus.finished:
-        links |= {"result": f"{base}/result", "report": f"{base}/report"}
-    job = JobSummary(
-        **record.model_dump(include=set(JobSummary.model_fields) - {"error"}),
-        error=record.error if record.status == JobStatus.failed else None,
-        progress=progress,
-        links=links,
-    )
+    job = job_resource(record, progress)
     return WebhookBody(type=event, timestamp=datetime.now(UTC), data=job).model_dump_json().encode()
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.record import JobParams, JobStatus, Progress
+from jobs.resource import JobResource
 from pureebm.purifiers import Overrides
 
 
@@ -34,11 +33,6 @@ class JobSubmission(PurifyParams):
         None,
         description="comma-separated: start, progress, completed (any end); default: all",
     )
-
-
-class Timings(BaseModel):
-    queued_s: float | None
-    running_s: float | None
 
 
 JOB_ID = "3f2c9a7e1b4d4c0e9a5b6c7d8e9f0a1b"
@@ -77,25 +71,6 @@ JOB_EXAMPLE = {  # a JobResource, as the OpenAPI document shows it (service.open
     "warnings": [],
     "links": {"self": f"/v1/jobs/{JOB_ID}"},
 }
-
-
-class JobResource(BaseModel):
-    id: str
-    status: JobStatus
-    kind: str
-    input_name: str
-    input_bytes: int
-    images: int  # in the upload (progress counts each phase's work: a filter scores first)
-    params: JobParams
-    progress: Progress
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    expires_at: datetime
-    timings: Timings
-    warnings: list[str]  # e.g. steps far outside what the model was calibrated for
-    links: dict[str, str]
 
 
 class JobPage(BaseModel):

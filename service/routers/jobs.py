@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -11,6 +10,7 @@ from fastapi.responses import FileResponse
 
 from jobs.queue import JobQueue
 from jobs.record import ACTIVE, JobRecord, JobStatus, Report
+from jobs.resource import JobResource, job_resource
 from jobs.store import JobStore
 from service.deps import (
     ArchiveField,
@@ -26,47 +26,14 @@ from service.deps import (
 )
 from service.media import MEDIA_TYPES, binary_content, media_type_of
 from service.problems import Problem, problem_responses
-from service.schemas import JobPage, JobResource, Timings
+from service.schemas import JobPage
 
 # every job route authenticates the caller and reads the queue
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 503))
 
 
-def timestamp(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
 def to_resource(queue: JobQueue, record: JobRecord) -> JobResource:
-    base = f"/v1/jobs/{record.id}"
-    links = {"self": base}
-    if record.status == JobStatus.finished:
-        links |= {
-            "result": f"{base}/result",
-            "report": f"{base}/report",
-            "preview": f"{base}/preview.png",
-        }
-    end = record.finished_at or time.time()
-    return JobResource(
-        id=record.id,
-        status=record.status,
-        kind=record.kind,
-        input_name=record.input_name,
-        input_bytes=record.input_bytes,
-        images=record.images,
-        params=record.params,
-        progress=queue.progress(record),
-        error=record.error if record.status == JobStatus.failed else None,
-        created_at=timestamp(record.created_at),
-        started_at=timestamp(record.started_at),
-        finished_at=timestamp(record.finished_at),
-        expires_at=timestamp(record.expires_at),
-        timings=Timings(
-            queued_s=(record.started_at or end) - record.created_at,
-            running_s=end - record.started_at if record.started_at else None,
-        ),
-        warnings=record.warnings,
-        links=links,
-    )
+    return job_resource(record, queue.progress(record))
 
 
 @router.post(

@@ -17,7 +17,7 @@ TILE = 96  # px: each sample is shown this tall
 AMPLIFY = 8  # the difference |purified - sent| is shown this many times brighter
 MAX_SAMPLES = 6
 HISTOGRAM_BINS = 40
-MARGIN, TEXT = 8, 14  # px
+MARGIN, TEXT, CHAR = 8, 14, 6  # px: a margin, a line of text, a character at most
 INK, CUT = (30, 30, 30), (200, 30, 30)
 
 
@@ -80,7 +80,7 @@ def job_card(
     """Rows of sent | purified | difference x AMPLIFY, then the scores' histogram."""
     rows = [[tile(s.sent), tile(s.purified), tile(difference(s.sent, s.purified))] for s in samples]
     widths = [sum(t.width for t in row) + 2 * MARGIN for row in rows]
-    width = max([640, *(w + 260 for w in widths)])
+    width = max([640, CHAR * len(title) + 2 * MARGIN, *(w + 260 for w in widths)])
     rows_height = len(rows) * (TILE + MARGIN)
     chart = 200
     card = Image.new("RGB", (width, TEXT * 3 + rows_height + chart + MARGIN), "white")

@@ -62,3 +62,5 @@ def test_the_card_shows_each_sample_sent_purified_and_moved():
     moved = first_row[:, 3 * MARGIN + 2 * TILE : 3 * MARGIN + 3 * TILE]
     assert np.all(moved <= 2 * AMPLIFY) and moved.max() == 2 * AMPLIFY  # the +2, amplified
     assert card.height > 3 * TILE
+    long_title = "job " + "x" * 200
+    assert job_card(samples, [1.0], None, long_title).width >= 200 * 6  # the title fits

@@ -22,8 +22,11 @@ set -euo pipefail
 mkdir -p "$OUT"
 DDPM=${DDPM:-cifar10-ddpm:3}
 EBM=${EBM:-cifar10-resnet:2}
-DEFENCES=(none filt:0.5:3 jpeg:75 "ddpm:model=$DDPM,steps=75" "ddpm:model=$DDPM,steps=125"
-  "langevin:model=$EBM")
+# DEFENCES (space-separated) replaces this list, for instance with the purifiers that
+# need no ranking: reps:ddpm_model=$DDPM, langevin:steps=3,init_noise=0.05, jpeg:50,
+# and filt:0.5:3:1 (the rest purified lightly, not passed through raw)
+read -r -a DEFENCES <<< "${DEFENCES:-none filt:0.5:3 jpeg:75 ddpm:model=$DDPM,steps=75 \
+ddpm:model=$DDPM,steps=125 langevin:model=$EBM}"
 ATTACKS=(narcissus:16 narcissus:8 narcissus-x3:16 narcissus-adaptive:16 gradient-matching:16
   patch:16 blend:16)
 if [ -n "${SMOKE:-}" ]; then  # tiny budgets, the same code path

@@ -7,7 +7,8 @@ Resolving pins the model, picks the family (the request's ``purifier``, else Rep
 for a ``ddpm_model``, else the preset's), fills unset parameters from the preset
 where it is of that family, and resolves the filter: the request's, else the
 preset's own when it runs the preset's family. A family that needs no model
-(JPEG) keeps the model only as the filter's scorer.
+(JPEG) keeps the model only as the filter's scorer; a preset without weights
+(a named JPEG setting) is no model at all.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def resolve_request(
     runs_preset = spec.family == manifest.purifier.family
     requested = overrides.filter  # type: ignore[attr-defined]
     rule = resolve_filter(requested, manifest if runs_preset else None, manifest)
-    keeps_model = spec.needs_model or rule is not None or model is not None
+    # a preset without weights (JPEG's) only sets parameters: no model to load
+    keeps_model = manifest.weights is not None and (
+        spec.needs_model or rule is not None or model is not None
+    )
     return Resolved(model=manifest.ref if keeps_model else None, purifier=spec, filter=rule)
 
 

@@ -44,7 +44,7 @@ JOB_EXAMPLE = {  # a JobResource, as the OpenAPI document shows it (service.open
     "input_bytes": 48213,
     "images": 16,
     "params": {
-        "model": "cifar10-conv:5",
+        "model": "standard:1",
         "purifier": {
             "family": "langevin",
             "steps": 3,
@@ -95,7 +95,7 @@ class Readiness(BaseModel):
                 "queue": {"ok": True},
                 "workers": {"ok": True, "alive": 1},
                 "disk": {"ok": True, "free_bytes": 52_000_000_000, "reserve_bytes": 1 << 30},
-                "model": {"ok": True, "model": "cifar10-conv:5"},
+                "model": {"ok": True, "model": "standard:1"},
             }
         ],
     )

@@ -110,10 +110,7 @@ def test_models_lists_the_registry_and_errors_are_clear(tmp_path, tiny_registry)
     assert listing.returncode == 0 and listing.stdout.startswith("tiny:1")
     shipped = pureebm("models").stdout.splitlines()  # the repo's registry
     defaults = [line.split()[0] for line in shipped if "(default)" in line]
-    newest = max(
-        int(line.split()[0].split(":")[1]) for line in shipped if line.startswith("cifar10-conv:")
-    )
-    assert defaults == [f"cifar10-conv:{newest}"]  # the default name's highest version only
+    assert defaults == ["standard:1"]  # one line marked, the DEFAULT file's
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 definitely not a zip")
     result = pureebm(
@@ -221,3 +218,42 @@ def test_output_is_a_file_or_a_folder_and_its_extension_must_fit_the_input(
         assert result.stderr.startswith("pureebm: ") and "Traceback" not in result.stderr, what
     assert not any((tmp_path / name).exists() for name in ("o.tar", "o.zip"))
     assert (tmp_path / "out" / "kept.txt").read_text() == "mine"
+
+
+def test_a_named_preset_purifies_as_its_source_with_those_parameters(
+    tmp_path, tiny_registry, cifar
+):
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_registry, root)
+    registry = ["--registry", str(root)]
+    strong = pureebm("preset", "strong", "--from", "tiny", "--steps", "5", "--filter", "0.5",
+                     "--description", "harder", *registry)  # fmt: skip
+    light = pureebm("preset", "light", "--purifier", "jpeg", "--quality", "60", *registry)
+    assert strong.returncode == 0 and light.returncode == 0, strong.stderr + light.stderr
+    assert "registered strong:1 from tiny:1" in strong.stdout
+    presets = {m["name"]: m for m in json.loads(pureebm("models", "--json", *registry).stdout)}
+    assert presets["strong"]["weights"] == presets["tiny"]["weights"]  # stored once
+    assert presets["strong"]["purifier"]["steps"] == 5 and presets["strong"]["filter"] == 0.5
+    assert presets["strong"]["energy_threshold"] == presets["tiny"]["energy_threshold"]
+    assert presets["strong"]["derived_from"] == "tiny:1"
+    assert presets["light"]["weights"] is None and presets["light"]["derived_from"] is None
+    assert presets["light"]["purifier"] == {"family": "jpeg", "quality": 60}
+
+    src = tmp_path / "data.zip"
+    write_zip(src, cifar, 6)
+
+    def purified(name: str, *options: str) -> dict[str, bytes]:
+        out = tmp_path / f"{name}.zip"
+        done = pureebm("purify", str(src), "-o", str(out), "--seed", "3", *registry, *options)
+        assert done.returncode == 0, done.stderr
+        with zipfile.ZipFile(out) as archive:
+            return {n: archive.read(n) for n in archive.namelist()}
+
+    assert purified("a", "--model", "strong") == purified(
+        "b", "--model", "tiny", "--steps", "5", "--filter", "0.5"
+    )
+    assert purified("c", "--model", "light") == purified(
+        "d", "--purifier", "jpeg", "--quality", "60", "--model", "tiny"
+    )
+    taken = pureebm("preset", "x", "--from", "tiny", "--steps", "0.5", *registry)
+    assert taken.returncode != 0 and "steps" in taken.stderr and "Traceback" not in taken.stderr

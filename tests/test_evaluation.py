@@ -284,7 +284,7 @@ def test_a_filter_purifies_exactly_the_highest_energy_images_and_passes_the_rest
     images, labels = cifar["images"][:24], cifar["labels"][:24]
     config = EvalConfig(
         train="",
-        defences=["filt:0.25:3", "pureebm:3"],
+        defences=["filt:0.25:3", "pureebm:3", "filt:0.25:3:1", "pureebm:1"],
         model="tiny",
         registry=str(tiny_registry),
         classifier=FAST,
@@ -294,9 +294,13 @@ def test_a_filter_purifies_exactly_the_highest_energy_images_and_passes_the_rest
     defended, energy = defender.defend_all(poisoned)
     highest = set(np.argsort(-energy)[:6].tolist())  # ceil(0.25 * 24)
     filtered, purified = defended["filt:0.25:3"], defended["pureebm:3"]
+    lightly = defended["pureebm:1"]  # what 'filt:K:T:R' gives the images it does not choose
     for i in range(len(images)):
         expected = purified[i] if i in highest else poisoned.images[i]
         assert np.array_equal(filtered[i], expected)
+        rest = purified[i] if i in highest else lightly[i]
+        assert np.array_equal(defended["filt:0.25:3:1"][i], rest)
+    assert not np.array_equal(lightly, poisoned.images)
     assert not np.array_equal(filtered, poisoned.images)
     # the set's energies: the clean images' with the poisoned ones scored again
     untouched = np.setdiff1d(np.arange(len(images)), poisoned.poisoned)

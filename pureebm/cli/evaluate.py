@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--defences",
         nargs="+",
         default=defaults.defences,
-        help="none, jpeg:QUALITY, pureebm (the model's T), pureebm:STEPS, filt:K[:STEPS] / "
-        "filt:auto[:STEPS] (purify only the highest-energy images), or pureddpm[:T*] (with "
+        help="none, jpeg:QUALITY, pureebm (the model's T), pureebm:STEPS, filt:K[:STEPS[:REST]] "
+        "/ filt:auto[:STEPS[:REST]] (purify the highest-energy images; the rest pass through "
+        "raw, or get REST steps), or pureddpm[:T*] (with "
         "--ddpm-model); a 'clean' row (trained on unpoisoned data) is always added, and each "
         "defence gets a '+test' row",
     )

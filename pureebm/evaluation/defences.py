@@ -8,8 +8,9 @@ A defence is named in one grammar derived from the purifier spec:
                                   reps:ddpm_model=cifar10-ddpm:1,rounds=2
 
 with ``model=`` naming the preset (default: the evaluation's --model). The earlier
-short names stay: none, jpeg:Q, pureebm[:T], filt:K|auto[:T] (run as a sweep of one
-chain and an energy ranking by pureebm.evaluation.run) and pureddpm[:T].
+short names stay: none, jpeg:Q, pureebm[:T], filt:K|auto[:T[:R]] (run as a sweep of one
+chain and an energy ranking by pureebm.evaluation.run; R: the light chain the images
+not chosen get, else none) and pureddpm[:T].
 """
 
 from __future__ import annotations

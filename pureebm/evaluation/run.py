@@ -88,9 +88,17 @@ def chain_steps(spec: str, default: int) -> int | None:
     if name == "pureebm":
         return int(rest or default)
     if name == "filt":
-        steps = rest.partition(":")[2]
-        return int(steps or default)
+        parts = rest.split(":")
+        return int(parts[1]) if len(parts) > 1 and parts[1] else default
     return None
+
+
+def rest_steps(spec: str) -> int:
+    """'filt:K:T:R' -> R: the steps of the light chain the images a filter does not
+    choose get, instead of passing through raw; 0 for every other defence."""
+    name, _, rest = spec.partition(":")
+    parts = rest.split(":")
+    return int(parts[2]) if name == "filt" and len(parts) > 2 else 0
 
 
 def short_spec(spec: str, ddpm_model: str | None) -> str:
@@ -107,7 +115,7 @@ def short_spec(spec: str, ddpm_model: str | None) -> str:
 
 
 def filter_rule(spec: str) -> float | str | None:
-    """'filt:0.5[:T]' -> 0.5, 'filt:auto[:T]' -> 'auto'; None for other defences."""
+    """'filt:0.5[:T[:R]]' -> 0.5, 'filt:auto[:T[:R]]' -> 'auto'; None for other defences."""
     name, _, rest = spec.partition(":")
     if name != "filt":
         return None
@@ -155,7 +163,7 @@ class Defender:
             if spec not in self.chains and spec != "none" and not is_spec(short):
                 raise ValueError(
                     f"unknown defence {spec!r} (FAMILY[:FIELD=VALUE,...] with FAMILY one of "
-                    f"{', '.join(FAMILIES)}; or none, jpeg:Q, pureebm[:T], filt:K|auto[:T], "
+                    f"{', '.join(FAMILIES)}; or none, jpeg:Q, pureebm[:T], filt:K|auto[:T[:R]], "
                     "pureddpm[:T])"
                 )
         self.purifiers = {
@@ -182,7 +190,8 @@ class Defender:
             elif spec in self.purifiers:
                 purify = partial(self.purify, spec, images)
                 out[spec] = defences.cached(self.config.cache, images, spec, purify)["images"]
-        lengths = sorted(set(self.chains.values()))
+        rests = {rest_steps(spec) for spec in self.chains} - {0}
+        lengths = sorted(set(self.chains.values()) | rests)
         energy = np.full(len(images), np.nan)
         if self.config.url:
             for steps in lengths:
@@ -216,7 +225,8 @@ class Defender:
         if rule is None:
             return purified
         chosen = selected_positions(energy, rule, self.threshold)
-        result = images.copy()
+        rest = rest_steps(spec)
+        result = (images if rest == 0 else out[f"T={rest}"]).copy()
         result[chosen] = purified[chosen]
         return result
 

@@ -11,7 +11,8 @@ is the attack it leaves the most above the floor: a defence meant to be
 universal is judged on that row, never on a mean over attacks. The bar a default
 must clear (issue 25): at most 3 points above the floor for every attack, at most
 2 points of accuracy below no defence, and better than JPEG q75 on both.
-Writes results.json, results.md and suite.png (a heat map of the same table).
+Writes results.json, results.md, suite.png (a heat map of the same table) and
+worst_case.png (each defence's worst case against its accuracy cost).
 """
 
 from __future__ import annotations
@@ -81,11 +82,13 @@ def suite(results: list[dict]) -> dict:
     jpeg = worst.get("jpeg:75")
     verdicts = {}
     for spec, (label, cell) in worst.items():
-        accuracy = min(c["accuracy_vs_none"] for c in cells[spec].values())
+        accuracies = [c["accuracy_vs_none"] for c in cells[spec].values()]
+        accuracy = min(accuracies)
         verdicts[spec] = {
             "worst_attack": label,
             **cell,
             "lowest_accuracy_vs_none": accuracy,
+            "mean_accuracy_vs_none": sum(accuracies) / len(accuracies),
             "within_floor_bar": cell["above_floor"] <= FLOOR_BAR,
             "within_accuracy_bar": accuracy >= -ACCURACY_BAR,
             "beats_jpeg75": jpeg is not None
@@ -174,6 +177,37 @@ def draw(table: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def draw_worst_case(table: dict, path: Path) -> None:
+    """Each defence's worst case against what it costs: the trade-off a user chooses on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for spec, v in table["worst_case"].items():
+        if spec == "none":
+            ax.axhline(100 * v["above_floor"], color="grey", ls=":", label="no defence")
+            continue
+        x, y = -100 * v["mean_accuracy_vs_none"], 100 * v["above_floor"]
+        low = -100 * v["lowest_accuracy_vs_none"]
+        ax.errorbar(x, y, yerr=100 * v["above_floor_ci"], fmt="o", capsize=3)
+        ax.plot([x, low], [y, y], color="grey", lw=0.8)  # to the costliest attack
+        ax.annotate(f"{spec}\n({v['worst_attack']})", (x, y), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.axhline(100 * FLOOR_BAR, color="green", ls="--", lw=0.8, label="floor bar (+3)")
+    ax.axvline(100 * ACCURACY_BAR, color="green", ls="-.", lw=0.8, label="accuracy bar (2)")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("natural accuracy lost against no defence (points; mean, line to the worst)")
+    ax.set_ylabel("worst attack: points above the clean floor")
+    ax.set_title("each defence's worst case over the suite (95% interval)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="`pureebm eval --out` folders")
@@ -185,6 +219,7 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(table, indent=2))
     (args.out / "results.md").write_text(markdown(table) + "\n")
     draw(table, args.out / "suite.png")
+    draw_worst_case(table, args.out / "worst_case.png")
     print(markdown(table))
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import sys
 
-from bench.suite_table import markdown, suite
+import pytest
+from PIL import Image
+
+from bench.suite_table import main, markdown, suite
 
 
 def run(attack: str, seed: int, measured: dict[str, tuple[float, float]]) -> dict:
@@ -26,8 +30,8 @@ def run(attack: str, seed: int, measured: dict[str, tuple[float, float]]) -> dic
     }
 
 
-def test_worst_case_is_the_attack_left_most_above_its_floor_paired_run_by_run():
-    results = [
+def two_attacks() -> list[dict]:
+    return [
         # narcissus: floors 0.30 and 0.50; the filter leaves +0.01 and +0.03 above them
         run(
             "narcissus",
@@ -61,7 +65,10 @@ def test_worst_case_is_the_attack_left_most_above_its_floor_paired_run_by_run():
             },
         ),
     ]
-    table = suite(results)
+
+
+def test_worst_case_is_the_attack_left_most_above_its_floor_paired_run_by_run():
+    table = suite(two_attacks())
     assert table["attacks"] == ["narcissus 16/255", "blend"]
     cell = table["cells"]["filt"]["narcissus 16/255"]
     assert cell["above_floor"] == pytest.approx(0.02) and cell["runs"] == 2
@@ -69,11 +76,30 @@ def test_worst_case_is_the_attack_left_most_above_its_floor_paired_run_by_run():
     filt, jpeg = table["worst_case"]["filt"], table["worst_case"]["jpeg:75"]
     assert filt["worst_attack"] == "narcissus 16/255" and filt["above_floor"] == pytest.approx(0.02)
     assert filt["lowest_accuracy_vs_none"] == pytest.approx(-0.04)
+    assert filt["mean_accuracy_vs_none"] == pytest.approx((-0.025 - 0.04) / 2)
     assert filt["within_floor_bar"] and not filt["within_accuracy_bar"]
     assert not filt["beats_jpeg75"]  # removes more, but costs more accuracy
     assert jpeg["worst_attack"] == "narcissus 16/255" and jpeg["above_floor"] == pytest.approx(0.15)
     assert "clean" not in table["cells"]
     assert "| filt | +2.0 +- " in markdown(table)
+
+
+def test_the_command_writes_the_tables_and_both_charts(tmp_path, monkeypatch):
+    folders = []
+    for i, result in enumerate(two_attacks()):
+        folders.append(tmp_path / f"run{i}")
+        folders[-1].mkdir()
+        (folders[-1] / "results.json").write_text(json.dumps(result))
+    out = tmp_path / "table"
+    monkeypatch.setattr(sys, "argv", ["suite_table", *map(str, folders), "--out", str(out)])
+    main()
+    assert json.loads((out / "results.json").read_text())["attacks"] == [
+        "narcissus 16/255",
+        "blend",
+    ]
+    for chart in ("suite.png", "worst_case.png"):
+        with Image.open(out / chart) as image:
+            assert image.size[0] > 300 and len(image.convert("L").getcolors(1 << 16)) > 10
 
 
 def test_two_different_rows_for_the_same_run_are_refused():

@@ -55,6 +55,8 @@ def paired(rows: list[dict], spec: str, reference: str, key: str) -> tuple[float
         for r in rows
         if r["defence"] == spec and (r["seed"], r["target"]) in ref
     ]
+    if not differences:
+        return float("nan"), float("nan"), 0
     return (*mean_interval(differences), len(differences))
 
 
@@ -112,7 +114,9 @@ def suite(results: list[dict]) -> dict:
 def markdown(table: dict) -> str:
     attacks = table["attacks"]
 
-    def pts(value: float, half: float) -> str:
+    def pts(value: float, half: float, runs: int = 2) -> str:
+        if runs < 2:  # no interval from one run
+            return f"{value * 100:+.1f} (1 run)"
         return f"{value * 100:+.1f} +- {half * 100:.1f}"
 
     lines = [
@@ -125,7 +129,8 @@ def markdown(table: dict) -> str:
     ]
     for spec, by in table["cells"].items():
         cells = [
-            pts(by[a]["above_floor"], by[a]["above_floor_ci"]) if a in by else "-" for a in attacks
+            pts(by[a]["above_floor"], by[a]["above_floor_ci"], by[a]["runs"]) if a in by else "-"
+            for a in attacks
         ]
         v = table["worst_case"][spec]
         bars = " ".join(
@@ -134,13 +139,15 @@ def markdown(table: dict) -> str:
         )
         lines.append(
             f"| {spec} | " + " | ".join(cells) + f" | {v['worst_attack']} | "
-            f"{pts(v['above_floor'], v['above_floor_ci'])} | "
+            f"{pts(v['above_floor'], v['above_floor_ci'], v['runs'])} | "
             f"{v['lowest_accuracy_vs_none'] * 100:+.1f} | {bars} |"
         )
     lines += ["", "| defence | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
     for spec, by in table["cells"].items():
         cells = [
-            pts(by[a]["accuracy_vs_none"], by[a]["accuracy_vs_none_ci"]) if a in by else "-"
+            pts(by[a]["accuracy_vs_none"], by[a]["accuracy_vs_none_ci"], by[a]["runs"])
+            if a in by
+            else "-"
             for a in attacks
         ]
         lines.append(f"| {spec} (accuracy vs none) | " + " | ".join(cells) + " |")
@@ -184,7 +191,7 @@ def draw_worst_case(table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for spec, v in table["worst_case"].items():
         if spec == "none":
             ax.axhline(100 * v["above_floor"], color="grey", ls=":", label="no defence")
@@ -198,6 +205,8 @@ def draw_worst_case(table: dict, path: Path) -> None:
     ax.axhline(100 * FLOOR_BAR, color="green", ls="--", lw=0.8, label="floor bar (+3)")
     ax.axvline(100 * ACCURACY_BAR, color="green", ls="-.", lw=0.8, label="accuracy bar (2)")
     ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlim(left=0)
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the labels
     ax.set_xlabel("natural accuracy lost against no defence (points; mean, line to the worst)")
     ax.set_ylabel("worst attack: points above the clean floor")
     ax.set_title("each defence's worst case over the suite (95% interval)", fontsize=9)

@@ -255,5 +255,10 @@ def test_a_named_preset_purifies_as_its_source_with_those_parameters(
     assert purified("c", "--model", "light") == purified(
         "d", "--purifier", "jpeg", "--quality", "60", "--model", "tiny"
     )
-    taken = pureebm("preset", "x", "--from", "tiny", "--steps", "0.5", *registry)
-    assert taken.returncode != 0 and "steps" in taken.stderr and "Traceback" not in taken.stderr
+    for refused, named in (
+        (("x", "--from", "tiny", "--steps", "0.5"), "steps"),
+        (("Bad Name", "--from", "tiny"), "name"),
+    ):
+        result = pureebm("preset", *refused, *registry)
+        assert result.returncode != 0 and named in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

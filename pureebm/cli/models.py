@@ -74,15 +74,18 @@ def run_preset(args: argparse.Namespace) -> None:
     runs_weights = resolved.model is not None and (
         resolved.purifier.needs_model or resolved.filter is not None
     )
-    manifest = registry.add_preset(
-        name=args.name,
-        purifier=resolved.purifier,
-        filter=resolved.filter,
-        weights=source.weights.sha256 if runs_weights and source.weights else None,
-        energy_threshold=source.energy_threshold if runs_weights else None,
-        derived_from=source.ref if runs_weights else None,
-        description=args.description,
-    )
+    try:
+        manifest = registry.add_preset(
+            name=args.name,
+            purifier=resolved.purifier,
+            filter=resolved.filter,
+            weights=source.weights.sha256 if runs_weights and source.weights else None,
+            energy_threshold=source.energy_threshold if runs_weights else None,
+            derived_from=source.ref if runs_weights else None,
+            description=args.description,
+        )
+    except ValueError as e:  # a name the registry cannot hold
+        sys.exit(f"pureebm: {e}")
     print(
         f"registered {manifest.ref}"
         f"{f' from {source.ref}' if runs_weights else ''}: {manifest.purifier.summary()}"

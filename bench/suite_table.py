@@ -2,7 +2,7 @@
 
     python -m bench.suite_table runs/suite/* --out docs/eval/suite
 
-Each folder is a `pureebm eval --out` of one attack (any seeds, targets and
+Each folder is a `pureebm eval --out` of one attack (or its results.json) (any seeds, targets and
 strengths); folders of the same attack are pooled. For each defence and attack,
 poison success is taken above the clean floor run by run (the same attack, seed
 and target, so the floor's own spread cancels), with its mean and 95% interval;
@@ -219,10 +219,13 @@ def draw_worst_case(table: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="`pureebm eval --out` folders")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="`pureebm eval --out` folders, or their results.json"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    results = [json.loads((run / "results.json").read_text()) for run in args.runs]
+    files = [run if run.suffix == ".json" else run / "results.json" for run in args.runs]
+    results = [json.loads(file.read_text()) for file in files]
     table = suite(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(table, indent=2))

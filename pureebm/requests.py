@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from pureebm.filtering import resolve_filter
+from pureebm.filtering import FilterError, resolve_filter
 from pureebm.purifiers import Filter, Spec, resolve
 from pureebm.registry import Registry
 
@@ -40,6 +40,11 @@ def resolve_request(
     runs_preset = spec.family == manifest.purifier.family
     requested = overrides.filter  # type: ignore[attr-defined]
     rule = resolve_filter(requested, manifest if runs_preset else None, manifest)
+    if rule is not None and manifest.weights is None:
+        raise FilterError(
+            f"{manifest.ref} has no model to rank images by: a filter needs one "
+            "(model=NAME of an EBM or a DDPM)"
+        )
     # a preset without weights (JPEG's) only sets parameters: no model to load
     keeps_model = manifest.weights is not None and (
         spec.needs_model or rule is not None or model is not None

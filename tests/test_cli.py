@@ -256,9 +256,10 @@ def test_a_named_preset_purifies_as_its_source_with_those_parameters(
         "d", "--purifier", "jpeg", "--quality", "60", "--model", "tiny"
     )
     for refused, named in (
-        (("x", "--from", "tiny", "--steps", "0.5"), "steps"),
-        (("Bad Name", "--from", "tiny"), "name"),
+        (("preset", "x", "--from", "tiny", "--steps", "0.5"), "steps"),
+        (("preset", "Bad Name", "--from", "tiny"), "name"),
+        (("purify", str(src), "--model", "light", "--filter", "0.5"), "no model to rank"),
     ):
-        result = pureebm("preset", *refused, *registry)
+        result = pureebm(*refused, *registry)
         assert result.returncode != 0 and named in result.stderr, result.stderr
         assert "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ computed right; the whole evaluation runs end to end on a tiny configuration."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import to_tensor, train_classifier
 from pureebm.evaluation.config import EvalConfig, TrainSettings
-from pureebm.evaluation.defences import cached, pureebm
+from pureebm.evaluation.defences import cached, pureebm, purified
 from pureebm.evaluation.run import Defender, auroc, evaluate, trigger_left
 from pureebm.images import Picture
 from pureebm.pipeline import purify_pictures
@@ -276,6 +277,25 @@ def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(
     assert np.array_equal(purified[untouched], defender.clean_defended["pureebm"][untouched])
     jpeg = np.stack([jpeg_roundtrip(image, 75) for image in poisoned.images])
     assert np.array_equal(defended["jpeg:75"], jpeg)
+
+
+def test_defences_joined_by_a_chevron_run_one_after_the_other(cifar, tiny_registry):
+    images = cifar["images"][:12]
+    config = EvalConfig(
+        train="",
+        defences=["jpeg:40", "jpeg:40>langevin:steps=2", "langevin:steps=2"],
+        model="tiny",
+        registry=str(tiny_registry),
+        classifier=FAST,
+    )
+    defender = Defender(config, images)
+    defended = defender.clean_defended
+    langevin = defender.purifiers["langevin:steps=2"][0]
+    then = purified(langevin, defended["jpeg:40"], "langevin")  # the same set, seed 0
+    np.testing.assert_array_equal(defended["jpeg:40>langevin:steps=2"], then)
+    assert not np.array_equal(then, defended["langevin:steps=2"])  # JPEG ran first
+    with pytest.raises(ValueError, match="unknown defence 'jpeg:40>sharpen:2'"):
+        Defender(replace(config, defences=["jpeg:40>sharpen:2"]), images)
 
 
 def test_a_filter_purifies_exactly_the_highest_energy_images_and_passes_the_rest(

@@ -47,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--defences",
         nargs="+",
         default=defaults.defences,
-        help="none, jpeg:QUALITY, pureebm (the model's T), pureebm:STEPS, filt:K[:STEPS[:REST]] "
+        help="a purifier as FAMILY[:FIELD=VALUE,...] (jpeg:quality=50, "
+        "langevin:steps=3,init_noise=0.05, ddpm:model=NAME,steps=75, reps:ddpm_model=NAME), "
+        "several joined by '>' to run one after the other (jpeg:quality=75>langevin:steps=3), "
+        "or none, jpeg:QUALITY, pureebm (the model's T), pureebm:STEPS, filt:K[:STEPS[:REST]] "
         "/ filt:auto[:STEPS[:REST]] (purify the highest-energy images; the rest pass through "
         "raw, or get REST steps), or pureddpm[:T*] (with "
         "--ddpm-model); a 'clean' row (trained on unpoisoned data) is always added, and each "

@@ -7,7 +7,8 @@ A defence is named in one grammar derived from the purifier spec:
                                   ddpm:model=cifar10-ddpm:1,steps=75,
                                   reps:ddpm_model=cifar10-ddpm:1,rounds=2
 
-with ``model=`` naming the preset (default: the evaluation's --model). The earlier
+with ``model=`` naming the preset (default: the evaluation's --model), and several
+joined by '>' run one after the other (jpeg:quality=75>langevin:steps=3). The earlier
 short names stay: none, jpeg:Q, pureebm[:T], filt:K|auto[:T[:R]] (run as a sweep of one
 chain and an energy ranking by pureebm.evaluation.run; R: the light chain the images
 not chosen get, else none) and pureddpm[:T].

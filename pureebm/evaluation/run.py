@@ -159,17 +159,21 @@ class Defender:
             if (steps := chain_steps(spec, self.params.steps)) is not None
         }
         for spec in self.specs:
-            short = short_spec(spec, config.ddpm_model) if spec not in self.chains else spec
-            if spec not in self.chains and spec != "none" and not is_spec(short):
+            if spec in self.chains or spec == "none":
+                continue
+            if not all(is_spec(short_spec(step, config.ddpm_model)) for step in spec.split(">")):
                 raise ValueError(
                     f"unknown defence {spec!r} (FAMILY[:FIELD=VALUE,...] with FAMILY one of "
-                    f"{', '.join(FAMILIES)}; or none, jpeg:Q, pureebm[:T], filt:K|auto[:T[:R]], "
-                    "pureddpm[:T])"
+                    f"{', '.join(FAMILIES)}, or several joined by '>'; or none, jpeg:Q, "
+                    "pureebm[:T], filt:K|auto[:T[:R]], pureddpm[:T])"
                 )
         self.purifiers = {
-            spec: defences.spec_purifier(
-                short_spec(spec, config.ddpm_model), registry, config.model, device
-            )
+            spec: [
+                defences.spec_purifier(
+                    short_spec(step, config.ddpm_model), registry, config.model, device
+                )
+                for step in spec.split(">")
+            ]
             for spec in self.specs
             if spec not in self.chains and spec != "none"
         }
@@ -205,8 +209,10 @@ class Defender:
         return out, energy
 
     def purify(self, spec: str, images: np.ndarray) -> dict[str, np.ndarray]:
-        purifier, batch = self.purifiers[spec], self.config.purify_batch
-        return {"images": defences.purified(purifier, images, spec, batch)}
+        """``images`` through the defence's purifiers, one after the other."""
+        for purifier in self.purifiers[spec]:
+            images = defences.purified(purifier, images, spec, self.config.purify_batch)
+        return {"images": images}
 
     def sweep(self, images: np.ndarray, lengths: list[int]) -> dict[str, np.ndarray]:
         """Psi_T of ``images`` for each chain length, keyed 'T=t', and their energy."""

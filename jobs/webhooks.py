@@ -261,10 +261,13 @@ def queue_delivery(store: JobStore, record: JobRecord, event: WebhookEvent, url:
         "body": body,
         "attempts": 0,
     }
+    now = time.time()
     with store.redis.pipeline() as pipe:
         pipe.hset(webhook_delivery_key(delivery_id), mapping=delivery)
         pipe.expire(webhook_delivery_key(delivery_id), DELIVERY_TTL_S)
-        pipe.zadd(WEBHOOK_DUE_KEY, {delivery_id: time.time()})
+        pipe.zadd(WEBHOOK_DUE_KEY, {delivery_id: now})
+        # ids left by deliveries expired unsent (no sender ran: no secret, say)
+        pipe.zremrangebyscore(WEBHOOK_DUE_KEY, "-inf", now - DELIVERY_TTL_S)
         pipe.execute()
 
 

@@ -26,6 +26,7 @@ from jobs.record import JobStatus, Webhook, WebhookEvent
 from jobs.settings import JobSettings
 from jobs.store import JobStore
 from jobs.webhooks import (
+    DELIVERY_TTL_S,
     Targets,
     WebhookError,
     WebhookSender,
@@ -226,6 +227,19 @@ def test_a_target_is_checked_again_when_the_delivery_is_sent(
         sender.stop()
     assert receiver.events(record.id) == [("completed", "failed")]
     assert store.redis.hget(WEBHOOK_OUTCOMES_KEY, "delivered") == b"1"
+
+
+def test_the_outbox_forgets_the_ids_of_deliveries_expired_unsent(store: JobStore) -> None:
+    """With no sender running (no secret), each delivery's body expires after a day;
+    its id in the due set goes when a later delivery is queued."""
+    store.redis.zadd(WEBHOOK_DUE_KEY, {"msg_stale": time.time() - DELIVERY_TTL_S - 1})
+    store.redis.zadd(WEBHOOK_DUE_KEY, {"msg_retrying": time.time() - DELIVERY_TTL_S + 60})
+    webhook = Webhook(url="https://hooks.example.com/", events=[WebhookEvent.completed])
+    record = job_record("e" * 32, status=JobStatus.failed, webhook=webhook)
+    store.save(record)
+    announce(store, record, WebhookEvent.completed)
+    due = {member.decode() for member in store.redis.zrange(WEBHOOK_DUE_KEY, 0, -1)}
+    assert "msg_stale" not in due and "msg_retrying" in due and len(due) == 2
 
 
 def test_a_receiver_that_never_answers_holds_an_attempt_only_until_its_deadline(

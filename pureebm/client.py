@@ -221,7 +221,7 @@ class AsyncPureEBMClient:
             dest = destination(dest, response, job_id)
             with dest.open("wb") as out:
                 async for chunk in response.aiter_bytes(1 << 20):
-                    out.write(chunk)
+                    await asyncio.to_thread(out.write, chunk)  # a slow disk holds no other task
         return dest
 
     async def report(self, job_id: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import http.client
@@ -147,6 +148,12 @@ def resolve(host: str, port: int) -> list[Address]:
     return list(dict.fromkeys(found))
 
 
+def hostname(url: httpx.URL) -> str:
+    """The URL's host as resolved, checked and sent (an internationalised name in
+    its IDNA form, the one the Host header carries)."""
+    return url.raw_host.decode("ascii")
+
+
 @dataclass(frozen=True)
 class Targets:
     """Where webhooks may go: any host over https at public addresses; beyond that,
@@ -197,7 +204,11 @@ class Targets:
             raise WebhookError("webhook", f"not a URL: {e}") from e
         if parsed.scheme not in ("https", "http") or not parsed.host:
             raise WebhookError("webhook", "must be an https:// URL with a host")
-        host = parsed.host
+        if parsed.userinfo:
+            raise WebhookError(
+                "webhook", "credentials in the URL are not sent: verify the signature instead"
+            )
+        host = hostname(parsed)
         if parsed.scheme == "http" and not self.is_listed(host):
             raise WebhookError(
                 "webhook",
@@ -300,18 +311,28 @@ def post_pinned(
     the receiver answers, so no receiver holds a delivery slot for long."""
     port = url.port or (443 if url.scheme == "https" else 80)
     sock = socket.create_connection((address, port), timeout=DELIVERY_TIMEOUT_S)
-    if url.scheme == "https":
-        sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.host)
-    connection = http.client.HTTPConnection(url.host, port, timeout=DELIVERY_TIMEOUT_S)
+    if url.scheme == "https":  # the handshake waits until the deadline is running
+        sock = tls_context().wrap_socket(
+            sock, server_hostname=hostname(url), do_handshake_on_connect=False
+        )
+    connection = http.client.HTTPConnection(hostname(url), port, timeout=DELIVERY_TIMEOUT_S)
     connection.sock = sock
     deadline = threading.Timer(ATTEMPT_DEADLINE_S, shut, (sock,))
     deadline.start()
     try:
+        if isinstance(sock, ssl.SSLSocket):
+            sock.do_handshake()
         connection.request("POST", target, body, {**headers, "user-agent": USER_AGENT})
         return connection.getresponse().status
     finally:
         deadline.cancel()
         connection.close()
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The system's CA store and checks, loaded once."""
+    return ssl.create_default_context()
 
 
 def shut(sock: socket.socket) -> None:
@@ -345,7 +366,7 @@ class WebhookSender:
     def stop(self) -> None:
         self.stopping.set()
         if self.thread.is_alive():
-            self.thread.join(timeout=DELIVERY_TIMEOUT_S + 1)
+            self.thread.join(timeout=ATTEMPT_DEADLINE_S + 1)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self) -> None:

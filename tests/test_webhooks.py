@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from redis import Redis
@@ -31,6 +32,7 @@ from jobs.webhooks import (
     WebhookError,
     WebhookSender,
     announce,
+    hostname,
     owner_secret,
     parse_events,
     signature,
@@ -159,10 +161,14 @@ def test_https_to_public_addresses_is_allowed_internal_addresses_are_not() -> No
     for url in ("http://93.184.215.14/", "ftp://93.184.215.14/", "https:///path", "not a url"):
         with pytest.raises(WebhookError):
             targets.check(url)
+    with pytest.raises(WebhookError, match="credentials in the URL are not sent"):
+        targets.check("https://user:password@93.184.215.14/")  # they would be dropped
 
 
 def test_the_allow_list_names_hosts_and_networks_which_may_use_http() -> None:
     targets = Targets.parse(["127.0.0.1", "10.0.0.0/8", "*.corp.example", "[::1]"])
+    idn = hostname(httpx.URL("http://münchen.corp.example/"))  # resolved and sent as IDNA
+    assert idn == "xn--mnchen-3ya.corp.example" and targets.is_listed(idn)
     for url in ("http://127.0.0.1:9000/hook", "http://10.2.3.4/", "https://[::1]/"):
         targets.check(url)
     assert targets.is_listed("hooks.corp.example") and targets.is_listed("A.B.Corp.Example.")
@@ -242,16 +248,19 @@ def test_the_outbox_forgets_the_ids_of_deliveries_expired_unsent(store: JobStore
     assert "msg_stale" not in due and "msg_retrying" in due and len(due) == 2
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_receiver_that_never_answers_holds_an_attempt_only_until_its_deadline(
-    store: JobStore, monkeypatch: pytest.MonkeyPatch
+    store: JobStore, monkeypatch: pytest.MonkeyPatch, scheme: str
 ) -> None:
-    """A receiver that accepts the connection and stays silent: each phase's timeout
-    would wait far longer; the attempt's deadline cuts it, and the failure is counted."""
+    """A receiver that accepts the connection and stays silent (over https: in the
+    TLS handshake): each phase's timeout would wait far longer; the attempt's deadline
+    cuts it, and the failure is counted."""
     monkeypatch.setattr(webhooks, "ATTEMPT_DEADLINE_S", 1.0)
     monkeypatch.setattr(webhooks, "DELIVERY_TIMEOUT_S", 60.0)
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
-        webhook = Webhook(url=f"http://127.0.0.1:{port}/hook", events=[WebhookEvent.completed])
+        url = f"{scheme}://127.0.0.1:{port}/hook"
+        webhook = Webhook(url=url, events=[WebhookEvent.completed])
         record = job_record("e" * 32, status=JobStatus.failed, webhook=webhook)
         store.save(record)
         announce(store, record, WebhookEvent.completed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import time
 import zipfile
 
@@ -19,6 +20,8 @@ from jobs.queue import lane_of, worker_queues
 from jobs.settings import JobSettings
 from pureebm.images import Picture
 from pureebm.pipeline import purify_pictures
+from pureebm.purifiers.jpeg import jpeg_roundtrip
+from pureebm.registry import Registry
 from tests.conftest import purifier_of
 from tests.stack import Stack, check_every_image_once, png, submit_zip, zip_bytes
 from worker import tasks
@@ -45,6 +48,32 @@ def test_two_workers_share_one_jobs_shards(tmp_path, tiny_registry, cifar):
             assert job["status"] == "finished", job["error"]
             check_every_image_once(client.get(f"/v1/jobs/{job_id}/result").content, members)
         assert len(shard_workers(stack, job_id)) == 2
+    finally:
+        stack.stop()
+
+
+def test_a_worker_starts_on_a_default_preset_without_weights(tmp_path, tiny_registry, cifar):
+    """A JPEG preset as the default (like the shipped `light`): the worker has no
+    weights to warm up, starts, and purifies with it."""
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_registry, root)
+    Registry(root).add_preset(name="quick", purifier={"family": "jpeg", "quality": 60})
+    (tmp_path / "stack").mkdir()
+    stack = Stack(tmp_path / "stack", root, default_model="quick")
+    try:
+        stack.start_worker()
+        images = cifar["images"][:3]
+        members = {f"{i}.png": png(image) for i, image in enumerate(images)}
+        with stack.client() as client:
+            response = client.post("/v1/jobs", files={"archive": ("s.zip", zip_bytes(members))})
+            assert response.status_code == 202, response.text
+            job = stack.wait_job(client, response.json()["id"])
+            assert job["status"] == "finished", job["error"]
+            result = client.get(f"/v1/jobs/{job['id']}/result").content
+        with zipfile.ZipFile(io.BytesIO(result)) as archive:
+            for i, image in enumerate(images):
+                got = np.asarray(Image.open(io.BytesIO(archive.read(f"{i}.png"))))
+                np.testing.assert_array_equal(got, jpeg_roundtrip(image, 60))
     finally:
         stack.stop()
 

@@ -129,7 +129,9 @@ def run_worker(
     tasks.CONTEXT = worker_context(redis, settings, resolve_device(device), batch_size)
     name, torch_device = tasks.CONTEXT.name, tasks.CONTEXT.device
     models = tasks.CONTEXT.models
-    models.get(models.registry.default_ref(settings.default_model))  # load, verify, then work
+    default = models.registry.verified_manifest(models.registry.default_ref(settings.default_model))
+    if default.weights is not None:  # load before working (a JPEG preset has nothing to load)
+        models.get(default.ref)
     LeasedWorker.lease_s = settings.worker_lease_s
     queue_names = worker_queues(queues)
     log.info(

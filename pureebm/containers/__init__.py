@@ -81,18 +81,18 @@ LOSSLESS_SUFFIXES = (".png", ".tif", ".tiff")  # what the service answers a sing
 
 def check_output_name(kind: str, output: Path, sent: Path | str, service: bool = False) -> None:
     """UnsupportedInput where ``output``'s extension does not fit the copy of ``sent``
-    (a path, or the name it was sent under) of container ``kind``: a zip named
+    (a local file's Path, or as text the name a job's input was sent under) of
+    container ``kind``: a zip named
     out.tar, a tar.gz named out.tar (a tar keeps its compression), a folder named
     out.zip, an image named out.zip. From the ``service``, an image comes back as a
     PNG or a TIFF, and loose files as one zip."""
     kind = "zip" if kind == "files" else kind
     suffix = archive_suffix(output.name)
     if kind == "tar":
-        sent_path = Path(sent)
         compression = (
-            tar_compression(sent_path)
-            if sent_path.is_file()
-            else TAR_COMPRESSION.get(archive_suffix(sent_path.name) or ".tar")
+            tar_compression(sent)
+            if isinstance(sent, Path)
+            else TAR_COMPRESSION.get(archive_suffix(sent) or ".tar")
         )
         if suffix not in TAR_COMPRESSION or TAR_COMPRESSION[suffix] != compression:
             names = [s for s, c in TAR_COMPRESSION.items() if c == compression]

@@ -22,8 +22,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     for row_a, row_b in zip(a.reshape(len(a), -1), b.reshape(len(b), -1), strict=True):
         difference = np.subtract(row_a, row_b, dtype=np.int64)
         squares += int(np.dot(difference, difference))
-    mse = squares / a.size
-    return min(float(10 * np.log10(255**2 / mse)), MAX_PSNR) if mse > 0 else MAX_PSNR
+    if squares == 0:  # identical (or empty)
+        return MAX_PSNR
+    return min(float(10 * np.log10(255**2 * a.size / squares)), MAX_PSNR)
 
 
 class Energy(NamedTuple):

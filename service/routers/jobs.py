@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
+from redis.exceptions import RedisError
 
 from jobs.queue import JobQueue
-from jobs.record import ACTIVE, JobRecord, JobStatus, Report
+from jobs.record import ACTIVE, JobRecord, JobStatus, Progress, Report
 from jobs.resource import JobResource, job_resource
 from jobs.store import JobStore
 from service.deps import (
@@ -62,7 +63,12 @@ async def submit(
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return await submitter.redis(to_resource, submitter.queue, record)
+    try:
+        return await submitter.redis(to_resource, submitter.queue, record)
+    except RedisError:  # the job exists: a 503 now would make a client send it twice
+        return job_resource(
+            record, Progress(done=0, total=record.work, images_per_s=None, eta_s=None)
+        )
 
 
 def owned(store: JobStore, job_id: str, owner: str) -> JobRecord:

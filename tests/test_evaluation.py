@@ -294,8 +294,9 @@ def test_defences_joined_by_a_chevron_run_one_after_the_other(cifar, tiny_regist
     then = purified(langevin, defended["jpeg:40"], "langevin")  # the same set, seed 0
     np.testing.assert_array_equal(defended["jpeg:40>langevin:steps=2"], then)
     assert not np.array_equal(then, defended["langevin:steps=2"])  # JPEG ran first
-    with pytest.raises(ValueError, match="unknown defence 'jpeg:40>sharpen:2'"):
-        Defender(replace(config, defences=["jpeg:40>sharpen:2"]), images)
+    for unknown in ("jpeg:40>sharpen:2", "pureebm:3>jpeg:40"):  # a chain is not a step
+        with pytest.raises(ValueError, match=f"unknown defence '{unknown}'"):
+            Defender(replace(config, defences=[unknown]), images)
 
 
 def test_a_filter_purifies_exactly_the_highest_energy_images_and_passes_the_rest(

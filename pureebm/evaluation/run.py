@@ -83,8 +83,10 @@ def make_attack(
 def chain_steps(spec: str, default: int) -> int | None:
     """The Langevin steps a defence runs: 'pureebm:150' -> 150, 'pureebm' -> the
     model's default T, 'filt:0.5:20' -> 20, 'filt:auto' -> the default T; None
-    for defences without a chain."""
+    for defences without a chain (and for purifiers joined by '>')."""
     name, _, rest = spec.partition(":")
+    if ">" in spec:
+        return None
     if name == "pureebm":
         return int(rest or default)
     if name == "filt":
@@ -117,7 +119,7 @@ def short_spec(spec: str, ddpm_model: str | None) -> str:
 def filter_rule(spec: str) -> float | str | None:
     """'filt:0.5[:T[:R]]' -> 0.5, 'filt:auto[:T[:R]]' -> 'auto'; None for other defences."""
     name, _, rest = spec.partition(":")
-    if name != "filt":
+    if name != "filt" or ">" in spec:
         return None
     rule = rest.partition(":")[0]
     return rule if rule == "auto" else float(rule)

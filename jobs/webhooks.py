@@ -216,7 +216,7 @@ class Targets:
             )
         addresses = resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         for address in addresses:
-            if not self.allows(host, address):  # a name's address is not told: no DNS oracle
+            if not self.allows(host, address):  # the address itself is not told
                 log.warning("webhook target refused", extra={"host": host, "address": str(address)})
                 raise WebhookError(
                     "webhook",

@@ -62,7 +62,7 @@ class Settings(JobSettings):
     # CIDRs) that webhooks may reach over http too and at internal addresses
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
     # then a delivery is given up on; attempts 1, 2, 4 ... s apart (12: about 34 minutes)
-    webhook_attempts: int = Field(12, ge=1)
+    webhook_attempts: int = Field(12, ge=1, le=30)  # 30 end within DELIVERY_TTL_S
     webhook_progress_interval_s: float = Field(5, gt=0)  # at most one progress event per job
 
     @model_validator(mode="after")

@@ -27,6 +27,14 @@ class Resolved(BaseModel):
     purifier: Spec  # type: ignore[valid-type]
     filter: Filter | None = None
 
+    @property
+    def uses_weights(self) -> bool:
+        """Whether the model's weights shape the result: the purifier runs them or a
+        filter ranks by them (not a model named beside JPEG with no filter)."""
+        return self.model is not None and (
+            self.purifier.needs_model or self.filter is not None  # type: ignore[attr-defined]
+        )
+
 
 def resolve_request(
     overrides: BaseModel, model: str | None, registry: Registry, default: str | None = None

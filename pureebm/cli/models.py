@@ -70,10 +70,7 @@ def run_preset(args: argparse.Namespace) -> None:
     except ValueError as e:  # pydantic's ValidationError and FilterError included
         sys.exit(f"pureebm: {e}")
     source = registry.manifest(resolved.model or args.source or registry.default_ref())
-    # the weights go along where the purifier runs them or a filter ranks by them
-    runs_weights = resolved.model is not None and (
-        resolved.purifier.needs_model or resolved.filter is not None
-    )
+    runs_weights = resolved.uses_weights  # then the preset names the source's weights
     try:
         manifest = registry.add_preset(
             name=args.name,

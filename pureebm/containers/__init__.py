@@ -47,10 +47,11 @@ __all__ = [
 ]
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip", ".npz")
+TAR_COMPRESSION = {".tar": None, ".tar.gz": "gz", ".tgz": "gz", ".tar.bz2": "bz2", ".tar.xz": "xz"}
 SUFFIXES_OF: dict[str, tuple[str, ...]] = {  # what an archive's copy may be named
     "zip": (".zip",),
     "npz": (".npz",),
-    "tar": (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"),
+    "tar": tuple(TAR_COMPRESSION),
 }
 
 
@@ -75,7 +76,6 @@ def purified_name(kind: str, input_name: str, mode: str = "RGB") -> str:
     return f"{stem}.purified{suffix or SUFFIXES_OF[kind][0]}"
 
 
-TAR_COMPRESSION = {".tar": None, ".tar.gz": "gz", ".tgz": "gz", ".tar.bz2": "bz2", ".tar.xz": "xz"}
 LOSSLESS_SUFFIXES = (".png", ".tif", ".tiff")  # what the service answers a single image with
 
 

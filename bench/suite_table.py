@@ -114,7 +114,7 @@ def suite(results: list[dict]) -> dict:
 def markdown(table: dict) -> str:
     attacks = table["attacks"]
 
-    def pts(value: float, half: float, runs: int = 2) -> str:
+    def pts(value: float, half: float, runs: int) -> str:
         if runs < 2:  # no interval from one run
             return f"{value * 100:+.1f} (1 run)"
         return f"{value * 100:+.1f} +- {half * 100:.1f}"

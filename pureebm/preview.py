@@ -7,17 +7,18 @@ the API serves the file it wrote.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 TILE = 96  # px: each sample is shown this tall
 AMPLIFY = 8  # the difference |purified - sent| is shown this many times brighter
 MAX_SAMPLES = 6
 HISTOGRAM_BINS = 40
-MARGIN, TEXT, CHAR = 8, 14, 6  # px: a margin, a line of text, a character at most
+MARGIN, TEXT = 8, 14  # px: a margin, a line of text
 INK, CUT = (30, 30, 30), (200, 30, 30)
 
 
@@ -80,7 +81,8 @@ def job_card(
     """Rows of sent | purified | difference x AMPLIFY, then the scores' histogram."""
     rows = [[tile(s.sent), tile(s.purified), tile(difference(s.sent, s.purified))] for s in samples]
     widths = [sum(t.width for t in row) + 2 * MARGIN for row in rows]
-    width = max([640, CHAR * len(title) + 2 * MARGIN, *(w + 260 for w in widths)])
+    title_width = math.ceil(ImageFont.load_default().getlength(title))  # the font drawn with
+    width = max([640, title_width + 2 * MARGIN, *(w + 260 for w in widths)])
     rows_height = len(rows) * (TILE + MARGIN)
     chart = 200
     card = Image.new("RGB", (width, TEXT * 3 + rows_height + chart + MARGIN), "white")

@@ -62,5 +62,7 @@ def test_the_card_shows_each_sample_sent_purified_and_moved():
     moved = first_row[:, 3 * MARGIN + 2 * TILE : 3 * MARGIN + 3 * TILE]
     assert np.all(moved <= 2 * AMPLIFY) and moved.max() == 2 * AMPLIFY  # the +2, amplified
     assert card.height > 3 * TILE
-    long_title = "job " + "x" * 200
-    assert job_card(samples, [1.0], None, long_title).width >= 200 * 6  # the title fits
+    long_title = "job " + "W" * 200  # the widest letter, in the font the card draws with
+    wide = np.asarray(job_card(samples, [1.0], None, long_title))
+    inked = np.flatnonzero((wide[: MARGIN // 2 + TEXT] < 255).any(axis=(0, 2)))
+    assert inked.max() < wide.shape[1] - MARGIN // 2  # the title's ink ends inside the card

@@ -72,9 +72,11 @@ class Submitter:
         archive: UploadFile | None,
         sync: bool = False,
         webhook: Webhook | None = None,
+        claim: Callable[[str], bool] | None = None,
     ) -> JobRecord:
         """Store and validate the upload, then queue its shards. Nothing is left behind
-        on error."""
+        on error. ``claim(job_id)``, if given, runs once the job is saved and before it
+        is queued: False drops the job (LostClaim), so it never runs nor announces."""
         store, settings, owner = self.store, self.settings, self.owner
         if await self.redis(store.active_count, owner) >= settings.max_active_jobs_per_key:
             raise self.over_quota()
@@ -142,6 +144,8 @@ class Submitter:
             quota = settings.max_active_jobs_per_key
             if not await self.redis(store.save_within_quota, record, quota):
                 raise self.over_quota()
+            if claim is not None and not await self.redis(claim, job_id):
+                raise LostClaim
             needs = job_needs(prepared.input_bytes, prepared.pixels)
             await self.redis(store.reserve_disk, job_id, needs)
             await self.redis(self.queue.enqueue, record)
@@ -205,21 +209,21 @@ class Submitter:
         if existing is not None:
             return replay(*existing, fingerprint), True
         webhook = await self.webhook(params)
-        record = await self.create(params, files, archive, webhook=webhook)
-        claim = store.claim_idempotency_key
-        if await self.redis(claim, owner, idempotency_key, record.id, fingerprint):
-            return record, False
-        await self.redis(self.lose_race, record)
-        winner = await self.redis(store.idempotent_job, owner, idempotency_key)
+
+        def claim(job_id: str) -> bool:
+            return store.claim_idempotency_key(owner, idempotency_key, job_id, fingerprint)
+
+        try:
+            return await self.create(params, files, archive, webhook=webhook, claim=claim), False
+        except LostClaim:  # a concurrent request with the key won: answer with its job
+            winner = await self.redis(store.idempotent_job, owner, idempotency_key)
         if winner is None:
             raise Problem(409, "a concurrent request with this Idempotency-Key failed: retry")
         return replay(*winner, fingerprint), True
 
-    def lose_race(self, record: JobRecord) -> None:
-        """A concurrent request with the same Idempotency-Key won: drop this job (and
-        announce nothing: the caller never saw it)."""
-        self.queue.cancel(record.model_copy(update={"webhook": None}))
-        self.store.delete(record)
+
+class LostClaim(Exception):
+    """Another request claimed the job's Idempotency-Key first."""
 
 
 def check_compute(resolved: Resolved, pixels: int, limit: int) -> None:

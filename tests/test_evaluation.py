@@ -4,7 +4,6 @@ computed right; the whole evaluation runs end to end on a tiny configuration."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -255,18 +254,19 @@ def test_a_targeted_attack_is_measured_on_its_victims_with_der_and_worst_case(
     assert "| worst: 16/255 | jpeg:quality=75 |" in table
 
 
+def tiny_defender(registry, images: np.ndarray, defences: list[str]) -> Defender:
+    """A Defender of ``images`` with the tiny model (its clean set defended at once)."""
+    config = EvalConfig(
+        train="", defences=defences, model="tiny", registry=str(registry), classifier=FAST
+    )
+    return Defender(config, images)
+
+
 def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(
     cifar, tiny_registry
 ):
     images, labels = cifar["images"][:24], cifar["labels"][:24]
-    config = EvalConfig(
-        train="",
-        defences=["none", "pureebm", "jpeg:75"],
-        model="tiny",
-        registry=str(tiny_registry),
-        classifier=FAST,
-    )
-    defender = Defender(config, images)
+    defender = tiny_defender(tiny_registry, images, ["none", "pureebm", "jpeg:75"])
     poisoned = attacks.patch(images, labels, 3, 0.25, seed=0, clean_label=False)
     defended, _ = defender.defend_all(poisoned)
     assert list(defended) == ["none", "pureebm", "jpeg:75"]
@@ -281,14 +281,9 @@ def test_the_defender_purifies_at_the_models_default_t_and_only_redoes_poisons(
 
 def test_defences_joined_by_a_chevron_run_one_after_the_other(cifar, tiny_registry):
     images = cifar["images"][:12]
-    config = EvalConfig(
-        train="",
-        defences=["jpeg:40", "jpeg:40>langevin:steps=2", "langevin:steps=2"],
-        model="tiny",
-        registry=str(tiny_registry),
-        classifier=FAST,
+    defender = tiny_defender(
+        tiny_registry, images, ["jpeg:40", "jpeg:40>langevin:steps=2", "langevin:steps=2"]
     )
-    defender = Defender(config, images)
     defended = defender.clean_defended
     langevin = defender.purifiers["langevin:steps=2"][0]
     then = purified(langevin, defended["jpeg:40"], "langevin")  # the same set, seed 0
@@ -296,21 +291,16 @@ def test_defences_joined_by_a_chevron_run_one_after_the_other(cifar, tiny_regist
     assert not np.array_equal(then, defended["langevin:steps=2"])  # JPEG ran first
     for unknown in ("jpeg:40>sharpen:2", "pureebm:3>jpeg:40"):  # a chain is not a step
         with pytest.raises(ValueError, match=f"unknown defence '{unknown}'"):
-            Defender(replace(config, defences=[unknown]), images)
+            tiny_defender(tiny_registry, images, [unknown])
 
 
 def test_a_filter_purifies_exactly_the_highest_energy_images_and_passes_the_rest(
     cifar, tiny_registry
 ):
     images, labels = cifar["images"][:24], cifar["labels"][:24]
-    config = EvalConfig(
-        train="",
-        defences=["filt:0.25:3", "pureebm:3", "filt:0.25:3:1", "pureebm:1"],
-        model="tiny",
-        registry=str(tiny_registry),
-        classifier=FAST,
+    defender = tiny_defender(
+        tiny_registry, images, ["filt:0.25:3", "pureebm:3", "filt:0.25:3:1", "pureebm:1"]
     )
-    defender = Defender(config, images)
     poisoned = attacks.patch(images, labels, 3, 0.25, seed=0, clean_label=False)
     defended, energy = defender.defend_all(poisoned)
     highest = set(np.argsort(-energy)[:6].tolist())  # ceil(0.25 * 24)

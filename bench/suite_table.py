@@ -3,7 +3,7 @@
     python -m bench.suite_table runs/suite/* --out docs/eval/suite
 
 Each folder is a `pureebm eval --out` of one attack (or its results.json) (any seeds, targets and
-strengths); folders of the same attack are pooled. For each defence and attack,
+strengths); folders of the same attack and poison fraction are pooled. For each defence and attack,
 poison success is taken above the clean floor run by run (the same attack, seed
 and target, so the floor's own spread cancels), with its mean and 95% interval;
 natural accuracy is paired with no defence the same way. A defence's worst case
@@ -29,9 +29,11 @@ ACCURACY_BAR = 0.02  # natural accuracy below no defence
 
 
 def attack_label(config: dict, eps: float) -> str:
+    """'narcissus 16/255, 2%': one attack at one strength and one poison fraction."""
+    share = f"{100 * config['poison_fraction']:g}%"
     if config["attack"] in ("patch", "patch-clean", "blend"):  # no strength
-        return config["attack"]
-    return f"{config['attack']} {eps * 255:.0f}/255"
+        return f"{config['attack']}, {share}"
+    return f"{config['attack']} {eps * 255:.0f}/255, {share}"
 
 
 def pooled_rows(results: list[dict]) -> dict[str, list[dict]]:
@@ -191,27 +193,25 @@ def draw_worst_case(table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     for spec, v in table["worst_case"].items():
         if spec == "none":
             ax.axhline(100 * v["above_floor"], color="grey", ls=":", label="no defence")
             continue
         x, y = -100 * v["mean_accuracy_vs_none"], 100 * v["above_floor"]
         low = -100 * v["lowest_accuracy_vs_none"]
-        ax.errorbar(x, y, yerr=100 * v["above_floor_ci"], fmt="o", capsize=3)
-        ax.plot([x, low], [y, y], color="grey", lw=0.8)  # to the costliest attack
-        ax.annotate(f"{spec}\n({v['worst_attack']})", (x, y), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        bar = ax.errorbar(x, y, yerr=100 * v["above_floor_ci"], fmt="o", capsize=3,
+                          label=f"{spec}\n  worst: {v['worst_attack']}")  # fmt: skip
+        ax.plot([x, low], [y, y], color=bar[0].get_color(), lw=0.8)  # to the costliest attack
     ax.axhline(100 * FLOOR_BAR, color="green", ls="--", lw=0.8, label="floor bar (+3)")
     ax.axvline(100 * ACCURACY_BAR, color="green", ls="-.", lw=0.8, label="accuracy bar (2)")
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlim(left=0)
-    ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the labels
     ax.set_xlabel("natural accuracy lost against no defence (points; mean, line to the worst)")
     ax.set_ylabel("worst attack: points above the clean floor")
-    ax.set_title("each defence's worst case over the suite (95% interval)", fontsize=9)
+    ax.set_title("each defence's worst case over the attacks measured (95% interval)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), labelspacing=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -11,10 +11,12 @@ from PIL import Image
 from bench.suite_table import main, markdown, suite
 
 
-def run(attack: str, seed: int, measured: dict[str, tuple[float, float]]) -> dict:
+def run(
+    attack: str, seed: int, measured: dict[str, tuple[float, float]], fraction: float = 0.02
+) -> dict:
     """A results.json of one attack at 16/255, target 0: defence -> (accuracy, success)."""
     return {
-        "config": {"attack": attack},
+        "config": {"attack": attack, "poison_fraction": fraction},
         "attacks": [{"eps": 16 / 255, "seed": seed, "target": 0, "energy_auroc": 0.8}],
         "rows": [
             {
@@ -69,17 +71,21 @@ def two_attacks() -> list[dict]:
 
 def test_worst_case_is_the_attack_left_most_above_its_floor_paired_run_by_run():
     table = suite(two_attacks())
-    assert table["attacks"] == ["narcissus 16/255", "blend"]
-    cell = table["cells"]["filt"]["narcissus 16/255"]
+    assert table["attacks"] == ["narcissus 16/255, 2%", "blend, 2%"]
+    cell = table["cells"]["filt"]["narcissus 16/255, 2%"]
     assert cell["above_floor"] == pytest.approx(0.02) and cell["runs"] == 2
     assert cell["accuracy_vs_none"] == pytest.approx(-0.025)
     filt, jpeg = table["worst_case"]["filt"], table["worst_case"]["jpeg:75"]
-    assert filt["worst_attack"] == "narcissus 16/255" and filt["above_floor"] == pytest.approx(0.02)
+    assert filt["worst_attack"] == "narcissus 16/255, 2%" and filt["above_floor"] == pytest.approx(
+        0.02
+    )
     assert filt["lowest_accuracy_vs_none"] == pytest.approx(-0.04)
     assert filt["mean_accuracy_vs_none"] == pytest.approx((-0.025 - 0.04) / 2)
     assert filt["within_floor_bar"] and not filt["within_accuracy_bar"]
     assert not filt["beats_jpeg75"]  # removes more, but costs more accuracy
-    assert jpeg["worst_attack"] == "narcissus 16/255" and jpeg["above_floor"] == pytest.approx(0.15)
+    assert jpeg["worst_attack"] == "narcissus 16/255, 2%" and jpeg["above_floor"] == pytest.approx(
+        0.15
+    )
     assert "clean" not in table["cells"]
     assert "| filt | +2.0 +- " in markdown(table)
 
@@ -94,8 +100,8 @@ def test_the_command_writes_the_tables_and_both_charts(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["suite_table", *map(str, folders), "--out", str(out)])
     main()
     assert json.loads((out / "results.json").read_text())["attacks"] == [
-        "narcissus 16/255",
-        "blend",
+        "narcissus 16/255, 2%",
+        "blend, 2%",
     ]
     for chart in ("suite.png", "worst_case.png"):
         with Image.open(out / chart) as image:
@@ -107,3 +113,12 @@ def test_two_different_rows_for_the_same_run_are_refused():
     b = run("blend", 0, {"clean": (0.7, 0.0), "none": (0.7, 0.4)})
     with pytest.raises(SystemExit, match="two different runs"):
         suite([a, b])
+
+
+def test_one_attack_at_two_poison_fractions_is_two_attacks():
+    weak = run("patch", 0, {"clean": (0.7, 0.01), "none": (0.7, 0.03)})
+    strong = run("patch", 0, {"clean": (0.7, 0.01), "none": (0.7, 0.95)}, fraction=0.1)
+    table = suite([weak, strong])
+    assert table["attacks"] == ["patch, 2%", "patch, 10%"]
+    assert table["worst_case"]["none"]["worst_attack"] == "patch, 10%"
+    assert table["worst_case"]["none"]["above_floor"] == pytest.approx(0.94)

@@ -122,3 +122,15 @@ def test_one_attack_at_two_poison_fractions_is_two_attacks():
     assert table["attacks"] == ["patch, 2%", "patch, 10%"]
     assert table["worst_case"]["none"]["worst_attack"] == "patch, 10%"
     assert table["worst_case"]["none"]["above_floor"] == pytest.approx(0.94)
+
+
+def test_a_worst_case_over_part_of_the_suite_says_so():
+    runs = two_attacks()
+    runs.append(run("patch", 0, {"clean": (0.7, 0.01), "none": (0.7, 0.9), "jpeg:75": (0.7, 0.9)}))
+    table = suite(runs)
+    assert table["worst_case"]["jpeg:75"]["attacks_measured"] == 3
+    assert table["worst_case"]["filt"]["attacks_measured"] == 2
+    rows = {line.split(" | ")[0]: line for line in markdown(table).splitlines()}
+    assert "| narcissus 16/255, 2% (2 of 3 attacks measured) |" in rows["| filt"]
+    assert rows["| filt"].endswith("| -4.0 | - |")  # no verdict on part of the suite
+    assert "| patch, 2% |" in rows["| jpeg:75"] and "measured" not in rows["| jpeg:75"]

@@ -4,7 +4,10 @@
 # all against one deadline (BUDGET seconds, inside the device tool's 540 s call).
 #
 # One run per (attack, seed), each over targets 0 1 2 and every defence in
-# DEFENCES. Runs share a cache of defended sets (`--cache`), so the clean training
+# DEFENCES. An attack is ATTACK:EPS[:POISON_FRACTION] (2% unless given); ATTACKS
+# (space-separated) replaces the list, whose first two are the shares at which
+# patch and the defence-aware Narcissus hold (measured on the CPU, not yet with
+# the DDPM). Runs share a cache of defended sets (`--cache`), so the clean training
 # set is purified once per defence, not once per run. Each run rewrites its
 # results.json after every target, so a run cut at the deadline keeps the targets
 # it finished. The tuning seeds (SEEDS) go first; the held-out seed (HELD_OUT)
@@ -27,12 +30,12 @@ EBM=${EBM:-cifar10-resnet:2}
 # and filt:0.5:3:1 (the rest purified lightly, not passed through raw)
 read -r -a DEFENCES <<< "${DEFENCES:-none filt:0.5:3 jpeg:75 ddpm:model=$DDPM,steps=75 \
 ddpm:model=$DDPM,steps=125 langevin:model=$EBM}"
-ATTACKS=(narcissus:16 narcissus:8 narcissus-x3:16 narcissus-adaptive:16 gradient-matching:16
-  patch:16 blend:16)
+read -r -a ATTACKS <<< "${ATTACKS:-patch:16:0.1 narcissus-adaptive:16:0.05 narcissus:16 \
+narcissus:8 narcissus-x3:16 narcissus-adaptive:16 gradient-matching:16 patch:16 blend:16}"
 if [ -n "${SMOKE:-}" ]; then  # tiny budgets, the same code path
   : "${BUDGET:=300}" "${PARALLEL:=2}" "${EXTRA:=--limit 300 --epochs 1}" "${DEVICE:=cpu}"
   DEFENCES=(none filt:0.5:3 jpeg:75 "ddpm:model=$DDPM,steps=2" "langevin:model=$EBM,steps=1")
-  ATTACKS=(narcissus:16 gradient-matching:16 patch:16)
+  ATTACKS=(narcissus:16 gradient-matching:16 patch:16:0.1)
   : "${SEEDS:=0}" "${TARGETS:=0}"
 fi
 BUDGET=${BUDGET:-500}
@@ -56,14 +59,15 @@ pack() {
   tar -C "$WORK" -cf "$OUT/eval.tar.partial" eval logs && mv "$OUT/eval.tar.partial" "$OUT/eval.tar"
 }
 
-# evaluate FOLDER ATTACK:EPS SEED: one `pureebm eval`, killed at the deadline.
+# evaluate FOLDER ATTACK:EPS[:FRACTION] SEED: one `pureebm eval`, killed at the deadline.
 evaluate() {
-  local folder=$1 attack=${2%%:*} eps=${2##*:} seed=$3
+  local folder=$1 attack eps fraction seed=$3
+  IFS=: read -r attack eps fraction <<< "$2"
   local left=$((DEADLINE - SECONDS - 10))
   [ "$left" -gt 20 ] || return 0
   local started=$SECONDS
   timeout -s KILL "$left" python3 -m pureebm eval "$DATA" --attack "$attack" --eps "$eps/255" \
-    --poison-fraction 0.02 --targets $TARGETS --seeds "$seed" --defences "${DEFENCES[@]}" \
+    --poison-fraction "${fraction:-0.02}" --targets $TARGETS --seeds "$seed" --defences "${DEFENCES[@]}" \
     --no-test-defence --device "${DEVICE:-cuda}" --purify-batch "${PURIFY_BATCH:-512}" \
     --cache "$WORK/cache" --out "$WORK/eval/$folder" ${EXTRA:-} \
     > "$WORK/logs/$folder.log" 2>&1 || echo "exit $? after $((SECONDS - started)) s" >> "$WORK/logs/$folder.log"
@@ -72,9 +76,9 @@ evaluate() {
 
 runs=()
 for seed in $SEEDS; do
-  for attack in "${ATTACKS[@]}"; do runs+=("${attack/:/-}-seed$seed $attack $seed"); done
+  for attack in "${ATTACKS[@]}"; do runs+=("${attack//:/-}-seed$seed $attack $seed"); done
 done
-for attack in "${ATTACKS[@]}"; do runs+=("heldout-${attack/:/-}-seed$HELD_OUT $attack $HELD_OUT"); done
+for attack in "${ATTACKS[@]}"; do runs+=("heldout-${attack//:/-}-seed$HELD_OUT $attack $HELD_OUT"); done
 
 (while sleep 30; do pack; done) &
 packer=$!

@@ -26,6 +26,7 @@ from pureebm.statistics import mean_interval
 
 FLOOR_BAR = 0.03  # poison success above the clean floor, every attack
 ACCURACY_BAR = 0.02  # natural accuracy below no defence
+BARS = ("within_floor_bar", "within_accuracy_bar", "beats_jpeg75")
 
 
 def attack_label(config: dict, eps: float) -> str:
@@ -101,6 +102,8 @@ def suite(results: list[dict]) -> dict:
             and cell["above_floor"] < jpeg[1]["above_floor"]
             and accuracy > min(c["accuracy_vs_none"] for c in cells["jpeg:75"].values()),
         }
+        if len(cells[spec]) < len(by_attack):  # the bars are judged on the whole suite only
+            verdicts[spec] |= dict.fromkeys(BARS)
     return {
         "attacks": list(by_attack),
         "cells": cells,
@@ -147,11 +150,8 @@ def markdown(table: dict) -> str:
         v = table["worst_case"][spec]
         bars = (
             "-"
-            if spec == "none" or v["attacks_measured"] < len(attacks)
-            else " ".join(
-                "yes" if v[k] else "no"
-                for k in ("within_floor_bar", "within_accuracy_bar", "beats_jpeg75")
-            )
+            if spec == "none" or v["within_floor_bar"] is None
+            else " ".join("yes" if v[k] else "no" for k in BARS)
         )
         lines.append(
             f"| {spec} | " + " | ".join(cells) + f" | {worst_label(v, len(attacks))} | "

@@ -130,6 +130,7 @@ def test_a_worst_case_over_part_of_the_suite_says_so():
     table = suite(runs)
     assert table["worst_case"]["jpeg:75"]["attacks_measured"] == 3
     assert table["worst_case"]["filt"]["attacks_measured"] == 2
+    assert table["worst_case"]["filt"]["within_floor_bar"] is None  # no verdict on a part
     rows = {line.split(" | ")[0]: line for line in markdown(table).splitlines()}
     assert "| narcissus 16/255, 2% (2 of 3 attacks measured) |" in rows["| filt"]
     assert rows["| filt"].endswith("| -4.0 | - |")  # no verdict on part of the suite

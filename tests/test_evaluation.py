@@ -94,7 +94,18 @@ def test_gradient_matching_is_clean_label_bounded_and_aligns_the_gradients(cifar
     target = int(labels[0])
     surrogate = train_classifier(images, labels, FAST)
     result = attacks.gradient_matching(
-        images, labels, target, 16 / 255, 0.1, 0, surrogate, test_x, test_y, victims=2, steps=15
+        images,
+        labels,
+        target,
+        16 / 255,
+        0.1,
+        0,
+        surrogate,
+        test_x,
+        test_y,
+        victims=2,
+        steps=15,
+        restarts=2,
     )
     assert np.array_equal(result.labels, labels)
     assert set(changed(images, result.images)) <= set(result.poisoned)
@@ -233,6 +244,7 @@ def test_a_targeted_attack_is_measured_on_its_victims_with_der_and_worst_case(
         test_fraction=0.25,
         attack="gradient-matching",
         poison_fraction=0.1,
+        restarts=1,
         eps=[16 / 255],
         targets=[1],
         seeds=[0],
@@ -246,8 +258,8 @@ def test_a_targeted_attack_is_measured_on_its_victims_with_der_and_worst_case(
     result = evaluate(config)
     # no '+test' rows: clean, none and the defence
     assert [r["defence"] for r in result["rows"]] == ["clean", "none", "jpeg:quality=75"]
-    # four victims: success is a multiple of a quarter
-    assert {r["poison_success"] * 4 % 1 for r in result["rows"]} == {0.0}
+    # one victim per poison set: it is classified as the target or not
+    assert {r["poison_success"] for r in result["rows"]} <= {0.0, 1.0}
     assert "der" in result["summary"]["16/255"]["jpeg:quality=75"]
     assert result["worst_case"]["none"]["strength"] == "16/255"
     table = (tmp_path / "out" / "results.md").read_text()

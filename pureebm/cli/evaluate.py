@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="poisoned images as a share of the whole training set",
     )
     p.add_argument(
+        "--restarts",
+        type=int,
+        default=defaults.restarts,
+        help="gradient matching: brews per poison set, the best aligned kept (the paper: 8)",
+    )
+    p.add_argument(
         "--targets", type=int, nargs="+", default=defaults.targets, help="attacked classes"
     )
     p.add_argument(
@@ -113,6 +119,7 @@ def run_eval(args: argparse.Namespace) -> None:
         attack=args.attack,
         eps=args.eps,
         poison_fraction=args.poison_fraction,
+        restarts=args.restarts,
         targets=args.targets,
         seeds=args.seeds,
         defences=args.defences,

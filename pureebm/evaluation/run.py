@@ -73,7 +73,16 @@ def make_attack(
         if test_x is None or test_y is None:
             raise ValueError("gradient matching chooses its victims among test images")
         return attacks.gradient_matching(
-            images, labels, target, eps, config.poison_fraction, seed, surrogate, test_x, test_y
+            images,
+            labels,
+            target,
+            eps,
+            config.poison_fraction,
+            seed,
+            surrogate,
+            test_x,
+            test_y,
+            restarts=config.restarts,
         )
     if config.attack == "blend":
         return attacks.blend(images, labels, target, config.poison_fraction, seed)

@@ -7,8 +7,8 @@
 # DEFENCES. An attack is ATTACK:EPS[:POISON_FRACTION] (2% unless given); ATTACKS
 # (space-separated) replaces the list, whose first two are the shares at which
 # patch and the defence-aware Narcissus hold (measured on the CPU for seed 0, the
-# DDPM on one target of the latter). Runs share a cache of defended sets (`--cache`), so the clean training
-# set is purified once per defence, not once per run. Each run rewrites its
+# DDPM's rows too). Runs share a cache of defended sets (`--cache`), so the clean
+# training set is purified once per defence, not once per run. Each run rewrites its
 # results.json after every target, so a run cut at the deadline keeps the targets
 # it finished. The tuning seeds (SEEDS) go first; the held-out seed (HELD_OUT)
 # runs only in the slots left and lands in heldout-* folders, to be read once, after

@@ -188,9 +188,8 @@ def gradient_matching(
 
     by signed Adam through the victim's flips and padded crops, as the paper brews:
     from a random start, the step 0.4 eps cut tenfold at 3/8, 5/8 and 7/8 of the
-    steps, and of ``restarts`` such runs the one that aligns best is kept. One victim
-    per poison set, as published: each poison set has one chosen test image, and
-    success is counted over runs."""
+    steps, and of ``restarts`` such runs the one that aligns best is kept. Each
+    poison set has one chosen test image by default, so success is counted over runs."""
     rng = np.random.default_rng(seed)
     chosen_victims = choose(np.flatnonzero(test_labels != target), victims, rng)
     chosen = choose(np.flatnonzero(labels == target), round(fraction * len(images)), rng)
@@ -212,12 +211,12 @@ def gradient_matching(
         grads = torch.autograd.grad(loss, params, create_graph=create_graph)
         return 1 - F.cosine_similarity(torch.cat([g.flatten() for g in grads]), wanted, dim=0)
 
+    milestones = [round(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     best, best_loss = torch.zeros_like(x_p), float("inf")
     for _ in range(restarts):
         start = (torch.rand(x_p.shape, generator=generator, device=device) * 2 - 1) * bound
         delta = start.requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=0.4 * bound)
-        milestones = [round(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
         for _ in range(steps):
             (step,) = torch.autograd.grad(misalignment(delta, create_graph=True), delta)

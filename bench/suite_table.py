@@ -22,6 +22,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from pureebm.evaluation.config import EvalConfig
 from pureebm.statistics import mean_interval
 
 FLOOR_BAR = 0.03  # poison success above the clean floor, every attack
@@ -34,7 +35,11 @@ def attack_label(config: dict, eps: float) -> str:
     share = f"{100 * config['poison_fraction']:g}%"
     if config["attack"] in ("patch", "patch-clean", "blend"):  # no strength
         return f"{config['attack']}, {share}"
-    return f"{config['attack']} {eps * 255:.0f}/255, {share}"
+    label = f"{config['attack']} {eps * 255:.0f}/255, {share}"
+    steps = config.get("trigger_steps", EvalConfig.trigger_steps)
+    if config["attack"].startswith("narcissus") and steps != EvalConfig.trigger_steps:
+        return f"{label}, {steps} steps"
+    return label
 
 
 def pooled_rows(results: list[dict]) -> dict[str, list[dict]]:

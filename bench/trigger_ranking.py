@@ -24,7 +24,7 @@ import numpy as np
 
 from pureebm.evaluation import attacks
 from pureebm.evaluation.classifier import train_classifier
-from pureebm.evaluation.config import TrainSettings
+from pureebm.evaluation.config import EvalConfig, TrainSettings
 from pureebm.evaluation.defences import as_pictures
 from pureebm.evaluation.run import NARCISSUS, auroc
 from pureebm.filtering import selected_positions
@@ -64,7 +64,7 @@ def main() -> None:
         for target in args.targets:
             poisoned = attacks.narcissus(
                 images, labels, target, args.eps / 255, args.fraction, 1000 + target,
-                surrogate, **options,
+                surrogate, EvalConfig().trigger_steps, **options,
             )  # fmt: skip
             chosen = poisoned.poisoned
             energy = clean.copy()

@@ -32,7 +32,7 @@ def test_narcissus_is_clean_label_and_bounded(cifar):
     target = int(labels[0])
     surrogate = train_classifier(images, labels, FAST)
     result = attacks.narcissus(
-        images, labels, target, 8 / 255, 0.05, seed=0, surrogate=surrogate, pgd_steps=5
+        images, labels, target, 8 / 255, 0.05, seed=0, surrogate=surrogate, steps=5
     )
     assert np.array_equal(result.labels, labels)
     assert set(changed(images, result.images)) <= set(result.poisoned)
@@ -52,7 +52,7 @@ def test_published_narcissus_optimises_through_augmentations_and_amplifies_at_te
 
     def pattern(**kwargs) -> np.ndarray:
         result = attacks.narcissus(
-            images, labels, target, 8 / 255, 0.05, surrogate=surrogate, pgd_steps=5, **kwargs
+            images, labels, target, 8 / 255, 0.05, surrogate=surrogate, steps=5, **kwargs
         )
         flat = np.full_like(images[:1], 128)
         return result.trigger(flat).astype(int)[0] - 128
@@ -64,6 +64,22 @@ def test_published_narcissus_optimises_through_augmentations_and_amplifies_at_te
     np.testing.assert_array_equal(pattern(seed=0, amplify=3.0), 3 * published)
 
 
+def test_a_larger_crafting_budget_saturates_the_trigger(cifar):
+    """Each Adam step moves the trigger by about a tenth of eps: two steps leave no
+    pixel at the bound, forty push most of them there (what an energy ranks)."""
+    images, labels = cifar["images"], cifar["labels"]
+    target = int(labels[0])
+    surrogate = train_classifier(images, labels, FAST)
+
+    def saturated(steps: int) -> float:
+        result = attacks.narcissus(images, labels, target, 8 / 255, 0.05, 0, surrogate, steps)
+        pattern = result.trigger(np.full_like(images[:1], 128)).astype(int)[0] - 128
+        return float((np.abs(pattern) == 8).mean())
+
+    assert saturated(2) == 0
+    assert saturated(40) > 0.5
+
+
 def test_the_defence_aware_narcissus_keeps_its_poisons_energy_down(cifar, tiny_model):
     """Given the defender's EBM, the trigger raises the poisons' energy less than the
     same attack built without it (same seed), so an energy ranking finds them less."""
@@ -73,7 +89,7 @@ def test_the_defence_aware_narcissus_keeps_its_poisons_energy_down(cifar, tiny_m
 
     def raised(**kwargs) -> float:
         result = attacks.narcissus(
-            images, labels, target, 16 / 255, 0.1, 0, surrogate, pgd_steps=20, **kwargs
+            images, labels, target, 16 / 255, 0.1, 0, surrogate, steps=20, **kwargs
         )
         chosen = torch.from_numpy(images[result.poisoned]).permute(0, 3, 1, 2).float()
         poisons = torch.from_numpy(result.images[result.poisoned]).permute(0, 3, 1, 2).float()

@@ -124,6 +124,16 @@ def test_one_attack_at_two_poison_fractions_is_two_attacks():
     assert table["worst_case"]["none"]["above_floor"] == pytest.approx(0.94)
 
 
+def test_a_narcissus_crafted_with_other_steps_is_another_attack():
+    published = run("narcissus", 0, {"clean": (0.7, 0.3), "none": (0.7, 0.6)})
+    early = run("narcissus", 0, {"clean": (0.7, 0.3), "none": (0.7, 0.5)})
+    early["config"]["trigger_steps"] = 60
+    assert suite([published, early])["attacks"] == [
+        "narcissus 16/255, 2%",
+        "narcissus 16/255, 2%, 60 steps",
+    ]
+
+
 def test_a_worst_case_over_part_of_the_suite_says_so():
     runs = two_attacks()
     runs.append(run("patch", 0, {"clean": (0.7, 0.01), "none": (0.7, 0.9), "jpeg:75": (0.7, 0.9)}))

@@ -40,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="gradient matching: brews per poison set, the best aligned kept (the paper: 8)",
     )
     p.add_argument(
+        "--trigger-steps",
+        type=int,
+        default=defaults.trigger_steps,
+        help="Narcissus: the trigger's optimisation steps (fewer: a less saturated trigger, "
+        "which an energy ranks less easily)",
+    )
+    p.add_argument(
         "--targets", type=int, nargs="+", default=defaults.targets, help="attacked classes"
     )
     p.add_argument(
@@ -120,6 +127,7 @@ def run_eval(args: argparse.Namespace) -> None:
         eps=args.eps,
         poison_fraction=args.poison_fraction,
         restarts=args.restarts,
+        trigger_steps=args.trigger_steps,
         targets=args.targets,
         seeds=args.seeds,
         defences=args.defences,

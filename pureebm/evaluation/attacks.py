@@ -69,14 +69,15 @@ def narcissus(
     fraction: float,
     seed: int,
     surrogate: nn.Module,
-    pgd_steps: int = 300,
+    steps: int,
     augment: bool = True,
     amplify: float = 1.0,
     energy: nn.Module | None = None,
 ) -> Poisoned:
-    """``surrogate`` is a classifier trained on the clean training set; ``augment``
-    optimises through flips and padded crops; ``amplify`` scales the trigger added
-    to test images (the training poisons keep |delta| <= eps). With ``energy`` (the
+    """``surrogate`` is a classifier trained on the clean training set; ``steps``
+    the Adam steps (more saturate the trigger toward +-eps, which an energy ranks
+    more easily); ``augment`` optimises through flips and padded crops; ``amplify``
+    scales the trigger added to test images (the training poisons keep |delta| <= eps). With ``energy`` (the
     defender's EBM), the loss also holds
 
         mean relu(E(x + delta) - E(x)) / std E(x)
@@ -96,7 +97,7 @@ def narcissus(
         with torch.no_grad():
             clean_energy = torch.cat([energy(chunk) for chunk in x.split(256)])
         energy_scale = clean_energy.std().clamp_min(1e-8)
-    for _ in range(pgd_steps):
+    for _ in range(steps):
         batch = x[torch.randint(0, len(x), (min(64, len(x)),), generator=generator)]
         target_labels = torch.full((len(batch),), target, device=device)
         seen = (batch + delta).clamp(-1, 1)

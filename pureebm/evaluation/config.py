@@ -41,6 +41,7 @@ class EvalConfig:
     eps: list[float] = field(default_factory=lambda: [8 / 255, 16 / 255])  # trigger strengths
     poison_fraction: float = 0.01  # of the whole training set
     restarts: int = 4  # gradient matching's brews per poison set, the best aligned kept
+    trigger_steps: int = 300  # Narcissus's optimisation steps: fewer leave a less saturated trigger
     targets: list[int] = field(default_factory=lambda: [0, 1, 2])
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # attack and classifier seeds
     defences: list[str] = field(default_factory=lambda: ["none", "jpeg:75", "pureebm"])

@@ -58,7 +58,15 @@ def make_attack(
                 raise ValueError("narcissus-adaptive needs the defender's EBM, in-process")
             options["energy"] = energy
         return attacks.narcissus(
-            images, labels, target, eps, config.poison_fraction, seed, surrogate, **options
+            images,
+            labels,
+            target,
+            eps,
+            config.poison_fraction,
+            seed,
+            surrogate,
+            steps=config.trigger_steps,
+            **options,
         )
     if config.attack in ("patch", "patch-clean"):
         return attacks.patch(

@@ -4,8 +4,9 @@ construction: the proxy behind the filter's lever, without training a victim.
     python -m bench.trigger_ranking [--data ../shared/datasets/cifar10-part-train.npz]
         [--attacks narcissus-grid narcissus narcissus-adaptive] [--targets 0 1 2]
         [--eps 16] [--fraction 0.01] [--epochs 10] [--model cifar10-conv:5]
+        [--trigger-steps 30 300]
 
-For each construction and target: the surrogate (trained once on the clean set)
+For each construction, crafting budget and target: the surrogate (trained once on the clean set)
 gives the trigger, the poisons go into the set, and the model's energy E(x) of
 every image is ranked. Printed: AUROC of poisons against clean images, against the
 target class's clean images, and the share of poisons a filter of k = 0.5 would
@@ -46,6 +47,10 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.01, help="poisons, share of the set")
     parser.add_argument("--epochs", type=int, default=10, help="surrogate training epochs")
     parser.add_argument("--model", help="the filter's model (default: the registry's)")
+    parser.add_argument(
+        "--trigger-steps", type=int, nargs="+", default=[EvalConfig.trigger_steps],
+        help="the trigger's optimisation steps, each a construction of its own",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/out/trigger_ranking.json"))
     args = parser.parse_args()
 
@@ -57,14 +62,15 @@ def main() -> None:
     clean = np.array(list(energies_of(scorer, as_pictures(images), 256)))
     surrogate = train_classifier(images, labels, replace(TrainSettings(), epochs=args.epochs))
     rows = []
-    for name in args.attacks:
+    constructions = [(name, steps) for name in args.attacks for steps in args.trigger_steps]
+    for name, steps in constructions:
         options = dict(NARCISSUS[name])
         if options.pop("evades_energy", False):
             options["energy"] = model.net
         for target in args.targets:
             poisoned = attacks.narcissus(
                 images, labels, target, args.eps / 255, args.fraction, 1000 + target,
-                surrogate, EvalConfig().trigger_steps, **options,
+                surrogate, steps, **options,
             )  # fmt: skip
             chosen = poisoned.poisoned
             energy = clean.copy()
@@ -73,21 +79,21 @@ def main() -> None:
             same_class = np.setdiff1d(np.flatnonzero(labels == target), chosen)
             purified = set(selected_positions(energy, 0.5))
             rows.append({
-                "attack": name, "target": target, "poisons": len(chosen),
+                "attack": name, "steps": steps, "target": target, "poisons": len(chosen),
                 "auroc": auroc(energy[chosen], energy[others]),
                 "auroc_in_class": auroc(energy[chosen], energy[same_class]),
                 "purified_share": float(np.mean([i in purified for i in chosen])),
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| construction | AUROC | AUROC within the class | poisons a k = 0.5 filter purifies |")
-    print("|---|---|---|---|")
-    for name in args.attacks:
-        mine = [r for r in rows if r["attack"] == name]
+    print("\n| construction | steps | AUROC | AUROC within the class | purified at k = 0.5 |")
+    print("|---|---|---|---|---|")
+    for name, steps in constructions:
+        mine = [r for r in rows if r["attack"] == name and r["steps"] == steps]
         cells = [
             mean_interval([r[k] for r in mine])
             for k in ("auroc", "auroc_in_class", "purified_share")
         ]
-        print(f"| {name} | " + " | ".join(f"{m:.2f} +- {h:.2f}" for m, h in cells) + " |")
+        print(f"| {name} | {steps} | " + " | ".join(f"{m:.2f} +- {h:.2f}" for m, h in cells) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)

@@ -77,8 +77,8 @@ def narcissus(
     """``surrogate`` is a classifier trained on the clean training set; ``steps``
     the Adam steps (more saturate the trigger toward +-eps, which an energy ranks
     more easily); ``augment`` optimises through flips and padded crops; ``amplify``
-    scales the trigger added to test images (the training poisons keep |delta| <= eps). With ``energy`` (the
-    defender's EBM), the loss also holds
+    scales the trigger added to test images (the training poisons keep
+    |delta| <= eps). With ``energy`` (the defender's EBM), the loss also holds
 
         mean relu(E(x + delta) - E(x)) / std E(x)
 

@@ -51,23 +51,14 @@ def make_attack(
     """``energy``: the defender's EBM, which a defence-aware attack evades; the test
     set: where a targeted attack chooses its victims."""
     seed = seed * 1000 + target
+    crafted_on_surrogate = (images, labels, target, eps, config.poison_fraction, seed, surrogate)
     if config.attack in NARCISSUS:
         options = dict(NARCISSUS[config.attack])
         if options.pop("evades_energy", False):
             if energy is None:
                 raise ValueError("narcissus-adaptive needs the defender's EBM, in-process")
             options["energy"] = energy
-        return attacks.narcissus(
-            images,
-            labels,
-            target,
-            eps,
-            config.poison_fraction,
-            seed,
-            surrogate,
-            steps=config.trigger_steps,
-            **options,
-        )
+        return attacks.narcissus(*crafted_on_surrogate, steps=config.trigger_steps, **options)
     if config.attack in ("patch", "patch-clean"):
         return attacks.patch(
             images,
@@ -81,16 +72,7 @@ def make_attack(
         if test_x is None or test_y is None:
             raise ValueError("gradient matching chooses its victims among test images")
         return attacks.gradient_matching(
-            images,
-            labels,
-            target,
-            eps,
-            config.poison_fraction,
-            seed,
-            surrogate,
-            test_x,
-            test_y,
-            restarts=config.restarts,
+            *crafted_on_surrogate, test_x, test_y, restarts=config.restarts
         )
     if config.attack == "blend":
         return attacks.blend(images, labels, target, config.poison_fraction, seed)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pureebm.evaluation import attacks
-from pureebm.evaluation.classifier import to_tensor, train_classifier
-from pureebm.evaluation.config import EvalConfig, TrainSettings
+from pureebm.evaluation.classifier import predict, to_tensor, train_classifier
+from pureebm.evaluation.config import VICTIMS, EvalConfig, TrainSettings
 from pureebm.evaluation.defences import cached, pureebm, purified
 from pureebm.evaluation.run import Defender, auroc, evaluate, trigger_left
 from pureebm.images import Picture
@@ -182,6 +182,14 @@ def test_blend_is_dirty_label_and_bounded_by_alpha(cifar):
     result = attacks.blend(images, labels, 2, 0.1, seed=2, alpha=0.1)
     assert all(result.labels[result.poisoned] == 2) and all(labels[result.poisoned] != 2)
     assert np.abs(result.images.astype(int) - images.astype(int)).max() <= 26
+
+
+@pytest.mark.parametrize("architecture", VICTIMS)
+def test_every_victim_the_cli_offers_learns_a_small_set(cifar, architecture):
+    images, labels = cifar["images"][:16], cifar["labels"][:16]
+    settings = TrainSettings(architecture=architecture, epochs=25, batch_size=8, lr=0.05)
+    predictions = predict(train_classifier(images, labels, settings), images)
+    assert np.mean(predictions == labels) > 0.5  # chance on 10 classes: 0.1
 
 
 def test_poison_success_on_a_hand_built_case():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pureebm.evaluation.config import ATTACKS, EvalConfig, TrainSettings
+from pureebm.evaluation.config import ATTACKS, VICTIMS, EvalConfig, TrainSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", type=int, nargs="*", default=[], help="PureEBM steps to sweep")
     p.add_argument(
         "--classifier",
-        choices=["cnn", "resnet18"],
+        choices=VICTIMS,
         default=defaults.classifier.architecture,
         help="victim architecture",
     )

@@ -49,7 +49,11 @@ def resnet18_cifar(num_classes: int) -> nn.Module:
     return net
 
 
-ARCHITECTURES = {"cnn": cnn, "resnet18": resnet18_cifar}
+ARCHITECTURES = {
+    "cnn": cnn,
+    "cnn-wide": lambda num_classes: cnn(num_classes, width=64),
+    "resnet18": resnet18_cifar,
+}
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 from pureebm.registry import DEFAULT_ROOT
 
+VICTIMS = ("cnn", "cnn-wide", "resnet18")  # cnn-wide: the CNN at twice the width
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    architecture: str = "cnn"  # "cnn" or "resnet18"
+    architecture: str = "cnn"  # one of VICTIMS
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.2  # the one-cycle schedule's peak

@@ -22,7 +22,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from pureebm.evaluation.config import EvalConfig
+from pureebm.evaluation.config import EvalConfig, TrainSettings
 from pureebm.statistics import mean_interval
 
 FLOOR_BAR = 0.03  # poison success above the clean floor, every attack
@@ -31,14 +31,19 @@ BARS = ("within_floor_bar", "within_accuracy_bar", "beats_jpeg75")
 
 
 def attack_label(config: dict, eps: float) -> str:
-    """'narcissus 16/255, 2%': one attack at one strength and one poison fraction."""
+    """'narcissus 16/255, 2%': one attack at one strength and one poison fraction, then what
+    differs from the defaults (the trigger's crafting budget, the victim)."""
     share = f"{100 * config['poison_fraction']:g}%"
     if config["attack"] in ("patch", "patch-clean", "blend"):  # no strength
-        return f"{config['attack']}, {share}"
-    label = f"{config['attack']} {eps * 255:.0f}/255, {share}"
+        label = f"{config['attack']}, {share}"
+    else:
+        label = f"{config['attack']} {eps * 255:.0f}/255, {share}"
     steps = config.get("trigger_steps", EvalConfig.trigger_steps)
     if config["attack"].startswith("narcissus") and steps != EvalConfig.trigger_steps:
-        return f"{label}, {steps} steps"
+        label += f", {steps} steps"
+    victim = config["classifier"]["architecture"]
+    if victim != TrainSettings.architecture:
+        label += f", {victim} victim"
     return label
 
 

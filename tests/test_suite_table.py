@@ -16,7 +16,11 @@ def run(
 ) -> dict:
     """A results.json of one attack at 16/255, target 0: defence -> (accuracy, success)."""
     return {
-        "config": {"attack": attack, "poison_fraction": fraction},
+        "config": {
+            "attack": attack,
+            "poison_fraction": fraction,
+            "classifier": {"architecture": "cnn"},
+        },
         "attacks": [{"eps": 16 / 255, "seed": seed, "target": 0, "energy_auroc": 0.8}],
         "rows": [
             {
@@ -131,6 +135,16 @@ def test_a_narcissus_crafted_with_other_steps_is_another_attack():
     assert suite([published, early])["attacks"] == [
         "narcissus 16/255, 2%",
         "narcissus 16/255, 2%, 60 steps",
+    ]
+
+
+def test_a_run_against_another_victim_is_another_attack():
+    cnn = run("narcissus", 0, {"clean": (0.7, 0.3), "none": (0.7, 0.6)})
+    wide = run("narcissus", 0, {"clean": (0.7, 0.4), "none": (0.7, 0.6)})
+    wide["config"]["classifier"]["architecture"] = "cnn-wide"
+    assert suite([cnn, wide])["attacks"] == [
+        "narcissus 16/255, 2%",
+        "narcissus 16/255, 2%, cnn-wide victim",
     ]
 
 

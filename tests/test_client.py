@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from pureebm.cli.jobs import ctrl_c_at_next_poll
 from pureebm.client import AsyncPureEBMClient, PureEBMClient, PureEBMError
 from tests.stack import KEY_A, Stack, free_port, png, worker_pids, zip_bytes
 
@@ -196,6 +197,23 @@ def test_ctrl_c_on_submit_without_a_terminal_leaves_the_job_running(stack, tmp_p
     with PureEBMClient(stack.url, KEY_A) as client:
         assert client.job(job_id)["status"] in ("queued", "running", "finished")
         client.cancel(job_id)
+
+
+def test_ctrl_c_while_a_finaliser_runs_is_kept_for_the_next_poll():
+    """A KeyboardInterrupt raised inside __del__ is printed and dropped by Python; the
+    follow loop's Ctrl-C is a flag instead, so it survives, and a second one raises."""
+
+    class Finalised:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C lands inside the finaliser
+
+    before = signal.getsignal(signal.SIGINT)
+    with ctrl_c_at_next_poll() as pressed:
+        Finalised()  # collected at once: its __del__ runs here
+        assert pressed.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,13 +78,36 @@ def run_wait(args: argparse.Namespace) -> None:
         print(describe(follow(client, args.job)))
 
 
+@contextlib.contextmanager
+def ctrl_c_at_next_poll() -> Iterator[threading.Event]:
+    """Ctrl-C as a flag the caller reads at its next poll, not a KeyboardInterrupt
+    raised wherever the main thread is: one raised inside a finaliser (a collected
+    file's __del__, say) is printed and dropped, and Ctrl-C would be lost. A second
+    Ctrl-C raises at once. Main thread only."""
+    pressed = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+        pressed.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def follow(client: PureEBMClient, job_id: str) -> dict[str, Any]:
-    """Wait for the job with a progress bar; the finished job."""
+    """Wait for the job with a progress bar; the finished job. Ctrl-C raises
+    KeyboardInterrupt at the next poll (within about a second)."""
     from tqdm import tqdm
 
-    with tqdm(unit="img", desc=job_id[:8]) as bar:
+    with tqdm(unit="img", desc=job_id[:8]) as bar, ctrl_c_at_next_poll() as pressed:
 
         def show(job: dict[str, Any]) -> None:
+            if pressed.is_set():
+                raise KeyboardInterrupt
             progress = job["progress"]
             bar.total = progress["total"]
             ahead = progress.get("queue_position")

@@ -22,7 +22,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from pureebm.evaluation.config import EvalConfig, TrainSettings
+from pureebm.evaluation.config import UNBOUNDED_ATTACKS, EvalConfig, TrainSettings
 from pureebm.statistics import mean_interval
 
 FLOOR_BAR = 0.03  # poison success above the clean floor, every attack
@@ -34,7 +34,7 @@ def attack_label(config: dict, eps: float) -> str:
     """'narcissus 16/255, 2%': one attack at one strength and one poison fraction, then what
     differs from the defaults (the trigger's crafting budget, the victim)."""
     share = f"{100 * config['poison_fraction']:g}%"
-    if config["attack"] in ("patch", "patch-clean", "blend"):  # no strength
+    if config["attack"] in UNBOUNDED_ATTACKS:
         label = f"{config['attack']}, {share}"
     else:
         label = f"{config['attack']} {eps * 255:.0f}/255, {share}"

@@ -224,7 +224,7 @@ def test_evaluation_end_to_end_on_a_tiny_configuration(tmp_path, cifar, tiny_reg
         test_fraction=0.25,
         attack="patch",
         poison_fraction=0.1,
-        eps=[8 / 255],
+        eps=[8 / 255, 16 / 255],  # a patch has no strength: it runs once, at the first
         targets=[1, 2],
         seeds=[0],
         defences=["none", "jpeg:75", "pureebm:3"],

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=fraction,
         nargs="+",
         default=defaults.eps,
-        help="L-inf bounds of the Narcissus trigger, e.g. 8/255 16/255",
+        help="L-inf bounds of the perturbation, e.g. 8/255 16/255 (patch and blend: run once)",
     )
     p.add_argument(
         "--poison-fraction",

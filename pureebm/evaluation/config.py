@@ -31,6 +31,7 @@ ATTACKS = (
     "patch-clean",
     "blend",
 )
+UNBOUNDED_ATTACKS = ("patch", "patch-clean", "blend")  # no L-inf strength: --eps leaves them alike
 
 
 @dataclass
@@ -58,3 +59,7 @@ class EvalConfig:
     defend_test: bool = True  # also the '+test' rows: test images purified at inference
     purify_batch: int = 64  # images per purifier batch (a GPU takes far more)
     cache: str | None = None  # folder of defended sets shared by evaluations side by side
+
+    def strengths(self) -> list[float]:
+        """The strengths to run: an attack with no L-inf bound is the same at every one, so once."""
+        return self.eps[:1] if self.attack in UNBOUNDED_ATTACKS else self.eps

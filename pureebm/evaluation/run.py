@@ -357,7 +357,7 @@ def evaluate(config: EvalConfig) -> dict:
             for seed in config.seeds
         }
     rows, attack_rows = [], []
-    runs = [(e, s, t) for s in config.seeds for e in config.eps for t in config.targets]
+    runs = [(e, s, t) for s in config.seeds for e in config.strengths() for t in config.targets]
     for eps, seed, target in tqdm(runs, desc="attacks", unit="attack"):
         ebm = defender.model.net if defender.model else None
         poisoned = make_attack(

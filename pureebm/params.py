@@ -42,6 +42,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     checkpoint_seconds: float = 600.0  # ... or once this long has passed since the last one
     bf16: bool = False  # CUDA: bf16 autocast and channels_last in the updates
+    compile: bool = False  # "ddpm": torch.compile the U-Net of the training step
+    ema_decay: float = 0.0  # > 0: keep an EMA of the weights and register it
+    init_from: str | None = None  # a registry entry whose weights the run starts from
     out_dir: str = "runs/ebm"
     registry: str = "models"
     device: str = "auto"

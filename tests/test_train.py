@@ -11,8 +11,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from pureebm.containers import load_image_array
+from pureebm.diffusion import unet_with_channels
 from pureebm.images import Picture
 from pureebm.langevin import purify, to_unit_range
 from pureebm.params import TrainConfig
@@ -266,3 +268,57 @@ def test_pureebm_calibrate_registers_the_same_weights_with_new_defaults(tmp_path
     assert fourth.energy_threshold == new.energy_threshold  # the same held-out images
     with pytest.raises(SystemExit, match="go together"):
         main(["calibrate", "tiny:1", str(DATA), "--registry", str(root), "--eps", "0.01"])
+
+
+def tiny_ddpm(tmp_path, run: str, **fields) -> TrainConfig:
+    return TrainConfig(
+        data=[str(DATA)],
+        name="lineage",
+        recipe="ddpm",
+        unet=unet_with_channels([8, 16]),
+        batch_size=4,
+        warmup=1,
+        holdout=16,
+        calibrate_images=0,
+        out_dir=str(tmp_path / run),
+        registry=str(tmp_path / "reg"),
+        **fields,
+    )
+
+
+def test_the_registered_weights_are_the_exponential_moving_average(tmp_path):
+    """After two updates w1, w2 the EMA at decay d is d w1 + (1 - d) w2 (the first
+    update is copied as it is)."""
+    decay = 0.75
+    config = tiny_ddpm(tmp_path, "run", iterations=2, ema_decay=decay, checkpoint_every=1)
+    manifest = train(config)
+    w1, w2 = (load_file(tmp_path / "run" / f"weights-step{s:06d}.safetensors") for s in (1, 2))
+    registered = load_file(Registry(tmp_path / "reg").weights_path(manifest))
+    assert set(registered) == set(w2)
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    for k in registered:
+        torch.testing.assert_close(registered[k], decay * w1[k] + (1 - decay) * w2[k])
+
+
+def test_a_run_from_an_entry_starts_at_its_weights_and_extends_its_lineage(tmp_path):
+    first = train(tiny_ddpm(tmp_path, "first", iterations=3))
+    run = training_run(tiny_ddpm(tmp_path, "second", iterations=2, init_from="lineage"))
+    registered = load_file(Registry(tmp_path / "reg").weights_path(first))
+    assert all(torch.equal(v, registered[k]) for k, v in run.net.state_dict().items())
+    second = run.run()
+    assert second.version == 2 and second.weights.training.resumed_from == "lineage:1"
+    visits = second.weights.training.visits
+    assert [v.iterations for v in visits] == [3, 2]
+    assert second.weights.training.total_iterations == 5
+    assert second.weights.arch_kwargs == first.weights.arch_kwargs
+    assert "resumed from lineage:1" in second.description
+
+
+def test_a_run_from_an_entry_of_another_image_size_is_refused(tmp_path, cifar):
+    train(tiny_ddpm(tmp_path, "first", iterations=1))
+    large = tmp_path / "large.npz"
+    np.savez(large, images=cifar["images"].repeat(2, axis=1).repeat(2, axis=2))
+    config = tiny_ddpm(tmp_path, "second", iterations=1, init_from="lineage")
+    config.data = [str(large)]
+    with pytest.raises(ValueError, match="64"):
+        training_run(config)

@@ -40,6 +40,16 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {  # TrainConfig field -> (type, he
     "sigma_min": (float, "DSM: smallest noise level, in [-1, 1] units"),
     "sigma_max": (float, "DSM: largest noise level, in [-1, 1] units"),
     "psnr_floor": (float, "EBM card: the most removal that keeps this PSNR (dB)"),
+    "ema_decay": (
+        float,
+        "keep an exponential moving average of the weights at this decay "
+        "(e.g. 0.999) and register it (0: none)",
+    ),
+    "init_from": (
+        str,
+        "start from this registry entry's weights (NAME or NAME:VERSION) and "
+        "add the run to its lineage, its architecture included",
+    ),
 }
 
 
@@ -81,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no random flips")
     p.add_argument(
         "--bf16", action="store_true", help="on CUDA: bf16 autocast and channels_last updates"
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="ddpm: torch.compile the U-Net's training step"
     )
     p.add_argument("--out-dir", default=defaults.out_dir, help="checkpoints and figures")
     p.add_argument("--registry", default=defaults.registry, help="model registry folder")

@@ -24,12 +24,35 @@ from pureebm.refs import NAME_PATTERN, REF_PATTERN
 SHA256 = r"^[0-9a-f]{64}$"
 
 
-class TrainingRecord(BaseModel):
-    data: str  # what the model was trained on
-    command: str
+class Visit(BaseModel):
+    """One training run of a lineage: a run resumed from an entry adds a visit to it."""
+
     iterations: int = Field(ge=0)
     wall_time_s: float = Field(ge=0)
     hardware: str
+    tflops: float | None = Field(None, description="achieved TFLOP/s of the training step")
+    quality: dict[str, float] = Field(
+        {}, description="the card at the run's end, e.g. PureDDPM's PSNR at t*"
+    )
+
+
+class TrainingRecord(BaseModel):
+    data: str  # what the model was trained on
+    command: str
+    iterations: int = Field(ge=0)  # this run's updates
+    wall_time_s: float = Field(ge=0)  # ... and their seconds
+    hardware: str
+    resumed_from: str | None = None  # the entry whose (EMA) weights this run started from
+    visits: list[Visit] = []  # every run of the lineage, the first one first, this one last
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(v.iterations for v in self.visits) or self.iterations
+
+    @property
+    def accelerator_seconds(self) -> float:
+        """Seconds of updates on a GPU over the whole lineage."""
+        return sum(v.wall_time_s for v in self.visits if not v.hardware.startswith("CPU"))
 
 
 class DiffusionSchedule(BaseModel):

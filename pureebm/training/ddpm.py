@@ -7,7 +7,8 @@ update:
     L = mean || eps_theta(x_t, t) - z ||^2
 
 The entry's card is PureDDPM's PSNR and r on held-out images at a few t* around the
-default.
+default; its figures at t* go into the run's visit, and ``lineage.png`` draws them
+over the GPU-seconds of every visit of the lineage.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pureebm.plots import amplified_difference, image_rows, line_chart
 from pureebm.purifiers.ddpm import DDPMSpec
 from pureebm.quality import CALIBRATION_PERTURBATIONS, card, standard_perturbations
 from pureebm.registry import Registry
-from pureebm.registry.records import DiffusionSchedule, Manifest
+from pureebm.registry.records import DiffusionSchedule, Manifest, TrainingRecord
 from pureebm.training.loop import TrainingRun
 
 
@@ -38,14 +39,15 @@ class DDPMObjective:
         self.config = config
         self.schedule = DiffusionSchedule(trained_below=config.trained_below)
         self.abar = diffusion.alphas_cumprod(self.schedule).float()
-        self.arch_kwargs: dict[str, Any] = {}
 
     def build_net(self, run: TrainingRun) -> nn.Module:
         config = {**(self.config.unet or diffusion.CPU_UNET), "in_channels": run.n_c,
                   "out_channels": run.n_c}  # fmt: skip
-        unet = diffusion.build_unet(config)
-        self.arch_kwargs = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-        return unet
+        return diffusion.build_unet(config)
+
+    @staticmethod
+    def arch_kwargs(run: TrainingRun) -> dict[str, Any]:
+        return {k: v for k, v in dict(run.net.config).items() if not k.startswith("_")}
 
     def start(self, run: TrainingRun) -> None:
         self.abar = self.abar.to(run.device)
@@ -63,9 +65,9 @@ class DDPMObjective:
         z = torch.randn(x0.shape, generator=run.generator, device=run.device)
         abar = self.abar[t - 1].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * z
-        loss = (run.net(x_t, t - 1).sample - z).pow(2).mean()
+        loss = (run.forward(x_t, t - 1).sample - z).pow(2).mean()
         run.optimize(loss, 1.0)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def purified(self, run: TrainingRun, images: torch.Tensor, steps: int) -> torch.Tensor:
         was_training = run.net.training
@@ -86,31 +88,42 @@ class DDPMObjective:
             title=f"{self.config.name}: noise-prediction loss (t <= {self.schedule.trained_below})",
         )
 
-    def description(self) -> str:
+    def description(self, run: TrainingRun) -> str:
         c = self.config
-        channels = self.arch_kwargs["block_out_channels"]
-        return (
-            f"DDPM U-Net {channels}, noise prediction on t <= {c.trained_below}, "
-            f"batch {c.batch_size}"
+        channels = list(run.net.config.block_out_channels)
+        parameters = sum(p.numel() for p in run.net.parameters()) / 1e6
+        text = (
+            f"DDPM U-Net {channels}, {parameters:.1f} M parameters, noise prediction on "
+            f"t <= {c.trained_below}, batch {c.batch_size}"
         )
+        if c.ema_decay:
+            text += f", EMA {c.ema_decay:g}"
+        return text + (f", resumed from {run.lineage.ref}" if run.lineage else "")
 
     def register(self, run: TrainingRun) -> Manifest:
         c = self.config
         registry = Registry(c.registry)
         clean = run.heldout[-max(c.calibrate_images, 1) :].permute(0, 3, 1, 2).contiguous()
-        diffusers_config = {"_class_name": "UNet2DModel", **self.arch_kwargs}
+        arch_kwargs = self.arch_kwargs(run)
+        diffusers_config = {"_class_name": "UNet2DModel", **arch_kwargs}
+        card = self.card(run, clean) if c.calibrate_images else None
+        quality = {}
+        if card is not None:  # at t*, or the deepest t* the card's budget reached
+            depth = max((int(t) for t in card["card"] if int(t) <= c.t_star), default=0)
+            at_depth = card["card"].get(str(depth), {})
+            quality = {f"{k} at t*={depth}": round(v[0], 4) for k, v in at_depth.items()}
         fields = dict(
             name=c.name,
             architecture="unet",
-            arch_kwargs=self.arch_kwargs,
+            arch_kwargs=arch_kwargs,
             image_size=run.image_size,
             channels=run.n_c,
             purifier=DDPMSpec(steps=c.t_star),
             file=DIFFUSERS_WEIGHTS,  # diffusers' own folder: from_pretrained opens it too
             extra_files={DIFFUSERS_CONFIG: json.dumps(diffusers_config, indent=2)},
             diffusion=self.schedule,
-            training=run.training_record(),
-            description=self.description(),
+            training=run.training_record(quality),
+            description=self.description(run),
         )
         if c.calibrate_images:
             run.net.eval()
@@ -125,8 +138,9 @@ class DDPMObjective:
             [run.showcase, showcase, amplified_difference(showcase, run.showcase)],
             entry / "samples.png",
         )
-        if c.calibrate_images:
-            (entry / "calibration.json").write_text(json.dumps(self.card(run, clean), indent=2))
+        if card is not None:
+            (entry / "calibration.json").write_text(json.dumps(card, indent=2))
+        lineage_chart(manifest.weights.training, entry / "lineage.png", manifest.ref)  # type: ignore[union-attr]
         if (run.out / "curves.png").exists():
             shutil.copyfile(
                 run.out / "curves.png", registry.weights_path(manifest).with_name("curves.png")
@@ -163,3 +177,23 @@ class DDPMObjective:
             "images": len(clean),
             "card": card(purifier, clean, perturbations),
         }
+
+
+def lineage_chart(training: TrainingRecord, path: Path, ref: str) -> None:
+    """The card's figures at t* after each visit, over the lineage's GPU-seconds."""
+    visits = [v for v in training.visits if v.quality]
+    if not visits:
+        return
+    seconds, total = [], 0.0
+    for visit in training.visits:
+        total += 0.0 if visit.hardware.startswith("CPU") else visit.wall_time_s
+        if visit.quality:
+            seconds.append(total)
+    keys = [k for k in visits[-1].quality if all(k in v.quality for v in visits)]
+    line_chart(
+        {k: [v.quality[k] for v in visits] for k in keys},
+        path,
+        x=seconds,
+        title=f"{ref}: the card after each visit",
+        x_label="GPU-seconds of updates so far",
+    )

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pureebm.compiled import FixedBatch, once
 from pureebm.interrupts import checkpoint
 from pureebm.nets import Valid
 from pureebm.noise import ImageNoise
@@ -30,6 +31,38 @@ from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.tiles import DEFAULT_TILE_PIXELS, TiledEnergy
 
 Noise = Callable[[int], torch.Tensor]  # t -> N(0, I) of the chain's shape for step t
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, z_{t+1}) -> x_{t+1}
+
+
+def langevin_update(
+    x: torch.Tensor, grad_e: torch.Tensor, z: torch.Tensor, eps: float, tau: float
+) -> torch.Tensor:
+    """x_{t+1} = x_t - (eps^2 / 2) grad_x E(x_t) / tau + eps z."""
+    return x - eps**2 / 2 / tau * grad_e + eps * z
+
+
+def langevin_step(energy: Callable[[torch.Tensor], torch.Tensor], eps: float, tau: float) -> Step:
+    """One update, the gradient taken by autograd (any energy, tiled ones included)."""
+
+    def step(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        (grad_e,) = torch.autograd.grad(energy(x).sum(), x)
+        return langevin_update(x.detach(), grad_e, z, eps, tau)
+
+    return step
+
+
+def compiled_langevin_step(
+    energy: Callable[[torch.Tensor], torch.Tensor], eps: float, tau: float
+) -> Step:
+    """The same update as one compiled graph (forward, input gradient and update,
+    ``torch.func.grad``) at a fixed batch shape (pureebm.compiled)."""
+
+    def step(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        grad_e = torch.func.grad(lambda y: energy(y).sum())(x)
+        return langevin_update(x, grad_e, z, eps, tau)
+
+    return FixedBatch(step)
 
 
 def langevin_chain(
@@ -41,6 +74,7 @@ def langevin_chain(
     noise: Noise,
     bounds: tuple[float, float] | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    step: Step | None = None,
 ) -> torch.Tensor:
     """Run T = ``steps`` Langevin updates from ``x``; returns x_T (detached).
 
@@ -48,17 +82,16 @@ def langevin_chain(
     every step; the purifier never does, EBM training does to keep its sampling
     chains inside the data range. ``on_step(t, x_t)`` sees every state, x_0
     included, so one chain serves a sweep over T. Each step is a cancellation
-    point (``pureebm.interrupts``) that tells how far the chain is.
+    point (``pureebm.interrupts``) that tells how far the chain is. ``step`` is
+    the update of (energy, eps, tau) when one is compiled already.
     """
-    drift = eps**2 / 2 / tau
+    step = step or langevin_step(energy, eps, tau)
     x = x.detach()
     if on_step is not None:
         on_step(0, x)
     for t in range(1, steps + 1):
         checkpoint(len(x) * (t - 1) / steps)
-        x = x.requires_grad_(True)
-        (grad_e,) = torch.autograd.grad(energy(x).sum(), x)
-        x = x.detach() - drift * grad_e + eps * noise(t)
+        x = step(x, noise(t))
         if bounds is not None:
             x = x.clamp(*bounds)
         if on_step is not None:
@@ -82,22 +115,22 @@ class Speedups:
     images within tolerance (tests/test_langevin.py); README has their timings."""
 
     channels_last: bool = False  # NHWC memory layout for the convolutions
-    bf16: bool = False  # the energy net's forward and backward under bfloat16 autocast
-    compile: bool = False  # torch.compile the energy net (for images up to one tile)
+    bf16: bool = False  # the net's forward (and backward) under bfloat16 autocast
+    # torch.compile each Langevin step (images up to one tile) and the DDPM's U-Net,
+    # at a fixed batch shape (pureebm.compiled)
+    compile: bool = False
 
 
 def energy_function(
     model: nn.Module, device: torch.device, speedups: Speedups, tile_pixels: int
 ) -> Callable[[torch.Tensor, Valid | None], torch.Tensor]:
     """E(x, valid) as the chain calls it: the net on ``device``, tiled for large
-    images, with the chosen speedups applied; ``valid`` sizes for a padded batch."""
+    images, in the chosen precision and layout; ``valid`` sizes for a padded batch."""
     net = model.to(device).eval().requires_grad_(False)
     if speedups.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if hasattr(net, "geometry"):
-        net = TiledEnergy(torch.compile(net) if speedups.compile else net, tile_pixels)
-    elif speedups.compile:
-        net = torch.compile(net)
+        net = TiledEnergy(net, tile_pixels)
     layout = torch.channels_last if speedups.channels_last else torch.contiguous_format
 
     def energy(x: torch.Tensor, valid: Valid | None = None) -> torch.Tensor:
@@ -150,6 +183,12 @@ def purify(
         raise ValueError("a padded batch is scored whole: its canvas must fit in one tile")
     device = resolve_device(device)
     energy = energy_function(model, device, speedups, tile_pixels)
+    compiled_step = None
+    if speedups.compile and sizes is None and images.shape[2] * images.shape[3] <= tile_pixels:
+        key = ("langevin", device, speedups, tile_pixels, params.eps, params.tau)
+        compiled_step = once(
+            model, key, lambda: compiled_langevin_step(energy, params.eps, params.tau)
+        )
     seed = int(torch.randint(0, 2**62, ())) if seed is None else seed
     indices = torch.arange(len(images)) if indices is None else indices
     if indices.shape != (len(images),):
@@ -175,7 +214,14 @@ def purify(
         if params.init_noise > 0:
             x0 = x0 + params.init_noise * noise(0)
         x_t = langevin_chain(
-            batch_energy, x0, params.steps, params.eps, params.tau, noise, on_step=keep
+            batch_energy,
+            x0,
+            params.steps,
+            params.eps,
+            params.tau,
+            noise,
+            on_step=keep,
+            step=compiled_step,
         )
         purified = to_uint8(x_t)
         with torch.no_grad():

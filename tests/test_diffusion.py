@@ -17,9 +17,10 @@ pytest.importorskip("diffusers")
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from pureebm import diffusion
+from pureebm import compiled, diffusion
 from pureebm.client import PureEBMClient
 from pureebm.images import Picture
+from pureebm.langevin import Speedups
 from pureebm.noise import ImageNoise, derived_seed
 from pureebm.pipeline import purifier_for, purify_pictures
 from pureebm.purifiers import Overrides, resolve
@@ -135,6 +136,23 @@ def test_padded_mixed_size_batch_gives_each_image_its_own_result(ddpm_model) -> 
         assert alone.rgb.shape == (*shapes[i], 3)
         assert np.abs(alone.rgb.astype(int) - together[i].rgb).max() <= 1  # float order only
         assert alone.energy_before == pytest.approx(together[i].energy_before, rel=1e-4)
+
+
+@pytest.mark.parametrize("speedups", [Speedups(compile=True), Speedups(bf16=True)])
+def test_the_speedups_give_the_same_images_within_tolerance(ddpm_model, speedups) -> None:
+    """Batches of 4 and 2: the compiled U-Net runs the second padded to 4 rows."""
+    images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (6, 3, 32, 32)))
+    images = images.to(torch.uint8)
+    net, schedule = ddpm_model.net, ddpm_model.manifest.weights.diffusion
+    plain = diffusion.purify(net, images, schedule, 6, batch_size=4, seed=2)
+    fast = diffusion.purify(net, images, schedule, 6, batch_size=4, seed=2, speedups=speedups)
+    difference = (plain.images.int() - fast.images.int()).abs()
+    max_level, mean_level = (8, 1.0) if speedups.bf16 else (1, 0.01)
+    assert difference.max() <= max_level and difference.float().mean() <= mean_level
+    torch.testing.assert_close(fast.energy_before, plain.energy_before, rtol=0.05, atol=1e-3)
+    if speedups.compile:
+        (unet,) = compiled._BUILT[net].values()
+        assert unet.rows == 4
 
 
 def test_purification_moves_images_and_scores_them(ddpm_model) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pureebm import compiled
 from pureebm.langevin import Speedups, langevin_chain, purify, to_uint8, to_unit_range
 from pureebm.nets import ConvEBM
 from pureebm.purifiers.langevin import LangevinSpec
@@ -141,12 +142,16 @@ def test_a_sweep_keeps_each_step_of_the_same_chain(cifar) -> None:
     ids=["channels_last", "compile", "bf16"],
 )
 def test_speedups_give_the_same_images_within_tolerance(cifar, speedups, max_level, mean_level):
+    """Batches of 5 and 3: the compiled step runs the second padded to the first's shape."""
     torch.manual_seed(0)
     net = ConvEBM(n_f=8)
     images = torch.from_numpy(cifar["images"][:8]).permute(0, 3, 1, 2)
     params = LangevinSpec(steps=5, eps=0.02, tau=0.05)
-    plain = purify(net, images, params, seed=1)
-    fast = purify(net, images, params, seed=1, speedups=speedups)
+    plain = purify(net, images, params, batch_size=5, seed=1)
+    fast = purify(net, images, params, batch_size=5, seed=1, speedups=speedups)
+    if speedups.compile:  # one compiled step for the model, run at 5 rows
+        (step,) = compiled._BUILT[net].values()
+        assert step.rows == 5
     difference = (plain.images.int() - fast.images.int()).abs()
     assert difference.max() <= max_level and difference.float().mean() <= mean_level
     torch.testing.assert_close(fast.energy_before, plain.energy_before, rtol=0.05, atol=1e-3)

@@ -4,8 +4,8 @@
 A defence is named in one grammar derived from the purifier spec:
 
     FAMILY[:FIELD=VALUE,...]      e.g. jpeg:quality=50, langevin:steps=5,init_noise=0.1,
-                                  ddpm:model=cifar10-ddpm:1,steps=75,
-                                  reps:ddpm_model=cifar10-ddpm:1,rounds=2
+                                  ddpm:model=cifar10-ddpm:3,steps=75,
+                                  reps:ddpm_model=cifar10-ddpm:3,rounds=2
 
 with ``model=`` naming the preset (default: the evaluation's --model), and several
 joined by '>' run one after the other (jpeg:quality=75>langevin:steps=3). The earlier

@@ -14,6 +14,7 @@ from pureebm.purifiers.spec import PurifierSpec, register
 if TYPE_CHECKING:
     import torch
 
+    from pureebm.langevin import Speedups
     from pureebm.registry import LoadedModel
     from pureebm.registry.records import Manifest
 
@@ -43,7 +44,7 @@ class DDPMSpec(PurifierSpec):
         return max(self.steps, 1)  # t* U-Net passes
 
     def build(self, model: LoadedModel, load: Any, device: Any, speedups: Any) -> DDPMPurifier:
-        return DDPMPurifier(self, model, device)
+        return DDPMPurifier(self, model, device, speedups)
 
 
 def size_multiple(unet_config: dict[str, Any]) -> int:
@@ -54,8 +55,10 @@ def size_multiple(unet_config: dict[str, Any]) -> int:
 class DDPMPurifier(Purifier):
     """A U-Net cannot be masked: a batch holds images of one padded size."""
 
-    def __init__(self, spec: DDPMSpec, model: LoadedModel, device: torch.device) -> None:
-        self.spec, self.model, self.device = spec, model, device
+    def __init__(
+        self, spec: DDPMSpec, model: LoadedModel, device: torch.device, speedups: Speedups
+    ) -> None:
+        self.spec, self.model, self.device, self.speedups = spec, model, device, speedups
         self.image_size = model.manifest.image_size
         self.channels = model.manifest.channels
         self.size_multiple = size_multiple(model.manifest.weights.arch_kwargs)  # type: ignore[union-attr]
@@ -82,4 +85,5 @@ class DDPMPurifier(Purifier):
             self.device,
             seed,
             positions,
+            self.speedups,
         )

@@ -1,5 +1,7 @@
 """Purification throughput at the paper's settings: an EBM at T = 150 and a DDPM at
-t* = 75, batch 1,024, in float32 and under bf16 autocast, in images/s.
+t* = 75, batch 1,024, eager in float32, eager under bf16 autocast (with channels_last)
+and compiled under bf16 (pureebm.compiled: one graph per step, fixed shape), in
+images/s, side by side in one call.
 
     python -m bench.throughput --ebm cifar10-resnet --ddpm cifar10-ddpm
                                [--images 2048] [--batch-size 1024] [--registry models]
@@ -28,10 +30,15 @@ from pureebm.purifiers import Purifier
 from pureebm.purifiers.ddpm import DDPMSpec
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import DEFAULT_ROOT, LoadedModel, Registry
+from pureebm.training.flops import counted_flops
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-part-train.npz"
 PAPER_IMAGES_PER_S = {"ebm": 50_000 / 923, "ddpm": 50_000 / 4_181}  # TPU v3, PureGen
-PRECISIONS = ("fp32", "bf16")
+VARIANTS = {
+    "fp32": Speedups(),
+    "bf16": Speedups(bf16=True, channels_last=True),
+    "bf16+compile": Speedups(bf16=True, channels_last=True, compile=True),
+}
 
 
 def purify_batches(purifier: Purifier, images: torch.Tensor, batch_size: int) -> None:
@@ -66,6 +73,7 @@ def main() -> None:
     parser.add_argument("--ebm-steps", type=int, default=150)
     parser.add_argument("--ddpm-steps", type=int, default=75)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("bench/out/throughput.json"))
     args = parser.parse_args()
 
@@ -77,27 +85,35 @@ def main() -> None:
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     rows = []
 
-    def measure(family: str, ref: str, steps: int, run: Callable) -> None:
-        for precision in PRECISIONS:
+    def measure(family: str, ref: str, steps: int, purifiers: dict[str, Purifier]) -> None:
+        one_image = images[:1]
+        flops = counted_flops(lambda: purify_batches(purifiers["fp32"], one_image, 1))
+        for variant in args.variants:
             rate = images_per_second(
-                lambda x, p=precision: run(x, p), images, args.batch_size, device
+                lambda x, v=variant: purify_batches(purifiers[v], x, args.batch_size),
+                images,
+                args.batch_size,
+                device,
             )
             row = {
                 "family": family,
                 "model": ref,
                 "steps": steps,
-                "precision": precision,
+                "variant": variant,
                 "batch_size": args.batch_size,
                 "images": len(images),
                 "images_per_s": round(rate, 1),
+                "gflop_per_image": round(flops / 1e9, 3),
+                "tflops": round(flops * rate / 1e12, 3),
                 "paper_tpu_v3": PAPER_IMAGES_PER_S[family],
                 "hardware": hardware,
                 "torch": torch.__version__,
             }
             rows.append(row)
             print(
-                f"{family} {ref} T={steps} {precision}: {rate:,.1f} images/s "
-                f"(paper, TPU v3: {PAPER_IMAGES_PER_S[family]:.0f}) on {hardware}",
+                f"{family} {ref} T={steps} {variant}: {rate:,.1f} images/s, "
+                f"{flops * rate / 1e12:,.2f} TFLOP/s "
+                f"(paper, TPU v3: {PAPER_IMAGES_PER_S[family]:.0f} images/s) on {hardware}",
                 flush=True,
             )
 
@@ -113,33 +129,21 @@ def main() -> None:
         except ValueError as e:
             parser.error(f"--ebm {args.ebm}: {e}")
         ebm_purifiers = {
-            precision: purifier_for(
-                ebm_spec,
-                ebm,
-                load,
-                device,
-                Speedups(bf16=precision == "bf16", channels_last=precision == "bf16"),
-            )
-            for precision in PRECISIONS
+            name: purifier_for(ebm_spec, ebm, load, device, speedups)
+            for name, speedups in VARIANTS.items()
         }
-
-        def run_ebm(x: torch.Tensor, precision: str) -> None:
-            purify_batches(ebm_purifiers[precision], x, args.batch_size)
-
-        measure("ebm", args.ebm, args.ebm_steps, run_ebm)
+        measure("ebm", args.ebm, args.ebm_steps, ebm_purifiers)
     if args.ddpm:
         ddpm = load(args.ddpm)
         try:
             ddpm_spec = DDPMSpec(steps=args.ddpm_steps).check(ddpm.manifest, registry.manifest)
         except ValueError as e:
             parser.error(f"--ddpm {args.ddpm}: {e}")
-        ddpm_purifier = purifier_for(ddpm_spec, ddpm, load, device)
-
-        def run_ddpm(x: torch.Tensor, precision: str) -> None:
-            with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-                purify_batches(ddpm_purifier, x, args.batch_size)
-
-        measure("ddpm", args.ddpm, args.ddpm_steps, run_ddpm)
+        ddpm_purifiers = {
+            name: purifier_for(ddpm_spec, ddpm, load, device, speedups)
+            for name, speedups in VARIANTS.items()
+        }
+        measure("ddpm", args.ddpm, args.ddpm_steps, ddpm_purifiers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
 

@@ -6,7 +6,8 @@ closes over. A graph rebuilt for every batch, or a last batch of another size,
 compiles again (and after a few recompilations torch falls back to eager), which is
 how compiling once made purification slower than eager. So each compiled function
 is kept per model (``once``), and ``FixedBatch`` pads a smaller batch to the largest
-one it has run, repeating its last row, and drops the padding from the result.
+one it has run, repeating its last row, makes every input contiguous (a graph is
+specialised to strides too), and drops the padding from the result.
 """
 
 from __future__ import annotations
@@ -47,4 +48,5 @@ class FixedBatch:
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
         n = len(tensors[0])
         self.rows = max(self.rows, n)
-        return self.function(*(padded_rows(t, self.rows) for t in tensors))[:n]
+        # one layout too: a graph is specialised to its inputs' strides
+        return self.function(*(padded_rows(t, self.rows).contiguous() for t in tensors))[:n]

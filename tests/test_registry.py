@@ -255,3 +255,24 @@ def test_the_cli_finds_the_registry_outside_the_source_tree(tmp_path: Path, tiny
     assert found.returncode == 0 and "tiny" in found.stdout, found.stderr
     elsewhere = run(env={**env, "PYTHONPATH": str(site), "PUREEBM_REGISTRY": str(tmp_path / "x")})
     assert "tiny" not in elsewhere.stdout
+
+
+def test_a_lineage_adds_up_its_visits_and_stalls_when_the_card_stops_gaining() -> None:
+    from bench.lineage import STALLED_DB, stalled
+    from pureebm.registry.records import TrainingRecord, Visit
+
+    def visit(seconds: float, psnr: float | None, hardware: str = "NVIDIA H200") -> Visit:
+        quality = {} if psnr is None else {"psnr_db at t*=75": psnr}
+        return Visit(iterations=100, wall_time_s=seconds, hardware=hardware, quality=quality)
+
+    def record(*visits: Visit) -> TrainingRecord:
+        return TrainingRecord(data="d", command="c", iterations=100, wall_time_s=1.0,
+                              hardware="h", visits=list(visits))  # fmt: skip
+
+    older = TrainingRecord(data="d", command="c", iterations=7, wall_time_s=3.0, hardware="CPU")
+    assert older.total_iterations == 7 and older.accelerator_seconds == 0.0
+    lineage = record(visit(240, None), visit(10, 24.0, "CPU x86_64"), visit(200, 25.0))
+    assert lineage.total_iterations == 300 and lineage.accelerator_seconds == 440
+    assert not stalled(lineage)  # gained a full dB
+    assert stalled(record(visit(200, 25.0), visit(200, 25.0 + STALLED_DB / 2)))
+    assert not stalled(record(visit(200, 25.0)))

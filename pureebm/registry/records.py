@@ -46,13 +46,21 @@ class TrainingRecord(BaseModel):
     visits: list[Visit] = []  # every run of the lineage, the first one first, this one last
 
     @property
+    def lineage(self) -> list[Visit]:
+        """Every run of the lineage (one for a record from before visits were kept)."""
+        if self.visits:
+            return self.visits
+        return [Visit(iterations=self.iterations, wall_time_s=self.wall_time_s,
+                      hardware=self.hardware)]  # fmt: skip
+
+    @property
     def total_iterations(self) -> int:
-        return sum(v.iterations for v in self.visits) or self.iterations
+        return sum(v.iterations for v in self.lineage)
 
     @property
     def accelerator_seconds(self) -> float:
         """Seconds of updates on a GPU over the whole lineage."""
-        return sum(v.wall_time_s for v in self.visits if not v.hardware.startswith("CPU"))
+        return sum(v.wall_time_s for v in self.lineage if not v.hardware.startswith("CPU"))
 
 
 class DiffusionSchedule(BaseModel):

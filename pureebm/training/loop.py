@@ -337,12 +337,7 @@ class TrainingRun:
         )
 
     def previous_visits(self) -> list[Visit]:
-        """The visits of the entry this run started from (one for an entry trained
-        before visits were recorded)."""
+        """The visits of the entry this run started from."""
         if self.lineage is None or self.lineage.weights is None:
             return []
-        before = self.lineage.weights.training
-        if before.visits:
-            return list(before.visits)
-        return [Visit(iterations=before.iterations, wall_time_s=before.wall_time_s,
-                      hardware=before.hardware)]  # fmt: skip
+        return list(self.lineage.weights.training.lineage)

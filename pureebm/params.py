@@ -36,7 +36,7 @@ class TrainConfig:
     flip: bool = True
     crop_padding: int = 0  # random crops after reflect-padding by this many pixels
     holdout: int = 0  # the last `holdout` images are kept out of training
-    skimage_crops: int = 0  # extra training crops from scikit-image's photographs
+    skimage_crops: int = 0  # extra training crops of free photographs (training.data)
     calibrate_images: int = 32  # held-out images for the card's (eps, tau, T); 0: none
     psnr_floor: float = 30.0  # the calibration keeps at least this PSNR if it can
     checkpoint_every: int = 200

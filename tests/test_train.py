@@ -22,7 +22,7 @@ from pureebm.pipeline import purify_pictures
 from pureebm.purifiers.langevin import LangevinSpec
 from pureebm.registry import Registry
 from pureebm.training import train, training_run
-from pureebm.training.data import as_training_images
+from pureebm.training.data import PHOTOGRAPHS, as_training_images, photograph_crops
 from pureebm.training.ebm import EBMObjective
 from pureebm.training.loop import CHECKPOINT, learning_rate
 from tests.conftest import DATA, purifier_of
@@ -322,3 +322,12 @@ def test_a_run_from_an_entry_of_another_image_size_is_refused(tmp_path, cifar):
     config.data = [str(large)]
     with pytest.raises(ValueError, match="64"):
         training_run(config)
+
+
+def test_photograph_crops_draw_from_every_free_photograph_and_are_counted() -> None:
+    crops, counts = photograph_crops(400, 32, seed=0)
+    assert crops.shape == (400, 32, 32, 3) and crops.dtype == np.uint8
+    assert set(counts) == {name for _, name, _ in PHOTOGRAPHS} and sum(counts.values()) == 400
+    assert all(n > 0 for n in counts.values())
+    again, _ = photograph_crops(400, 32, seed=0)
+    assert np.array_equal(crops, again)

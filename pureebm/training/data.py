@@ -24,29 +24,55 @@ def as_training_images(images: np.ndarray, channels: int | None = None) -> torch
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
-def photograph_crops(count: int, size: int, seed: int) -> np.ndarray:
-    """``count`` random size x size crops of scikit-image's colour photographs,
-    each taken at a random scale (the photograph shrunk 1-8x first) and flipped
-    at random: natural-image statistics beyond a small training set."""
-    from skimage import data as photographs
+# Colour photographs that ship inside installed packages, each free to use:
+# (package, name, licence). scikit-image's loaders read its bundled files.
+PHOTOGRAPHS: list[tuple[str, str, str]] = [
+    ("scikit-image", "astronaut", "public domain (NASA)"),
+    ("scikit-image", "chelsea", "CC0"),
+    ("scikit-image", "coffee", "CC0"),
+    ("scikit-image", "rocket", "public domain"),
+    ("scikit-image", "hubble_deep_field", "public domain (NASA)"),
+    ("scikit-image", "immunohistochemistry", "no known copyright restrictions"),
+    ("scikit-image", "retina", "CC0"),
+    ("matplotlib", "grace_hopper", "public domain (U.S. Navy)"),
+]
+
+
+def photograph(package: str, name: str) -> np.ndarray:
+    """One of ``PHOTOGRAPHS`` as H x W x 3 uint8."""
+    if package == "matplotlib":
+        from matplotlib import cbook
+        from PIL import Image
+
+        with Image.open(cbook.get_sample_data(f"{name}.jpg")) as image:
+            return np.asarray(image.convert("RGB"))
+    from skimage import data
+
+    return getattr(data, name)()[..., :3]
+
+
+def photograph_crops(count: int, size: int, seed: int) -> tuple[np.ndarray, dict[str, int]]:
+    """``count`` random size x size crops of ``PHOTOGRAPHS``, each taken at a random
+    scale (the photograph shrunk 1-8x first) and flipped at random: natural-image
+    statistics beyond a small training set; also the number of crops per photograph."""
     from skimage.transform import rescale
 
     rng = np.random.default_rng(seed)
-    sources = [
-        getattr(photographs, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")
-    ]
     scales = [1 / 8, 1 / 4, 1 / 2, 1]
-    pyramid = [
-        (rescale(p, s, channel_axis=2, anti_aliasing=True) * 255).round().astype(np.uint8)
-        for p in sources
-        for s in scales
-    ]
-    pyramid = [p for p in pyramid if min(p.shape[:2]) >= size]
+    pyramid = []
+    for package, name, _ in PHOTOGRAPHS:
+        source = photograph(package, name)
+        for scale in scales:
+            level = rescale(source, scale, channel_axis=2, anti_aliasing=True)
+            if min(level.shape[:2]) >= size:
+                pyramid.append((name, (level * 255).round().astype(np.uint8)))
     crops = np.empty((count, size, size, 3), np.uint8)
+    counts = dict.fromkeys((name for _, name, _ in PHOTOGRAPHS), 0)
     for i in range(count):
-        image = pyramid[rng.integers(len(pyramid))]
+        name, image = pyramid[rng.integers(len(pyramid))]
         y = rng.integers(image.shape[0] - size + 1)
         x = rng.integers(image.shape[1] - size + 1)
         crop = image[y : y + size, x : x + size]
         crops[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
-    return crops
+        counts[name] += 1
+    return crops, counts

@@ -48,7 +48,7 @@ from pureebm.langevin import resolve_device, to_unit_range
 from pureebm.params import TrainConfig
 from pureebm.registry import Registry
 from pureebm.registry.records import Manifest, TrainingRecord, Visit
-from pureebm.training.data import as_training_images, photograph_crops
+from pureebm.training.data import PHOTOGRAPHS, as_training_images, photograph_crops
 from pureebm.training.flops import counted_flops
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -106,12 +106,15 @@ class TrainingRun:
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
 
         images = np.concatenate([load_image_array(p) for p in config.data])
+        self.crops_per_photograph: dict[str, int] = {}
         # calibration uses held-out images where there are any
         heldout = images[-max(config.holdout, config.calibrate_images, 1) :]
         if config.holdout:
             images = images[: -config.holdout]
         if config.skimage_crops:
-            crops = photograph_crops(config.skimage_crops, images.shape[1], config.seed)
+            crops, self.crops_per_photograph = photograph_crops(
+                config.skimage_crops, images.shape[1], config.seed
+            )
             images = np.concatenate([images, crops])
         images = as_training_images(images)
         self.heldout = as_training_images(heldout, channels=images.shape[3])
@@ -316,7 +319,11 @@ class TrainingRun:
         if c.holdout:
             description += f" (last {c.holdout} held out)"
         if c.skimage_crops:
-            description += f", including {c.skimage_crops} crops of scikit-image photographs"
+            licences = {name: licence for _, name, licence in PHOTOGRAPHS}
+            sources = ", ".join(
+                f"{name} {n} ({licences[name]})" for name, n in self.crops_per_photograph.items()
+            )
+            description += f", including {c.skimage_crops} crops of photographs: {sources}"
         hardware = hardware_description(self.device)
         tflops = self.achieved_tflops()
         visit = Visit(

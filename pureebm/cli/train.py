@@ -23,7 +23,7 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {  # TrainConfig field -> (type, he
     "warmup": (int, "updates of linear learning-rate warm-up"),
     "crop_padding": (int, "random crops after reflect-padding by this many pixels (0: none)"),
     "holdout": (int, "keep the last N images out of training (the card's held-out set)"),
-    "skimage_crops": (int, "add N crops of free photographs that ship with scikit-image and matplotlib"),
+    "skimage_crops": (int, "add N crops of free photographs (scikit-image, matplotlib)"),
     "calibrate_images": (int, "held-out images for the card at the end (0: no card)"),
     "checkpoint_every": (int, "write a checkpoint and figures every N updates"),
     "checkpoint_seconds": (float, "... and at least every S seconds"),

@@ -331,3 +331,16 @@ def test_photograph_crops_draw_from_every_free_photograph_and_are_counted() -> N
     assert all(n > 0 for n in counts.values())
     again, _ = photograph_crops(400, 32, seed=0)
     assert np.array_equal(crops, again)
+
+
+def test_an_ebm_run_from_an_entry_registers_the_entrys_architecture(tmp_path):
+    common = dict(data=[str(DATA)], name="ebm", recipe="dsm", batch_size=4, warmup=1,
+                  holdout=16, calibrate_images=0, registry=str(tmp_path / "reg"))  # fmt: skip
+    first = train(TrainConfig(**common, architecture="resnet", n_f=8, iterations=1,
+                              out_dir=str(tmp_path / "a")))  # fmt: skip
+    second = train(
+        TrainConfig(**common, init_from="ebm", iterations=1, out_dir=str(tmp_path / "b"))
+    )  # the config's conv, n_f 32 unused
+    assert second.weights.architecture == "resnet"
+    assert second.weights.arch_kwargs == first.weights.arch_kwargs
+    assert Registry(tmp_path / "reg").load("ebm:2").net(torch.zeros(1, 3, 32, 32)).shape == (1,)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -163,15 +164,30 @@ class EBMObjective:
             title=f"{self.config.name}: loss and E(samples) - E(data)",
         )
 
-    def description(self) -> str:
+    def architecture(self, run: TrainingRun) -> tuple[str, dict[str, Any]]:
+        """The net's architecture and arguments: the resumed entry's, or the config's."""
+        if run.lineage is not None and run.lineage.weights is not None:
+            return run.lineage.weights.architecture, dict(run.lineage.weights.arch_kwargs)
+        return self.config.architecture, {"n_c": run.n_c, "n_f": self.config.n_f}
+
+    def description(self, run: TrainingRun) -> str:
         c = self.config
-        parts = [f"{c.architecture} EBM n_f={c.n_f}", f"recipe {c.recipe}", f"batch {c.batch_size}"]
+        architecture, kwargs = self.architecture(run)
+        parts = [
+            f"{architecture} EBM n_f={kwargs.get('n_f')}",
+            f"recipe {c.recipe}",
+            f"batch {c.batch_size}",
+        ]
         if c.recipe != "ml":
             parts.append(f"sigma {c.sigma_min:g}-{c.sigma_max:g}")
             if c.noise_blocks != [1]:
                 parts.append(f"noise blocks {c.noise_blocks}")
         if c.recipe != "dsm":
             parts.append(f"K={c.mcmc_steps}")
+        if c.ema_decay:
+            parts.append(f"EMA {c.ema_decay:g}")
+        if run.lineage is not None:
+            parts.append(f"resumed from {run.lineage.ref}")
         return ", ".join(parts)
 
     def gradient_evaluations(self, steps: int) -> int:
@@ -216,18 +232,19 @@ class EBMObjective:
         c = self.config
         calibration = self.calibrate(run)
         p = self.purify_params
+        architecture, arch_kwargs = self.architecture(run)
         return add_calibrated_entry(
             Registry(c.registry),
             run.net,
             dict(
                 name=c.name,
-                architecture=c.architecture,
-                arch_kwargs={"n_c": run.n_c, "n_f": c.n_f},
+                architecture=architecture,
+                arch_kwargs=arch_kwargs,
                 image_size=run.image_size,
                 channels=run.n_c,
                 purifier=LangevinSpec(steps=p.steps, eps=p.eps, tau=p.tau),
                 training=run.training_record(),
-                description=self.description(),
+                description=self.description(run),
             ),
             run.showcase,
             calibration.record(c.psnr_floor, self.calibration_images) if calibration else None,

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from pureebm.augment import flip_and_crop
 from pureebm.evaluation import attacks
-from pureebm.evaluation.classifier import predict, to_tensor, train_classifier
+from pureebm.evaluation.classifier import cnn_bn4, predict, to_tensor, train_classifier
 from pureebm.evaluation.config import VICTIMS, EvalConfig, TrainSettings
 from pureebm.evaluation.defences import cached, pureebm, purified
 from pureebm.evaluation.run import Defender, auroc, evaluate, trigger_left
@@ -64,6 +65,55 @@ def test_published_narcissus_optimises_through_augmentations_and_amplifies_at_te
     assert not np.array_equal(published, grid)
     assert not np.array_equal(published, pattern(seed=1))
     np.testing.assert_array_equal(pattern(seed=0, amplify=3.0), 3 * published)
+
+
+def test_the_outside_construction_takes_signed_steps_of_a_twentieth_of_eps(cifar):
+    """narcissus-pgd from zero: after k signed steps every pixel of delta is a multiple
+    of eps/20 of size at most k eps/20 (and eps); the poisons keep their labels and
+    their L-inf bound; the trigger moves the surrogate toward the target."""
+    images, labels = cifar["images"], cifar["labels"]
+    target, eps = int(labels[0]), 16 / 255
+    surrogate = train_classifier(images, labels, FAST)
+    flat = np.full_like(images[:1], 128)
+
+    def delta(steps: int) -> np.ndarray:
+        result = attacks.narcissus_pgd(images, labels, target, eps, 0.05, 0, surrogate, steps)
+        assert np.array_equal(result.labels, labels) and all(labels[result.poisoned] == target)
+        assert set(changed(images, result.images)) <= set(result.poisoned)
+        assert np.abs(result.images.astype(int) - images.astype(int)).max() <= 16
+        return result.trigger(flat).astype(int)[0] - 128
+
+    for steps in (1, 3):
+        moved = np.abs(delta(steps))
+        assert moved.max() <= round(steps * 255 * eps / 20) + 1 and moved.max() > 0
+    long = delta(40)
+    assert np.abs(long).max() == 16  # saturated at eps
+
+    def target_share(x: np.ndarray) -> float:
+        return float(np.mean(predict(surrogate, x) == target))
+
+    others = images[labels != target]
+    triggered = np.clip(others.astype(int) + long, 0, 255).astype(np.uint8)
+    assert target_share(triggered) > target_share(others)
+
+
+def test_one_crop_offset_per_batch_shifts_every_image_alike():
+    image = torch.arange(3 * 8 * 8, dtype=torch.float32).reshape(1, 3, 8, 8)
+    batch = image.repeat(16, 1, 1, 1)
+    generator = torch.Generator().manual_seed(0)
+    alike = flip_and_crop(batch, generator, flip=False, pad=2, one_offset=True)
+    assert all(torch.equal(alike[0], crop) for crop in alike)
+    apart = flip_and_crop(batch, generator, flip=False, pad=2)
+    assert not all(torch.equal(apart[0], crop) for crop in apart)
+
+
+def test_the_outside_victim_is_four_bias_free_convolutions_and_a_max_pool():
+    net = cnn_bn4(10)
+    convolutions = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convolutions] == [32, 64, 128, 256]
+    assert all(c.bias is None for c in convolutions)
+    assert any(isinstance(m, torch.nn.AdaptiveMaxPool2d) for m in net.modules())
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_a_larger_crafting_budget_saturates_the_trigger(cifar):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pureebm.evaluation.config import ATTACKS, VICTIMS, EvalConfig, TrainSettings
+from pureebm.evaluation.config import ATTACKS, RECIPES, VICTIMS, EvalConfig, TrainSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,6 +79,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epochs", type=int, default=defaults.classifier.epochs, help="victim training epochs"
     )
+    p.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default=defaults.recipe,
+        help="victim recipe: standard (--classifier, lr 0.2, a crop offset per image) or "
+        "outside (the outside evaluation's: cnn-bn4, lr 0.1, one crop offset per batch, "
+        "one 8-epoch surrogate at seed 0; use it with --attack narcissus-pgd)",
+    )
+    p.add_argument(
+        "--purify-seed", type=int, default=defaults.purify_seed, help="the purifiers' own seed"
+    )
     p.add_argument("--model", default=defaults.model, help="the EBM of pureebm and filt rows")
     p.add_argument("--ddpm-model", help="the DDPM of pureddpm rows (NAME or NAME:VERSION)")
     p.add_argument("--registry", default=defaults.registry, help="model registry folder")
@@ -133,8 +144,12 @@ def run_eval(args: argparse.Namespace) -> None:
         defences=args.defences,
         sweep=args.sweep,
         classifier=TrainSettings(
-            architecture=args.classifier, epochs=args.epochs, device=args.device
+            **{"architecture": args.classifier, **RECIPES[args.recipe]},  # type: ignore[arg-type]
+            epochs=args.epochs,
+            device=args.device,
         ),
+        recipe=args.recipe,
+        purify_seed=args.purify_seed,
         model=args.model,
         ddpm_model=args.ddpm_model,
         registry=args.registry,

@@ -14,6 +14,10 @@ adds its trigger to test images.
   Narcissus paper does. "narcissus-adaptive" is the defence-aware attack of the
   PureGen appendix: the attacker knows the energy the filter ranks by and also
   minimises how far the trigger raises it, so the poisons rank with clean images.
+- narcissus-pgd: the outside evaluation's construction of the same trigger: signed
+  gradient steps (delta <- clamp(delta - eps/20 sign(grad), -eps, eps)) from zero in
+  [0, 1] units, through the victim recipe's own augmentation (flips per image, one
+  crop offset per batch), which leaves a trigger that survives shifts.
 - patch: a fixed random 3x3 patch in the bottom-right corner (BadNets). Dirty-label:
   stamped on other classes' images relabelled as the target; clean-label: stamped
   on target-class images.
@@ -119,6 +123,50 @@ def narcissus(
     poisoned = images.copy()
     poisoned[chosen] = add(images[chosen], pattern)
     return Poisoned(poisoned, labels.copy(), chosen, lambda test: add(test, amplify * pattern))
+
+
+def narcissus_pgd(
+    images: np.ndarray,
+    labels: np.ndarray,
+    target: int,
+    eps: float,
+    fraction: float,
+    seed: int,
+    surrogate: nn.Module,
+    steps: int,
+    one_offset: bool = True,
+) -> Poisoned:
+    """The outside construction: delta (3 x H x W, [0, 1] units) starts at zero; each
+    of ``steps`` steps draws 64 target-class training images and takes
+
+        delta <- clamp(delta - (eps / 20) sign(grad_delta CE(f(aug(clamp(x + delta))), target)),
+                       -eps, eps)
+
+    with ``aug`` the victim's flips and reflect-padded crops (one offset per batch
+    with ``one_offset``), so the trigger moves with the image. Poisons are
+    round(255 clamp(x + delta)); test images get delta added the same way."""
+    rng = np.random.default_rng(seed)
+    surrogate.eval().requires_grad_(False)
+    device = next(surrogate.parameters()).device
+    x = torch.from_numpy(images[labels == target]).permute(0, 3, 1, 2).float().to(device) / 255
+    delta = torch.zeros(1, *x.shape[1:], device=device)
+    generator = torch.Generator().manual_seed(seed)
+    views = torch.Generator(device=device).manual_seed(seed)
+    for _ in range(steps):
+        batch = x[torch.randint(0, len(x), (min(64, len(x)),), generator=generator)]
+        delta.requires_grad_(True)
+        seen = flip_and_crop(
+            (batch + delta).clamp(0, 1), views, flip=True, pad=CROP_PADDING, one_offset=one_offset
+        )
+        wanted = torch.full((len(batch),), target, device=device)
+        loss = F.cross_entropy(surrogate(seen * 2 - 1), wanted)  # the nets see [-1, 1]
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() - eps / 20 * grad.sign()).clamp(-eps, eps)
+    pattern = delta.cpu().numpy()[0].transpose(1, 2, 0) * 255  # float, rounded once added
+    chosen = choose(np.flatnonzero(labels == target), round(fraction * len(images)), rng)
+    poisoned = images.copy()
+    poisoned[chosen] = add(images[chosen], pattern)
+    return Poisoned(poisoned, labels.copy(), chosen, lambda test: add(test, pattern))
 
 
 def patch(

@@ -38,6 +38,22 @@ def cnn(num_classes: int, width: int = 32) -> nn.Module:
     )
 
 
+def cnn_bn4(num_classes: int) -> nn.Module:
+    """The outside evaluation's victim: conv3x3(3, 32), conv3x3(32, 64), maxpool,
+    conv3x3(64, 128), maxpool, conv3x3(128, 256), maxpool, each convolution without
+    bias and followed by BatchNorm and ReLU, then global max pooling and a linear layer."""
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(3, 32), *block(32, 64), nn.MaxPool2d(2),
+        *block(64, 128), nn.MaxPool2d(2),
+        *block(128, 256), nn.MaxPool2d(2),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(256, num_classes),
+    )  # fmt: skip
+
+
 def resnet18_cifar(num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 32x32 inputs
     (torchvision comes with the `eval` extra)."""
@@ -52,6 +68,7 @@ def resnet18_cifar(num_classes: int) -> nn.Module:
 ARCHITECTURES = {
     "cnn": cnn,
     "cnn-wide": lambda num_classes: cnn(num_classes, width=64),
+    "cnn-bn4": cnn_bn4,
     "resnet18": resnet18_cifar,
 }
 
@@ -86,7 +103,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, settings: TrainSett
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x) - settings.batch_size + 1, settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            batch = flip_and_crop(x[idx], generator, pad=4).to(device)
+            batch = flip_and_crop(x[idx], generator, pad=4, one_offset=settings.one_offset)
+            batch = batch.to(device)
             loss = F.cross_entropy(
                 net(batch), y[idx].to(device), label_smoothing=settings.label_smoothing
             )

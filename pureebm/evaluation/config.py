@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from pureebm.registry import DEFAULT_ROOT
 
-VICTIMS = ("cnn", "cnn-wide", "resnet18")  # cnn-wide: the CNN at twice the width
+# cnn-wide: the CNN at twice the width; cnn-bn4: the outside evaluation's four-layer CNN
+VICTIMS = ("cnn", "cnn-wide", "cnn-bn4", "resnet18")
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,19 @@ class TrainSettings:
     lr: float = 0.2  # the one-cycle schedule's peak
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    one_offset: bool = False  # crop each batch at one offset instead of one per image
     seed: int = 0
     device: str = "auto"
+
+
+# Victim recipes: how the victim (and the surrogate an attack crafts on) is built.
+# "outside" is the outside evaluation's, given in full in its issue: the four-layer
+# BatchNorm CNN with global max pooling, peak learning rate 0.1, one crop offset per batch.
+RECIPES: dict[str, dict[str, object]] = {
+    "standard": {},
+    "outside": {"architecture": "cnn-bn4", "lr": 0.1, "one_offset": True},
+}
+SURROGATE_EPOCHS = {"outside": 8}  # the recipe's surrogate trains this long (else the victim's)
 
 
 ATTACKS = (
@@ -26,6 +38,7 @@ ATTACKS = (
     "narcissus-x3",
     "narcissus-grid",
     "narcissus-adaptive",
+    "narcissus-pgd",
     "gradient-matching",
     "patch",
     "patch-clean",
@@ -50,6 +63,8 @@ class EvalConfig:
     defences: list[str] = field(default_factory=lambda: ["none", "jpeg:75", "pureebm"])
     sweep: list[int] = field(default_factory=list)  # PureEBM steps to sweep, e.g. 0 50 150
     classifier: TrainSettings = field(default_factory=TrainSettings)
+    recipe: str = "standard"  # the victim recipe (RECIPES) the classifier settings came from
+    purify_seed: int = 0  # the purifiers' own noise seed
     model: str | None = None  # the EBM; None: the registry's default
     ddpm_model: str | None = None  # the DDPM of 'pureddpm[:T]' and 'ddpm' rows
     registry: str = str(DEFAULT_ROOT)

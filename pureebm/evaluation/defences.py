@@ -86,11 +86,11 @@ def cached(
 
 
 def purified(
-    purifier: Purifier, images: np.ndarray, label: str, batch_size: int = 64
+    purifier: Purifier, images: np.ndarray, label: str, batch_size: int = 64, seed: int = 0
 ) -> np.ndarray:
-    """Every image through ``purifier`` (seed 0)."""
+    """Every image through ``purifier`` (its noise from ``seed``)."""
     out = np.empty_like(images)
-    results = purify_pictures(purifier, as_pictures(images), batch_size, seed=0)
+    results = purify_pictures(purifier, as_pictures(images), batch_size, seed=seed)
     for i, item in enumerate(tqdm(results, total=len(images), desc=label, unit="img", leave=False)):
         out[i] = item.rgb
     return out
@@ -103,14 +103,15 @@ def pureebm(
     steps: Sequence[int],
     device: str = "auto",
     batch_size: int = 64,
+    seed: int = 0,
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Psi_t of every image for each t in ``steps``, from one chain of max(steps),
-    and each image's energy E(x) before purification."""
+    """Psi_t of every image for each t in ``steps``, from one chain of max(steps)
+    (its noise from ``seed``), and each image's energy E(x) before purification."""
     purifier = purifier_for(params.model_copy(update={"steps": max(steps)}), model, None, device)
     out = {t: np.empty_like(images) for t in steps}
     energies = np.empty(len(images), np.float64)
     bar = tqdm(total=len(images), desc=f"purify T={sorted(steps)}", unit="img", leave=False)
-    results = purify_pictures(purifier, as_pictures(images), batch_size, 0, sweep=steps)
+    results = purify_pictures(purifier, as_pictures(images), batch_size, seed, sweep=steps)
     for i, item in enumerate(results):
         for t in steps:
             out[t][i] = item.sweep[t]

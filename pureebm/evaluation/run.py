@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from pureebm.evaluation import attacks, defences
 from pureebm.evaluation.classifier import predict, train_classifier
-from pureebm.evaluation.config import ATTACKS, EvalConfig
+from pureebm.evaluation.config import ATTACKS, SURROGATE_EPOCHS, EvalConfig
 from pureebm.evaluation.data import load_labelled, stratified_split
 from pureebm.evaluation.defences import is_spec
 from pureebm.filtering import selected_positions
@@ -33,7 +33,7 @@ NARCISSUS: dict[str, dict] = {  # attack -> how its trigger is built (attacks.na
 }
 
 
-SURROGATE_ATTACKS = (*NARCISSUS, "gradient-matching")  # crafted on a surrogate classifier
+SURROGATE_ATTACKS = (*NARCISSUS, "narcissus-pgd", "gradient-matching")  # need a surrogate
 
 
 def make_attack(
@@ -59,6 +59,12 @@ def make_attack(
                 raise ValueError("narcissus-adaptive needs the defender's EBM, in-process")
             options["energy"] = energy
         return attacks.narcissus(*crafted_on_surrogate, steps=config.trigger_steps, **options)
+    if config.attack == "narcissus-pgd":
+        return attacks.narcissus_pgd(
+            *crafted_on_surrogate,
+            steps=config.trigger_steps,
+            one_offset=config.classifier.one_offset,
+        )
     if config.attack in ("patch", "patch-clean"):
         return attacks.patch(
             images,
@@ -194,7 +200,8 @@ class Defender:
                 out[spec] = images
             elif spec in self.purifiers:
                 purify = partial(self.purify, spec, images)
-                out[spec] = defences.cached(self.config.cache, images, spec, purify)["images"]
+                name = f"{spec} seed {self.config.purify_seed}"
+                out[spec] = defences.cached(self.config.cache, images, name, purify)["images"]
         rests = {rest_steps(spec) for spec in self.chains} - {0}
         lengths = sorted(set(self.chains.values()) | rests)
         energy = np.full(len(images), np.nan)
@@ -203,7 +210,8 @@ class Defender:
                 model = self.config.model
                 out[f"T={steps}"] = purify_through_service(self.config.url, images, steps, model)
         elif lengths:
-            key, sweep = f"{self.model_ref} T={lengths}", partial(self.sweep, images, lengths)
+            key = f"{self.model_ref} T={lengths} seed {self.config.purify_seed}"
+            sweep = partial(self.sweep, images, lengths)
             swept = defences.cached(self.config.cache, images, key, sweep)
             energy = swept.pop("energy")
             out |= swept
@@ -211,14 +219,18 @@ class Defender:
 
     def purify(self, spec: str, images: np.ndarray) -> dict[str, np.ndarray]:
         """``images`` through the defence's purifiers, one after the other."""
+        c = self.config
         for purifier in self.purifiers[spec]:
-            images = defences.purified(purifier, images, spec, self.config.purify_batch)
+            images = defences.purified(purifier, images, spec, c.purify_batch, c.purify_seed)
         return {"images": images}
 
     def sweep(self, images: np.ndarray, lengths: list[int]) -> dict[str, np.ndarray]:
         """Psi_T of ``images`` for each chain length, keyed 'T=t', and their energy."""
-        device, batch = self.config.classifier.device, self.config.purify_batch
-        swept, energy = defences.pureebm(self.model, images, self.params, lengths, device, batch)
+        c = self.config
+        swept, energy = defences.pureebm(
+            self.model, images, self.params, lengths, c.classifier.device, c.purify_batch,
+            c.purify_seed,
+        )  # fmt: skip
         return {f"T={steps}": swept[steps] for steps in lengths} | {"energy": energy}
 
     def finish(
@@ -349,7 +361,11 @@ def evaluate(config: EvalConfig) -> dict:
     # classifier, else the trigger is a white-box adversarial example against that
     # row and its "floor" is the attack's success, not what a clean victim suffers.
     surrogates = clean_nets  # only Narcissus and gradient matching use one
-    if config.attack in SURROGATE_ATTACKS:
+    if config.attack in SURROGATE_ATTACKS and config.recipe in SURROGATE_EPOCHS:
+        # the recipe's one surrogate (the outside construction: 8 epochs, seed 0)
+        settings = replace(config.classifier, epochs=SURROGATE_EPOCHS[config.recipe], seed=0)
+        surrogates = dict.fromkeys(config.seeds, train_classifier(train_x, train_y, settings))
+    elif config.attack in SURROGATE_ATTACKS:
         surrogates = {
             seed: train_classifier(
                 train_x, train_y, replace(config.classifier, seed=seed + SURROGATE_SEED)

@@ -59,7 +59,7 @@ def main() -> None:
     registry = Registry()
     model = registry.load(args.model or registry.default_ref())
     scorer = scorer_for(model, "cpu")
-    clean = np.array(list(energies_of(scorer, as_pictures(images), 256)))
+    clean = np.array([e for e, _ in energies_of(scorer, as_pictures(images), 256)])
     surrogate = train_classifier(images, labels, replace(TrainSettings(), epochs=args.epochs))
     rows = []
     constructions = [(name, steps) for name in args.attacks for steps in args.trigger_steps]
@@ -74,7 +74,8 @@ def main() -> None:
             )  # fmt: skip
             chosen = poisoned.poisoned
             energy = clean.copy()
-            energy[chosen] = list(energies_of(scorer, as_pictures(poisoned.images[chosen]), 256))
+            fresh = energies_of(scorer, as_pictures(poisoned.images[chosen]), 256)
+            energy[chosen] = [e for e, _ in fresh]
             others = np.setdiff1d(np.arange(len(images)), chosen)
             same_class = np.setdiff1d(np.flatnonzero(labels == target), chosen)
             purified = set(selected_positions(energy, 0.5))

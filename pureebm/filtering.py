@@ -10,8 +10,14 @@ Then, with ``rule``:
   median energy of held-out clean images (``clean_threshold``), are purified, so
   about half of a clean set and more of a set whose poisons raise the energy.
 
+A fraction is taken within each size: images are bucketed by their pixel count
+(half an octave of area per bucket) and the highest-energy ceil(k n) of each bucket's
+n images are purified. Energies of different sizes are not comparable (a larger
+photograph is smoother at the model's scale, so its energy is lower), and a set
+ranked as one would leave its larger images raw.
+
 Ties go to the earlier position, so the selection is a function of the energies
-alone. No torch here: the API and the worker's assembly use it too.
+(and sizes) alone. No torch here: the API and the worker's assembly use it too.
 """
 
 from __future__ import annotations
@@ -57,15 +63,29 @@ def clean_threshold(energies: Sequence[float]) -> float:
     return float(np.quantile(np.asarray(energies, np.float64), THRESHOLD_QUANTILE))
 
 
+def size_buckets(pixels: Sequence[float]) -> np.ndarray:
+    """Each image's size bucket: its pixel count on a half-octave log scale."""
+    return np.round(2 * np.log2(np.maximum(np.asarray(pixels, np.float64), 1))).astype(int)
+
+
 def selected_positions(
-    energies: Sequence[float], rule: float | str, threshold: float | None = None
+    energies: Sequence[float],
+    rule: float | str,
+    threshold: float | None = None,
+    pixels: Sequence[float] | None = None,
 ) -> list[int]:
-    """Positions (ascending) of the images to purify, given every image's energy."""
+    """Positions (ascending) of the images to purify, given every image's energy and,
+    for a fraction, its pixel count (None: one size)."""
     energy = np.asarray(energies, np.float64)
     if rule == "auto":
         if threshold is None:
             raise FilterError("filter=auto needs the model's energy threshold")
         return np.flatnonzero(energy > threshold).tolist()
-    count = math.ceil(float(rule) * len(energy) - 1e-9)
-    highest_first = np.argsort(-energy, kind="stable")  # stable: ties keep position order
-    return sorted(highest_first[:count].tolist())
+    buckets = np.zeros(len(energy), int) if pixels is None else size_buckets(pixels)
+    chosen: list[int] = []
+    for bucket in np.unique(buckets):
+        members = np.flatnonzero(buckets == bucket)
+        count = math.ceil(float(rule) * len(members) - 1e-9)
+        highest_first = members[np.argsort(-energy[members], kind="stable")]  # ties: position
+        chosen += highest_first[:count].tolist()
+    return sorted(chosen)

@@ -235,11 +235,11 @@ def energies_of(
     pictures: Iterable[tuple[str, Picture]],
     batch_size: int = 64,
     phases: Phases | None = None,
-) -> Iterator[float]:
-    """Each picture's score, in order (``scorer_for``: one forward pass, no noise), the
-    ranking an energy filter cuts (pureebm.filtering)."""
+) -> Iterator[tuple[float, int]]:
+    """Each picture's score and pixel count, in order (``scorer_for``: one forward
+    pass, no noise), what an energy filter ranks (pureebm.filtering)."""
     for item in purify_pictures(scorer, pictures, batch_size, 0, phases=phases):
-        yield item.energy_before
+        yield item.energy_before, item.rgb.shape[0] * item.rgb.shape[1]
 
 
 def purify_container(
@@ -272,8 +272,9 @@ def purify_container(
     if filter is not None:
         if scorer is None:
             raise ValueError("a filter needs a scorer")
-        scores = list(energies_of(scorer, container.iter_images(), batch_size, phases))
-        chosen = selected_positions(scores, filter, threshold)
+        scored = list(energies_of(scorer, container.iter_images(), batch_size, phases))
+        scores = [energy for energy, _ in scored]
+        chosen = selected_positions(scores, filter, threshold, [n for _, n in scored])
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
         shard = Path(work) / "purified.npz"

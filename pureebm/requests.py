@@ -13,6 +13,8 @@ preset's own when it runs the preset's family. A family that needs no model
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel
 
 from pureebm.filtering import FilterError, resolve_filter
@@ -61,6 +63,23 @@ def resolve_request(
 
 
 OFF_CALIBRATION = 4  # steps past this many times a preset's are worth a warning
+FAR_FROM_MODEL = 4  # image sides this many times the model's are worth a warning
+
+
+def size_warnings(pixels: Sequence[int], model: str | None, image_size: int) -> list[str]:
+    """Images far larger than those the model learnt from: purified at the model's
+    scale (tile by tile), so coarser patterns stay; the filter ranks each size apart."""
+    if model is None:
+        return []
+    large = sum(n >= (FAR_FROM_MODEL * image_size) ** 2 for n in pixels)
+    if not large:
+        return []
+    return [
+        f"{large} of {len(pixels)} images have {FAR_FROM_MODEL}x or more the side of the "
+        f"{image_size} px images {model} learnt from: they are purified at its scale, tile by "
+        "tile, so patterns coarser than a few of its pixels are removed less (a filter ranks "
+        "each image size apart)"
+    ]
 
 
 def calibration_warnings(resolved: Resolved, registry: Registry) -> list[str]:

@@ -29,7 +29,7 @@ from jobs.webhooks import WEBHOOKS_OFF, WebhookError, parse_events
 from pureebm.filtering import FilterError
 from pureebm.purifiers import Overrides
 from pureebm.registry import Registry
-from pureebm.requests import Resolved, calibration_warnings, resolve_request
+from pureebm.requests import Resolved, calibration_warnings, resolve_request, size_warnings
 from pureebm.shards import cut_shards
 from service.disk import job_needs
 from service.problems import Problem
@@ -134,7 +134,10 @@ class Submitter:
                     prepared.pixels, settings.shard_size, settings.shard_pixels
                 ),
                 params=job_params,
-                warnings=calibration_warnings(resolved, self.registry),
+                warnings=[
+                    *calibration_warnings(resolved, self.registry),
+                    *size_warnings(prepared.pixels, resolved.model, min_side),
+                ],
                 sync=sync,
                 webhook=webhook,
                 created_at=now,

@@ -858,3 +858,25 @@ def test_two_requests_never_share_a_fingerprint_by_running_together():
     assert request_fingerprint(params, apart, None) == request_fingerprint(
         params, [upload("a.png", b"AAAA"), upload("b.png", b"BBBB")], None
     )
+
+
+def test_a_mixed_size_archive_has_each_size_filtered_alike_and_a_warning(stack, cifar):
+    """Four 32 px and four 128 px images through the worker's two phases, filter 0.5:
+    two of each size purified; the large ones are named in the job's warnings."""
+    small = [png(image) for image in cifar["images"][:4]]
+    large = [png(image.repeat(4, 0).repeat(4, 1)) for image in cifar["images"][4:8]]
+    members = {f"{i}.png": data for i, data in enumerate([*small, *large])}
+    with stack.client() as client:
+        created = client.post(
+            "/v1/jobs",
+            files={"archive": ("mixed.zip", zip_bytes(members))},
+            data={"steps": "2", "filter": "0.5"},
+        )
+        assert created.status_code == 202, created.text
+        job = stack.wait_job(client, created.json()["id"])
+        assert job["status"] == "finished", job
+        report = client.get(job["links"]["report"]).json()
+    purified = [row["purified"] for row in report["images"]]
+    assert sum(purified[:4]) == 2 and sum(purified[4:]) == 2
+    (warning,) = job["warnings"]
+    assert "4 of 8 images" in warning and "32 px" in warning

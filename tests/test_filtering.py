@@ -45,3 +45,14 @@ def test_a_job_runs_the_callers_filter_else_its_presets_and_k_1_is_none(tiny_reg
         resolve_filter("auto", plain, plain)
     calibrated = plain.model_copy(update={"energy_threshold": 0.1})
     assert resolve_filter("auto", None, calibrated) == "auto"
+
+
+def test_a_fraction_is_taken_within_each_image_size():
+    """Large images score lower here (as smooth photographs do): ranked as one set,
+    none of them would be purified; within sizes, half of each size is."""
+    energies = [5.0, 6.0, 7.0, 8.0, 1.0, 2.0, 3.0, 4.0]
+    pixels = [32 * 32] * 4 + [128 * 128] * 4
+    assert selected_positions(energies, 0.5) == [0, 1, 2, 3]
+    assert selected_positions(energies, 0.5, pixels=pixels) == [2, 3, 6, 7]
+    near = [32 * 32, 32 * 33, 33 * 33, 31 * 32]  # within half an octave of area: one size
+    assert selected_positions([1.0, 2.0, 3.0, 4.0], 0.5, pixels=near) == [2, 3]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from pureebm.containers import open_container
 from pureebm.images import Picture
@@ -111,3 +115,21 @@ def test_chunks_are_bounded_by_images_and_by_pixels(cifar):
     items = [("a", small), ("b", small), ("big", large), ("c", small), ("d", small), ("e", small)]
     sizes = [[name for name, _ in chunk] for chunk in chunks(items, 4, 4 * 32 * 32)]
     assert sizes == [["a", "b", "big"], ["c", "d", "e"]]
+
+
+def test_a_filter_purifies_large_images_as_often_as_small_ones(tmp_path, tiny_model, cifar):
+    """Eight 32 px and eight 128 px images in one zip, filter 0.5: four of each size."""
+    small = cifar["images"][:8]
+    large = cifar["images"][8:16].repeat(4, axis=1).repeat(4, axis=2)
+    src = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(src, "w") as archive:
+        for i, rgb in enumerate([*small, *large]):
+            buffer = io.BytesIO()
+            Image.fromarray(rgb).save(buffer, "PNG")
+            archive.writestr(f"{i:02d}.png", buffer.getvalue())
+    energies = purify_container(
+        open_container(src), tmp_path / "out.zip", purifier(tiny_model), batch_size=4, seed=0,
+        filter=0.5, scorer=purifier_of(tiny_model, steps=0),
+    )  # fmt: skip
+    purified = [e.purified for e in energies]
+    assert sum(purified[:8]) == 4 and sum(purified[8:]) == 4

@@ -180,8 +180,8 @@ def stop_if_canceled(store: JobStore, job_id: str) -> None:
 
 
 def score_shard(job_id: str, shard: int, start: int, stop: int) -> int:
-    """A filtered job's first phase: the energies of images [start, stop), written to
-    shards/score-<shard>.npy."""
+    """A filtered job's first phase: the energies and pixel counts of images
+    [start, stop), written to shards/score-<shard>.npy (2 x n)."""
     ctx = context()
     record = active_record(ctx, job_id)
     if record is None:
@@ -190,10 +190,11 @@ def score_shard(job_id: str, shard: int, start: int, stop: int) -> int:
     store.set_shard_progress(job_id, progress, 0)
     scorer = scorer_for(ctx.models.get(record.params.model), ctx.device, ctx.speedups)
     pictures = ctx.open_input(record).pictures(range(start, stop))
-    energies = []
+    energies, pixels = [], []
     try:
-        for energy in energies_of(scorer, pictures, ctx.batch_size):
+        for energy, count in energies_of(scorer, pictures, ctx.batch_size):
             energies.append(energy)
+            pixels.append(count)
             if len(energies) % ctx.batch_size == 0 or len(energies) == stop - start:
                 store.set_shard_progress(job_id, progress, len(energies))
                 stop_if_canceled(store, job_id)
@@ -204,7 +205,7 @@ def score_shard(job_id: str, shard: int, start: int, stop: int) -> int:
         store.update(job_id, error=f"scoring shard {shard}: {e}")
         raise
     with atomic_path(store.folders.score_path(job_id, shard)) as partial, partial.open("wb") as f:
-        np.save(f, np.array(energies, np.float64), allow_pickle=False)
+        np.save(f, np.array([energies, pixels], np.float64), allow_pickle=False)
     return len(energies)
 
 
@@ -224,11 +225,10 @@ def select(job_id: str) -> int | None:
         if missing:
             fail(store, record, record.error or f"scoring shards {missing} did not finish")
             return None
-        energies = np.concatenate([np.load(path) for path in scores])
+        energies, pixels = np.concatenate([np.load(path) for path in scores], axis=1)
         manifest = ctx.models.get(record.params.model).manifest  # type: ignore[arg-type]
-        chosen = np.array(
-            selected_positions(energies, record.params.filter, manifest.energy_threshold), np.int64
-        )
+        rule, threshold = record.params.filter, manifest.energy_threshold
+        chosen = np.array(selected_positions(energies, rule, threshold, pixels), np.int64)
         per_shard = np.diff(np.searchsorted(chosen, record.shard_bounds))
         bounds = np.concatenate([[0], np.cumsum(per_shard[per_shard > 0])]).astype(np.int64)
         with atomic_path(store.folders.selection_path(job_id)) as partial, partial.open("wb") as f:

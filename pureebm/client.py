@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from pureebm.atomic import atomic_path
+
 
 def sent_name(disposition: str, fallback: str) -> str:
     """The file name a Content-Disposition header gives, reduced to its last part."""
@@ -32,8 +34,9 @@ class PureEBMError(Exception):
 
 
 def checked(response: httpx.Response) -> httpx.Response:
-    """The response, or PureEBMError with the problem's detail and which fields failed."""
-    if response.is_error:
+    """The response, or PureEBMError with the problem's detail and which fields failed
+    (any status but 2xx: a proxy's redirect page is not a result)."""
+    if not response.is_success:
         try:
             problem = response.json()
             detail = str(problem.get("detail", response.text))
@@ -61,10 +64,18 @@ def submission(
     return {k: str(v) for k, v in params.items() if v is not None}, headers
 
 
-def destination(dest: Path, response: httpx.Response, job_id: str) -> Path:
-    """``dest``, or in a folder ``dest`` the file name the service gives the result."""
+def refuse_existing(dest: Path, overwrite: bool) -> None:
+    """FileExistsError for a file (or link) at ``dest``, unless ``overwrite``."""
+    if not overwrite and not dest.is_dir() and (dest.exists() or dest.is_symlink()):
+        raise FileExistsError(f"{dest} exists: pass --overwrite (overwrite=True) to replace it")
+
+
+def destination(dest: Path, response: httpx.Response, job_id: str, overwrite: bool) -> Path:
+    """``dest``, or in a folder ``dest`` the file name the service gives the result;
+    an existing file there is refused unless ``overwrite``."""
     if dest.is_dir():
-        return dest / sent_name(response.headers.get("content-disposition", ""), job_id)
+        dest = dest / sent_name(response.headers.get("content-disposition", ""), job_id)
+    refuse_existing(dest, overwrite)
     return dest
 
 
@@ -122,15 +133,18 @@ class PureEBMClient:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)
 
-    def download(self, job_id: str, dest: str | Path) -> Path:
+    def download(self, job_id: str, dest: str | Path, overwrite: bool = False) -> Path:
         """The job's result into ``dest``: a file, or a folder to write it into under
-        the name the service gives it. Returns the file written."""
+        the name the service gives it. Returns the file written. The bytes go to a
+        hidden file beside it, renamed over it once whole: a cut stream leaves no
+        file, and a link at ``dest`` is replaced, never written through. An existing
+        file is refused unless ``overwrite``."""
         dest = Path(dest)
         with self.http.stream("GET", f"/v1/jobs/{job_id}/result") as response:
-            if response.is_error:
+            if not response.is_success:
                 checked(httpx.Response(response.status_code, content=response.read()))
-            dest = destination(dest, response, job_id)
-            with dest.open("wb") as out:
+            dest = destination(dest, response, job_id, overwrite)
+            with atomic_path(dest) as partial, partial.open("wb") as out:
                 for chunk in response.iter_bytes(1 << 20):
                     out.write(chunk)
         return dest
@@ -149,12 +163,15 @@ class PureEBMClient:
         path: str | Path,
         dest: str | Path,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        overwrite: bool = False,
         **params: Any,
     ) -> dict[str, Any]:
-        """Submit, wait and download in one call; returns the finished job."""
+        """Submit, wait and download in one call; returns the finished job. An
+        existing file at ``dest`` is refused before the upload, unless ``overwrite``."""
+        refuse_existing(Path(dest), overwrite)
         job = self.submit(path, **params)
         job = self.wait(job["id"], on_progress=on_progress)
-        self.download(job["id"], dest)
+        self.download(job["id"], dest, overwrite)
         return job
 
 
@@ -213,13 +230,13 @@ class AsyncPureEBMClient:
                     return job
                 await asyncio.sleep(poll_s)
 
-    async def download(self, job_id: str, dest: str | Path) -> Path:
+    async def download(self, job_id: str, dest: str | Path, overwrite: bool = False) -> Path:
         dest = Path(dest)
         async with self.http.stream("GET", f"/v1/jobs/{job_id}/result") as response:
-            if response.is_error:
+            if not response.is_success:
                 checked(httpx.Response(response.status_code, content=await response.aread()))
-            dest = destination(dest, response, job_id)
-            with dest.open("wb") as out:
+            dest = destination(dest, response, job_id, overwrite)
+            with atomic_path(dest) as partial, partial.open("wb") as out:
                 async for chunk in response.aiter_bytes(1 << 20):
                     await asyncio.to_thread(out.write, chunk)  # a slow disk holds no other task
         return dest
@@ -238,9 +255,11 @@ class AsyncPureEBMClient:
         path: str | Path,
         dest: str | Path,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        overwrite: bool = False,
         **params: Any,
     ) -> dict[str, Any]:
+        refuse_existing(Path(dest), overwrite)
         job = await self.submit(path, **params)
         job = await self.wait(job["id"], on_progress=on_progress)
-        await self.download(job["id"], dest)
+        await self.download(job["id"], dest, overwrite)
         return job

@@ -7,11 +7,13 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import zipfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import DATA
@@ -154,7 +156,7 @@ def test_a_models_default_filter_applies_unless_the_caller_asks_for_every_image(
     default = pureebm("purify", str(src), *common)
     assert default.returncode == 0, default.stderr
     assert "purified 4 of 7 images" in default.stdout  # the model's filter 0.5
-    every = pureebm("purify", str(src), *common, "--filter", "1")
+    every = pureebm("purify", str(src), *common, "--filter", "1", "--overwrite")
     assert "purified 7 of 7 images" in every.stdout, every.stderr
 
 
@@ -263,3 +265,62 @@ def test_a_named_preset_purifies_as_its_source_with_those_parameters(
         result = pureebm(*refused, *registry)
         assert result.returncode != 0 and named in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the with ends
+
+
+MISTAKES = {  # what a user types -> a piece of the one line the CLI answers with
+    "purify a missing file": (["purify", "{tmp}/nothere.zip"], "no such file"),
+    "purify onto its input": (["purify", "{tmp}/in.zip", "-o", "{tmp}/in.zip"], "is the input"),
+    "purify onto a file": (["purify", "{tmp}/in.zip", "-o", "{tmp}/taken.zip"], "--overwrite"),
+    "a mistyped option": (["purify", "{tmp}/in.zip", "--modle", "m"], "did you mean --model"),
+    "submit a missing file": (["submit", "{tmp}/nothere.zip"], "no such file"),
+    "submit a folder": (["submit", "{tmp}"], "is a folder"),
+    "submit with no service": (["submit", "{tmp}/in.zip", "--url", "{closed}"], "cannot reach"),
+    "jobs with no service": (["jobs", "--url", "{closed}"], "cannot reach"),
+    "status with no service": (["status", "abc", "--url", "{closed}"], "cannot reach"),
+    "wait with no service": (["wait", "abc", "--url", "{closed}"], "cannot reach"),
+    "report with no service": (["report", "abc", "--url", "{closed}"], "cannot reach"),
+    "cancel with no service": (["cancel", "abc", "--url", "{closed}"], "cannot reach"),
+    "download with no service": (["download", "abc", "--url", "{closed}"], "cannot reach"),
+    "eval a missing file": (["eval", "{tmp}/nothere.npz"], "nothere.npz"),
+    "train on a missing file": (["train", "{tmp}/nothere.npz"], "nothere.npz"),
+    "models from a missing registry": (["models", "--registry", "{tmp}/none"], "none"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_every_common_mistake_gets_one_line_and_no_traceback(tmp_path, cifar, case):
+    write_zip(tmp_path / "in.zip", cifar, 2)
+    (tmp_path / "taken.zip").write_bytes(b"precious")
+    args, expected = MISTAKES[case]
+    filled = [a.format(tmp=tmp_path, closed=closed_port()) for a in args]
+    done = pureebm(*filled)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert expected in done.stderr, done.stderr
+    assert (tmp_path / "taken.zip").read_bytes() == b"precious"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`pureebm models --json | head -c 1`: the pipe closes before the CLI writes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pureebm", "models", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr, stderr
+
+
+def test_the_service_url_comes_from_pureebm_url(tmp_path):
+    url = closed_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "pureebm", "jobs"], capture_output=True, text=True,
+        env={**os.environ, "PUREEBM_URL": url}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and url in done.stderr, done.stderr

@@ -112,10 +112,16 @@ def test_submit_command_uploads_follows_and_downloads(stack, tmp_path, cifar):
     assert result.returncode == 0, result.stderr
     assert "purified 5 of 5 images" in result.stdout
     assert zipfile.ZipFile(dst).namelist() == [f"{i}.png" for i in range(5)]
-    filtered = submit_command(src, dst, stack.url, KEY_A, "--steps", "3", "--filter", "0.4")
+    kept = dst.read_bytes()
+    refused = submit_command(src, dst, stack.url, KEY_A, "--steps", "3")
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr
+    assert dst.read_bytes() == kept
+    filtered = submit_command(
+        src, dst, stack.url, KEY_A, "--steps", "3", "--filter", "0.4", "--overwrite"
+    )
     assert filtered.returncode == 0, filtered.stderr
     assert "purified 2 of 5 images" in filtered.stdout
-    bad = submit_command(src, dst, stack.url, "wrong")
+    bad = submit_command(src, dst, stack.url, "wrong", "--overwrite")
     assert bad.returncode != 0 and "403" in bad.stderr
     with PureEBMClient(stack.url, KEY_A) as client:
         before = client.jobs()["total"]
@@ -153,13 +159,17 @@ def test_jobs_are_listed_followed_downloaded_reported_and_canceled_from_the_cli(
     assert waited.returncode == 0 and f"{job['id']}  finished  3/3" in waited.stdout
     listed = pureebm("jobs", url=stack.url)
     assert job["id"] in listed.stdout and done["id"] in listed.stdout
-    status = pureebm("status", job["id"], url=stack.url)
-    assert "finished" in status.stdout and "set.zip" in status.stdout
+    status = pureebm("status", job["id"][:8], url=stack.url)  # as the progress bar shows it
+    assert "finished" in status.stdout and "set.zip" in status.stdout, status.stderr
     out = tmp_path / "out"
     out.mkdir()
     fetched = pureebm("download", job["id"], "-o", str(out), url=stack.url)
     assert fetched.returncode == 0, fetched.stderr
     assert zipfile.ZipFile(out / "set.purified.zip").namelist() == ["0.png", "1.png", "2.png"]
+    again = pureebm("download", job["id"], "-o", str(out), url=stack.url)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+    replaced = pureebm("download", job["id"], "-o", str(out), "--overwrite", url=stack.url)
+    assert replaced.returncode == 0, replaced.stderr
     misnamed = pureebm("download", job["id"], "-o", str(tmp_path / "set.tar"), url=stack.url)
     assert misnamed.returncode != 0 and "a zip comes back as a zip" in misnamed.stderr
     assert not (tmp_path / "set.tar").exists()
@@ -170,7 +180,7 @@ def test_jobs_are_listed_followed_downloaded_reported_and_canceled_from_the_cli(
     gone = pureebm("status", job["id"], url=stack.url)
     assert gone.returncode != 0 and "410" in gone.stderr and "deleted by its owner" in gone.stderr
     folder = pureebm("submit", str(tmp_path), "-o", str(out), url=stack.url)
-    assert folder.returncode != 0 and "is not a file" in folder.stderr
+    assert folder.returncode != 0 and "is a folder" in folder.stderr
 
 
 def test_ctrl_c_on_submit_without_a_terminal_leaves_the_job_running(stack, tmp_path, cifar):
@@ -261,3 +271,25 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
     for closed in (port, valkey_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", closed), timeout=5).close()
+
+
+def test_a_download_never_replaces_a_file_unasked_nor_writes_through_a_link(
+    stack, tmp_path, cifar
+):
+    src = tmp_path / "set.zip"
+    src.write_bytes(zip_bytes({"0.png": png(cifar["images"][0])}))
+    precious, link = tmp_path / "precious.zip", tmp_path / "link.zip"
+    precious.write_bytes(b"keep me")
+    link.symlink_to(precious)
+    with PureEBMClient(stack.url, KEY_A) as client:
+        with pytest.raises(FileExistsError, match="--overwrite"):
+            client.purify(src, precious, steps=1)  # refused before the upload
+        job = client.submit(src, steps=1)
+        client.wait(job["id"])
+        with pytest.raises(FileExistsError):
+            client.download(job["id"], link)
+        written = client.download(job["id"], link, overwrite=True)
+    assert written == link and not link.is_symlink()
+    assert zipfile.ZipFile(link).namelist() == ["0.png"]
+    assert precious.read_bytes() == b"keep me"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".partial")]

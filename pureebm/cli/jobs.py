@@ -18,9 +18,30 @@ if TYPE_CHECKING:
     from pureebm.client import PureEBMClient
 
 
+DEFAULT_URL = "http://127.0.0.1:8000"
+FULL_ID = 32  # hex digits of a job id; a shorter prefix is looked up among your jobs
+
+
 def add_service_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("PUREEBM_URL", DEFAULT_URL),
+        help=f"the service (default: PUREEBM_URL, else {DEFAULT_URL})",
+    )
     parser.add_argument("--api-key", help="default: PUREEBM_API_KEY")
+
+
+def full_job_id(client: PureEBMClient, job: str) -> str:
+    """``job``, or the one job of yours whose id starts with it (as progress bars show
+    the first 8 digits); an unknown or ambiguous prefix exits with a message."""
+    if len(job) >= FULL_ID:
+        return job
+    ids = [item["id"] for item in client.jobs(limit=200)["items"] if item["id"].startswith(job)]
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        sys.exit(f"pureebm: no job of yours starts with {job!r} (`pureebm jobs` lists them)")
+    sys.exit(f"pureebm: {job!r} starts {len(ids)} of your jobs: give more of the id")
 
 
 def service_client(args: argparse.Namespace) -> PureEBMClient:
@@ -50,10 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("download", run_download, "download a finished job's result"),
     ]:
         command = sub.add_parser(name, help=about)
-        command.add_argument("job", help="the job id")
+        command.add_argument("job", help="the job id, or its first digits")
         if name == "download":
             command.add_argument(
                 "-o", "--output", type=Path, default=Path("."), help="a file or a folder"
+            )
+            command.add_argument(
+                "--overwrite", action="store_true", help="replace an existing file"
             )
         add_service_options(command)
         command.set_defaults(run=run)
@@ -70,12 +94,12 @@ def run_jobs(args: argparse.Namespace) -> None:
 
 def run_status(args: argparse.Namespace) -> None:
     with service_client(args) as client:
-        print(describe(client.job(args.job)))
+        print(describe(client.job(full_job_id(client, args.job))))
 
 
 def run_wait(args: argparse.Namespace) -> None:
     with service_client(args) as client:
-        print(describe(follow(client, args.job)))
+        print(describe(follow(client, full_job_id(client, args.job))))
 
 
 @contextlib.contextmanager
@@ -119,12 +143,12 @@ def follow(client: PureEBMClient, job_id: str) -> dict[str, Any]:
 
 def run_cancel(args: argparse.Namespace) -> None:
     with service_client(args) as client:
-        print(describe(client.cancel(args.job)))
+        print(describe(client.cancel(full_job_id(client, args.job))))
 
 
 def run_report(args: argparse.Namespace) -> None:
     with service_client(args) as client:
-        print(json.dumps(client.report(args.job), indent=2))
+        print(json.dumps(client.report(full_job_id(client, args.job)), indent=2))
 
 
 def run_download(args: argparse.Namespace) -> None:
@@ -132,10 +156,11 @@ def run_download(args: argparse.Namespace) -> None:
     from pureebm.images import FormatError
 
     with service_client(args) as client:
+        job_id = full_job_id(client, args.job)
         if not args.output.is_dir():
-            job = client.job(args.job)
+            job = client.job(job_id)
             try:
                 check_output_name(job["kind"], args.output, job["input_name"], service=True)
             except FormatError as e:
                 sys.exit(f"pureebm: {e}")
-        print(client.download(args.job, args.output))
+        print(client.download(job_id, args.output, args.overwrite))

@@ -35,17 +35,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--report", type=Path, help="write per-image energies as JSON here")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output or report file"
+    )
     p.add_argument("--channels-last", action="store_true", help="NHWC layout (GPU option)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU option)")
     p.add_argument("--compile", action="store_true", help="torch.compile the net (GPU option)")
     p.set_defaults(run=run_purify)
 
 
-def output_path(kind: Kind, source: Path, output: Path | None) -> Path:
+def output_path(kind: Kind, source: Path, output: Path | None, overwrite: bool = False) -> Path:
     """Where the purified copy of ``source`` goes: ``output``, or into it when it is a
-    folder (beside the input when None) under the input's name with '.purified'; a
-    name whose extension names another container, or a folder that exists, is refused
-    (FormatError)."""
+    folder (beside the input when None) under the input's name with '.purified'. A
+    name whose extension names another container, a folder that exists, the input
+    itself, or (without ``overwrite``) a file that exists is refused (FormatError)."""
     from PIL import Image
 
     from pureebm.containers import check_output_name, purified_name
@@ -59,6 +62,10 @@ def output_path(kind: Kind, source: Path, output: Path | None) -> Path:
         output = (output or source.parent) / purified_name(kind, source.name, mode)
     if kind == "folder" and output.exists():
         raise UnsupportedInput(f"{output} exists: name a new folder, or one to write into")
+    if output.exists() and output.resolve() == source.resolve():
+        raise UnsupportedInput(f"{output} is the input: name another file for the result")
+    if output.exists() and not overwrite:
+        raise UnsupportedInput(f"{output} exists: pass --overwrite to replace it")
     check_output_name(kind, output, source)
     return output
 
@@ -66,6 +73,7 @@ def output_path(kind: Kind, source: Path, output: Path | None) -> Path:
 def run_purify(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from pureebm.atomic import atomic_path
     from pureebm.containers import open_container
     from pureebm.images import FormatError
     from pureebm.langevin import Speedups, resolve_device
@@ -87,8 +95,12 @@ def run_purify(args: argparse.Namespace) -> None:
     )
     scorer = scorer_for(model, device, speedups) if resolved.filter is not None else None
     try:
+        if not args.input.exists():
+            sys.exit(f"pureebm: {args.input}: no such file or folder")
         container = open_container(args.input)
-        output = output_path(container.kind, args.input, args.output)
+        output = output_path(container.kind, args.input, args.output, args.overwrite)
+        if args.report and args.report.exists() and not args.overwrite:
+            sys.exit(f"pureebm: {args.report} exists: pass --overwrite to replace it")
     except (OSError, FormatError) as e:
         sys.exit(f"pureebm: {e}")
     total = len(container.image_names())
@@ -117,7 +129,8 @@ def run_purify(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     purified = sum(row.purified for row in energies)
     if args.report:
-        args.report.write_text(json.dumps([row._asdict() for row in energies], indent=1))
+        with atomic_path(args.report) as partial:
+            partial.write_text(json.dumps([row._asdict() for row in energies], indent=1))
     print(
         f"purified {purified} of {total} images in {seconds:.1f} s "
         f"({total / seconds:.2f} images/s) -> {output}"

@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the purified copy: a file named for the input's container, or a folder to "
         "write it into under the service's name (default: this folder)",
     )
+    submit.add_argument("--overwrite", action="store_true", help="replace an existing file")
     add_service_options(submit)
     submit.add_argument("--model", help="NAME or NAME:VERSION (default: the service's)")
     add_purifier_options(submit)
@@ -38,13 +39,20 @@ def run_submit(args: argparse.Namespace) -> None:
     from pureebm.containers import check_output_name, detect_kind
     from pureebm.images import FormatError
 
+    if not args.input.exists():
+        sys.exit(f"pureebm: {args.input}: no such file")
     if not args.input.is_file():
-        sys.exit(f"pureebm: {args.input} is not a file (send a folder as a zip or tar)")
+        sys.exit(
+            f"pureebm: {args.input} is a folder: the service takes one file (zip or tar it, "
+            "or purify it here with `pureebm purify`)"
+        )
     if not args.output.is_dir():  # refused before the upload, not after the work
         try:
             check_output_name(detect_kind(args.input), args.output, args.input, service=True)
         except FormatError as e:
             sys.exit(f"pureebm: {e}")
+        if args.output.exists() and not args.overwrite:
+            sys.exit(f"pureebm: {args.output} exists: pass --overwrite to replace it")
     params = {"model": args.model, "seed": args.seed, **purifier_overrides(args)}
     started = time.perf_counter()
     with service_client(args) as client:
@@ -57,7 +65,7 @@ def run_submit(args: argparse.Namespace) -> None:
         except KeyboardInterrupt:
             interrupted(client, job["id"])
             return
-        output = client.download(job["id"], args.output)
+        output = client.download(job["id"], args.output, args.overwrite)
         report = client.report(job["id"])
     seconds = time.perf_counter() - started
     print(

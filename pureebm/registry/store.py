@@ -140,7 +140,9 @@ class Registry:
             return setting
         path = self.root / DEFAULT_FILE
         if not path.is_file():
-            raise RegistryError(f"the registry has no {DEFAULT_FILE} file naming its default")
+            raise RegistryError(
+                f"the registry {self.root} has no {DEFAULT_FILE} file naming its default"
+            )
         return path.read_text().strip()
 
     def set_default(self, ref: str) -> None:

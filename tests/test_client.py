@@ -273,9 +273,7 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
             socket.create_connection(("127.0.0.1", closed), timeout=5).close()
 
 
-def test_a_download_never_replaces_a_file_unasked_nor_writes_through_a_link(
-    stack, tmp_path, cifar
-):
+def test_a_download_never_replaces_a_file_unasked_nor_writes_through_a_link(stack, tmp_path, cifar):
     src = tmp_path / "set.zip"
     src.write_bytes(zip_bytes({"0.png": png(cifar["images"][0])}))
     precious, link = tmp_path / "precious.zip", tmp_path / "link.zip"

@@ -31,7 +31,8 @@ def stack(tmp_path_factory, tiny_registry):
 
 
 def run(code: list[str], cwd: Path, url: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "PUREEBM_URL": url, "PYTHON": sys.executable}
+    env = {"PATH": "/usr/bin:/bin", "PUREEBM_URL": url, "PYTHON": sys.executable,
+           "WORK": str(cwd)}  # fmt: skip
     return subprocess.run(code, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -57,6 +58,13 @@ def test_the_curl_job_example_submits_polls_downloads_and_deletes(stack, tmp_pat
         ]
     assert len(changed) == 16 and all(changed)  # the tiny model's preset has no filter
     assert '"energy_before"' in result.stdout  # the report was printed
+
+
+def test_a_mistyped_field_stops_the_curl_example_with_the_services_answer(stack, tmp_path):
+    mistyped = blocks("sh")[0].replace("-F archive=@", "-F archiv=@")
+    result = run(["bash", "-c", mistyped], tmp_path, stack.url)
+    assert result.returncode != 0 and "archiv" in result.stdout + result.stderr
+    assert not (tmp_path / "train.purified.zip").exists()
 
 
 def test_the_curl_purify_example_answers_a_png_and_a_zip(stack, tmp_path) -> None:

@@ -161,7 +161,8 @@ def test_synchronous_purify(stack, cifar):
         )
         assert two.status_code == 200 and two.headers["content-type"] == "application/zip"
         assert zipfile.ZipFile(io.BytesIO(two.content)).namelist() == ["a.png", "b.png"]
-        assert two.headers["purified-images"] == "0, 1"
+        assert two.headers["purified-positions"] == "0, 1"
+        assert two.headers["purified-count"] == "2"
         sent = [png(cifar["images"][i]) for i in range(4)]
         filtered = client.post(  # the half of highest energy purified, the rest as sent
             "/v1/purify",
@@ -170,8 +171,8 @@ def test_synchronous_purify(stack, cifar):
         )
         assert filtered.status_code == 200, filtered.text
         back = zipfile.ZipFile(io.BytesIO(filtered.content))
-        purified = [int(i) for i in filtered.headers["purified-images"].split(", ")]
-        assert len(purified) == 2
+        purified = [int(i) for i in filtered.headers["purified-positions"].split(", ")]
+        assert len(purified) == 2 and filtered.headers["purified-count"] == "2"
         for i, data in enumerate(sent):
             assert (back.read(f"{i}.png") != data) == (i in purified)
         too_many = client.post(

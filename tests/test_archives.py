@@ -99,7 +99,9 @@ def test_archive_round_trip_keeps_paths_order_and_bytes(tmp_path, cifar, kind, s
         if not name.endswith(".jpg"):
             np.testing.assert_array_equal(after.rgb, restored_rgb(before, 255 - before.rgb))
     if mode == "w:gz":
-        assert dst.read_bytes()[:2] == b"\x1f\x8b"
+        header = dst.read_bytes()[:10]
+        assert header[:2] == b"\x1f\x8b"
+        assert not header[3] & 0x08  # FLG.FNAME unset: no (temporary) file name inside
 
 
 def restored_rgb(picture, rgb: np.ndarray) -> np.ndarray:

@@ -579,3 +579,22 @@ def test_a_sync_purify_whose_worker_dies_answers_503_not_a_hang(tmp_path, tiny_r
         assert stack.job_folders() == []
     finally:
         stack.stop()
+
+
+def test_a_sync_purify_past_its_timeout_answers_504_naming_the_jobs_route(
+    tmp_path, tiny_registry, cifar
+):
+    """The worker holds the request's shard past sync_timeout_s (2 s): 504, the work
+    canceled, and the answer says where long work goes."""
+    stack, hold = held_stack(tmp_path, tiny_registry, sync_timeout_s=2)
+    try:
+        stack.start_worker()
+        with stack.client() as client:
+            image = {"files": ("a.png", png(cifar["images"][0]))}
+            response = client.post("/v1/purify", files=image, data={"steps": "1"})
+        assert response.status_code == 504, response.text
+        assert "/v1/jobs" in response.json()["detail"]
+        hold.unlink()
+        stack.wait_for(lambda: stack.job_folders() == [], "the canceled job's folder to go")
+    finally:
+        stack.stop()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import lzma
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pureebm.containers.archive import Archive
@@ -74,8 +76,7 @@ class TarContainer(Archive[tarfile.TarFile]):
         return read_tar_member(reader, self.images[name])
 
     def write(self, dst: Path, purified: Lookup) -> None:
-        mode = f"w:{self.compression}" if self.compression else "w"
-        with tarfile.open(self.path, "r:*") as src, tarfile.open(dst, mode) as out:
+        with tarfile.open(self.path, "r:*") as src, compressed_tar(dst, self.compression) as out:
             encoded = encoded_images(self.members, purified)
             for info, member in zip(src, self.members, strict=True):
                 if info.isdir():
@@ -86,6 +87,22 @@ class TarContainer(Archive[tarfile.TarFile]):
                     out.addfile(plain_tarinfo(info), src.extractfile(info))
                 else:
                     out.addfile(plain_tarinfo(info, len(data)), io.BytesIO(data))
+
+
+@contextlib.contextmanager
+def compressed_tar(dst: Path, compression: str | None) -> Iterator[tarfile.TarFile]:
+    """A tar to write at ``dst``; a gzip one names no file in its header (``dst`` is
+    a temporary name, renamed once whole, which a header would otherwise keep)."""
+    if compression != "gz":
+        with tarfile.open(dst, f"w:{compression}" if compression else "w") as out:
+            yield out
+        return
+    with (
+        open(dst, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as out,
+    ):
+        yield out
 
 
 def tar_compression(path: Path) -> str | None:

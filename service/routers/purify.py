@@ -37,8 +37,9 @@ async def purify_now(
 ) -> FileResponse:
     """Purify up to `sync_max_images` images and return them: one PNG for one image, else a zip.
 
-    The `Purified-Images` header lists the positions (in the order sent, from 0) of the
-    images that were purified; with a filter, the others come back as sent.
+    `Purified-Count` says how many images were purified and `Purified-Positions` lists
+    their positions (in the order sent, counted from 0); with a filter, the others
+    come back as sent.
     The work runs on a worker through a priority queue; the request waits at most
     `sync_timeout_s` (504 after that, and the work is canceled), or 503 as soon as no
     live worker is left.
@@ -71,7 +72,8 @@ async def purify_now(
         "Content-Disposition": attachment(path.name),
         # which images were purified (positions in the order sent); a filter passes the
         # others through byte-identical
-        "Purified-Images": ", ".join(str(i) for i, row in enumerate(rows) if row.purified),
+        "Purified-Count": str(sum(row.purified for row in rows)),
+        "Purified-Positions": ", ".join(str(i) for i, row in enumerate(rows) if row.purified),
     }
     if current.warnings:  # RFC 7234's Warning header, code 299: a persistent warning
         headers["Warning"] = " ".join(f'299 pureebm "{w}"' for w in current.warnings)
@@ -91,7 +93,12 @@ async def wait_for_end(submitter: SubmitterDep, record: JobRecord) -> JobRecord:
             break
         if time.monotonic() > deadline:
             await submitter.redis(queue.cancel, current)
-            raise Problem(504, f"purification took over {settings.sync_timeout_s} s")
+            raise Problem(
+                504,
+                f"purification took over {settings.sync_timeout_s} s and was canceled: send "
+                "work this long to POST /v1/jobs, which runs it in the background and is "
+                "polled (or announced by webhook)",
+            )
         if time.monotonic() > next_look:  # the worker died meanwhile: no wait till 504
             next_look = time.monotonic() + WORKER_LOOK_S
             if not await submitter.redis(queue.live_workers, SYNC_QUEUE):

@@ -379,9 +379,9 @@ def test_content_that_would_pass_unpurified_is_refused_naming_the_member(
 
 
 def test_an_npz_with_a_second_array_that_could_hold_images_is_refused(tmp_path, cifar):
+    """Unless the arrays are alike (uint8 of one image shape: Keras' layout)."""
     images = cifar["images"][:2]
     candidates = {
-        "test_images": images,  # N x H x W x C
         "masks": images[..., 0],  # N x H x W
         "train_chw": images.transpose(0, 3, 1, 2).copy(),  # N x C x H x W
         "floats": images.astype(np.float32) / 255,
@@ -437,13 +437,33 @@ def test_an_npz_images_array_is_found_by_name_or_by_shape(tmp_path, cifar):
             np.testing.assert_array_equal(out[key], 255 - images)
             np.testing.assert_array_equal(out[next(k for k in arrays if k != key)], labels)
     both = tmp_path / "both.npz"
-    np.savez(both, a=images, b=images, y=labels)
+    np.savez(both, a=images, b=images[..., :1], y=labels)
     with pytest.raises(UnsupportedInput, match="'a', 'b' could each hold images"):
         open_container(both)
     none = tmp_path / "none.npz"
     np.savez(none, y=labels, names=np.array([1.5]))
     with pytest.raises(UnsupportedInput, match=r"no array of images \(arrays: y, names\)"):
         open_container(none)
+
+
+def test_a_keras_npz_has_every_image_array_purified_and_the_rest_kept(tmp_path, cifar):
+    """x_train, y_train, x_test, y_test: both image arrays purified, members in order."""
+    images, labels = cifar["images"], cifar["labels"]
+    arrays = {"x_train": images[:5], "y_train": labels[:5], "x_test": images[5:8],
+              "y_test": labels[5:8]}  # fmt: skip
+    src = tmp_path / "keras.npz"
+    np.savez(src, **arrays)
+    container = open_container(src)
+    assert container.image_names() == [f"x_train/{i}" for i in range(5)] + [
+        f"x_test/{i}" for i in range(3)
+    ]
+    np.testing.assert_array_equal(container.picture(6).rgb, images[6])
+    container.write(tmp_path / "out.npz", inverted(container))
+    with np.load(tmp_path / "out.npz") as out:
+        assert out.files == list(arrays)
+        np.testing.assert_array_equal(out["x_train"], 255 - images[:5])
+        np.testing.assert_array_equal(out["x_test"], 255 - images[5:8])
+        np.testing.assert_array_equal(out["y_test"], labels[5:8])
 
 
 def test_an_npz_with_a_member_twice_is_refused(tmp_path, cifar):
@@ -462,7 +482,7 @@ def test_an_npz_is_checked_from_its_headers_and_its_images_mapped_not_loaded(tmp
     padding = np.zeros(64 << 20, np.uint8)  # 64 MiB beside the images: never read
     np.savez(src, images=cifar["images"][:4], padding=padding)
     container = open_container(src)
-    assert isinstance(container.images, np.memmap)
+    assert isinstance(container.images(container.arrays[0]), np.memmap)
     np.testing.assert_array_equal(container.picture(3).rgb, cifar["images"][3])
     floats = tmp_path / "floats.npz"
     np.savez(floats, images=cifar["images"][:4].astype(np.float32))

@@ -1,4 +1,4 @@
-"""npz files: an image array, purified, and every other member back byte for byte."""
+"""npz files: the image arrays, purified, and every other member back byte for byte."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import shutil
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,18 @@ IMAGE_KEYS = ("images", "x", "x_train", "X", "X_train", "imgs", "data", "inputs"
 LOCAL_HEADER = 30  # a zip local file header's fixed part
 
 
+@dataclass
+class ImageArray:
+    key: str
+    info: zipfile.ZipInfo
+    header: NpyHeader
+    start: int  # the position of its first image among the container's members
+
+
 class NpzContainer(Container):
     """npz with one images array (uint8, N x H x W or N x H x W x C, C in 1, 3, 4),
-    found by ``images_key``.
+    or several of one image shape (Keras' ``x_train`` and ``x_test``), found by
+    ``image_keys``.
 
     Image members are named ``<key>/<index>``. Only the images are read: from the
     file through a memory map where the member is stored, else decompressed once.
@@ -39,7 +49,7 @@ class NpzContainer(Container):
 
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path, self.limits = path, limits
-        self._images: np.ndarray | None = None
+        self._images: dict[str, np.ndarray] = {}
         try:
             with zipfile.ZipFile(path) as archive:
                 infos = archive.infolist()
@@ -54,41 +64,39 @@ class NpzContainer(Container):
             raise InputTooLarge(
                 f"npz of {total} bytes uncompressed is over the size or compression-ratio limit"
             )
-        self.key = images_key(headers)
-        self.info = next(i for i in infos if i.filename == self.key + ".npy")
-        self.header = header = headers[self.key + ".npy"]
-        shape = header.shape
-        if (
-            header.dtype != np.uint8
-            or len(shape) not in (3, 4)
-            or (len(shape) == 4 and shape[3] not in (1, 3, 4))
-        ):
-            raise UnsupportedInput(
-                f"{self.key!r} must be uint8 NHW or NHWC with C in 1, 3, 4; "
-                f"got {header.dtype} {shape}"
+        self.arrays: list[ImageArray] = []
+        self.members = []
+        for key in image_keys(headers):
+            header = headers[key + ".npy"]
+            info = next(i for i in infos if i.filename == key + ".npy")
+            check_images(key, header, limits)
+            self.arrays.append(ImageArray(key, info, header, len(self.members)))
+            rows = header.shape[0]
+            self.members += [
+                Member(f"{key}/{i}", "image", header.nbytes // rows) for i in range(rows)
+            ]
+        if len(self.members) > limits.max_members:
+            raise InputTooLarge(
+                f"{len(self.members)} images is over the {limits.max_members} limit"
             )
-        if 0 in shape[1:]:
-            raise UnsupportedInput(f"npz images of shape {shape} hold no pixels")
-        limits.check_size(width=shape[2], height=shape[1])
-        if shape[0] > limits.max_members:
-            raise InputTooLarge(f"{shape[0]} images is over the {limits.max_members} limit")
-        if not shape[0]:
-            raise UnsupportedInput("the npz holds no images")
-        row_bytes = header.nbytes // shape[0]
-        self.members = [Member(f"{self.key}/{i}", "image", row_bytes) for i in range(shape[0])]
 
-    @property
-    def images(self) -> np.ndarray:
-        if self._images is None:
-            self._images = read_images(self.path, self.info, self.header)
-        return self._images
+    def images(self, array: ImageArray) -> np.ndarray:
+        if array.key not in self._images:
+            self._images[array.key] = read_images(self.path, array.info, array.header)
+        return self._images[array.key]
+
+    def locate(self, index: int) -> tuple[ImageArray, int]:
+        """The array that holds member ``index``, and its row there."""
+        array = next(a for a in reversed(self.arrays) if a.start <= index)
+        return array, index - array.start
 
     def iter_images(self, positions: Sequence[int] | None = None) -> Iterator[tuple[str, Picture]]:
         for index in range(len(self.members)) if positions is None else positions:
             yield self.members[index].name, self.picture(index)
 
     def picture(self, index: int) -> Picture:
-        row = np.asarray(self.images[index])
+        array, position = self.locate(index)
+        row = np.asarray(self.images(array)[position])
         channels = 1 if row.ndim == 2 else row.shape[2]
         gray = row if row.ndim == 2 else row[..., 0]
         if channels == 1:
@@ -101,30 +109,57 @@ class NpzContainer(Container):
         )
 
     def write(self, dst: Path, purified: Lookup) -> None:
-        """The same members in the same order: ``images`` with each purified row,
-        every other member copied as sent."""
-        images = np.array(self.images)
-        for index in range(len(self.members)):
-            picture = purified(index)
-            if picture is not None:  # else the row stays as sent
-                images[index] = np.asarray(restore_mode(picture)).reshape(images[index].shape)
+        """The same members in the same order: each image array with its purified
+        rows, every other member copied as sent."""
+        written = {array.info.filename: array for array in self.arrays}
         with zipfile.ZipFile(self.path) as src, zipfile.ZipFile(dst, "w") as out:
             for info in src.infolist():
                 copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
                 copy.compress_type = info.compress_type
-                large = info.file_size > 1 << 30 or images.nbytes > 1 << 30
+                array = written.get(info.filename)
+                images = None if array is None else self.purified_array(array, purified)
+                large = info.file_size > 1 << 30 or (images is not None and images.nbytes > 1 << 30)
                 with out.open(copy, "w", force_zip64=large) as f:
-                    if info.filename == self.info.filename:
+                    if images is not None:
                         np.lib.format.write_array(f, images, allow_pickle=False)
                     else:
                         with src.open(info) as member:
                             shutil.copyfileobj(member, f, COPY_CHUNK)
 
+    def purified_array(self, array: ImageArray, purified: Lookup) -> np.ndarray:
+        """``array`` with each purified row (the others as sent)."""
+        images = np.array(self.images(array))
+        for row in range(len(images)):
+            picture = purified(array.start + row)
+            if picture is not None:
+                images[row] = np.asarray(restore_mode(picture)).reshape(images[row].shape)
+        return images
 
-def images_key(headers: dict[str, NpyHeader]) -> str:
-    """The array that holds the images: the only one that could (``image_shaped``),
-    else the first of IMAGE_KEYS among them. Any other array that could hold images
-    is refused, naming the arrays: it would pass through unpurified."""
+
+def check_images(key: str, header: NpyHeader, limits: Limits) -> None:
+    """An image array as the container takes it: uint8 NHW or NHWC, C in 1, 3, 4."""
+    shape = header.shape
+    if (
+        header.dtype != np.uint8
+        or len(shape) not in (3, 4)
+        or (len(shape) == 4 and shape[3] not in (1, 3, 4))
+    ):
+        raise UnsupportedInput(
+            f"{key!r} must be uint8 NHW or NHWC with C in 1, 3, 4; got {header.dtype} {shape}"
+        )
+    if 0 in shape[1:]:
+        raise UnsupportedInput(f"npz images of shape {shape} hold no pixels")
+    limits.check_size(width=shape[2], height=shape[1])
+    if not shape[0]:
+        raise UnsupportedInput(f"the npz's {key!r} holds no images")
+
+
+def image_keys(headers: dict[str, NpyHeader]) -> list[str]:
+    """The arrays that hold the images: the only one that could (``image_shaped``),
+    or every one that could when they are all uint8 of one image shape (Keras'
+    x_train and x_test), else the first of IMAGE_KEYS among them. Any other array
+    that could hold images is refused, naming the arrays: it would pass through
+    unpurified."""
     arrays = {name[: -len(".npy")]: header for name, header in headers.items()}
     candidates = [key for key, h in arrays.items() if image_shaped(h.dtype, h.shape)]
     named = [key for key in IMAGE_KEYS if key in arrays]
@@ -133,15 +168,18 @@ def images_key(headers: dict[str, NpyHeader]) -> str:
             f"the npz has no array of images (arrays: {', '.join(arrays) or 'none'}): name it "
             "'images' (uint8, N x H x W or N x H x W x C)"
         )
+    alike = {(arrays[k].dtype, arrays[k].shape[1:]) for k in candidates}
+    if len(candidates) > 1 and len(alike) == 1 and next(iter(alike))[0] == np.uint8:
+        return candidates
     key = candidates[0] if len(candidates) == 1 else (named or candidates)[0]
     others = [c for c in candidates if c != key]
     if others:
         raise UnsupportedInput(
             f"npz arrays {', '.join(repr(c) for c in [key, *others])} could each hold images; "
             f"{key!r} would be purified and {', '.join(repr(c) for c in others)} passed through "
-            "unpurified: send one array of images per npz"
+            "unpurified: send image arrays of one shape (uint8 N x H x W x C), or one per npz"
         )
-    return key
+    return [key]
 
 
 def read_images(path: Path, info: zipfile.ZipInfo, header: NpyHeader) -> np.ndarray:

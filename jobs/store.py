@@ -223,10 +223,11 @@ class JobStore:
     # -- progress ---------------------------------------------------------------
 
     def set_shard_progress(
-        self, job_id: str, shard: int | str, done: int, now: float | None = None
+        self, job_id: str, shard: int | str, done: float, now: float | None = None
     ) -> None:
         """Images done in one shard, counted once however often it is retried, and
-        never less than it has shown."""
+        never less than it has shown; a fraction for the images inside a chain (the
+        share of its steps run), so a long chain shows its rate and eta as it goes."""
         now = time.time() if now is None else now
         keys = [job_key(job_id), progress_key(job_id), samples_key(job_id)]
         self.set_progress_if_exists(keys=keys, args=[str(shard), done, repr(now), RATE_SAMPLES])
@@ -239,11 +240,12 @@ class JobStore:
         if record.status == JobStatus.finished:
             done = record.work
         else:
-            shards = sum(int(v) for v in self.redis.hvals(progress_key(record.id)))
-            done = min(shards + record.passed_through, record.work)
+            shards = sum(float(v) for v in self.redis.hvals(progress_key(record.id)))
+            done = min(int(shards) + record.passed_through, record.work)
         if record.status in ACTIVE:
             rate = self.recent_rate(record.id, now)
-            eta = (record.work - done) / rate if rate else None
+            left = max(record.work - record.passed_through - shards, 0)  # fractions count
+            eta = left / rate if rate else None
         else:
             ran_s = (record.finished_at or now) - (record.started_at or now)
             rate, eta = (done / max(ran_s, 1e-6) if record.started_at and done else None), 0.0
@@ -256,7 +258,7 @@ class JobStore:
         for raw in self.redis.lrange(samples_key(job_id), 0, -1):
             at, done = raw.decode().split(":")
             if float(at) >= now - RATE_WINDOW_S:
-                samples.append((float(at), int(done)))
+                samples.append((float(at), float(done)))
         if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
             return None
         (t0, d0), (t1, d1) = samples[0], samples[-1]

@@ -253,12 +253,14 @@ def purify_container(
     filter: float | str | None = None,
     scorer: Purifier | None = None,
     threshold: float | None = None,
+    on_selected: Callable[[int], None] | None = None,
 ) -> list[Energy]:
     """Purify every image of ``container`` and write the same container to ``dst``.
 
     With ``filter`` (pureebm.filtering), every image is scored by ``scorer`` first
     (``threshold``: the cut of filter=auto) and only the selected ones are
-    purified; the others are written back as they were sent.
+    purified (``on_selected`` hears how many); the others are written back as
+    they were sent.
     Purified pixels stream to a shard file beside ``dst`` and are read back one
     at a time while the container is written (``pureebm.shards.assemble``, which
     the service's finaliser uses too), so memory does not grow with the number of
@@ -275,6 +277,8 @@ def purify_container(
         scored = list(energies_of(scorer, container.iter_images(), batch_size, phases))
         scores = [energy for energy, _ in scored]
         chosen = selected_positions(scores, filter, threshold, [n for _, n in scored])
+        if on_selected is not None:
+            on_selected(len(chosen))
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".pureebm-") as work:
         shard = Path(work) / "purified.npz"

@@ -81,6 +81,7 @@ def test_a_filter_purifies_the_highest_energy_half_and_copies_the_rest(
         assert result.returncode == 0, result.stderr
     rows = json.loads(report.read_text())
     assert "purified 4 of 7 images" in result.stdout  # ceil(0.5 * 7)
+    assert "100%" in result.stderr and "4/4" in result.stderr  # the bar ends full
     assert len(rows) == 7 and sum(row["purified"] for row in rows) == 4
     ranked = sorted(rows, key=lambda row: -row["energy_before"])
     assert {row["name"] for row in ranked[:4]} == {row["name"] for row in rows if row["purified"]}

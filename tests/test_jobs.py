@@ -92,6 +92,21 @@ def test_a_filtered_jobs_total_stays_put_and_passed_through_images_count_as_done
     assert (store.progress(job).done, store.progress(job).total) == (20, 20)
 
 
+def test_a_long_chain_shows_its_rate_and_eta_from_the_share_of_its_steps(store: JobStore) -> None:
+    """24 images in one batch whose chain takes 1,000 s: the worker reports the
+    images in flight by the share of steps run, so after 20 s at 0.024 images/s the
+    eta is the remaining 980 s of work, not null (and done stays whole images)."""
+    start = time.time() - 100
+    job = job_record("d" * 32, images=24, started_at=start)
+    store.save(job)
+    for t in range(0, 21):
+        store.set_shard_progress(job.id, 0, 24 * t / 1000, now=start + t)
+    progress = store.progress(job, now=start + 20)
+    assert progress.done == 0
+    assert progress.images_per_s == pytest.approx(0.024)
+    assert progress.eta_s == pytest.approx(980.0)
+
+
 def test_images_per_s_and_eta_follow_the_last_30_s_not_the_whole_run(store: JobStore) -> None:
     start = time.time() - 1000
     job = job_record("e" * 32, images=2000, started_at=start)

@@ -301,9 +301,9 @@ def run_shard(
         """Inside a batch's chain: stop if canceled, and count the images in flight
         by the chain's share of steps, so a slow purifier shows a rate at once."""
         stop_if_canceled(store, record.id)
-        counted = done + int(images_done)
+        counted = done + images_done
         store.set_shard_progress(record.id, shard, counted)
-        if counted > done:
+        if counted >= done + 1:
             hold(ctx, "chain")
 
     canceled = interrupts.checking(check, CANCEL_CHECK_S)

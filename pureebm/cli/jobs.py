@@ -127,7 +127,12 @@ def follow(client: PureEBMClient, job_id: str) -> dict[str, Any]:
     KeyboardInterrupt at the next poll (within about a second)."""
     from tqdm import tqdm
 
-    with tqdm(unit="img", desc=job_id[:8]) as bar, ctrl_c_at_next_poll() as pressed:
+    # the service's eta (from its last 30 s, chains included), not tqdm's own guess
+    layout = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+    with (
+        tqdm(unit="img", desc=job_id[:8], bar_format=layout) as bar,
+        ctrl_c_at_next_poll() as pressed,
+    ):
 
         def show(job: dict[str, Any]) -> None:
             if pressed.is_set():
@@ -135,7 +140,10 @@ def follow(client: PureEBMClient, job_id: str) -> dict[str, Any]:
             progress = job["progress"]
             bar.total = progress["total"]
             ahead = progress.get("queue_position")
-            bar.set_postfix_str(job["status"] + (f", {ahead} jobs ahead" if ahead else ""))
+            eta = progress.get("eta_s")
+            state = job["status"] + (f", {ahead} jobs ahead" if ahead else "")
+            state += f", eta {eta:.0f} s" if eta is not None and job["status"] == "running" else ""
+            bar.set_postfix_str(state)
             bar.update(progress["done"] - bar.n)
 
         return client.wait(job_id, on_progress=show)

@@ -115,6 +115,10 @@ def run_purify(args: argparse.Namespace) -> None:
         def advance(_: PurifiedImage) -> None:
             bar.update(1)
 
+        def selected(count: int) -> None:  # the filter passes the others through
+            bar.total = count
+            bar.refresh()
+
         energies = purify_container(
             container,
             output,
@@ -125,6 +129,7 @@ def run_purify(args: argparse.Namespace) -> None:
             filter=resolved.filter,
             scorer=scorer,
             threshold=model.manifest.energy_threshold if model else None,
+            on_selected=selected,
         )
     seconds = time.perf_counter() - started
     purified = sum(row.purified for row in energies)

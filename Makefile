@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser test serve lint bench clean
+.PHONY: install browser test test-fast serve lint bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ browser:
 
 test: install browser
 	$(BIN)/pytest -q
+
+# the in-process tier: every test that starts no process (no Valkey, uvicorn, worker or CLI)
+test-fast: install
+	$(BIN)/pytest -q -m "not processes"
 
 serve: install
 	$(BIN)/pureebm serve

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,21 @@ def purifier_of(model: LoadedModel, **update: Any) -> Purifier:
     """The purifier of ``model``'s own preset, with ``update`` over its values."""
     spec = model.manifest.purifier.model_copy(update=update)
     return purifier_for(spec, model, lambda ref: model)
+
+
+# The slower tier: tests that start processes (a Valkey server, uvicorn, workers, the
+# CLI, a browser). `make test-fast` leaves them out; `make test` runs every test.
+PROCESS_MODULES = {"test_cli", "test_faults", "test_openapi", "test_readme"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        starts_processes = (
+            "stack" in getattr(item, "fixturenames", ())
+            or item.module.__name__.rsplit(".", 1)[-1] in PROCESS_MODULES
+            or (function is not None and "Stack(" in inspect.getsource(function))
+            or (function is not None and "subprocess" in inspect.getsource(function))
+        )
+        if starts_processes:
+            item.add_marker(pytest.mark.processes)

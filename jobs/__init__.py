@@ -5,8 +5,9 @@ One module per noun, as rq has them: ``record`` (the job and its parameters),
 ``keys`` (every Redis key and RQ job id), ``folders`` (the job folder's layout),
 ``store`` (records, status changes, quota, idempotency, progress), ``queue``
 (lanes, enqueueing, cancelling, live workers), ``cleaner`` (stalled and expired
-jobs), ``stats`` (the figures workers leave for /metrics), ``webhooks`` (a job's
-events POSTed to its owner, signed), ``settings`` (what both processes read) and
+jobs), ``stats`` (the figures workers leave for /metrics), ``outbox`` (a job's
+webhook events, written into Redis), ``webhooks`` (the events POSTed to their owner,
+signed), ``settings`` (what both processes read) and
 ``logs``. Nothing here imports FastAPI or torch.
 
 A job is split into shards of at most ``shard_size`` images and ``shard_pixels``

@@ -6,6 +6,7 @@ folder (``folders``); its work is on the queue (``queue``)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 
@@ -18,6 +19,7 @@ from jobs.keys import (
     JOB_ID,
     KEY_GRACE_S,
     STATES_KEY,
+    WEBHOOK_PROGRESS_KEY,
     gone_key,
     idempotency_key,
     job_key,
@@ -25,9 +27,11 @@ from jobs.keys import (
     progress_key,
     samples_key,
 )
+from jobs.outbox import queue_delivery
 from jobs.record import ACTIVE, JobRecord, JobStatus, Progress, WebhookEvent
 from jobs.settings import JobSettings
-from jobs.webhooks import announce
+
+log = logging.getLogger("pureebm.jobs")
 
 # Compare-and-set of a job's status: the transition happens only from the expected state.
 SET_STATUS_IF = """
@@ -264,6 +268,24 @@ class JobStore:
         (t0, d0), (t1, d1) = samples[0], samples[-1]
         return max(d1 - d0, 0) / (t1 - t0)
 
+    def announce(self, record: JobRecord, event: WebhookEvent) -> None:
+        """Queue the job's ``event`` for its webhook (``jobs.outbox``), if it asked for
+        it, with the job as it is now (``record``: as it was before, which says
+        whether it asked). A job that asked for progress is watched from its start
+        (``jobs.webhooks.WebhookSender``). Never raises: a webhook does not affect its
+        job."""
+        webhook = record.webhook
+        if webhook is None:
+            return
+        try:
+            if event == WebhookEvent.start and WebhookEvent.progress in webhook.events:
+                self.redis.hsetnx(WEBHOOK_PROGRESS_KEY, record.id, 0)
+            if event in webhook.events:
+                current = self.get(record.id) or record
+                queue_delivery(self.redis, current, event, webhook.url, self.progress(current))
+        except Exception:
+            log.exception("webhook event not queued", extra={"job_id": record.id, "event": event})
+
     def mark_canceled(self, record: JobRecord) -> bool:
         """Cancel an active job (its RQ jobs are the queue's to stop); False if it had
         ended already."""
@@ -271,7 +293,7 @@ class JobStore:
             if self.transition(record.id, status, JobStatus.canceled):
                 self.mark_ended(record.id)
                 self.redis.incr(CANCELED_KEY)
-                announce(self, record, WebhookEvent.completed)
+                self.announce(record, WebhookEvent.completed)
                 return True
         return False
 
@@ -283,7 +305,7 @@ class JobStore:
         if not self.transition(record.id, record.status, JobStatus.failed):
             return False
         shutil.rmtree(self.folders.folder(record.id), ignore_errors=True)
-        announce(self, record, WebhookEvent.completed)
+        self.announce(record, WebhookEvent.completed)
         return True
 
     def delete(self, record: JobRecord, reason: str | None = None) -> None:

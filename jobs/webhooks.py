@@ -8,9 +8,9 @@ Events (``jobs.record.WebhookEvent``): ``start`` (a worker took the job),
 ``{"type": EVENT, "timestamp": ..., "data": JOB}``, JOB the job as GET
 /v1/jobs/{id} returns it (``jobs.resource``), as it was at the event.
 
-Where the events come from: the worker announces a job's start and its finish, the
-store a failure or a cancel (``announce``); each becomes a delivery in Redis, its
-body fixed then (the outbox: ``WEBHOOK_DUE_KEY``, ``webhook_delivery_key``). The
+Where the events come from: the store announces a job's start, its finish, a failure
+or a cancel (``JobStore.announce``); each becomes a delivery in Redis, its body fixed
+then (``jobs.outbox``). The
 API process runs the ``WebhookSender``, a thread that claims due deliveries, signs
 each attempt afresh, and POSTs it to an address it has just resolved and checked
 (a host that now resolves to an internal address is refused: DNS rebinding); it
@@ -38,16 +38,12 @@ import socket
 import ssl
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
 
 import httpx
-from pydantic import BaseModel
 
 from jobs.keys import (
     WEBHOOK_DUE_KEY,
@@ -56,11 +52,9 @@ from jobs.keys import (
     webhook_delivery_key,
     webhook_throttle_key,
 )
-from jobs.record import JobRecord, JobStatus, Progress, WebhookEvent
-from jobs.resource import JobResource, job_resource
-
-if TYPE_CHECKING:
-    from jobs.store import JobStore
+from jobs.outbox import queue_delivery
+from jobs.record import JobStatus, WebhookEvent
+from jobs.store import JobStore
 
 log = logging.getLogger("pureebm.webhooks")
 
@@ -74,7 +68,6 @@ DELIVERY_TIMEOUT_S = 10.0  # each phase of an attempt: connecting, sending, each
 ATTEMPT_DEADLINE_S = 15.0  # a whole attempt, however slowly the receiver answers
 MAX_BACKOFF_S = 3600.0  # the wait before a retry doubles from 1 s up to this
 CLAIM_S = 60.0  # a claimed delivery is due again after this unless its attempt ends first
-DELIVERY_TTL_S = 24 * 3600  # an undelivered delivery is forgotten after this
 PARALLEL_DELIVERIES = 8
 TICK_S = 0.25  # how often the sender looks for due deliveries
 PAUSE_AFTER_ERROR_S = 5.0  # and after an error (Redis away, say)
@@ -245,60 +238,6 @@ def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-# -- events -----------------------------------------------------------------------
-
-
-class WebhookBody(BaseModel):
-    type: WebhookEvent
-    timestamp: datetime
-    data: JobResource
-
-
-def event_body(record: JobRecord, event: WebhookEvent, progress: Progress) -> bytes:
-    """The JSON body of the job's event (WebhookBody)."""
-    job = job_resource(record, progress)
-    return WebhookBody(type=event, timestamp=datetime.now(UTC), data=job).model_dump_json().encode()
-
-
-def queue_delivery(store: JobStore, record: JobRecord, event: WebhookEvent, url: str) -> None:
-    """Put the event of ``record`` (the job as it is now) in the outbox, for ``url``."""
-    body = event_body(record, event, store.progress(record))
-    delivery_id = f"msg_{uuid.uuid4().hex}"  # webhook-id: the same on every attempt
-    delivery = {
-        "url": url,
-        "owner": record.owner,
-        "job": record.id,
-        "event": event.value,
-        "body": body,
-        "attempts": 0,
-    }
-    now = time.time()
-    with store.redis.pipeline() as pipe:
-        pipe.hset(webhook_delivery_key(delivery_id), mapping=delivery)
-        pipe.expire(webhook_delivery_key(delivery_id), DELIVERY_TTL_S)
-        pipe.zadd(WEBHOOK_DUE_KEY, {delivery_id: now})
-        # ids left by deliveries expired unsent (no sender ran: no secret, say)
-        pipe.zremrangebyscore(WEBHOOK_DUE_KEY, "-inf", now - DELIVERY_TTL_S)
-        pipe.execute()
-
-
-def announce(store: JobStore, record: JobRecord, event: WebhookEvent) -> None:
-    """Queue the job's ``event`` for its webhook, if it asked for it, with the job as
-    it is now (``record``: as it was before, which says whether it asked). A job that
-    asked for progress is watched from its start (``WebhookSender.send_progress``).
-    Never raises: a webhook does not affect its job."""
-    webhook = record.webhook
-    if webhook is None:
-        return
-    try:
-        if event == WebhookEvent.start and WebhookEvent.progress in webhook.events:
-            store.redis.hsetnx(WEBHOOK_PROGRESS_KEY, record.id, 0)
-        if event in webhook.events:
-            queue_delivery(store, store.get(record.id) or record, event, webhook.url)
-    except Exception:
-        log.exception("webhook event not queued", extra={"job_id": record.id, "event": event})
-
-
 # -- delivery ---------------------------------------------------------------------
 
 
@@ -465,5 +404,6 @@ class WebhookSender:
             return
         done = self.store.progress(record).done
         if done > last:
-            queue_delivery(self.store, record, WebhookEvent.progress, record.webhook.url)
+            url, progress = record.webhook.url, self.store.progress(record)
+            queue_delivery(self.redis, record, WebhookEvent.progress, url, progress)
             self.redis.hset(WEBHOOK_PROGRESS_KEY, job_id, done)

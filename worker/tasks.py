@@ -24,7 +24,6 @@ from jobs.queue import JobQueue
 from jobs.record import ACTIVE, ImageEnergy, JobRecord, JobStatus, Report, WebhookEvent
 from jobs.stats import record_shard
 from jobs.store import JobStore
-from jobs.webhooks import announce
 from pureebm import interrupts
 from pureebm.atomic import atomic_path
 from pureebm.concurrency import Phases
@@ -154,7 +153,7 @@ def active_record(ctx: WorkerContext, job_id: str) -> JobRecord | None:
         return None
     if ctx.store.transition(job_id, JobStatus.queued, JobStatus.running):
         ctx.store.update(job_id, started_at=time.time())
-        announce(ctx.store, record, WebhookEvent.start)
+        ctx.store.announce(record, WebhookEvent.start)
     return record
 
 
@@ -421,7 +420,7 @@ def finish(ctx: WorkerContext, store: JobStore, record: JobRecord) -> str:
         write_preview(ctx, record, report, shards)
     store.mark_ended(job_id)
     if store.transition(job_id, JobStatus.running, JobStatus.finished):
-        announce(store, record, WebhookEvent.completed)
+        store.announce(record, WebhookEvent.completed)
     seconds = time.perf_counter() - started
     log.info(
         "job finished",

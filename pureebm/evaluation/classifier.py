@@ -11,6 +11,8 @@ measured, not a victim too weak to learn it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -78,7 +80,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, settings: TrainSettings) -> nn.Module:
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    settings: TrainSettings,
+    on_epoch: Callable[[nn.Module, int], None] | None = None,
+) -> nn.Module:
+    """The victim (or surrogate) of ``settings``, trained on the set; ``on_epoch(net,
+    epoch)`` sees the net after each epoch (in eval mode; training resumes after)."""
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -99,7 +108,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, settings: TrainSett
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cycle)
     net.train()
-    for _ in tqdm(range(settings.epochs), desc=f"train {settings.architecture}", leave=False):
+    for epoch in tqdm(range(settings.epochs), desc=f"train {settings.architecture}", leave=False):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x) - settings.batch_size + 1, settings.batch_size):
             idx = order[start : start + settings.batch_size]
@@ -112,6 +121,9 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, settings: TrainSett
             loss.backward()
             optimizer.step()
             schedule.step()
+        if on_epoch is not None:
+            on_epoch(net.eval(), epoch + 1)
+            net.train()
     return net.eval()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from pureebm.filtering import FilterError, resolve_filter
 from pureebm.purifiers import Filter, Spec, resolve
@@ -46,7 +46,11 @@ def resolve_request(
     not fit; RegistryError for an unknown model; pureebm.filtering.FilterError for
     a filter the scorer cannot apply."""
     manifest = registry.manifest(model or registry.default_ref(default))
-    spec = resolve(overrides, manifest, registry.manifest)
+    try:
+        spec = resolve(overrides, manifest, registry.manifest)
+    except ValidationError as e:  # one line per field, without pydantic's links
+        problems = (f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in e.errors())
+        raise ValueError("; ".join(problems)) from None
     runs_preset = spec.family == manifest.purifier.family
     requested = overrides.filter  # type: ignore[attr-defined]
     rule = resolve_filter(requested, manifest if runs_preset else None, manifest)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -276,3 +277,11 @@ def test_a_lineage_adds_up_its_visits_and_stalls_when_the_card_stops_gaining() -
     assert not stalled(lineage)  # gained a full dB
     assert stalled(record(visit(200, 25.0), visit(200, 25.0 + STALLED_DB / 2)))
     assert not stalled(record(visit(200, 25.0)))
+
+
+def test_committed_descriptions_speak_to_users_not_to_the_issue_tracker() -> None:
+    registry = Registry()
+    for name in registry.names():
+        for version in registry.versions(name):
+            description = registry.manifest(f"{name}:{version}").description
+            assert not re.search(r"\bissues?[ -]\d", description), f"{name}:{version}"

@@ -31,8 +31,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 import uvicorn
@@ -76,6 +77,19 @@ stop_with_parent = signal_on_parent_death(signal.SIGKILL)
 
 def exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread, and so in the processes it starts (a child keeps
+    its signal mask across exec): a Ctrl-C at the terminal reaches the whole
+    foreground process group, and serve's Valkey must outlive it until serve has
+    stopped its API and workers, which still talk to it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def describe_exit(code: int) -> str:
@@ -242,7 +256,8 @@ class EmbeddedValkey:
         stop_orphan(data_dir)
         self.password = write_acl(data_dir)
         self.server = embedded_valkey(data_dir, acl=data_dir / "users.acl")
-        self.server.start()
+        with sigint_blocked():
+            self.server.start()
         self.pid = int(pid_file(data_dir).read_text())
         self.port = self.server.port
         self.restarts = Restarts(restarts)
@@ -250,10 +265,11 @@ class EmbeddedValkey:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.watch, name="valkey-supervisor", daemon=True)
         self.thread.start()
-        self.watchdog = subprocess.Popen(
-            [sys.executable, "-m", "service.orphans", str(data_dir)],
-            preexec_fn=signal_on_parent_death(signal.SIGTERM),
-        )
+        with sigint_blocked():
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-m", "service.orphans", str(data_dir)],
+                preexec_fn=signal_on_parent_death(signal.SIGTERM),
+            )
 
     @property
     def connection_url(self) -> str:
@@ -287,7 +303,8 @@ class EmbeddedValkey:
             return
         try:
             self.server = embedded_valkey(self.data_dir, self.port, self.data_dir / "users.acl")
-            self.server.start()
+            with sigint_blocked():
+                self.server.start()
             self.pid = int(pid_file(self.data_dir).read_text())
             log.info("the embedded Valkey is back", extra={"pid": self.pid})
         except Exception as e:  # counted as another crash on the next look
@@ -303,12 +320,23 @@ class EmbeddedValkey:
         self.lock.close()
 
 
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, which returns after a graceful stop on SIGINT or SIGTERM
+    instead of raising the signal again: serve then stops its workers and Valkey in
+    order, and no KeyboardInterrupt tears through the app's lifespan (an ERROR)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 def run_api(settings: Settings, lost: Callable[[], str | None] | None = None) -> None:
     """Serve the API; ``lost`` says why the service is beyond repair (/healthz fails)."""
     app = create_app(settings)
     if lost is not None:
         app.state.lost = lost
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
+    QuietServer(config).run()
 
 
 def serve(
@@ -333,8 +361,8 @@ def serve(
         settings.worker_restarts,
     )
     supervisor.start()
-    # uvicorn re-raises the signal that stopped it; SIGTERM's default action would
-    # end this process before the cleanup below runs.
+    # a SIGTERM outside the API's run (uvicorn handles those within it) still runs
+    # the cleanup below; SIGTERM's default action would end this process first
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     print(
         f"PureEBM: embedded Valkey on 127.0.0.1:{valkey.port} (user {VALKEY_USER}, password "

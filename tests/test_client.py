@@ -240,13 +240,16 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
         "PUREEBM_REGISTRY": str(tiny_registry),
     }
     env.pop("PUREEBM_REDIS_URL", None)
+    log = tmp_path / "serve.log"
     serve = subprocess.Popen(
         [sys.executable, "-m", "pureebm", "serve"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         banner = serve.stdout.readline()
@@ -263,9 +266,13 @@ def test_serve_runs_valkey_a_worker_and_the_api_and_ctrl_c_stops_them(
         )
         assert one.status_code == 200 and one.headers["content-type"] == "image/png"
     finally:
-        serve.send_signal(signal.SIGINT)
+        os.killpg(serve.pid, signal.SIGINT)  # Ctrl-C: the whole group, Valkey included
         remaining = serve.communicate(timeout=60)[0]
     assert "stopped API, workers and Valkey" in remaining
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if '"level": "ERROR"' in line or "Traceback" in line]
+    assert not [line for line in lines if "restarting" in line]  # Valkey outlived the Ctrl-C
+    assert not [line for line in lines if "cleaning registries" in line]  # RQ's chatter
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
     for closed in (port, valkey_port):

@@ -151,7 +151,10 @@ def run_worker(
                 worker_ttl=settings.worker_lease_s + 15,  # idle workers wake every lease
                 maintenance_interval=settings.worker_lease_s,
             )
-            worker.work(burst=burst, logging_level=settings.log_level)
+            # RQ's own INFO lines (a registry cleaned every lease, each job's name) only
+            # at DEBUG: the worker logs its shards itself
+            chatty = settings.log_level.upper() == "DEBUG"
+            worker.work(burst=burst, logging_level="DEBUG" if chatty else "WARNING")
             return
         except RedisConnectionError as e:
             backoff = 1.0 if time.monotonic() - started > 60 else min(2.0**incarnation, 30.0)

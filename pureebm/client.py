@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -22,9 +23,13 @@ from pureebm.atomic import atomic_path
 
 
 def sent_name(disposition: str, fallback: str) -> str:
-    """The file name a Content-Disposition header gives, reduced to its last part."""
-    match = re.search(r'filename="([^"]+)"', disposition)
-    return Path(match.group(1)).name if match else fallback
+    """The file name a Content-Disposition header gives, reduced to its last part:
+    RFC 6266's ``filename*=UTF-8''...`` (any name) before the plain ``filename=``."""
+    extended = re.search(r"filename\*=UTF-8''([^;\s]+)", disposition, re.IGNORECASE)
+    plain = re.search(r'filename="([^"]+)"', disposition)
+    name = unquote(extended.group(1)) if extended else plain.group(1) if plain else ""
+    name = Path(name.replace("\\", "/")).name
+    return name if name not in ("", ".", "..") else fallback
 
 
 class PureEBMError(Exception):

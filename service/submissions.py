@@ -257,9 +257,12 @@ def replay(record: JobRecord, fingerprint: str, request: str) -> JobRecord:
 def request_fingerprint(
     params: PurifyParams, files: list[UploadFile] | None, archive: UploadFile | None
 ) -> str:
-    """sha256 of what a request asks for: its parameters as sent, and each part's name
-    and the sha256 of its bytes (fixed-length digests: no two requests run together)."""
+    """sha256 of what a request asks for: its parameters as sent, the form field its
+    upload came in (``files`` or ``archive``: each is answered differently), and each
+    part's name and the sha256 of its bytes (fixed-length digests: no two requests
+    run together)."""
     digest = hashlib.sha256(params.model_dump_json().encode())
+    digest.update(b"files" if files else b"archive")
     for upload in files or [archive]:
         if upload is None:
             continue

@@ -859,6 +859,8 @@ def test_two_requests_never_share_a_fingerprint_by_running_together():
     assert request_fingerprint(params, apart, None) == request_fingerprint(
         params, [upload("a.png", b"AAAA"), upload("b.png", b"BBBB")], None
     )
+    as_archive = request_fingerprint(params, None, upload("z.zip", b"ZZZZ"))
+    assert as_archive != request_fingerprint(params, [upload("z.zip", b"ZZZZ")], None)
 
 
 def test_a_mixed_size_archive_has_each_size_filtered_alike_and_a_warning(stack, cifar):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pureebm.cli.jobs import ctrl_c_at_next_poll
-from pureebm.client import AsyncPureEBMClient, PureEBMClient, PureEBMError
+from pureebm.client import AsyncPureEBMClient, PureEBMClient, PureEBMError, sent_name
 from tests.stack import KEY_A, Stack, free_port, png, worker_pids, zip_bytes
 
 
@@ -298,3 +298,14 @@ def test_a_download_never_replaces_a_file_unasked_nor_writes_through_a_link(stac
     assert zipfile.ZipFile(link).namelist() == ["0.png"]
     assert precious.read_bytes() == b"keep me"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".partial")]
+
+
+def test_a_sent_name_in_any_script_is_kept_and_never_a_path():
+    assert sent_name("attachment; filename*=utf-8''donn%C3%A9es.purified.zip", "id") == (
+        "données.purified.zip"
+    )
+    assert sent_name("attachment; filename*=UTF-8''%E7%8C%AB.zip", "id") == "猫.zip"
+    assert sent_name('attachment; filename="set.purified.zip"', "id") == "set.purified.zip"
+    assert sent_name("attachment; filename*=utf-8''..%2F..%2Fetc%2Fpasswd", "id") == "passwd"
+    assert sent_name("attachment; filename*=utf-8''..", "id") == "id"
+    assert sent_name("", "id") == "id"

@@ -67,10 +67,6 @@ SIGNATURES: list[tuple[str, int, bytes]] = [
     ("JPEG 2000", 0, b"\xffO\xffQ"),
     ("JPEG XL", 0, b"\xff\x0a"),
     ("JPEG XL", 0, b"\x00\x00\x00\x0cJXL \r\n\x87\n"),
-    ("HEIF/AVIF", 4, b"ftypheic"),
-    ("HEIF/AVIF", 4, b"ftypheix"),
-    ("HEIF/AVIF", 4, b"ftypmif1"),
-    ("HEIF/AVIF", 4, b"ftypavif"),
     ("Photoshop", 0, b"8BPS"),
     ("QOI", 0, b"qoif"),
     ("OpenEXR", 0, b"v/1\x01"),
@@ -86,6 +82,14 @@ SIGNATURES: list[tuple[str, int, bytes]] = [
 OTHER_IMAGE_SUFFIXES = {
     ".gif", ".ico", ".cur", ".tga", ".pcx", ".ppm", ".pgm", ".pbm", ".pnm", ".pam",
     ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".sgi", ".xbm", ".xpm", ".apng",
+}  # fmt: skip
+# ISO-BMFF brands of still images and image sequences (HEIF, AVIF, MIAF, HEIF's JPEG
+# and AVC flavours): a file whose ftyp box names one, as its major brand or among its
+# compatible ones, holds images (ISO/IEC 23008-12, AV1 Image File Format)
+IMAGE_BRANDS = {
+    b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
+    b"mif2", b"msf1", b"miaf", b"avif", b"avis", b"avio", b"avci", b"avcs", b"jpeg",
+    b"jpgs",
 }  # fmt: skip
 NETPBM = re.compile(rb"P[1-7]\s+(#|\d)")  # PBM, PGM, PPM, PAM: "P6 32 32 255"
 BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # the DIB header sizes a BMP declares
@@ -300,7 +304,17 @@ def sniff_format(head: bytes) -> str | None:
         return "BMP"
     if NETPBM.match(head):
         return "Netpbm"
+    if head[4:8] == b"ftyp" and IMAGE_BRANDS & set(ftyp_brands(head)):
+        return "HEIF/AVIF"
     return None
+
+
+def ftyp_brands(head: bytes) -> list[bytes]:
+    """The brands an ISO-BMFF ftyp box at the start of ``head`` names: the major one,
+    then the compatible ones (as far as ``head`` holds the box)."""
+    size = int.from_bytes(head[:4], "big")
+    box = head[: min(size, len(head))] if size >= 16 else head[:16]
+    return [box[8:12]] + [box[i : i + 4] for i in range(16, len(box) - 3, 4)]
 
 
 def image_format_of(name: str) -> str | None:

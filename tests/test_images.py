@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pureebm.images import InputTooLarge, Limits, UnsupportedInput, decode_image, encode_image
+from pureebm.containers.base import member_kind
+from pureebm.images import (
+    InputTooLarge,
+    Limits,
+    UnsupportedInput,
+    decode_image,
+    encode_image,
+    sniff_format,
+)
 from tests.hostile import sixteen_bit_rgb_png
 from tests.stack import bomb_png, png
 
@@ -113,3 +121,23 @@ def test_a_corrupt_frame_index_or_a_mode_that_would_change_is_refused(cifar):
     lab = encoded(Image.fromarray(cifar["images"][0]).convert("LAB"), "TIFF")
     with pytest.raises(UnsupportedInput, match="LAB image would come back as RGB"):
         decode_image(lab)
+
+
+def ftyp(major: bytes, *compatible: bytes) -> bytes:
+    brands = major + b"\0\0\0\0" + b"".join(compatible)
+    return (8 + len(brands)).to_bytes(4, "big") + b"ftyp" + brands + b"\0" * 64
+
+
+@pytest.mark.parametrize(
+    "head",
+    [ftyp(b"msf1", b"msf1", b"heic"), ftyp(b"avis", b"avif"), ftyp(b"mp42", b"isom", b"avif")],
+    ids=["heif-sequence", "avif-sequence", "avif-among-compatible-brands"],
+)
+def test_any_iso_bmff_image_brand_is_an_image_whatever_its_major_brand(head):
+    assert sniff_format(head) == "HEIF/AVIF"
+    with pytest.raises(UnsupportedInput, match="HEIF/AVIF"):
+        member_kind("photo", head)  # no suffix to go by: refused, not passed through
+
+
+def test_a_video_file_is_no_image():
+    assert sniff_format(ftyp(b"mp42", b"isom", b"mp41")) is None

@@ -68,6 +68,21 @@ def size_buckets(pixels: Sequence[float]) -> np.ndarray:
     return np.round(2 * np.log2(np.maximum(np.asarray(pixels, np.float64), 1))).astype(int)
 
 
+def most_pixels_selected(pixels: Sequence[int], rule: float | str | None) -> int:
+    """The most pixels a filter can choose, whatever the energies: every image's for
+    no filter or "auto"; for a fraction k, the ceil(k n) largest images of each size
+    bucket's n (the energies pick which, so the largest is the bound)."""
+    if rule is None or rule == "auto":
+        return int(sum(pixels))
+    counts = np.asarray(pixels, np.int64)
+    buckets = size_buckets(counts)
+    most = 0
+    for bucket in np.unique(buckets):
+        members = np.sort(counts[buckets == bucket])[::-1]
+        most += int(members[: math.ceil(float(rule) * len(members) - 1e-9)].sum())
+    return most
+
+
 def selected_positions(
     energies: Sequence[float],
     rule: float | str,

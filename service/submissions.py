@@ -26,7 +26,7 @@ from jobs.queue import JobQueue
 from jobs.record import JobParams, JobRecord, JobStatus, Webhook
 from jobs.store import JobStore
 from jobs.webhooks import WEBHOOKS_OFF, WebhookError, parse_events
-from pureebm.filtering import FilterError
+from pureebm.filtering import FilterError, most_pixels_selected
 from pureebm.purifiers import Overrides
 from pureebm.registry import Registry
 from pureebm.requests import Resolved, calibration_warnings, resolve_request, size_warnings
@@ -118,7 +118,7 @@ class Submitter:
                 held,
             )
             validate_s = time.perf_counter() - started
-            check_compute(resolved, sum(prepared.pixels), settings.max_job_pixel_passes)
+            check_compute(resolved, prepared.pixels, settings.max_job_pixel_passes)
             now = time.time()
             record = JobRecord(
                 id=job_id,
@@ -229,18 +229,22 @@ class LostClaim(Exception):
     """Another request claimed the job's Idempotency-Key first."""
 
 
-def check_compute(resolved: Resolved, pixels: int, limit: int) -> None:
-    """Refuse a job whose compute (purified pixels x network passes) is over ``limit``,
-    saying by how much; a filter that purifies a fraction k counts k of the pixels."""
-    share = resolved.filter if isinstance(resolved.filter, float) else 1.0
-    compute = pixels * share * resolved.purifier.passes()
+def check_compute(resolved: Resolved, pixels: list[int], limit: int) -> None:
+    """Refuse a job whose compute is over ``limit``, saying by how much: the most
+    pixels it can purify (a filter's fraction counted on the largest images it could
+    choose, pureebm.filtering.most_pixels_selected) x the purifier's network passes,
+    plus one scoring pass over every image for a filter."""
+    purified = most_pixels_selected(pixels, resolved.filter)
+    passes = resolved.purifier.passes()
+    compute = purified * passes + (sum(pixels) if resolved.filter is not None else 0)
     if compute > limit:
         raise Problem(
             413,
-            f"the job's compute, {compute:.3g} pixel-passes ({pixels} pixels x "
-            f"{resolved.purifier.passes()} network passes), is {compute / limit:.1f}x the "
-            f"{limit:.3g} limit (PUREEBM_MAX_JOB_PIXEL_PASSES): send fewer or smaller "
-            "images, or fewer steps",
+            f"the job's compute, {compute:.3g} pixel-passes (at most {purified} pixels "
+            f"purified x {passes} network passes"
+            + (", and the filter's scoring pass" if resolved.filter is not None else "")
+            + f"), is {compute / limit:.1f}x the {limit:.3g} limit "
+            "(PUREEBM_MAX_JOB_PIXEL_PASSES): send fewer or smaller images, or fewer steps",
         )
 
 

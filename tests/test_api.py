@@ -316,16 +316,34 @@ def test_refused_inputs_get_their_status_and_leave_nothing(stack, cifar, case):
 
 
 def test_a_job_over_its_compute_bound_is_told_by_how_much(stack, cifar):
-    """512 x 512 pixels x 2,000 Langevin steps against LIMITS' 1e8 pixel-passes;
-    a filter purifying half the images counts half."""
-    image = {"files": ("a.png", png(np.tile(cifar["images"][0], (16, 16, 1))))}
+    """Two 512 x 512 images x 2,000 Langevin steps against LIMITS' 1e8 pixel-passes; a
+    filter of half purifies one of them, plus a scoring pass over both."""
+    large = png(np.tile(cifar["images"][0], (16, 16, 1)))
+    images = [("files", ("a.png", large)), ("files", ("b.png", large))]
     with stack.client() as client:
-        response = client.post("/v1/jobs", files=image, data={"steps": "2000"})
+        response = client.post("/v1/jobs", files=images, data={"steps": "2000"})
         assert response.status_code == 413
-        assert "5.24e+08 pixel-passes" in response.json()["detail"]
-        assert "5.2x the 1e+08 limit" in response.json()["detail"]
-        halved = client.post("/v1/jobs", files=image, data={"steps": "2000", "filter": "0.5"})
-        assert "2.6x" in halved.json()["detail"]
+        assert "1.05e+09 pixel-passes" in response.json()["detail"]
+        assert "10.5x the 1e+08 limit" in response.json()["detail"]
+        halved = client.post("/v1/jobs", files=images, data={"steps": "2000", "filter": "0.5"})
+        assert "5.2x" in halved.json()["detail"]
+
+
+def test_a_filtered_jobs_bound_counts_the_largest_images_it_could_choose(stack, cifar):
+    """255 images of 32 x 32 and one of 512 x 512, filter 1/256, 400 steps: a filter
+    takes its share of every size, so the large image is purified whatever its energy:
+    (1,024 + 262,144) x 400 = 1.05e8 pixel-passes and the scoring pass, over 1e8."""
+    small = png(cifar["images"][1])
+    members = {f"{i}.png": small for i in range(255)}
+    members["large.png"] = png(np.tile(cifar["images"][0], (16, 16, 1)))
+    with stack.client() as client:
+        response = client.post(
+            "/v1/jobs",
+            files={"archive": ("mixed.zip", zip_bytes(members))},
+            data={"steps": "400", "filter": str(1 / 256)},
+        )
+    assert response.status_code == 413, response.text
+    assert "at most 263168 pixels purified" in response.json()["detail"]
 
 
 def test_a_misspelled_repeated_or_raw_request_is_refused_naming_the_fault(stack, cifar):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pureebm.filtering import FilterError, clean_threshold, resolve_filter, selected_positions
+from pureebm.filtering import (
+    FilterError,
+    clean_threshold,
+    most_pixels_selected,
+    resolve_filter,
+    selected_positions,
+)
 from pureebm.registry import Registry
 
 
@@ -56,3 +62,10 @@ def test_a_fraction_is_taken_within_each_image_size():
     assert selected_positions(energies, 0.5, pixels=pixels) == [2, 3, 6, 7]
     near = [32 * 32, 32 * 33, 33 * 33, 31 * 32]  # within half an octave of area: one size
     assert selected_positions([1.0, 2.0, 3.0, 4.0], 0.5, pixels=near) == [2, 3]
+
+
+def test_the_most_pixels_a_filter_can_choose_are_the_largest_of_each_size():
+    pixels = [1024] * 4 + [4096, 4096 * 4]  # four small, one 64 px, one 128 px
+    assert most_pixels_selected(pixels, None) == sum(pixels) == most_pixels_selected(pixels, "auto")
+    assert most_pixels_selected(pixels, 0.5) == 2 * 1024 + 4096 + 16384
+    assert most_pixels_selected(pixels, 0.01) == 1024 + 4096 + 16384

@@ -14,7 +14,9 @@ features are read. Scores, higher meaning more suspicious:
 - ``mean-loss``: the same over the epochs' mean;
 - ``spectral@k``: the spectral signature (Tran et al., 2018), the squared projection
   of an image's centred penultimate features on the top singular vector of its class's;
-- ``energy``: the default model's energy, what the filter ranks by today.
+- ``energy``: the default model's energy, what the filter ranks by today; and the
+  share of poisons, of the target class's clean images and of the other classes'
+  images that the default's filter (k = 0.5) purifies.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pureebm.evaluation.config import RECIPES, SURROGATE_EPOCHS, TrainSettings
 from pureebm.evaluation.data import load_labelled, stratified_split
 from pureebm.evaluation.defences import as_pictures
 from pureebm.evaluation.run import auroc
+from pureebm.filtering import selected_positions
 from pureebm.pipeline import energies_of, scorer_for
 from pureebm.registry import Registry
 from pureebm.statistics import mean_interval
@@ -112,6 +115,18 @@ def main() -> None:
             fresh = energies_of(scorer, as_pictures(x[chosen]), 256)
             energy[chosen] = [e for e, _ in fresh]
             scores["energy"] = energy
+            filtered = np.zeros(len(x), bool)
+            filtered[selected_positions(energy, 0.5)] = True  # the default's filter
+            target_clean = np.setdiff1d(np.flatnonzero(y == target), chosen)
+            others_clean = np.flatnonzero(y != target)
+            shares = {
+                "poisons": float(filtered[chosen].mean()),
+                "target_clean": float(filtered[target_clean].mean()),
+                "other_classes": float(filtered[others_clean].mean()),
+            }
+            rows.append({"seed": seed, "target": target, "filter_0.5_purifies": shares})
+            print(f"seed {seed} target {target} filter 0.5 purifies: " + ", ".join(
+                f"{k} {v:.0%}" for k, v in shares.items()), flush=True)  # fmt: skip
             per_epoch: list[np.ndarray] = []
 
             def record(
@@ -137,8 +152,9 @@ def main() -> None:
                 print(f"seed {seed} target {target} {name:<12} AUROC {row['auroc']:.3f}, "
                       f"in class {row['auroc_in_class']:.3f}", flush=True)  # fmt: skip
     print("\nscore          AUROC (mean, 95%)      in the target class")
-    for name in dict.fromkeys(row["score"] for row in rows):
-        chosen_rows = [row for row in rows if row["score"] == name]
+    scored = [row for row in rows if "score" in row]
+    for name in dict.fromkeys(row["score"] for row in scored):
+        chosen_rows = [row for row in scored if row["score"] == name]
         a = mean_interval([row["auroc"] for row in chosen_rows])
         b = mean_interval([row["auroc_in_class"] for row in chosen_rows])
         print(f"{name:<14} {a[0]:.3f} +- {a[1]:.3f}        {b[0]:.3f} +- {b[1]:.3f}")

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal, TypeVar
 
 from pureebm.concurrency import ordered_map
+from pureebm.containers.labels import Labels, member_labels
 from pureebm.containers.npy import image_shaped, npy_header
 from pureebm.images import (
     OTHER_IMAGE_SUFFIXES,
@@ -151,6 +152,16 @@ class Container:
     def image_bytes(self, positions: Sequence[int] | None) -> Iterator[tuple[str, bytes]]:
         """The encoded bytes of the images at ``positions`` (all when None), with their
         names, in container order."""
+        raise NotImplementedError
+
+    def labels(self) -> Labels:
+        """The images' classes where the container states them: label sidecars or
+        class folders (pureebm.containers.labels)."""
+        files = [m.name for m in self.members if m.kind == "file"]
+        return member_labels(self.image_names(), files, self.read_files)
+
+    def read_files(self, names: Sequence[str]) -> dict[str, bytes]:
+        """The first SIDECAR_BYTES + 1 bytes of each named file member."""
         raise NotImplementedError
 
     def chosen(self, positions: Sequence[int] | None) -> Iterator[str]:

@@ -14,6 +14,7 @@ from pureebm.containers.base import (
     encoded_images,
     member_kind,
 )
+from pureebm.containers.labels import SIDECAR_BYTES
 from pureebm.images import (
     SNIFF_BYTES,
     Limits,
@@ -43,6 +44,13 @@ class Folder(Container):
             if len(self.members) > limits.max_members:
                 break
         self.check_totals(limits)
+
+    def read_files(self, names: Sequence[str]) -> dict[str, bytes]:
+        found = {}
+        for name in names:
+            with (self.path / name).open("rb") as f:
+                found[name] = f.read(SIDECAR_BYTES + 1)
+        return found
 
     def image_bytes(self, positions: Sequence[int] | None) -> Iterator[tuple[str, bytes]]:
         for name in self.chosen(positions):

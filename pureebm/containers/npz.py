@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pureebm.containers.base import COPY_CHUNK, Container, Lookup, Member
+from pureebm.containers.labels import Labels
 from pureebm.containers.npy import NpyHeader, image_shaped, npz_headers
 from pureebm.images import (
     InputTooLarge,
@@ -80,6 +81,24 @@ class NpzContainer(Container):
                 f"{len(self.members)} images is over the {limits.max_members} limit"
             )
 
+    def labels(self) -> Labels:
+        """Each image array's labels: the array named for it (``label_key``), integer
+        or text, one per image."""
+        values: list[str] = []
+        keys = []
+        with np.load(self.path, allow_pickle=False) as npz:
+            for array in self.arrays:
+                key = label_key(array.key, npz.files)
+                if key is None:
+                    return Labels(None, f"no labels: no label array beside {array.key!r}")
+                labels = npz[key]
+                rows = array.header.shape[0]
+                if labels.dtype.kind not in "iuU" or labels.reshape(-1).shape != (rows,):
+                    return Labels(None, f"no labels: {key!r} is not one class per image")
+                values += [str(v) for v in labels.reshape(-1)]
+                keys.append(repr(key))
+        return Labels(values, f"npz {', '.join(keys)} ({len(set(values))} classes)")
+
     def images(self, array: ImageArray) -> np.ndarray:
         if array.key not in self._images:
             self._images[array.key] = read_images(self.path, array.info, array.header)
@@ -134,6 +153,17 @@ class NpzContainer(Container):
             if picture is not None:
                 images[row] = np.asarray(restore_mode(picture)).reshape(images[row].shape)
         return images
+
+
+def label_key(images_key: str, keys: Sequence[str]) -> str | None:
+    """The array that labels ``images_key``: x_train -> y_train, x -> y, images ->
+    labels (any case), else a lone ``labels``, ``targets`` or ``y``."""
+    lower = images_key.lower()
+    paired = [("x", "y"), ("images", "labels"), ("imgs", "labels"), ("data", "labels")]
+    wanted = [y + lower[len(x) :] for x, y in paired if lower.startswith(x)]
+    wanted += ["labels", "targets", "y"]
+    by_lower = {key.lower(): key for key in keys if key != images_key}
+    return next((by_lower[w] for w in wanted if w in by_lower), None)
 
 
 def check_images(key: str, header: NpyHeader, limits: Limits) -> None:

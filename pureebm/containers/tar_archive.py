@@ -8,7 +8,7 @@ import gzip
 import io
 import lzma
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pureebm.containers.archive import Archive
@@ -19,6 +19,7 @@ from pureebm.containers.base import (
     encoded_images,
     member_kind,
 )
+from pureebm.containers.labels import SIDECAR_BYTES
 from pureebm.images import (
     SNIFF_BYTES,
     InputTooLarge,
@@ -71,6 +72,14 @@ class TarContainer(Archive[tarfile.TarFile]):
 
     def open_reader(self) -> tarfile.TarFile:
         return tarfile.open(self.path, "r:*")
+
+    def read_files(self, names: Sequence[str]) -> dict[str, bytes]:
+        wanted, found = set(names), {}
+        with tarfile.open(self.path, "r:*") as archive:  # one pass: a tar.gz reads forward
+            for info in archive:
+                if info.name in wanted:
+                    found[info.name] = read_tar_member(archive, info, SIDECAR_BYTES + 1)
+        return found
 
     def read_member(self, reader: tarfile.TarFile, name: str) -> bytes:
         return read_tar_member(reader, self.images[name])

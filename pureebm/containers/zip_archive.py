@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import stat
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from pureebm.containers.archive import Archive
@@ -16,6 +17,7 @@ from pureebm.containers.base import (
     encoded_images,
     member_kind,
 )
+from pureebm.containers.labels import SIDECAR_BYTES
 from pureebm.images import (
     SNIFF_BYTES,
     InputTooLarge,
@@ -72,6 +74,14 @@ class ZipContainer(Archive[zipfile.ZipFile]):
 
     def open_reader(self) -> zipfile.ZipFile:
         return zipfile.ZipFile(self.path)
+
+    def read_files(self, names: Sequence[str]) -> dict[str, bytes]:
+        found = {}
+        with zipfile.ZipFile(self.path) as archive:
+            for name in names:
+                with archive.open(name) as member:
+                    found[name] = member.read(SIDECAR_BYTES + 1)
+        return found
 
     def read_member(self, reader: zipfile.ZipFile, name: str) -> bytes:
         return read_zip_member(reader, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -171,9 +172,21 @@ def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether an error was caused, at any depth, by ENOSPC (FastAPI reports a body it
+    could not spool as a 400 "error parsing the body", the OSError its cause)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if disk_full(exc):  # the body's spool filled the volume: not the caller's fault
+            return problem(request.url.path, 507, "the data volume is full: retry later")
         return problem(
             request.url.path,
             exc.status_code,

@@ -65,6 +65,23 @@ def choose(candidates: np.ndarray, count: int, rng: np.random.Generator) -> np.n
     return np.sort(rng.choice(candidates, size=min(count, len(candidates)), replace=False))
 
 
+def triggered_targets(
+    images: np.ndarray,
+    labels: np.ndarray,
+    target: int,
+    fraction: float,
+    rng: np.random.Generator,
+    pattern: np.ndarray,
+    amplify: float = 1.0,
+) -> Poisoned:
+    """A clean-label trigger attack's set: ``pattern`` added to ``fraction`` of the set,
+    drawn from the target class, labels kept; test images get ``amplify`` x it."""
+    chosen = choose(np.flatnonzero(labels == target), round(fraction * len(images)), rng)
+    poisoned = images.copy()
+    poisoned[chosen] = add(images[chosen], pattern)
+    return Poisoned(poisoned, labels.copy(), chosen, lambda test: add(test, amplify * pattern))
+
+
 def narcissus(
     images: np.ndarray,
     labels: np.ndarray,
@@ -118,11 +135,7 @@ def narcissus(
             delta.clamp_(-bound, bound)
     pattern = np.round(delta.detach().cpu().numpy()[0].transpose(1, 2, 0) * 127.5)
     pattern = np.clip(pattern, -round(eps * 255), round(eps * 255))
-    count = round(fraction * len(images))
-    chosen = choose(np.flatnonzero(labels == target), count, rng)
-    poisoned = images.copy()
-    poisoned[chosen] = add(images[chosen], pattern)
-    return Poisoned(poisoned, labels.copy(), chosen, lambda test: add(test, amplify * pattern))
+    return triggered_targets(images, labels, target, fraction, rng, pattern, amplify)
 
 
 def narcissus_pgd(
@@ -163,10 +176,7 @@ def narcissus_pgd(
         (grad,) = torch.autograd.grad(loss, delta)
         delta = (delta.detach() - eps / 20 * grad.sign()).clamp(-eps, eps)
     pattern = delta.cpu().numpy()[0].transpose(1, 2, 0) * 255  # float, rounded once added
-    chosen = choose(np.flatnonzero(labels == target), round(fraction * len(images)), rng)
-    poisoned = images.copy()
-    poisoned[chosen] = add(images[chosen], pattern)
-    return Poisoned(poisoned, labels.copy(), chosen, lambda test: add(test, pattern))
+    return triggered_targets(images, labels, target, fraction, rng, pattern)
 
 
 def patch(

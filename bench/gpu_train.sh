@@ -102,8 +102,18 @@ else
   read -r -a CHANNELS <<< "${NEW_DDPM_CHANNELS:-64 128 256}"
   ddpm_start=(--unet-channels "${CHANNELS[@]}")
 fi
+ddpm_before=$(latest "$DDPM_NAME")
 train "$DDPM_NAME" "$DDPM_SECONDS" --recipe ddpm "${ddpm_start[@]}" --bf16 $COMPILE \
   --lr 2e-4 --lr-final 2e-5
+# a compiled step that failed before its first checkpoint must not cost the visit its
+# DDPM: train eagerly in half the time instead
+if [ "$(latest "$DDPM_NAME")" = "$ddpm_before" ] && [ -n "$COMPILE" ] \
+  && [ "$(left)" -gt $(( DDPM_SECONDS / 2 + RESERVE )) ]; then
+  echo "== $DDPM_NAME: nothing registered with $COMPILE; eager, in half the time"
+  rm -rf "${WORK:?}/$DDPM_NAME"
+  train "$DDPM_NAME" $(( DDPM_SECONDS / 2 )) --recipe ddpm "${ddpm_start[@]}" --bf16 \
+    --lr 2e-4 --lr-final 2e-5
+fi
 
 # 2. The paper's residual EBM (n_f = 128), resumed, by denoising score matching (the
 # maximum-likelihood stage diverged on the last visit), in float32, in the time left.
